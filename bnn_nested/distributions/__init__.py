@@ -1,0 +1,33 @@
+"""Distributions over ordered truncations: the Downhill distribution and ordering priors/posteriors."""
+
+from bnn_nested.distributions.downhill import (
+    Downhill,
+    downhill,
+    masks_to_simplex,
+    simplex_to_masks,
+)
+from bnn_nested.distributions.ordering import (
+    DEFAULT_INIT,
+    DEFAULT_PRIOR_PI,
+    LOGIT_CLIP,
+    categorical_kl,
+    keep_probs_from_logits,
+    stick_breaking_logits,
+    truncated_geometric_logits,
+    uniform_logits,
+)
+
+__all__ = [
+    "DEFAULT_INIT",
+    "DEFAULT_PRIOR_PI",
+    "LOGIT_CLIP",
+    "Downhill",
+    "categorical_kl",
+    "downhill",
+    "keep_probs_from_logits",
+    "masks_to_simplex",
+    "simplex_to_masks",
+    "stick_breaking_logits",
+    "truncated_geometric_logits",
+    "uniform_logits",
+]

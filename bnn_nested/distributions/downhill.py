@@ -1,0 +1,201 @@
+"""The Downhill distribution: a reparameterised relaxation of an ordered truncation mask.
+
+Construction (methods.md §1; Cui et al., *Bayesian Nested Neural Networks*, CVPR 2021): draw a relaxed
+one-hot ``s`` over the ``K + 1`` truncation indices from a Concrete / Gumbel-softmax distribution
+(Maddison et al. 2017; Jang et al. 2017) with logits ``log q(b)`` and temperature ``tau``, and map it to
+the mask ``m_k = sum_{j >= k} s_j`` for ``k = 1..K``. The mask is non-increasing ("downhill") in
+``[0, 1]``; as ``tau -> 0`` it becomes ``(1, .., 1, 0, .., 0)`` with ``b`` ones.
+
+The map ``s -> m`` is affine with a unit-triangular Jacobian, so the density of ``m`` equals the Concrete
+density of its successive differences ``s = (1 - m_1, m_1 - m_2, .., m_{K-1} - m_K, m_K)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pyro.distributions import TorchDistribution
+from torch.distributions import constraints
+from torch.distributions.kl import register_kl
+from torch.distributions.utils import broadcast_all
+
+from bnn_nested.distributions.ordering import categorical_kl, keep_probs_from_logits
+
+
+class _Downhill(constraints.Constraint):
+    """Non-increasing vectors with entries in ``[0, 1]`` (event dimension 1)."""
+
+    event_dim = 1
+
+    def check(self, value: torch.Tensor) -> torch.Tensor:
+        in_range = ((value >= 0) & (value <= 1)).all(-1)
+        if value.shape[-1] < 2:
+            return in_range
+        return in_range & (value[..., 1:] <= value[..., :-1]).all(-1)
+
+    def __repr__(self) -> str:
+        return "downhill"
+
+
+downhill = _Downhill()
+
+
+def masks_to_simplex(value: torch.Tensor) -> torch.Tensor:
+    """Successive differences ``(1 - m_1, m_1 - m_2, .., m_K)``: ``(..., K) -> (..., K + 1)``."""
+    one = torch.ones_like(value[..., :1])
+    zero = torch.zeros_like(value[..., :1])
+    upper = torch.cat([one, value], dim=-1)
+    lower = torch.cat([value, zero], dim=-1)
+    return upper - lower
+
+
+def simplex_to_masks(s: torch.Tensor) -> torch.Tensor:
+    """``m_k = sum_{j >= k} s_j`` for ``k = 1..K``: ``(..., K + 1) -> (..., K)``."""
+    return torch.flip(torch.cumsum(torch.flip(s[..., 1:], [-1]), -1), [-1])
+
+
+class Downhill(TorchDistribution):
+    r"""Downhill distribution over non-increasing masks ``m in [0, 1]^K``.
+
+    Args:
+        logits: ``(..., K + 1)`` log-probabilities (up to a constant) of the truncation index
+            ``b in {0..K}``; see :func:`~bnn_nested.distributions.stick_breaking_logits`.
+        temperature: Concrete temperature ``tau > 0`` (scalar or broadcastable to the batch shape).
+        hard: if ``True``, samples are exact 0/1 masks with ``b`` leading ones and straight-through
+            gradients of the relaxed sample (Jang et al. 2017). ``log_prob`` of such a sample scores the
+            relaxed sample it came from (as Pyro's ``RelaxedOneHotCategoricalStraightThrough`` does).
+
+    ``batch_shape = logits.shape[:-1]``, ``event_shape = (K,)``. ``log_prob`` is the exact density
+    (Concrete density of the successive differences; the map has unit Jacobian).
+
+    Example:
+        >>> d = Downhill(stick_breaking_logits(torch.full((7,), 3.0)), temperature=0.5)
+        >>> m = d.rsample()          # shape (7,), non-increasing, differentiable in the logits
+
+    Reference: Cui et al., *Bayesian Nested Neural Networks*, CVPR 2021 (arXiv 2101.11353).
+    """
+
+    arg_constraints = {"logits": constraints.real_vector, "temperature": constraints.positive}
+    support = downhill
+    has_rsample = True
+
+    def __init__(
+        self,
+        logits: torch.Tensor,
+        temperature: torch.Tensor | float,
+        hard: bool = False,
+        validate_args: bool | None = None,
+    ) -> None:
+        if logits.dim() < 1 or logits.shape[-1] < 2:
+            raise ValueError(
+                f"logits must have last dimension K + 1 >= 2, got shape {tuple(logits.shape)}"
+            )
+        batch_shape = logits.shape[:-1]
+        temperature = torch.as_tensor(temperature, dtype=logits.dtype, device=logits.device)
+        try:
+            ok = torch.broadcast_shapes(temperature.shape, batch_shape) == batch_shape
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"temperature of shape {tuple(temperature.shape)} does not broadcast to the batch "
+                f"shape {tuple(batch_shape)}"
+            )
+        self.logits = logits - logits.logsumexp(-1, keepdim=True)
+        self.temperature = temperature
+        self.hard = bool(hard)
+        super().__init__(batch_shape, torch.Size([logits.shape[-1] - 1]), validate_args)
+
+    @property
+    def K(self) -> int:
+        """Number of ordered groups."""
+        return self.event_shape[0]
+
+    @property
+    def probs(self) -> torch.Tensor:
+        """``q(b)`` for ``b = 0..K``, shape ``(..., K + 1)``."""
+        return self.logits.exp()
+
+    @property
+    def keep_probs(self) -> torch.Tensor:
+        """``P(b >= k)``, the zero-temperature mean of the mask, shape ``(..., K)``."""
+        return keep_probs_from_logits(self.logits)
+
+    @property
+    def mean(self) -> torch.Tensor:  # the tau -> 0 limit; the relaxed mean has no closed form
+        return self.keep_probs
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(Downhill, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.logits = self.logits.expand(batch_shape + self.logits.shape[-1:])
+        new.temperature = self.temperature.expand(batch_shape) if self.temperature.dim() else self.temperature
+        new.hard = self.hard
+        super(Downhill, new).__init__(batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def _tau(self) -> torch.Tensor:
+        return self.temperature.unsqueeze(-1) if self.temperature.dim() else self.temperature
+
+    def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        shape = self._extended_shape(sample_shape)[:-1] + self.logits.shape[-1:]
+        logits = self.logits.expand(shape)
+        tiny = torch.finfo(logits.dtype).tiny
+        u = torch.rand(shape, dtype=logits.dtype, device=logits.device).clamp(tiny, 1.0 - 1e-7)
+        gumbel = -torch.log(-torch.log(u))
+        s = torch.softmax((logits + gumbel) / self._tau(), dim=-1)
+        soft = simplex_to_masks(s)
+        if not self.hard:
+            return soft
+        b = s.argmax(-1, keepdim=True)
+        k = torch.arange(1, self.K + 1, device=s.device)
+        hard = (k <= b).to(s.dtype)
+        out = hard - soft.detach() + soft
+        out._unquantize = soft  # log_prob scores the relaxed sample (straight-through convention)
+        return out
+
+    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        r"""Exact log-density: the Concrete log-density of ``s = masks_to_simplex(value)``.
+
+        ``log p(s) = log (n-1)! + (n-1) log tau + sum_i (logit_i - (tau + 1) log s_i)
+        - n logsumexp_i(logit_i - tau log s_i)`` with ``n = K + 1`` (Maddison et al. 2017, Def. 1).
+        """
+        value = getattr(value, "_unquantize", value)
+        if self._validate_args:
+            self._validate_sample(value)
+        s = masks_to_simplex(value).clamp_min(torch.finfo(value.dtype).tiny)
+        log_s = s.log()
+        tau = self._tau()
+        n = self.K + 1
+        logits = self.logits
+        return (
+            math.lgamma(n)
+            + (n - 1) * torch.log(self.temperature)
+            + (logits - (tau + 1) * log_s).sum(-1)
+            - n * torch.logsumexp(logits - tau * log_s, dim=-1)
+        )
+
+    def entropy_of_truncation(self) -> torch.Tensor:
+        """Entropy of the truncation categorical ``q(b)``."""
+        return -(self.probs * self.logits).sum(-1)
+
+
+@register_kl(Downhill, Downhill)
+def _kl_downhill_downhill(q: Downhill, p: Downhill) -> torch.Tensor:
+    """KL between the truncation categoricals ``KL(q(b) || p(b))`` (the ELBO's analytic ordering term).
+
+    Defined for equal ``K`` and equal temperatures; it is the ``tau -> 0`` limit of the KL between the
+    relaxed masks and the term used in the BNNN objective (methods.md §1).
+    """
+    if q.K != p.K:
+        raise ValueError(f"KL(Downhill || Downhill) needs equal K, got {q.K} and {p.K}")
+    tq, tp = broadcast_all(q.temperature, p.temperature)
+    if not torch.equal(tq, tp):
+        raise ValueError("KL(Downhill || Downhill) needs equal temperatures")
+    return categorical_kl(q.logits, p.logits)

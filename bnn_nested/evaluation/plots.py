@@ -1,0 +1,236 @@
+"""PNG plots for reports: reliability diagrams, metric-vs-width/FLOPs curves, keep probabilities.
+
+Figures are drawn on ``matplotlib.figure.Figure`` with the Agg canvas (no ``pyplot``, no global
+backend change, never ``plt.show``) and written atomically: saved to a temporary file in the
+target directory, then moved into place with ``os.replace``, so a reader never sees a half-written
+PNG and a failed save leaves no stray file.
+
+Example:
+    >>> reliability_diagram(reliability_data(probs, targets), "out/reliability.png", "width 0.5")
+    >>> metric_vs_x({"BNNN": (widths, accs)}, "width", "accuracy", "out/acc_vs_width.png")
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from torch import Tensor
+
+from bnn_nested.evaluation.metrics import ReliabilityData
+
+__all__ = ["reliability_diagram", "metric_vs_x", "keep_prob_plot", "save_figure"]
+
+_DPI = 120
+
+
+def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
+    """Write ``fig`` as a PNG at ``path`` atomically (temp file in the same dir + ``os.replace``).
+
+    Creates missing parent directories. Returns the final path.
+
+    Example:
+        >>> fig = Figure(); fig.add_subplot().plot([0, 1])
+        >>> save_figure(fig, "out/line.png")
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"path must end in '.png'; got {str(path)!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png.tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=_DPI, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def _to_numpy(x: Tensor | Sequence[float] | np.ndarray) -> np.ndarray:
+    if isinstance(x, Tensor):
+        return x.detach().cpu().double().numpy()
+    return np.asarray(x, dtype=float)
+
+
+def reliability_diagram(
+    data: ReliabilityData, path: str | os.PathLike[str], title: str = ""
+) -> Path:
+    """Reliability diagram: per-bin accuracy bars against the diagonal, counts below.
+
+    Bars show accuracy per confidence bin; the hatched part is the gap to the bin's mean
+    confidence; the lower panel shows how many examples fall in each bin. ECE and MCE from
+    ``data`` are printed in the legend.
+
+    Args:
+        data: output of :func:`bnn_nested.evaluation.metrics.reliability_data`.
+        path: output ``.png`` path (written atomically).
+        title: figure title.
+
+    Returns:
+        The written path.
+
+    Example:
+        >>> reliability_diagram(reliability_data(probs, targets, 15), "rel.png", "width 1.0")
+    """
+    if not isinstance(data, ReliabilityData):
+        raise ValueError("data must be a ReliabilityData (from metrics.reliability_data)")
+    edges = _to_numpy(data.edges)
+    counts = _to_numpy(data.counts)
+    acc = np.nan_to_num(_to_numpy(data.accuracy))
+    conf = _to_numpy(data.confidence)
+    conf = np.where(np.isnan(conf), 0.5 * (edges[:-1] + edges[1:]), conf)
+    widths = np.diff(edges)
+    left = edges[:-1]
+
+    fig = Figure(figsize=(4.5, 5.5), layout="constrained")
+    ax, ax_count = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    nonempty = counts > 0
+    ax.bar(
+        left, acc, width=widths, align="edge", edgecolor="black", color="tab:blue", label="accuracy"
+    )
+    gap_bottom = np.minimum(acc, conf)
+    ax.bar(
+        left[nonempty],
+        np.abs(conf - acc)[nonempty],
+        bottom=gap_bottom[nonempty],
+        width=widths[nonempty],
+        align="edge",
+        color="tab:red",
+        alpha=0.3,
+        hatch="//",
+        edgecolor="tab:red",
+        label="gap to confidence",
+    )
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.legend(
+        loc="upper left",
+        fontsize=8,
+        title=f"ECE {data.ece:.4f}  MCE {data.mce:.4f}",
+        title_fontsize=8,
+    )
+    ax_count.bar(left, counts, width=widths, align="edge", color="gray", edgecolor="black")
+    ax_count.set_xlabel("confidence")
+    ax_count.set_ylabel("count")
+    return save_figure(fig, path)
+
+
+def metric_vs_x(
+    series: Mapping[str, tuple[Sequence[float] | Tensor, Sequence[float] | Tensor]],
+    xlabel: str,
+    ylabel: str,
+    path: str | os.PathLike[str],
+    title: str = "",
+    logx: bool = False,
+) -> Path:
+    """One line per method of a metric (accuracy, NLL, ECE, AUROC, ...) against width or FLOPs.
+
+    Args:
+        series: label -> ``(xs, ys)``, two equal-length 1-D sequences (sorted by ``xs`` here).
+        xlabel: e.g. ``"width r"`` or ``"FLOPs (= 2 x MACs)"``.
+        ylabel: e.g. ``"accuracy"``.
+        path: output ``.png`` path (written atomically).
+        title: figure title.
+        logx: logarithmic x axis (useful for FLOPs).
+
+    Returns:
+        The written path.
+
+    Raises:
+        ValueError: empty ``series`` or mismatched / non-1-D ``xs``, ``ys``.
+
+    Example:
+        >>> metric_vs_x({"BNNN": ([0.25, 0.5, 1.0], [0.9, 0.95, 0.97])}, "width", "accuracy",
+        ...             "acc_vs_width.png")
+    """
+    if not series:
+        raise ValueError("series must map at least one label to (xs, ys)")
+    fig = Figure(figsize=(5, 3.5), layout="constrained")
+    ax = fig.add_subplot()
+    for label, pair in series.items():
+        if len(pair) != 2:
+            raise ValueError(f"series[{label!r}] must be a pair (xs, ys)")
+        xs, ys = _to_numpy(pair[0]), _to_numpy(pair[1])
+        if xs.ndim != 1 or ys.shape != xs.shape or xs.size == 0:
+            raise ValueError(
+                f"series[{label!r}] xs and ys must be non-empty 1-D of equal length; "
+                f"got {xs.shape} and {ys.shape}"
+            )
+        order = np.argsort(xs, kind="stable")
+        ax.plot(xs[order], ys[order], marker="o", markersize=4, label=str(label))
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def keep_prob_plot(
+    keep_probs: Mapping[str, Tensor | Sequence[float]],
+    path: str | os.PathLike[str],
+    title: str = "learned keep probability per group",
+) -> Path:
+    """Bar chart per layer of the learned keep probability of each ordered channel group.
+
+    Group ``k`` (1-based, in the nesting order) is kept with probability ``keep_probs[layer][k-1]``;
+    under the ordered (Downhill) masks this is non-increasing in ``k``.
+
+    Args:
+        keep_probs: layer name -> ``(K,)`` keep probabilities in ``[0, 1]``, in network order.
+        path: output ``.png`` path (written atomically).
+        title: figure title.
+
+    Returns:
+        The written path.
+
+    Raises:
+        ValueError: empty mapping or a non-1-D / empty entry.
+
+    Example:
+        >>> keep_prob_plot({"fc1": torch.tensor([1.0, 0.9, 0.4]), "fc2": torch.ones(4)},
+        ...                "keep_probs.png")
+    """
+    if not keep_probs:
+        raise ValueError("keep_probs must map at least one layer name to a 1-D tensor")
+    arrays = {}
+    for name, values in keep_probs.items():
+        arr = _to_numpy(values)
+        if arr.ndim != 1 or arr.size == 0:
+            raise ValueError(
+                f"keep_probs[{name!r}] must be a non-empty 1-D tensor; got {arr.shape}"
+            )
+        arrays[name] = arr
+    n = len(arrays)
+    ncols = min(n, 3)
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(3.2 * ncols, 2.4 * nrows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    for ax, (name, arr) in zip(axes, arrays.items()):
+        groups = np.arange(1, arr.size + 1)
+        ax.bar(groups, arr, width=0.8, color="tab:green", edgecolor="black", linewidth=0.5)
+        ax.set_ylim(0, 1.05)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(str(name), fontsize=9)
+        ax.set_xlabel("group (ordered)", fontsize=8)
+        ax.set_ylabel("keep prob.", fontsize=8)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    return save_figure(fig, path)

@@ -1,0 +1,36 @@
+"""Model registry: configs name models by string."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from bnn_nested.nn.model import NestedModel
+
+#: name -> builder(model_cfg, ordering_kwargs, input_shape, num_classes) -> NestedModel
+MODELS: dict[str, Callable[..., NestedModel]] = {}
+
+
+def register_model(name: str):
+    """Decorator registering a builder ``f(model_cfg, ordering, input_shape, num_classes)``."""
+
+    def deco(fn):
+        if name in MODELS:
+            raise ValueError(f"model {name!r} is already registered")
+        MODELS[name] = fn
+        return fn
+
+    return deco
+
+
+def build_model(
+    model_cfg: Any, ordering: dict[str, Any], input_shape: tuple[int, ...], num_classes: int
+) -> NestedModel:
+    """Build the model named ``model_cfg.name``; unknown names list the known ones."""
+    try:
+        builder = MODELS[model_cfg.name]
+    except KeyError:
+        raise ValueError(
+            f"model.name: unknown model {model_cfg.name!r}; known models: {', '.join(sorted(MODELS))}"
+        ) from None
+    return builder(model_cfg, ordering, tuple(input_shape), num_classes)

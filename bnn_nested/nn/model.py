@@ -1,0 +1,148 @@
+"""Base class of nested models: width passed explicitly or by a context manager, never global."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from bnn_nested.nn.nested import NestedMixin
+from bnn_nested.nn.ordering_unit import OrderingUnit, active_groups
+
+#: A width: a global fraction ``r in (0, 1]``, or per-layer group counts ``{layer_name: groups}``.
+Width = float | Mapping[str, int]
+
+
+class NestedModel(nn.Module):
+    """A model whose nested layers all follow one width.
+
+    Subclasses implement :meth:`forward_full` (the forward pass, unaware of width); this class adds
+    ``forward(x, width=None)``, ``with model.width(r):``, masking control, and the ordering KL.
+
+    Example:
+        >>> logits = model(x, width=0.5)           # explicit
+        >>> with model.width(0.25): logits = model(x)   # context manager
+
+    Reference: Cui et al., *Bayesian Nested Neural Networks*, CVPR 2021.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._current_width: Width = 1.0
+
+    # -- width ---------------------------------------------------------------------------------
+    def nested_layers(self) -> Iterator[tuple[str, nn.Module]]:
+        for name, m in self.named_modules():
+            if isinstance(m, NestedMixin):
+                yield name, m
+
+    def ordered_layers(self) -> Iterator[tuple[str, nn.Module]]:
+        for name, m in self.nested_layers():
+            if m.ordered:
+                yield name, m
+
+    def set_width(self, width: Width) -> None:
+        """Set the active width persistently (prefer ``with model.width(r):``)."""
+        if isinstance(width, Mapping):
+            known = dict(self.ordered_layers())
+            unknown = set(width) - set(known)
+            if unknown:
+                raise ValueError(
+                    f"width: unknown layer(s) {sorted(unknown)}; ordered layers are {sorted(known)}"
+                )
+            for name, layer in self.ordered_layers():
+                layer.set_active_groups(width.get(name))
+        else:
+            width = float(width)
+            active_groups(width, 2, 0)  # validates (0, 1]
+            for _, layer in self.nested_layers():
+                layer.set_width(width)
+        self._current_width = width
+
+    @property
+    def current_width(self) -> Width:
+        return self._current_width
+
+    @contextmanager
+    def width(self, width: Width):
+        """Run at ``width`` inside the block and restore the previous width afterwards."""
+        previous = self._current_width
+        self.set_width(width)
+        try:
+            yield self
+        finally:
+            self.set_width(previous)
+
+    def forward(self, x: torch.Tensor, width: Width | None = None) -> torch.Tensor:
+        if width is None:
+            return self.forward_full(x)
+        with self.width(width):
+            return self.forward_full(x)
+
+    def forward_full(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- ordering ------------------------------------------------------------------------------
+    def ordering_units(self) -> Iterator[tuple[str, OrderingUnit]]:
+        for name, m in self.named_modules():
+            if isinstance(m, OrderingUnit):
+                yield name, m
+
+    @contextmanager
+    def masking(self, enabled: bool = True):
+        """Enable or disable Downhill mask sampling (in training mode) inside the block."""
+        units = [u for _, u in self.ordering_units()]
+        previous = [u.sampling for u in units]
+        for u in units:
+            u.sampling = enabled
+        try:
+            yield self
+        finally:
+            for u, p in zip(units, previous):
+                u.sampling = p
+
+    @contextmanager
+    def stochastic(self, enabled: bool = True):
+        """Monte-Carlo mode inside the block: Bayesian layers sample their weights and dropout
+        layers stay active even in ``eval()`` (used by :func:`~bnn_nested.evaluation.predict`)."""
+        layers = [m for _, m in self.nested_layers()]
+        drops = [m for m in self.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+        prev_layers = [m.stochastic for m in layers]
+        prev_drops = [m.training for m in drops]
+        for m in layers:
+            m.stochastic = enabled
+        for m in drops:
+            m.train(enabled or m.training)
+        try:
+            yield self
+        finally:
+            for m, p in zip(layers, prev_layers):
+                m.stochastic = p
+            for m, p in zip(drops, prev_drops):
+                m.train(p)
+
+    def set_temperature(self, temperature: float) -> None:
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        for _, u in self.ordering_units():
+            u.temperature.fill_(temperature)
+
+    def keep_probs(self) -> dict[str, torch.Tensor]:
+        """Learned keep probability ``P(b >= k)`` of each ordered group, per ordering unit."""
+        return {name: u.keep_probs().detach() for name, u in self.ordering_units()}
+
+    def weight_kl_pairs(self) -> list[tuple[nn.Module, OrderingUnit | None]]:
+        """(layer, ordering unit of its outputs) pairs for the weight KL; override in subclasses."""
+        return [(m, None) for _, m in self.nested_layers()]
+
+    def kl(self) -> torch.Tensor:
+        """Ordering KL plus keep-probability-weighted weight KL (0 for point weights)."""
+        total = next(self.parameters()).new_zeros(())
+        for _, u in self.ordering_units():
+            total = total + u.kl()
+        for layer, unit in self.weight_kl_pairs():
+            keep = unit.channel_keep_probs() if unit is not None else None
+            total = total + layer.weight_kl(keep)
+        return total

@@ -1,0 +1,149 @@
+"""Nested (slimmable) layers that run at any width by *slicing* their weights.
+
+A nested layer keeps its full-size parameters and, at width ``r``, uses the leading
+``active_groups(r) * group_size`` output channels and as many input channels as its input has
+(``weight[:out_active, :in_active]``): the input width follows the previous layer's active width.
+The active width is state set by :class:`~bnn_nested.nn.NestedModel` (``model.width(r)``), never read
+from a global.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bnn_nested.nn.ordering_unit import active_groups, group_size
+
+
+class NestedMixin:
+    """Width bookkeeping shared by nested layers.
+
+    Attributes:
+        groups, frozen: output grouping (``ordered=False`` layers always output every channel).
+        active_out_groups: groups used now (``None`` = all); set by ``NestedModel.set_width``.
+    """
+
+    groups: int
+    frozen: int
+    ordered: bool
+    active_out_groups: int | None
+
+    def _init_nested(self, out_channels: int, groups: int, frozen: int, ordered: bool) -> None:
+        self.group_size = group_size(out_channels, groups)
+        if not 0 <= frozen < groups and ordered:
+            raise ValueError(f"frozen must be in [0, groups) = [0, {groups}), got {frozen}")
+        self.groups = groups
+        self.frozen = frozen
+        self.ordered = ordered
+        self.active_out_groups = None
+        self.last_active: tuple[int, int] | None = None
+        self.stochastic = False  # sample weights in eval (Bayesian layers; see NestedModel.stochastic)
+
+    def set_width(self, width: float) -> None:
+        """Use the leading ``F + ceil(width * K)`` groups (ordered layers only)."""
+        self.active_out_groups = active_groups(width, self.groups, self.frozen) if self.ordered else None
+
+    def set_active_groups(self, n: int | None) -> None:
+        """Use exactly ``n`` leading groups (per-layer allocation); ``None`` = all."""
+        if n is not None and not 1 <= n <= self.groups:
+            raise ValueError(f"active groups must be in [1, {self.groups}], got {n}")
+        self.active_out_groups = n if self.ordered else None
+
+    def out_active(self, full: int) -> int:
+        if self.active_out_groups is None:
+            return full
+        return self.active_out_groups * self.group_size
+
+    def weight_kl(self, channel_keep: torch.Tensor | None = None) -> torch.Tensor:
+        """KL of the weight posterior (0 for point weights; Bayesian layers override)."""
+        return self.weight.new_zeros(())  # type: ignore[attr-defined]
+
+
+class NestedLinear(NestedMixin, nn.Linear):
+    """``nn.Linear`` that runs at any width by slicing ``weight[:out_active, :in_active]``.
+
+    Args:
+        in_features, out_features, bias: as ``nn.Linear``.
+        groups: output groups ``G`` (divides ``out_features``); ``frozen``: always-kept groups.
+        ordered: ``False`` for layers whose outputs are never truncated (e.g. the classifier).
+
+    Example:
+        >>> layer = NestedLinear(64, 128, groups=16, frozen=2)
+        >>> layer.set_width(0.5); y = layer(x)       # y.shape[-1] == 8 * (2 + 7)
+
+    Reference: Cui et al., *Bayesian Nested Neural Networks*, CVPR 2021.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        groups: int = 1,
+        frozen: int = 0,
+        ordered: bool = True,
+    ) -> None:
+        super().__init__(in_features, out_features, bias=bias)
+        self._init_nested(out_features, groups, frozen, ordered)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n_in = x.shape[-1]
+        if n_in > self.in_features:
+            raise ValueError(f"input has {n_in} features, layer expects at most {self.in_features}")
+        n_out = self.out_active(self.out_features)
+        self.last_active = (n_out, n_in)
+        w = self.weight[:n_out, :n_in]
+        b = self.bias[:n_out] if self.bias is not None else None
+        return F.linear(x, w, b)
+
+
+class NestedConv2d(NestedMixin, nn.Conv2d):
+    """``nn.Conv2d`` that runs at any width by slicing ``weight[:out_active, :in_active]``.
+
+    Only ``groups=1`` convolutions are supported (the ``groups`` argument here is the number of
+    *channel groups for ordering*, not the convolution's grouping).
+
+    Example:
+        >>> conv = NestedConv2d(3, 64, 3, padding=1, groups=16, frozen=2)
+        >>> conv.set_width(0.25); y = conv(x)
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | str = 0,
+        dilation: int | tuple[int, int] = 1,
+        bias: bool = True,
+        groups: int = 1,
+        frozen: int = 0,
+        ordered: bool = True,
+    ) -> None:
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, bias=bias
+        )
+        self._init_nested(out_channels, groups, frozen, ordered)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n_in = x.shape[1]
+        if n_in > self.in_channels:
+            raise ValueError(f"input has {n_in} channels, layer expects at most {self.in_channels}")
+        n_out = self.out_active(self.out_channels)
+        self.last_active = (n_out, n_in)
+        w = self.weight[:n_out, :n_in]
+        b = self.bias[:n_out] if self.bias is not None else None
+        return F.conv2d(x, w, b, self.stride, self.padding, self.dilation)
+
+
+def active_param_count(layer: nn.Module) -> int:
+    """Parameters a nested layer used in its last forward pass (sliced weight and bias)."""
+    if not isinstance(layer, NestedMixin) or layer.last_active is None:
+        raise ValueError("active_param_count needs a nested layer that has run a forward pass")
+    n_out, n_in = layer.last_active
+    w = layer.weight  # type: ignore[attr-defined]
+    per = w[0, 0].numel()
+    bias = n_out if getattr(layer, "bias", None) is not None else 0
+    return n_out * n_in * per + bias

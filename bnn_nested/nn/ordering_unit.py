@@ -1,0 +1,185 @@
+"""Variational ordering unit (VOU): a layer's learned distribution over how many groups it keeps."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.distributions import kl_divergence
+
+from bnn_nested.distributions import (
+    DEFAULT_INIT,
+    DEFAULT_PRIOR_PI,
+    LOGIT_CLIP,
+    Downhill,
+    keep_probs_from_logits,
+    stick_breaking_logits,
+    truncated_geometric_logits,
+    uniform_logits,
+)
+
+PriorKind = Literal["geometric", "uniform"]
+PRIOR_KINDS: tuple[str, ...] = ("geometric", "uniform")
+
+
+def prior_logits(kind: str, K: int, pi: float = DEFAULT_PRIOR_PI) -> torch.Tensor:
+    """Truncation logits ``(K + 1,)`` of the ordering prior ``p(b)``."""
+    if kind == "geometric":
+        return truncated_geometric_logits(pi, K)
+    if kind == "uniform":
+        return uniform_logits(K)
+    raise ValueError(f"prior must be one of {PRIOR_KINDS}, got {kind!r}")
+
+
+def continuation_logits_matching(logits: torch.Tensor) -> torch.Tensor:
+    """Inverse of the stick-breaking map: continuation logits ``r`` with ``q(b) = softmax(logits)``.
+
+    ``beta_k = P(b >= k) / P(b >= k - 1)``, ``r_k = logit(beta_k)``. Shape ``(K + 1,) -> (K,)``.
+    """
+    keep = keep_probs_from_logits(logits)
+    prev = torch.cat([torch.ones_like(keep[..., :1]), keep[..., :-1]], dim=-1)
+    beta = (keep / prev).clamp(1e-6, 1 - 1e-6)
+    return torch.log(beta) - torch.log1p(-beta)
+
+
+def group_size(channels: int, groups: int) -> int:
+    """Channels per group; ``groups`` must divide ``channels``."""
+    if groups < 1 or channels % groups != 0:
+        raise ValueError(f"groups must be >= 1 and divide the channel count {channels}, got {groups}")
+    return channels // groups
+
+
+def active_groups(width: float, groups: int, frozen: int) -> int:
+    """Groups kept at global width ``r in (0, 1]``: ``F + ceil(r * K)`` with ``K = G - F``."""
+    if not 0.0 < width <= 1.0:
+        raise ValueError(f"width must be in (0, 1], got {width}")
+    K = groups - frozen
+    return frozen + min(K, math.ceil(width * K - 1e-9))
+
+
+class OrderingUnit(nn.Module):
+    r"""Variational ordering unit of one layer (Cui et al., *Bayesian Nested Neural Networks*, 2021).
+
+    The layer's ``channels`` outputs are split into ``groups`` contiguous groups; the first ``frozen``
+    are always kept, the other ``K = groups - frozen`` are ordered. The unit holds the continuation
+    logits ``r`` of the stick-breaking posterior ``q(b)`` and the prior ``p(b)``. In training (when
+    sampling is enabled) it multiplies its input's channels by a Downhill mask, resampled each forward
+    pass (one per mini-batch, or one per example with ``per_example=True``); otherwise it is the
+    identity (or scales by keep probabilities with ``keep_scaling=True``). Place it *after* the
+    layer's normalisation and activation, so a hard mask computes exactly the sliced network.
+
+    Args:
+        channels: number of channels of the ordered layer (dimension 1 of the input).
+        groups: number of groups ``G`` (divides ``channels``).
+        frozen: always-kept leading groups ``F`` (``0 <= F < G``).
+        temperature: Downhill temperature ``tau > 0`` (a buffer, changed by schedules).
+        prior: ``"geometric"`` (truncated geometric with ``prior_pi``) or ``"uniform"``.
+        init: initial continuation logit (reference 3.0), or ``"prior"`` to start at the prior.
+        learn: if ``False`` the posterior stays fixed (nested dropout) and ``kl()`` is 0.
+        hard: straight-through 0/1 masks instead of relaxed ones.
+
+    Example:
+        >>> ou = OrderingUnit(channels=64, groups=16, frozen=2)
+        >>> h = ou(torch.relu(layer(x)))        # masked in training, identity in eval
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        groups: int,
+        frozen: int = 0,
+        temperature: float = 1.0,
+        prior: PriorKind = "geometric",
+        prior_pi: float = DEFAULT_PRIOR_PI,
+        init: float | Literal["prior"] = DEFAULT_INIT,
+        learn: bool = True,
+        hard: bool = False,
+        per_example: bool = False,
+        keep_scaling: bool = False,
+    ) -> None:
+        super().__init__()
+        self.channels = channels
+        self.groups = groups
+        self.group_size = group_size(channels, groups)
+        if not 0 <= frozen < groups:
+            raise ValueError(f"frozen must be in [0, groups) = [0, {groups}), got {frozen}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.frozen = frozen
+        self.K = groups - frozen
+        self.register_buffer("prior_logits", prior_logits(prior, self.K, prior_pi))
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+        if init == "prior":
+            r0 = continuation_logits_matching(self.prior_logits)
+        else:
+            r0 = torch.full((self.K,), float(init))
+        r0 = r0.clamp(-LOGIT_CLIP, LOGIT_CLIP)
+        self.learn = learn
+        if learn:
+            self.r = nn.Parameter(r0)
+        else:
+            self.register_buffer("r", r0)
+        self.prior_kind = prior
+        self.hard = hard
+        self.per_example = per_example
+        self.keep_scaling = keep_scaling
+        self.sampling = True
+
+    def extra_repr(self) -> str:
+        return (
+            f"channels={self.channels}, groups={self.groups}, frozen={self.frozen}, "
+            f"prior={self.prior_kind}, learn={self.learn}, hard={self.hard}"
+        )
+
+    def logits(self) -> torch.Tensor:
+        """Posterior truncation logits ``log q(b)``, shape ``(K + 1,)`` (``r`` clipped to ±5)."""
+        return stick_breaking_logits(self.r.clamp(-LOGIT_CLIP, LOGIT_CLIP))
+
+    def posterior(self) -> Downhill:
+        return Downhill(self.logits(), self.temperature, hard=self.hard)
+
+    def prior(self) -> Downhill:
+        return Downhill(self.prior_logits, self.temperature)
+
+    def kl(self) -> torch.Tensor:
+        """``KL(q(b) || p(b))`` (analytic, categorical); 0 when the ordering is not learned."""
+        if not self.learn:
+            return self.r.new_zeros(())
+        return kl_divergence(self.posterior(), self.prior())
+
+    def keep_probs(self) -> torch.Tensor:
+        """``P(b >= k)`` for the ``K`` ordered groups."""
+        return keep_probs_from_logits(self.logits())
+
+    def expand_groups(self, group_values: torch.Tensor) -> torch.Tensor:
+        """Per-ordered-group values ``(..., K)`` -> per-channel ``(..., channels)``; frozen -> 1."""
+        ones = group_values.new_ones(group_values.shape[:-1] + (self.frozen,))
+        return torch.cat([ones, group_values], -1).repeat_interleave(self.group_size, dim=-1)
+
+    def channel_keep_probs(self) -> torch.Tensor:
+        """Keep probability of every channel, shape ``(channels,)``."""
+        return self.expand_groups(self.keep_probs())
+
+    def sample_mask(self, batch: int | None = None) -> torch.Tensor:
+        """A per-channel mask ``(channels,)``, or ``(batch, channels)`` when given a batch size."""
+        d = self.posterior()
+        m = d.rsample((batch,)) if batch is not None else d.rsample()
+        return self.expand_groups(m)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        if c > self.channels:
+            raise ValueError(f"input has {c} channels, the unit was built for {self.channels}")
+        if self.training and self.sampling:
+            mask = self.sample_mask(x.shape[0] if self.per_example else None)[..., :c]
+        elif self.keep_scaling:
+            mask = self.channel_keep_probs()[:c]
+        else:
+            return x
+        if mask.dim() == 1:
+            mask = mask.view((1, c) + (1,) * (x.dim() - 2))
+        else:
+            mask = mask.view(mask.shape + (1,) * (x.dim() - 2))
+        return x * mask.to(x.dtype)

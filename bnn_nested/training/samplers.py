@@ -1,0 +1,117 @@
+"""Width samplers: what each training step runs (one trainer, one class per strategy).
+
+* ``vou``: full width with learned Downhill masks (Cui et al. 2021).
+* ``nested_dropout``: full width with hard masks from the fixed prior (Rippel et al. 2014).
+* ``sandwich``: largest + smallest + ``k`` random widths, in-place distillation from the largest
+  (Yu & Huang, *Universally Slimmable Networks*, 2019).
+* ``fixed``: one width, no masks (the independently trained baseline).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One forward pass of a training step."""
+
+    width: float
+    mask: bool
+    distill: bool = False  # target = the first pass's (detached) predictive distribution
+
+
+class WidthSampler:
+    """Base class. ``ordering_kwargs`` configures the model's ordering units; ``passes`` plans a step."""
+
+    name = "base"
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+
+    def ordering_kwargs(self) -> dict[str, Any]:
+        c = self.cfg
+        return {
+            "temperature": c.temperature,
+            "prior": c.prior,
+            "prior_pi": c.prior_pi,
+            "init": "prior",
+            "learn": False,
+            "hard": True,
+            "per_example": c.per_example,
+        }
+
+    def passes(self, step: int, generator: torch.Generator) -> list[Pass]:  # pragma: no cover
+        raise NotImplementedError
+
+
+class VOUSampler(WidthSampler):
+    name = "vou"
+
+    def ordering_kwargs(self) -> dict[str, Any]:
+        kw = super().ordering_kwargs()
+        kw.update(init=self.cfg.init, learn=True, hard=self.cfg.hard)
+        return kw
+
+    def passes(self, step, generator):
+        return [Pass(1.0, mask=True)]
+
+
+class NestedDropoutSampler(WidthSampler):
+    name = "nested_dropout"
+
+    def passes(self, step, generator):
+        return [Pass(1.0, mask=True)]
+
+
+class SandwichSampler(WidthSampler):
+    name = "sandwich"
+
+    def passes(self, step, generator):
+        lo = self.cfg.min_width
+        k = self.cfg.sandwich_random
+        rand = lo + (1.0 - lo) * torch.rand(k, generator=generator)
+        d = self.cfg.distill
+        return (
+            [Pass(1.0, mask=False), Pass(lo, mask=False, distill=d)]
+            + [Pass(float(r), mask=False, distill=d) for r in rand]
+        )
+
+
+class FixedSampler(WidthSampler):
+    name = "fixed"
+
+    def passes(self, step, generator):
+        return [Pass(self.cfg.fixed_width, mask=False)]
+
+
+SAMPLERS: dict[str, type[WidthSampler]] = {
+    s.name: s for s in (VOUSampler, NestedDropoutSampler, SandwichSampler, FixedSampler)
+}
+
+
+def build_sampler(cfg: Any) -> WidthSampler:
+    """Sampler named ``cfg.sampler`` (an :class:`~bnn_nested.config.OrderingConfig`)."""
+    try:
+        return SAMPLERS[cfg.sampler](cfg)
+    except KeyError:
+        raise ValueError(
+            f"ordering.sampler: unknown sampler {cfg.sampler!r}; known: {', '.join(SAMPLERS)}"
+        ) from None
+
+
+def temperature_at(cfg: Any, epoch: int) -> float:
+    """Temperature schedule: constant, or ``max(floor, tau0 * exp(-rate * epoch))``."""
+    if cfg.schedule == "constant":
+        return cfg.temperature
+    return max(cfg.temperature_min, cfg.temperature * float(torch.exp(torch.tensor(-cfg.anneal_rate * epoch))))
+
+
+def kl_weight_at(cfg: Any, epoch: int) -> float:
+    """KL weight with linear warm-up over ``kl_warmup_epochs`` (0 = none)."""
+    if cfg.kl_warmup_epochs == 0:
+        return cfg.kl_weight
+    return cfg.kl_weight * min(1.0, (epoch + 1) / cfg.kl_warmup_epochs)

@@ -1,0 +1,11 @@
+import pyro
+import pytest
+import torch
+
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    pyro.clear_param_store()
+    yield

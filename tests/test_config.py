@@ -1,0 +1,51 @@
+import pytest
+
+from bnn_nested.config import Config, ConfigError, build_config, load_config
+
+
+def test_shipped_configs_validate():
+    from pathlib import Path
+
+    for path in sorted(Path("configs").glob("*.yaml")):
+        cfg = load_config(path)
+        assert isinstance(cfg, Config)
+
+
+def test_round_trip():
+    cfg = build_config({"model": {"hidden": [32]}, "regularization": {"kind": "wrs"}})
+    assert build_config(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize(
+    "raw, needle",
+    [
+        ({"model": {"hiden": [32]}}, "model.hiden: unknown key (did you mean 'hidden'?)"),
+        ({"ordering": {"temperature": 0}}, "ordering.temperature: Input should be greater than 0"),
+        ({"eval": {"widths": [0.0, 0.5]}}, "eval.widths: every width must be in (0, 1]"),
+        ({"ordering": {"sampler": "magic"}}, "ordering.sampler: Input should be 'vou', 'nested_dropout'"),
+        ({"model": {"hidden": [30], "groups": 16}}, "model: groups (16) must divide every hidden size"),
+        ({"trian": {}}, "trian: unknown key (did you mean 'train'?)"),
+    ],
+)
+def test_errors_are_one_line_and_name_the_key(raw, needle):
+    with pytest.raises(ConfigError) as exc:
+        build_config(raw)
+    msg = str(exc.value)
+    assert "\n" not in msg
+    assert needle in msg
+
+
+def test_overrides():
+    cfg = build_config({}, ["train.epochs=3", "model.hidden=[16, 16]", "ordering.init=prior"])
+    assert cfg.train.epochs == 3 and cfg.model.hidden == [16, 16] and cfg.ordering.init == "prior"
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        build_config({}, ["train.epochs"])
+
+
+def test_bad_yaml_file(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("model: [1, 2")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
