@@ -40,6 +40,9 @@ class DataConfig(_Strict):
     batch_size: int = Field(64, ge=1)
     eval_batch_size: int = Field(512, ge=1)
     num_workers: int = Field(0, ge=0)
+    held_out_classes: list[int] = Field(
+        default_factory=list, description="classes removed from training, used as OOD ('heldout')"
+    )
 
 
 class ModelConfig(_Strict):

@@ -1,4 +1,7 @@
-"""``bnn-nested evaluate RUN``: per-width report of a trained run."""
+"""``bnn-nested evaluate RUN``: per-width report (classification, calibration, OOD, FLOPs).
+
+Writes ``RUN/report.json``, ``RUN/report.md`` and ``RUN/plots/*.png`` atomically.
+"""
 
 from __future__ import annotations
 
@@ -7,35 +10,51 @@ from pathlib import Path
 from bnn_nested.cli.common import UsageError, parse_widths
 
 
+def _names(text: str) -> list[str]:
+    return [t for t in text.replace(",", " ").split() if t]
+
+
 def add_parser(sub) -> None:
     e = sub.add_parser("evaluate", help="per-width report of a trained run")
     e.add_argument("run", help="run directory written by `bnn-nested train`")
     e.add_argument("--widths", type=parse_widths, default=None, help="e.g. 0.25,0.5,1.0")
     e.add_argument("--samples", type=int, default=None, help="Monte-Carlo samples per input")
+    e.add_argument("--ood", type=_names, default=[],
+                   help="OOD sets: gaussian, uniform, patches, heldout, or a torchvision name (svhn)")
+    e.add_argument("--scores", type=_names, default=None,
+                   help="OOD scores (higher = more OOD): entropy, mutual_information, msp, ...")
     e.add_argument("--split", choices=["test", "val"], default="test")
+    e.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     e.set_defaults(handler=run)
 
 
 def run(args) -> int:
-    from bnn_nested.evaluation.evaluate import evaluate_widths
-    from bnn_nested.io import atomic_write_json
+    from bnn_nested.evaluation.evaluate import DEFAULT_SCORES, evaluate
+    from bnn_nested.evaluation.ood import SCORES
     from bnn_nested.training.run import load_run
 
     if args.samples is not None and args.samples < 1:
         raise UsageError(f"--samples must be >= 1, got {args.samples}")
-    run = load_run(args.run)
-    cfg = run.config
+    scores = args.scores or list(DEFAULT_SCORES)
+    unknown = [s for s in scores if s not in SCORES]
+    if unknown:
+        raise UsageError(f"--scores: unknown {unknown}; accepted: {', '.join(SCORES)}")
+    run_dir = Path(args.run)
+    loaded = load_run(run_dir)
+    cfg = loaded.config
     widths = args.widths or cfg.eval.widths
     samples = args.samples or cfg.eval.samples
-    data = run.splits.test if args.split == "test" else run.splits.val
-    report = evaluate_widths(run.model, data, widths, samples, cfg.eval.ece_bins,
-                             cfg.data.eval_batch_size)
-    report.meta.update(run=str(args.run), split=args.split, data=cfg.data.name,
-                       sampler=cfg.ordering.sampler)
-    path = atomic_write_json(Path(args.run) / "report.json", report.to_dict())
-    print(f"{cfg.data.name} {args.split} set, sampler {cfg.ordering.sampler}, {samples} sample(s)")
+    report = evaluate(
+        loaded.model, loaded.splits, widths, samples=samples, ood=args.ood, scores=scores,
+        n_bins=cfg.eval.ece_bins, batch_size=cfg.data.eval_batch_size, split=args.split,
+        progress=True, seed=cfg.seed, root=cfg.data.root,
+    )
+    report.meta.update(run=str(run_dir), data=cfg.data.name, sampler=cfg.ordering.sampler,
+                       model=cfg.model.name, weights=cfg.model.weights)
+    written = report.write(run_dir, plots=not args.no_plots)
+    print(f"{cfg.data.name} {args.split} set, {cfg.model.name} / {cfg.ordering.sampler}, "
+          f"{samples} sample(s)")
     print(report.table())
-    print(f"written: {path}")
+    print(f"written: {written['json']}, {written['md']}"
+          + ("" if args.no_plots else f", {run_dir / 'plots'}/"))
     return 0
-
-

@@ -13,7 +13,7 @@ from bnn_nested.cli.common import Parser, UsageError
 from bnn_nested.config import ConfigError
 
 #: Command modules; each defines ``add_parser(subparsers)`` (setting ``handler``) and ``run(args)``.
-COMMAND_MODULES = ("train", "evaluate")
+COMMAND_MODULES = ("train", "evaluate", "compare")
 
 
 def build_parser() -> Parser:

@@ -5,18 +5,28 @@ from __future__ import annotations
 
 from typing import Any
 
-from bnn_nested.data.base import DataSplits, stratified_split
+from bnn_nested.data.base import DataSplits, hold_out_classes, stratified_split
 from bnn_nested.data.digits import load_digits
 
 TORCHVISION_SETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "imagefolder")
 
 
 def load_dataset(cfg: Any, seed: int = 0, flatten: bool = False) -> DataSplits:
-    """Load the data set named by a :class:`~bnn_nested.config.DataConfig`.
+    """Load the data set named by a :class:`~bnn_nested.config.DataConfig`, without the classes in
+    ``cfg.held_out_classes`` (kept as ``splits.held_out`` for OOD evaluation).
 
     ``flatten`` asks for flat inputs where the loader supports it (digits, mnist5k); models flatten
     their input anyway when they need to.
     """
+    splits = _load(cfg, seed, flatten)
+    held = list(getattr(cfg, "held_out_classes", None) or [])
+    if held:
+        splits, ood = hold_out_classes(splits, held)
+        splits.held_out = ood  # type: ignore[attr-defined]
+    return splits
+
+
+def _load(cfg: Any, seed: int, flatten: bool) -> DataSplits:
     if cfg.name == "digits":
         return load_digits(cfg.val_fraction, cfg.test_fraction, seed, flatten=flatten)
     if cfg.name == "mnist5k":
@@ -34,4 +44,4 @@ def load_dataset(cfg: Any, seed: int = 0, flatten: bool = False) -> DataSplits:
     )
 
 
-__all__ = ["TORCHVISION_SETS", "DataSplits", "load_dataset", "load_digits", "stratified_split"]
+__all__ = ["TORCHVISION_SETS", "DataSplits", "hold_out_classes", "load_dataset", "load_digits", "stratified_split"]

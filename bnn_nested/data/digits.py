@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch.utils.data import TensorDataset
 
 from bnn_nested.data.base import DataSplits, stratified_split
 
 
+@dataclass
+class DigitsSplits(DataSplits):
+    """Digits splits plus the standardisation applied: ``x = (pixel - mean) / std`` per feature,
+    raw pixels in ``pixel_range = (0, 16)``."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    pixel_range: tuple[float, float] = (0.0, 16.0)
+
+
 def load_digits(
     val_fraction: float = 0.15, test_fraction: float = 0.2, seed: int = 0, flatten: bool = True
-) -> DataSplits:
+) -> DigitsSplits:
     """Fixed-seed stratified split of ``sklearn.datasets.load_digits``, standardised per feature.
 
     Mean and standard deviation come from the training split only (features with zero variance
@@ -32,8 +44,9 @@ def load_digits(
     x = (x - mean) / std
     shape: tuple[int, ...] = (64,) if flatten else (1, 8, 8)
     x = x.view((-1,) + shape)
+    mean, std = mean.view(shape), std.view(shape)
 
     def part(idx: list[int]) -> TensorDataset:
         return TensorDataset(x[idx], y[idx])
 
-    return DataSplits(part(tr), part(va), part(te), 10, shape, "digits")
+    return DigitsSplits(part(tr), part(va), part(te), 10, shape, "digits", mean, std)

@@ -1,0 +1,95 @@
+"""Per-width evaluation, OOD sets, report writing, the compare command."""
+
+import json
+
+import pytest
+import torch
+from matplotlib.image import imread
+
+from bnn_nested.cli.main import main
+from bnn_nested.data import hold_out_classes, load_digits
+from bnn_nested.evaluation.evaluate import Report, evaluate, make_ood_sets
+from bnn_nested.evaluation.metrics import classification_report
+from bnn_nested.evaluation.predict import predict
+from bnn_nested.models import NestedMLP
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits(seed=0)
+
+
+def _model(num_classes=10, dropout=0.0):
+    torch.manual_seed(0)
+    return NestedMLP(64, num_classes, hidden=[32], groups=4, frozen=1, dropout=dropout).eval()
+
+
+def test_evaluate_matches_direct_metrics_and_counts_flops(digits):
+    model = _model()
+    rep = evaluate(model, digits, [0.5, 1.0], ood=["gaussian"], ood_size=50)
+    x = digits.test.tensors[0]
+    direct = classification_report(predict(model, x, 0.5), digits.test.tensors[1])
+    for k, v in direct.items():
+        assert rep.rows[0.5][k] == pytest.approx(v, rel=1e-6)
+    # 64 -> 24 (3 of 4 groups of 8) -> 10, FLOPs = 2 x MACs per example
+    assert rep.rows[0.5]["cost/flops"] == 2 * (64 * 24 + 24 * 10)
+    assert 0.0 <= rep.rows[1.0]["ood/gaussian/entropy/auroc"] <= 1.0
+    assert "ood/gaussian/mutual_information/auroc" not in rep.rows[1.0]  # needs S > 1
+
+
+def test_mc_dropout_samples_differ_and_give_mutual_information(digits):
+    model = _model(dropout=0.3)
+    x = digits.test.tensors[0][:20]
+    probs = predict(model, x, 1.0, samples=4)
+    assert probs.shape == (4, 20, 10)
+    assert not torch.allclose(probs[0], probs[1])
+    assert torch.equal(predict(model, x, 1.0)[0], predict(model, x, 1.0)[0])  # S = 1: deterministic
+    rep = evaluate(model, digits, [1.0], samples=4, ood=["uniform"], ood_size=40)
+    assert "ood/uniform/mutual_information/auroc" in rep.rows[1.0]
+
+
+def test_hold_out_classes(digits):
+    in_dist, ood = hold_out_classes(digits, [8, 9])
+    assert in_dist.num_classes == 8
+    ys = torch.tensor([in_dist.train[i][1] for i in range(len(in_dist.train))])
+    assert ys.min() == 0 and ys.max() == 7
+    assert len(ood) == int(((digits.test.tensors[1] == 8) | (digits.test.tensors[1] == 9)).sum())
+    with pytest.raises(ValueError, match="held_out_classes"):
+        hold_out_classes(digits, [10])
+    sets = make_ood_sets(in_dist, ["patches"], 10)
+    assert sets["patches"].tensors[0].shape == (10, 64)
+
+
+def test_unknown_ood_set_is_clear(digits):
+    with pytest.raises(ValueError, match="unknown OOD set 'bogus'"):
+        make_ood_sets(digits, ["bogus"], 10)
+    with pytest.raises(ValueError, match="heldout"):
+        make_ood_sets(digits, ["heldout"], 10)
+
+
+def test_report_write_and_round_trip(tmp_path, digits):
+    rep = evaluate(_model(), digits, [0.25, 1.0], ood=["gaussian"], ood_size=30)
+    written = rep.write(tmp_path)
+    assert Report.from_dict(json.loads(written["json"].read_text())).rows == rep.rows
+    assert "| width |" in written["md"].read_text()
+    pngs = sorted((tmp_path / "plots").glob("*.png"))
+    assert any("reliability" in p.name for p in pngs) and any("vs_flops" in p.name for p in pngs)
+    for p in pngs:
+        assert imread(p).ndim == 3
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_compare_command(tmp_path, capsys):
+    for name, acc in (("a", 0.9), ("b", 0.8)):
+        rep = Report(rows={0.5: {"cls/acc": acc - 0.1}, 1.0: {"cls/acc": acc}})
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "report.json").write_text(json.dumps(rep.to_dict()))
+    out = tmp_path / "cmp"
+    rc = main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out),
+               "--metrics", "cls/acc"])
+    assert rc == 0
+    text = (out / "compare.md").read_text()
+    assert "| 1 | 0.9000 | 0.8000 |" in text
+    assert (out / "plots" / "cls_acc_vs_width.png").is_file()
+    rc = main(["compare", str(tmp_path / "nope")])
+    assert rc == 2 and "evaluate" in capsys.readouterr().err
