@@ -41,9 +41,15 @@ METHODS = {
     "mc_dropout": ({"ordering": {"sampler": "vou"}, "model": {"dropout": 0.2}}, 8),
     "fixed": ({"ordering": {"sampler": "fixed"}}, 1),
 }
-KEYS = ["cls/acc", "cls/nll", "cal/ece", "ood/heldout/entropy/auroc",
-        "ood/heldout/mutual_information/auroc", "ood/patches/entropy/auroc",
-        "ood/patches/mutual_information/auroc"]
+KEYS = [
+    "cls/acc",
+    "cls/nll",
+    "cal/ece",
+    "ood/heldout/entropy/auroc",
+    "ood/heldout/mutual_information/auroc",
+    "ood/patches/entropy/auroc",
+    "ood/patches/mutual_information/auroc",
+]
 
 
 def _merge(a: dict, b: dict) -> dict:
@@ -69,7 +75,9 @@ def run_one(data: str, method: str, seed: int, epochs: int, width: float | None,
     out = train_run(cfg, tmp / f"{data}-{method}-{seed}-{width}", quiet=True)
     run = load_run(out)
     widths = WIDTHS if width is None else [width]
-    rep = evaluate(run.model, run.splits, widths, samples=samples, ood=["heldout", "patches"], seed=seed)
+    rep = evaluate(
+        run.model, run.splits, widths, samples=samples, ood=["heldout", "patches"], seed=seed
+    )
     return {w: {k: v for k, v in row.items() if k in KEYS} for w, row in rep.rows.items()}
 
 
@@ -102,8 +110,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\n{args.data}, {args.seeds} seed(s), {args.epochs} epochs, mean ± std over seeds\n")
     print(markdown(results))
     if args.out:
-        Path(args.out).write_text(json.dumps({m: {str(w): r for w, r in v.items()}
-                                              for m, v in results.items()}, indent=1))
+        Path(args.out).write_text(
+            json.dumps({m: {str(w): r for w, r in v.items()} for m, v in results.items()}, indent=1)
+        )
     return results
 
 
@@ -119,8 +128,12 @@ def _fmt(vals: list[float]) -> str:
 def markdown(results: dict) -> str:
     lines = []
     for key in KEYS:
-        lines += [f"**{key}**", "", "| method | " + " | ".join(f"w={w:g}" for w in WIDTHS) + " |",
-                  "|---|" + "---|" * len(WIDTHS)]
+        lines += [
+            f"**{key}**",
+            "",
+            "| method | " + " | ".join(f"w={w:g}" for w in WIDTHS) + " |",
+            "|---|" + "---|" * len(WIDTHS),
+        ]
         for method, rows in results.items():
             cells = [_fmt(rows.get(w, {}).get(key, [])) for w in WIDTHS]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")

@@ -92,13 +92,23 @@ class OrderingConfig(_Strict):
     hard: bool = False
     per_example: bool = False
     kl_weight: float = Field(1.0, ge=0.0)
-    lr: float | None = Field(None, gt=0.0, description="learning rate of ordering parameters "
-                             "(None: train.lr)")
+    lr: float | None = Field(
+        None, gt=0.0, description="learning rate of ordering parameters (None: train.lr)"
+    )
     kl_warmup_epochs: int = Field(0, ge=0)
     fixed_width: float = Field(1.0, gt=0.0, le=1.0, description="sampler 'fixed'")
     min_width: float = Field(0.25, gt=0.0, le=1.0, description="sampler 'sandwich'")
     sandwich_random: int = Field(2, ge=0)
     distill: bool = True
+
+    @model_validator(mode="after")
+    def _schedule_range(self) -> OrderingConfig:
+        if self.schedule == "exponential" and self.temperature_min > self.temperature:
+            raise ValueError(
+                f"temperature_min ({self.temperature_min}) must be <= temperature "
+                f"({self.temperature}) for the exponential schedule"
+            )
+        return self
 
 
 class TrainConfig(_Strict):
@@ -111,6 +121,15 @@ class TrainConfig(_Strict):
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     checkpoint_every: int = Field(0, ge=0, description="epochs between checkpoints (0: end only)")
+    checkpoint_every_steps: int = Field(
+        0, ge=0, description="optimisation steps between checkpoints (0: none)"
+    )
+
+    @model_validator(mode="after")
+    def _precision_fits_device(self) -> TrainConfig:
+        if self.precision == "fp16" and self.device == "cpu":
+            raise ValueError("precision 'fp16' needs device 'cuda' or 'auto'; use 'bf16' on CPU")
+        return self
 
 
 class EvalConfig(_Strict):
@@ -130,7 +149,7 @@ class EvalConfig(_Strict):
 class Config(_Strict):
     """A whole run."""
 
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     ordering: OrderingConfig = Field(default_factory=OrderingConfig)
@@ -180,7 +199,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. train.epochs=5")
     key, value = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(value)
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "invalid YAML"
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({first})") from None
+    return key.strip().split("."), parsed
 
 
 def build_config(raw: dict[str, Any] | None, overrides: list[str] | None = None) -> Config:
@@ -208,7 +232,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        raise ConfigError(
+            f"config file {path} is not valid YAML: {str(err).splitlines()[0]}"
+        ) from None
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return build_config(raw, overrides)

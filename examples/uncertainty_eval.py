@@ -21,15 +21,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--out", default="runs/example_uncertainty")
     args = p.parse_args(argv)
-    cfg = build_config({
-        "data": {"name": "digits", "held_out_classes": [8, 9]},
-        "model": {"name": "mlp", "hidden": [128, 128], "groups": 8, "frozen": 1, "dropout": 0.2},
-        "train": {"epochs": args.epochs},
-        "regularization": {"kind": "none"},
-    })
+    cfg = build_config(
+        {
+            "data": {"name": "digits", "held_out_classes": [8, 9]},
+            "model": {
+                "name": "mlp",
+                "hidden": [128, 128],
+                "groups": 8,
+                "frozen": 1,
+                "dropout": 0.2,
+            },
+            "train": {"epochs": args.epochs},
+            "regularization": {"kind": "none"},
+        }
+    )
     run = load_run(train_run(cfg, args.out, quiet=True, overwrite=True))
-    report = evaluate(run.model, run.splits, [0.25, 0.5, 0.75, 1.0], samples=8,
-                      ood=["heldout", "patches"])
+    report = evaluate(
+        run.model, run.splits, [0.25, 0.5, 0.75, 1.0], samples=8, ood=["heldout", "patches"]
+    )
     print(report.table())
     report.write(args.out)
     print(f"written: {args.out}/report.md and {args.out}/plots/")

@@ -22,8 +22,14 @@ def test_round_trip():
         ({"model": {"hiden": [32]}}, "model.hiden: unknown key (did you mean 'hidden'?)"),
         ({"ordering": {"temperature": 0}}, "ordering.temperature: Input should be greater than 0"),
         ({"eval": {"widths": [0.0, 0.5]}}, "eval.widths: every width must be in (0, 1]"),
-        ({"ordering": {"sampler": "magic"}}, "ordering.sampler: Input should be 'vou', 'nested_dropout'"),
-        ({"model": {"hidden": [30], "groups": 16}}, "model: groups (16) must divide every hidden size"),
+        (
+            {"ordering": {"sampler": "magic"}},
+            "ordering.sampler: Input should be 'vou', 'nested_dropout'",
+        ),
+        (
+            {"model": {"hidden": [30], "groups": 16}},
+            "model: groups (16) must divide every hidden size",
+        ),
         ({"trian": {}}, "trian: unknown key (did you mean 'train'?)"),
     ],
 )

@@ -17,8 +17,11 @@ def add_parser(sub) -> None:
     c = sub.add_parser("compare", help="compare evaluated runs side by side")
     c.add_argument("runs", nargs="+", help="run directories with a report.json")
     c.add_argument("--out", default="runs/compare", help="output folder (default runs/compare)")
-    c.add_argument("--metrics", default="cls/acc,cls/nll,cal/ece",
-                   help="comma-separated report keys to compare")
+    c.add_argument(
+        "--metrics",
+        default="cls/acc,cls/nll,cal/ece",
+        help="comma-separated report keys to compare",
+    )
     c.set_defaults(handler=run)
 
 
@@ -33,8 +36,12 @@ def compare_reports(reports: dict[str, dict], metrics: list[str]) -> tuple[str, 
             }
     lines = []
     for m in metrics:
-        lines += [f"### {m}", "", "| width | " + " | ".join(reports) + " |",
-                  "|---|" + "---|" * len(reports)]
+        lines += [
+            f"### {m}",
+            "",
+            "| width | " + " | ".join(reports) + " |",
+            "|---|" + "---|" * len(reports),
+        ]
         for w in widths:
             vals = " | ".join(f"{data[m][n][f'{w:g}']:.4f}" for n in reports)
             lines.append(f"| {w:g} | {vals} |")

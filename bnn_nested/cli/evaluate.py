@@ -19,10 +19,18 @@ def add_parser(sub) -> None:
     e.add_argument("run", help="run directory written by `bnn-nested train`")
     e.add_argument("--widths", type=parse_widths, default=None, help="e.g. 0.25,0.5,1.0")
     e.add_argument("--samples", type=int, default=None, help="Monte-Carlo samples per input")
-    e.add_argument("--ood", type=_names, default=[],
-                   help="OOD sets: gaussian, uniform, patches, heldout, or a torchvision name (svhn)")
-    e.add_argument("--scores", type=_names, default=None,
-                   help="OOD scores (higher = more OOD): entropy, mutual_information, msp, ...")
+    e.add_argument(
+        "--ood",
+        type=_names,
+        default=[],
+        help="OOD sets: gaussian, uniform, patches, heldout, or a torchvision name (svhn)",
+    )
+    e.add_argument(
+        "--scores",
+        type=_names,
+        default=None,
+        help="OOD scores (higher = more OOD): entropy, mutual_information, msp, ...",
+    )
     e.add_argument("--split", choices=["test", "val"], default="test")
     e.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     e.set_defaults(handler=run)
@@ -31,7 +39,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from bnn_nested.evaluation.evaluate import DEFAULT_SCORES, evaluate
     from bnn_nested.evaluation.ood import SCORES
-    from bnn_nested.training.run import load_run
+    from bnn_nested.training.run import calibrate_widths, load_run
 
     if args.samples is not None and args.samples < 1:
         raise UsageError(f"--samples must be >= 1, got {args.samples}")
@@ -44,17 +52,38 @@ def run(args) -> int:
     cfg = loaded.config
     widths = args.widths or cfg.eval.widths
     samples = args.samples or cfg.eval.samples
+    new = [w for w in widths if w not in cfg.eval.widths]
+    if new:  # widths not calibrated at the end of training
+        calibrate_widths(loaded.model, loaded.splits, new, cfg.data.eval_batch_size)
     report = evaluate(
-        loaded.model, loaded.splits, widths, samples=samples, ood=args.ood, scores=scores,
-        n_bins=cfg.eval.ece_bins, batch_size=cfg.data.eval_batch_size, split=args.split,
-        progress=True, seed=cfg.seed, root=cfg.data.root,
+        loaded.model,
+        loaded.splits,
+        widths,
+        samples=samples,
+        ood=args.ood,
+        scores=scores,
+        n_bins=cfg.eval.ece_bins,
+        batch_size=cfg.data.eval_batch_size,
+        split=args.split,
+        progress=True,
+        seed=cfg.seed,
+        root=cfg.data.root,
     )
-    report.meta.update(run=str(run_dir), data=cfg.data.name, sampler=cfg.ordering.sampler,
-                       model=cfg.model.name, weights=cfg.model.weights)
+    report.meta.update(
+        run=str(run_dir),
+        data=cfg.data.name,
+        sampler=cfg.ordering.sampler,
+        model=cfg.model.name,
+        weights=cfg.model.weights,
+    )
     written = report.write(run_dir, plots=not args.no_plots)
-    print(f"{cfg.data.name} {args.split} set, {cfg.model.name} / {cfg.ordering.sampler}, "
-          f"{samples} sample(s)")
+    print(
+        f"{cfg.data.name} {args.split} set, {cfg.model.name} / {cfg.ordering.sampler}, "
+        f"{samples} sample(s)"
+    )
     print(report.table())
-    print(f"written: {written['json']}, {written['md']}"
-          + ("" if args.no_plots else f", {run_dir / 'plots'}/"))
+    print(
+        f"written: {written['json']}, {written['md']}"
+        + ("" if args.no_plots else f", {run_dir / 'plots'}/")
+    )
     return 0

@@ -1,7 +1,9 @@
 """Command line: ``bnn-nested <command>``; one module per command in this package.
 
 Errors in user input print one line (``bnn-nested: error: ...``) and exit with status 2; ``--debug``
-shows the traceback instead.
+shows the traceback instead. A NaN/Inf loss during training exits with status 1 (one line naming the
+step and the last good checkpoint); Ctrl-C (SIGINT) while training saves a checkpoint and exits with
+status 130.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from bnn_nested.cli.common import Parser, UsageError
 from bnn_nested.config import ConfigError
 
 #: Command modules; each defines ``add_parser(subparsers)`` (setting ``handler``) and ``run(args)``.
-COMMAND_MODULES = ("train", "evaluate", "compare")
+COMMAND_MODULES = ("train", "evaluate", "compare", "select")
 
 
 def build_parser() -> Parser:
@@ -31,15 +33,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return args.handler(args)
-    except KeyboardInterrupt:
-        print("bnn-nested: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        if debug:
+            raise
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else "interrupted"
+        print(f"bnn-nested: {detail}", file=sys.stderr)
         return 130
+    except FloatingPointError as err:  # NonFiniteLossError: not bad input, but one line too
+        if debug:
+            raise
+        print(f"bnn-nested: error: {_one_line(err)}", file=sys.stderr)
+        return 1
     except (UsageError, ConfigError, ValueError, OSError, RuntimeError) as err:
         if debug:
             raise
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"bnn-nested: error: {msg}", file=sys.stderr)
+        print(f"bnn-nested: error: {_one_line(err)}", file=sys.stderr)
         return 2
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 if __name__ == "__main__":  # pragma: no cover

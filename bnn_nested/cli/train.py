@@ -1,14 +1,39 @@
-"""``bnn-nested train --config FILE --out RUN``: train and write a run directory."""
+"""``bnn-nested train --config FILE --out RUN`` (train) or ``--resume RUN`` (continue a run).
+
+Run on several processes with ``torchrun --nproc_per_node=N -m bnn_nested train ...``
+(see docs/multiprocess.md).
+"""
 
 from __future__ import annotations
 
+import os
+
+from bnn_nested.cli.common import UsageError
+
+
+def _report(out) -> None:
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 speaks
+        print(f"trained: {out}")
+
 
 def add_parser(sub) -> None:
-    t = sub.add_parser("train", help="train a model from a YAML config")
-    t.add_argument("--config", required=True, help="YAML config file")
-    t.add_argument("--out", required=True, help="run directory to create")
-    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.epochs=5 (repeatable)")
+    t = sub.add_parser("train", help="train a model from a YAML config, or resume a run")
+    t.add_argument("--config", help="YAML config file")
+    t.add_argument("--out", help="run directory to create")
+    t.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint")
+    t.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.epochs=5 (repeatable)",
+    )
+    t.add_argument(
+        "--device",
+        choices=("cpu", "cuda", "auto"),
+        help="override train.device (auto: CUDA when available)",
+    )
     t.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     t.add_argument("--quiet", action="store_true", help="no progress output")
 
@@ -17,11 +42,32 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from bnn_nested.config import load_config
-    from bnn_nested.training.run import train_run
+    from bnn_nested.training.run import resume_run, train_run
 
-    cfg = load_config(args.config, args.overrides)
+    if args.resume is not None:
+        given = [
+            f
+            for f, v in (
+                ("--config", args.config),
+                ("--out", args.out),
+                ("--set", args.overrides),
+                ("--overwrite", args.overwrite),
+            )
+            if v
+        ]
+        if given:
+            raise UsageError(
+                f"--resume continues a run as it was configured; drop {', '.join(given)}"
+            )
+        out = resume_run(args.resume, quiet=args.quiet, device=args.device)
+        _report(out)
+        return 0
+    if args.config is None or args.out is None:
+        raise UsageError("train needs --config FILE and --out RUN (or --resume RUN)")
+    overrides = list(args.overrides)
+    if args.device is not None:
+        overrides.append(f"train.device={args.device}")
+    cfg = load_config(args.config, overrides)
     out = train_run(cfg, args.out, quiet=args.quiet, overwrite=args.overwrite)
-    print(f"trained: {out}")
+    _report(out)
     return 0
-
-

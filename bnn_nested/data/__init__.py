@@ -44,4 +44,11 @@ def _load(cfg: Any, seed: int, flatten: bool) -> DataSplits:
     )
 
 
-__all__ = ["TORCHVISION_SETS", "DataSplits", "hold_out_classes", "load_dataset", "load_digits", "stratified_split"]
+__all__ = [
+    "TORCHVISION_SETS",
+    "DataSplits",
+    "hold_out_classes",
+    "load_dataset",
+    "load_digits",
+    "stratified_split",
+]

@@ -1,19 +1,45 @@
-"""Cost of a nested model at a width: parameters and FLOPs of the sliced network.
+"""Cost of a nested model at a width: parameters, FLOPs and measured latency of the sliced network.
 
 Convention: **FLOPs = 2 x MACs** (one multiply-accumulate is two floating-point operations), as counted
 by ``torch.utils.flop_counter.FlopCounterMode``; elementwise operations (bias add, BN, ReLU) are not
 counted by that counter.
+
+Latency is wall-clock time of one forward pass of a batch (``torch.no_grad``, ``eval()``), measured
+after warm-up passes, over ``repeats`` passes; we report the median and the inter-quartile range
+(IQR = q75 - q25). On CUDA every pass is bracketed by ``torch.cuda.synchronize()``.
+
+Example:
+    >>> costs = profile_widths(model, torch.zeros(1, 64), [0.25, 0.5, 1.0], batch_size=256)
+    >>> [(c.width, c.flops, c.latency_ms) for c in costs]
 """
 
 from __future__ import annotations
+
+import hashlib
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from bnn_nested.io import atomic_write_json
 from bnn_nested.nn.model import NestedModel, Width
 from bnn_nested.nn.nested import NestedMixin, active_param_count
-from bnn_nested.nn.ordering_unit import OrderingUnit
+from bnn_nested.nn.ordering_unit import OrderingUnit, active_groups
+
+#: How the width is realised when measuring latency.
+LatencyMode = Literal["sliced", "masked"]
+LATENCY_MODES: tuple[str, ...] = ("sliced", "masked")
+#: File name of the cost cache inside a run directory.
+PROFILE_FILE = "deploy/profile.json"
 
 
 @torch.no_grad()
@@ -75,3 +101,222 @@ def count_params(model: NestedModel, example: torch.Tensor, width: Width = 1.0) 
             counted.update(id(p) for p in m.parameters(recurse=False))
     total += sum(p.numel() for p in model.parameters() if id(p) not in counted)
     return total
+
+
+# --------------------------------------------------------------------------- latency
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Latency statistics of one forward pass of a batch, in milliseconds."""
+
+    median_ms: float
+    iqr_ms: float
+    q25_ms: float
+    q75_ms: float
+    repeats: int
+
+
+def _quantile(sorted_xs: list[float], q: float) -> float:
+    """Linear-interpolation quantile (numpy's default) of an already sorted list."""
+    pos = q * (len(sorted_xs) - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (pos - lo)
+
+
+@contextmanager
+def num_threads(threads: int | None):
+    """Temporarily set ``torch.set_num_threads`` (``None`` leaves it alone)."""
+    if threads is None:
+        yield
+        return
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1 or None, got {threads}")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@torch.no_grad()
+def measure_latency(
+    fn: Callable[[torch.Tensor], Any],
+    x: torch.Tensor,
+    warmup: int = 3,
+    repeats: int = 10,
+    threads: int | None = None,
+) -> Timing:
+    """Time ``fn(x)``: ``warmup`` untimed calls, then ``repeats`` timed calls (CUDA synchronised).
+
+    Example:
+        >>> t = measure_latency(lambda x: model(x, width=0.5), torch.zeros(256, 64))
+        >>> t.median_ms, t.iqr_ms
+    """
+    if warmup < 0 or repeats < 1:
+        raise ValueError(f"warmup must be >= 0 and repeats >= 1, got {warmup}, {repeats}")
+    cuda = x.device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    times: list[float] = []
+    with num_threads(threads):
+        for _ in range(warmup):
+            fn(x)
+        sync()
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn(x)
+            sync()
+            times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    q25, q75 = _quantile(times, 0.25), _quantile(times, 0.75)
+    return Timing(statistics.median(times), q75 - q25, q25, q75, repeats)
+
+
+def masked_forward(model: NestedModel, width: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Forward pass of the *full* network with ``width`` applied as a 0/1 channel mask after each
+    ordering unit (how the reference implementation evaluates widths: full cost plus a multiply).
+
+    Computes the same function as the sliced network (masks sit after normalisation and activation).
+    """
+    units = [u for _, u in model.ordering_units()]
+    masks = {}
+    for u in units:
+        keep = active_groups(width, u.groups, u.frozen) * u.group_size
+        m = torch.zeros(u.channels, device=next(model.parameters()).device)
+        m[:keep] = 1.0
+        masks[u] = m
+
+    def hook(mod, inp, out):
+        shape = (1, mod.channels) + (1,) * (out.dim() - 2)
+        return out * masks[mod].view(shape).to(out.dtype)
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        handles = [u.register_forward_hook(hook) for u in units]
+        try:
+            return model(x, width=1.0)
+        finally:
+            for h in handles:
+                h.remove()
+
+    return fn
+
+
+# --------------------------------------------------------------------------- profiles
+
+
+@dataclass
+class WidthCost:
+    """Cost of one width. ``flops``/``params`` are per example (batch 1); latency is per batch of
+    ``batch_size`` (median and IQR over ``repeats`` passes, ms)."""
+
+    width: float
+    params: int
+    flops: int
+    latency_ms: float | None = None
+    latency_iqr_ms: float | None = None
+    batch_size: int = 1
+    threads: int | None = None
+    device: str = "cpu"
+    mode: str = "sliced"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _expand(example: torch.Tensor, batch_size: int) -> torch.Tensor:
+    x = example[:1]
+    return x.expand((batch_size,) + tuple(x.shape[1:])).contiguous()
+
+
+def profile_widths(
+    model: NestedModel,
+    example: torch.Tensor,
+    widths: Sequence[float],
+    batch_size: int = 1,
+    threads: int | None = None,
+    device: str | torch.device = "cpu",
+    warmup: int = 3,
+    repeats: int = 10,
+    latency: bool = True,
+    mode: LatencyMode = "sliced",
+    cache_dir: str | Path | None = None,
+) -> list[WidthCost]:
+    """Parameters, FLOPs (= 2 x MACs, per example) and latency (per batch) at each width.
+
+    Args:
+        model: nested model (put in ``eval()``; its device is left unchanged for counting).
+        example: one input ``(1, ...)`` (extra rows are ignored); expanded to ``batch_size``.
+        widths: global widths in ``(0, 1]``.
+        threads: ``torch.set_num_threads`` during timing (``None``: current setting).
+        device: where latency is measured (the model is moved there and back).
+        latency: ``False`` skips timing (``latency_ms`` is ``None``).
+        mode: ``"sliced"`` (the nested layers slice weights) or ``"masked"`` (see
+            :func:`masked_forward`).
+        cache_dir: if given, results are cached in ``cache_dir/deploy/profile.json`` keyed by all
+            settings; a later call with the same settings reads them instead of measuring.
+
+    Example:
+        >>> costs = profile_widths(model, x[:1], [0.25, 1.0], batch_size=256, cache_dir="runs/demo")
+    """
+    if mode not in LATENCY_MODES:
+        raise ValueError(f"mode must be one of {LATENCY_MODES}, got {mode!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for w in widths:
+        active_groups(float(w), 2, 0)  # validates (0, 1]
+    settings = {
+        "widths": [float(w) for w in widths],
+        "batch_size": batch_size,
+        "threads": threads,
+        "device": str(device),
+        "warmup": warmup,
+        "repeats": repeats,
+        "latency": latency,
+        "mode": mode,
+        "input_shape": list(example.shape[1:]),
+    }
+    key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    cache_path = Path(cache_dir) / PROFILE_FILE if cache_dir is not None else None
+    cache: dict[str, Any] = {}
+    if cache_path is not None and cache_path.is_file():
+        cache = json.loads(cache_path.read_text())
+        if key in cache:
+            return [WidthCost(**d) for d in cache[key]["costs"]]
+
+    model.eval()
+    costs = []
+    x1 = example[:1]
+    for w in widths:
+        costs.append(
+            WidthCost(
+                float(w),
+                count_params(model, x1, float(w)),
+                count_flops(model, x1, float(w)),
+                batch_size=batch_size,
+                threads=threads,
+                device=str(device),
+                mode=mode,
+            )
+        )
+    if latency:
+        first = next(model.parameters())
+        home = first.device
+        model.to(device)
+        try:
+            xb = _expand(example, batch_size).to(device)
+            for c in costs:
+                if mode == "sliced":
+
+                    def fn(x, w=c.width):
+                        return model(x, width=w)
+                else:
+                    fn = masked_forward(model, c.width)
+                t = measure_latency(fn, xb, warmup, repeats, threads)
+                c.latency_ms, c.latency_iqr_ms = t.median_ms, t.iqr_ms
+        finally:
+            model.to(home)
+    if cache_path is not None:
+        cache[key] = {"settings": settings, "costs": [c.to_dict() for c in costs]}
+        atomic_write_json(cache_path, cache)
+    return costs

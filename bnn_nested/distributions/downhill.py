@@ -130,7 +130,9 @@ class Downhill(TorchDistribution):
         new = self._get_checked_instance(Downhill, _instance)
         batch_shape = torch.Size(batch_shape)
         new.logits = self.logits.expand(batch_shape + self.logits.shape[-1:])
-        new.temperature = self.temperature.expand(batch_shape) if self.temperature.dim() else self.temperature
+        new.temperature = (
+            self.temperature.expand(batch_shape) if self.temperature.dim() else self.temperature
+        )
         new.hard = self.hard
         super(Downhill, new).__init__(batch_shape, self.event_shape, validate_args=False)
         new._validate_args = self._validate_args
@@ -139,8 +141,8 @@ class Downhill(TorchDistribution):
     def _tau(self) -> torch.Tensor:
         return self.temperature.unsqueeze(-1) if self.temperature.dim() else self.temperature
 
-    def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
-        shape = self._extended_shape(sample_shape)[:-1] + self.logits.shape[-1:]
+    def rsample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> torch.Tensor:
+        shape = self._extended_shape(torch.Size(sample_shape))[:-1] + self.logits.shape[-1:]
         logits = self.logits.expand(shape)
         tiny = torch.finfo(logits.dtype).tiny
         u = torch.rand(shape, dtype=logits.dtype, device=logits.device).clamp(tiny, 1.0 - 1e-7)
@@ -156,7 +158,7 @@ class Downhill(TorchDistribution):
         out._unquantize = soft  # log_prob scores the relaxed sample (straight-through convention)
         return out
 
-    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+    def sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> torch.Tensor:
         with torch.no_grad():
             return self.rsample(sample_shape)
 

@@ -59,11 +59,16 @@ class Report:
     def table(self, keys: Sequence[str] | None = None, markdown: bool = False) -> str:
         """One row per width; default columns: accuracy, NLL, Brier, ECE and every OOD AUROC."""
         if keys is None:
-            keys = [k for k in self.keys() if k in ("cls/acc", "cls/nll", "cls/brier", "cal/ece")
-                    or k.endswith(("/entropy/auroc", "/mutual_information/auroc"))]
+            keys = [
+                k
+                for k in self.keys()
+                if k in ("cls/acc", "cls/nll", "cls/brier", "cal/ece")
+                or k.endswith(("/entropy/auroc", "/mutual_information/auroc"))
+            ]
         keys = [k for k in keys if k in self.keys()]
         cells = [["width", *keys]] + [
-            [f"{w:g}", *(f"{m.get(k, math.nan):.4f}" for k in keys)] for w, m in sorted(self.rows.items())
+            [f"{w:g}", *(f"{m.get(k, math.nan):.4f}" for k in keys)]
+            for w, m in sorted(self.rows.items())
         ]
         if markdown:
             lines = ["| " + " | ".join(r) + " |" for r in cells]
@@ -97,7 +102,9 @@ class Report:
             if all("cost/flops" in self.rows[w] for w in widths):
                 flops = [self.rows[w]["cost/flops"] for w in widths]
                 written[f"{name}_flops"] = metric_vs_x(
-                    {"model": (flops, ys)}, "FLOPs per example (2 x MACs)", key,
+                    {"model": (flops, ys)},
+                    "FLOPs per example (2 x MACs)",
+                    key,
                     out / "plots" / f"{name}_vs_flops.png",
                 )
         for w, data in self.reliability.items():
@@ -110,7 +117,11 @@ class Report:
         m = self.meta
         head = [f"# Evaluation report: {m.get('run', '')}".rstrip(), ""]
         head += [f"- {k}: {v}" for k, v in m.items() if k != "run"]
-        head += ["", "OOD convention: higher score = more likely OOD; OOD is the positive class.", ""]
+        head += [
+            "",
+            "OOD convention: higher score = more likely OOD; OOD is the positive class.",
+            "",
+        ]
         return "\n".join(head) + self.table(markdown=True) + "\n"
 
 
@@ -132,11 +143,20 @@ def make_ood_sets(
             mean = getattr(splits, "mean", None)
             std = getattr(splits, "std", None)
             if mean is not None and not torch.is_tensor(mean):  # per-channel tuples
-                shape = (-1,) + (1,) * (len(splits.input_shape) - 1) if len(splits.input_shape) > 1 else (-1,)
+                shape = (
+                    (-1,) + (1,) * (len(splits.input_shape) - 1)
+                    if len(splits.input_shape) > 1
+                    else (-1,)
+                )
                 mean = torch.tensor(mean).view(shape)
                 std = torch.tensor(std).view(shape)
             sets[name] = make_ood_dataset(
-                name, n, splits.input_shape, seed, mean=mean, std=std,
+                name,
+                n,
+                splits.input_shape,
+                seed,
+                mean=mean,
+                std=std,
                 pixel_range=getattr(splits, "pixel_range", (0.0, 1.0)),
             )
         elif name == "heldout":
@@ -192,8 +212,16 @@ def evaluate(
         ood_sets = dict(ood)
     else:
         ood_sets = make_ood_sets(splits, list(ood), ood_size or len(data), seed, root)
-    report = Report(meta={"samples": samples, "ece_bins": n_bins, "n": len(data), "split": split,
-                          "ood_sets": list(ood_sets), "scores": list(scores)})
+    report = Report(
+        meta={
+            "samples": samples,
+            "ece_bins": n_bins,
+            "n": len(data),
+            "split": split,
+            "ood_sets": list(ood_sets),
+            "scores": list(scores),
+        }
+    )
     x0 = data[0][0].unsqueeze(0).to(device)
     it = widths
     if progress and sys.stderr.isatty():
@@ -206,8 +234,11 @@ def evaluate(
         report.reliability[float(w)] = reliability_data(probs, targets, n_bins=n_bins)
         if ood_sets:
             # mutual information needs S > 1 samples (it is 0 for a single deterministic pass)
-            in_scores = {s: compute_score(s, probs=probs) for s in scores
-                         if s != "mutual_information" or samples > 1}
+            in_scores = {
+                s: compute_score(s, probs=probs)
+                for s in scores
+                if s != "mutual_information" or samples > 1
+            }
             for name, ds in ood_sets.items():
                 out_probs, _ = predict_loader(model, _loader(ds, batch_size), w, samples, device)
                 for s, sc_in in in_scores.items():
@@ -236,5 +267,12 @@ def evaluate_widths(
     return report
 
 
-__all__ = ["DEFAULT_SCORES", "SYNTHETIC_OOD", "Report", "TensorDataset", "evaluate",
-           "evaluate_widths", "make_ood_sets"]
+__all__ = [
+    "DEFAULT_SCORES",
+    "SYNTHETIC_OOD",
+    "Report",
+    "TensorDataset",
+    "evaluate",
+    "evaluate_widths",
+    "make_ood_sets",
+]

@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 from bnn_nested.nn.model import NestedModel, Width
+
+
+@contextmanager
+def keep_scaled(model: NestedModel, enabled: bool = True) -> Iterator[NestedModel]:
+    """Inside the block, every ordering unit scales (in eval) its kept channels by their learned keep
+    probability ``P(b >= k)`` (the reference evaluation's option, methods.md §1)."""
+    units = [u for _, u in model.ordering_units()]
+    previous = [u.keep_scaling for u in units]
+    for u in units:
+        u.keep_scaling = enabled
+    try:
+        yield model
+    finally:
+        for u, p in zip(units, previous):
+            u.keep_scaling = p
 
 
 @torch.no_grad()
@@ -14,12 +32,18 @@ def predict(
     width: Width = 1.0,
     samples: int = 1,
     chunk: int | None = None,
+    keep_scaling: bool = False,
 ) -> torch.Tensor:
     """Predictive probabilities at ``width``: shape ``(S, B, C)``.
 
-    With ``samples > 1`` the model runs in Monte-Carlo mode (weights sampled, dropout active). The
-    ``S`` samples run batched in one forward pass of ``S * B`` inputs, ``chunk`` samples at a time
-    (``None``: all at once). Note: with batch norm in eval mode samples are independent per input.
+    With ``samples > 1`` the model runs in Monte-Carlo mode (weights sampled, dropout active); with
+    ``samples == 1`` it is the deterministic mean network. The ``S`` samples run batched in one
+    forward pass of ``S * B`` inputs, ``chunk`` samples at a time (``None``: all at once). Batch norm
+    is in eval mode, so samples are independent per input and chunking does not change the
+    distribution (nor the values, for a model without weight noise or dropout).
+
+    Args:
+        x: ``(B, ...)`` inputs. ``keep_scaling``: scale kept channels by their keep probability.
 
     Example:
         >>> probs = predict(model, x, width=0.5, samples=8)   # (8, B, C)
@@ -27,8 +51,10 @@ def predict(
     """
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
+    if chunk is not None and chunk < 1:
+        raise ValueError(f"chunk must be >= 1 or None, got {chunk}")
     model.eval()
-    with model.width(width):
+    with model.width(width), keep_scaled(model, keep_scaling):
         if samples == 1:
             return torch.softmax(model(x), -1).unsqueeze(0)
         chunk = chunk or samples
@@ -43,11 +69,16 @@ def predict(
 
 @torch.no_grad()
 def predict_loader(
-    model: NestedModel, loader, width: Width = 1.0, samples: int = 1, device: str | torch.device = "cpu"
+    model: NestedModel,
+    loader,
+    width: Width = 1.0,
+    samples: int = 1,
+    device: str | torch.device = "cpu",
+    keep_scaling: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``predict`` over a loader: ``(probs (S, N, C), targets (N,))`` on the CPU."""
     probs, targets = [], []
     for x, y in loader:
-        probs.append(predict(model, x.to(device), width, samples).cpu())
+        probs.append(predict(model, x.to(device), width, samples, keep_scaling=keep_scaling).cpu())
         targets.append(y)
     return torch.cat(probs, 1), torch.cat(targets)

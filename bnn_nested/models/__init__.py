@@ -1,6 +1,19 @@
-"""Nested model zoo and the string registry used by configs."""
+"""Nested model zoo and the string registry used by configs (``mlp``, ``lenet``, ``vgg``, ``resnet``)."""
 
+from bnn_nested.models.lenet import NestedLeNet
 from bnn_nested.models.mlp import NestedMLP
 from bnn_nested.models.registry import MODELS, build_model, register_model
+from bnn_nested.models.resnet import NestedResNet
+from bnn_nested.models.vgg import VGG_CONFIGS, NestedConvBlock, NestedVGG
 
-__all__ = ["MODELS", "NestedMLP", "build_model", "register_model"]
+__all__ = [
+    "MODELS",
+    "VGG_CONFIGS",
+    "NestedConvBlock",
+    "NestedLeNet",
+    "NestedMLP",
+    "NestedResNet",
+    "NestedVGG",
+    "build_model",
+    "register_model",
+]

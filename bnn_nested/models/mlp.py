@@ -23,6 +23,8 @@ class NestedMLP(NestedModel):
         ordering: keyword arguments for every :class:`~bnn_nested.nn.OrderingUnit`.
         norm: ``"none"`` or ``"batch"`` (batch norm before the activation).
         dropout: dropout probability after each hidden layer (0 = none).
+        weights: ``"point"`` or ``"gaussian"`` (multiplicative Gaussian noise on every layer,
+            see :mod:`bnn_nested.nn.bayes`); ``init_log_alpha`` is its initial log noise ratio.
 
     Example:
         >>> model = NestedMLP(64, 10, hidden=[128, 128], groups=16, frozen=2)
@@ -39,16 +41,21 @@ class NestedMLP(NestedModel):
         ordering: dict[str, Any] | None = None,
         norm: str = "none",
         dropout: float = 0.0,
+        weights: str = "point",
+        init_log_alpha: float = -8.0,
     ) -> None:
         super().__init__()
         if norm not in ("none", "batch"):
             raise ValueError(f"norm must be 'none' or 'batch', got {norm!r}")
         ordering = dict(ordering or {})
+        wkw = {"weights": weights, "init_log_alpha": init_log_alpha}
         layers: list[nn.Module] = []
         self.pairs: list[tuple[int, int]] = []  # (layer index, ordering unit index)
         width_in = in_features
         for h in hidden:
-            layers.append(NestedLinear(width_in, h, bias=norm == "none", groups=groups, frozen=frozen))
+            layers.append(
+                NestedLinear(width_in, h, bias=norm == "none", groups=groups, frozen=frozen, **wkw)
+            )
             lin = len(layers) - 1
             if norm == "batch":
                 layers.append(NestedBatchNorm1d(h))
@@ -59,7 +66,7 @@ class NestedMLP(NestedModel):
             self.pairs.append((lin, len(layers) - 1))
             width_in = h
         self.features = nn.Sequential(*layers)
-        self.classifier = NestedLinear(width_in, num_classes, ordered=False)
+        self.classifier = NestedLinear(width_in, num_classes, ordered=False, **wkw)
 
     def forward_full(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x.flatten(1)))
@@ -80,4 +87,6 @@ def _build_mlp(cfg, ordering, input_shape, num_classes) -> NestedMLP:
         ordering=ordering,
         norm=cfg.norm,
         dropout=cfg.dropout,
+        weights=cfg.weights,
+        init_log_alpha=cfg.init_log_alpha,
     )

@@ -1,11 +1,19 @@
 """Nested layers, ordering units and the nested-model base class."""
 
-from bnn_nested.nn.batchnorm import NestedBatchNorm1d, NestedBatchNorm2d
+from bnn_nested.nn.batchnorm import NestedBatchNorm1d, NestedBatchNorm2d, calibrate_bn
+from bnn_nested.nn.bayes import sparse_vd_kl
 from bnn_nested.nn.model import NestedModel, Width
-from bnn_nested.nn.nested import NestedConv2d, NestedLinear, NestedMixin, active_param_count
+from bnn_nested.nn.nested import (
+    WEIGHT_KINDS,
+    NestedConv2d,
+    NestedLinear,
+    NestedMixin,
+    active_param_count,
+)
 from bnn_nested.nn.ordering_unit import OrderingUnit, active_groups, group_size, prior_logits
 
 __all__ = [
+    "WEIGHT_KINDS",
     "NestedBatchNorm1d",
     "NestedBatchNorm2d",
     "NestedConv2d",
@@ -16,6 +24,8 @@ __all__ = [
     "Width",
     "active_groups",
     "active_param_count",
+    "calibrate_bn",
     "group_size",
     "prior_logits",
+    "sparse_vd_kl",
 ]

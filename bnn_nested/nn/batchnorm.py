@@ -1,20 +1,153 @@
-"""Batch normalisation for nested layers: statistics and affine parameters sliced to the input width."""
+"""Batch normalisation for nested layers: statistics and affine parameters sliced to the input width,
+plus batch-norm statistics re-estimated *per width* (:func:`calibrate_bn`).
+
+A sub-network at width ``r`` sees different feature statistics than the full network, so the running
+statistics learnt in training are wrong for it (Yu et al., *Slimmable Neural Networks*, 2019, and
+*Universally Slimmable Networks*, 2019: "BN calibration"; methods.md §1: the reference re-estimates
+them for each width on training data). Calibrated statistics are stored per *active channel count*
+``c`` of each norm layer: in a model whose ordered layers share ``groups``/``frozen`` a global width
+``r`` fixes ``c`` in every layer, so this is storage per width, and unordered layers (whose inputs do
+not depend on ``r``) share one entry.
+"""
 
 from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-class _NestedBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """Uses ``running_mean[:c]``, ``weight[:c]`` ... for an input with ``c`` active channels."""
+class UncalibratedWidthWarning(UserWarning):
+    """Evaluating a width whose batch-norm statistics were never calibrated (see ``calibrate_bn``)."""
 
+
+class _NestedBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Uses ``running_mean[:c]``, ``weight[:c]`` ... for an input with ``c`` active channels.
+
+    Buffers ``calib_channels (n,)``, ``calib_mean (n, C)``, ``calib_var (n, C)`` hold the statistics
+    written by :func:`calibrate_bn` (row ``i`` for inputs with ``calib_channels[i]`` channels; they are
+    part of the ``state_dict``). In eval mode an input whose channel count has a calibrated row uses
+    it; otherwise the running statistics, with a warning (once per channel count) when calibration
+    exists for other widths or when the input is narrower than the layer.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        c = self.num_features
+        self.register_buffer("calib_channels", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("calib_mean", torch.zeros(0, c))
+        self.register_buffer("calib_var", torch.zeros(0, c))
+        self._warned: set[int] = set()
+        self._acc: dict[str, torch.Tensor] | None = None  # accumulators while calibrating
+
+    # -- calibrated statistics -----------------------------------------------------------------
+    def calibrated_channels(self) -> list[int]:
+        return [int(c) for c in self.calib_channels]
+
+    def _calib_row(self, c: int) -> int | None:
+        hits = (self.calib_channels == c).nonzero()
+        return int(hits[0, 0]) if len(hits) else None
+
+    def clear_calibration(self) -> None:
+        """Forget every calibrated width."""
+        self.calib_channels = self.calib_channels.new_zeros(0)
+        self.calib_mean = self.calib_mean.new_zeros(0, self.num_features)
+        self.calib_var = self.calib_var.new_zeros(0, self.num_features)
+        self._warned.clear()
+
+    def start_calibration(self) -> None:
+        """Accumulate exact feature sums on the next forward passes (see :func:`calibrate_bn`)."""
+        self._acc = {}
+
+    def finish_calibration(self) -> int | None:
+        """Store ``mean`` and unbiased ``var`` of everything seen since :meth:`start_calibration`.
+
+        Returns the channel count calibrated (``None`` if no input was seen).
+        """
+        acc, self._acc = self._acc, None
+        if not acc:
+            return None
+        n, s1, s2 = acc["n"], acc["s1"], acc["s2"]
+        c = s1.shape[0]
+        mean = s1 / n
+        var = (s2 - n * mean * mean) / max(float(n) - 1.0, 1.0)  # unbiased, as BN's running_var
+        full_mean = self.running_mean.new_zeros(self.num_features)
+        full_var = self.running_var.new_ones(self.num_features)
+        full_mean[:c] = mean.to(full_mean)
+        full_var[:c] = var.clamp_min(0).to(full_var)
+        row = self._calib_row(c)
+        if row is None:
+            self.calib_channels = torch.cat(
+                [self.calib_channels, self.calib_channels.new_tensor([c])]
+            )
+            self.calib_mean = torch.cat([self.calib_mean, full_mean[None]])
+            self.calib_var = torch.cat([self.calib_var, full_var[None]])
+        else:
+            self.calib_mean[row] = full_mean
+            self.calib_var[row] = full_var
+        self._warned.discard(c)
+        return c
+
+    def _accumulate(self, x: torch.Tensor) -> None:
+        assert self._acc is not None
+        dims = [0] + list(range(2, x.dim()))
+        xd = x.detach().double()
+        n = x.numel() // x.shape[1]
+        s1, s2 = xd.sum(dims), (xd * xd).sum(dims)
+        if "s1" in self._acc and self._acc["s1"].shape != s1.shape:
+            raise ValueError("calibration: the input width changed between calibration batches")
+        if "s1" in self._acc:
+            s1, s2, n = s1 + self._acc["s1"], s2 + self._acc["s2"], n + self._acc["n"]
+        self._acc.update(s1=s1, s2=s2, n=n)
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors
+    ):  # noqa: D401 - torch hook signature
+        key = prefix + "calib_channels"
+        present = key in state_dict
+        if present:  # resize the per-width buffers to the stored number of widths
+            n = state_dict[key].shape[0]
+            self.calib_channels = self.calib_channels.new_zeros(n)
+            self.calib_mean = self.calib_mean.new_zeros(n, self.num_features)
+            self.calib_var = self.calib_var.new_zeros(n, self.num_features)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing, unexpected, errors
+        )
+        if not present:  # checkpoints written before per-width statistics existed
+            for name in ("calib_channels", "calib_mean", "calib_var"):
+                if prefix + name in missing:
+                    missing.remove(prefix + name)
+            self.clear_calibration()
+        self._warned.clear()
+
+    # -- forward -------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)
         c = x.shape[1]
         if c > self.num_features:
             raise ValueError(f"input has {c} channels, norm expects at most {self.num_features}")
+        w = self.weight[:c] if self.weight is not None else None
+        b = self.bias[:c] if self.bias is not None else None
+        if self._acc is not None:  # calibrating: batch statistics, running buffers untouched
+            self._accumulate(x)
+            return F.batch_norm(x, None, None, w, b, True, 0.0, self.eps)
+        if not self.training and self.running_mean is not None:
+            row = self._calib_row(c)
+            if row is not None:
+                rm, rv = self.calib_mean[row, :c], self.calib_var[row, :c]
+                return F.batch_norm(x, rm, rv, w, b, False, 0.0, self.eps)
+            if (len(self.calib_channels) or c < self.num_features) and c not in self._warned:
+                self._warned.add(c)
+                warnings.warn(
+                    f"batch norm: no statistics calibrated for {c} of {self.num_features} active "
+                    "channels (this width was not passed to calibrate_bn); using running statistics",
+                    UncalibratedWidthWarning,
+                    stacklevel=2,
+                )
         momentum = 0.0 if self.momentum is None else self.momentum
         use_batch = self.training or self.running_mean is None
         if self.training and self.track_running_stats:
@@ -23,8 +156,6 @@ class _NestedBatchNorm(nn.modules.batchnorm._BatchNorm):
                 momentum = 1.0 / float(self.num_batches_tracked)
         rm = self.running_mean[:c] if self.running_mean is not None else None
         rv = self.running_var[:c] if self.running_var is not None else None
-        w = self.weight[:c] if self.weight is not None else None
-        b = self.bias[:c] if self.bias is not None else None
         return F.batch_norm(
             x,
             rm if not self.training or self.track_running_stats else None,
@@ -43,3 +174,74 @@ class NestedBatchNorm1d(_NestedBatchNorm, nn.BatchNorm1d):
 
 class NestedBatchNorm2d(_NestedBatchNorm, nn.BatchNorm2d):
     """``nn.BatchNorm2d`` sliced to the active width. Example: ``bn = NestedBatchNorm2d(64)``."""
+
+
+def nested_norms(model: nn.Module) -> list[_NestedBatchNorm]:
+    return [m for m in model.modules() if isinstance(m, _NestedBatchNorm)]
+
+
+@torch.no_grad()
+def calibrate_bn(
+    model: nn.Module,
+    loader: Iterable,
+    widths: Sequence[float],
+    num_batches: int | None = None,
+    device: str | torch.device | None = None,
+) -> dict[float, int]:
+    """Re-estimate batch-norm statistics at each width and store them per width.
+
+    For each width ``r`` the model runs ``num_batches`` batches of ``loader`` (``None``: all, i.e.
+    one epoch as in the reference) in eval mode except for its nested norm layers, which normalise
+    with batch statistics (as in training) and accumulate exact per-channel sums; the stored statistics
+    are the cumulative mean and unbiased variance over all those batches (equivalent to BN's
+    ``momentum=None`` cumulative average, without its per-batch variance bias). Ordering masks,
+    weight noise and dropout are off (mean network). Other widths' statistics are left untouched.
+
+    Args:
+        model: a :class:`~bnn_nested.nn.NestedModel` (anything with ``model.width(r)``).
+        loader: yields ``(x, y)`` or ``x`` batches.
+        widths: widths ``r in (0, 1]``.
+        num_batches: batches per width (``None``: the whole loader).
+
+    Returns:
+        ``{width: number of batches used}``.
+
+    Example:
+        >>> calibrate_bn(model, train_loader, widths=[0.25, 0.5, 1.0], num_batches=50)
+        >>> probs = predict(model, x, width=0.25)      # uses the width-0.25 statistics
+    """
+    if num_batches is not None and num_batches < 1:
+        raise ValueError(f"num_batches must be >= 1 or None, got {num_batches}")
+    if not widths:
+        raise ValueError("widths must name at least one width in (0, 1]")
+    norms = nested_norms(model)
+    was_training = model.training
+    if device is None:
+        p = next(model.parameters(), None)
+        device = p.device if p is not None else "cpu"
+    used: dict[float, int] = {}
+    model.eval()
+    try:
+        for r in widths:
+            for bn in norms:
+                bn.train()
+                bn.start_calibration()
+            n = 0
+            with model.width(r):  # type: ignore[attr-defined]
+                for batch in loader:
+                    if num_batches is not None and n >= num_batches:
+                        break
+                    x = batch[0] if isinstance(batch, (tuple, list)) else batch
+                    model(x.to(device))
+                    n += 1
+            if n == 0:
+                raise ValueError("loader: yielded no batch to calibrate with")
+            for bn in norms:
+                bn.eval()
+                bn.finish_calibration()
+            used[float(r)] = n
+    finally:
+        for bn in norms:
+            bn._acc = None
+        model.train(was_training)
+    return used

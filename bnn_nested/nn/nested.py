@@ -9,11 +9,19 @@ from a global.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bnn_nested.nn.bayes import lrt_conv2d, lrt_linear, sparse_vd_kl
 from bnn_nested.nn.ordering_unit import active_groups, group_size
+
+WeightKind = Literal["point", "gaussian"]
+WEIGHT_KINDS: tuple[str, ...] = ("point", "gaussian")
+#: Default initial ``log_alpha`` of Gaussian weights (small noise at the start of training).
+DEFAULT_INIT_LOG_ALPHA = -8.0
 
 
 class NestedMixin:
@@ -38,11 +46,33 @@ class NestedMixin:
         self.ordered = ordered
         self.active_out_groups = None
         self.last_active: tuple[int, int] | None = None
-        self.stochastic = False  # sample weights in eval (Bayesian layers; see NestedModel.stochastic)
+        self.stochastic = (
+            False  # sample weights in eval (Bayesian layers; see NestedModel.stochastic)
+        )
+
+    def _init_weights_kind(self, weights: str, init_log_alpha: float) -> None:
+        """``weights="gaussian"`` adds ``log_alpha`` (same shape as ``weight``, which stays theta)."""
+        if weights not in WEIGHT_KINDS:
+            raise ValueError(f"weights must be one of {WEIGHT_KINDS}, got {weights!r}")
+        self.weights = weights
+        if weights == "gaussian":
+            w = self.weight  # type: ignore[attr-defined]
+            self.log_alpha = nn.Parameter(torch.full_like(w, float(init_log_alpha)))
+        else:
+            self.log_alpha = None
+
+    @property
+    def bayesian(self) -> bool:
+        return getattr(self, "weights", "point") == "gaussian"
+
+    def _sampling_weights(self) -> bool:
+        return self.bayesian and (self.training or self.stochastic)  # type: ignore[attr-defined]
 
     def set_width(self, width: float) -> None:
         """Use the leading ``F + ceil(width * K)`` groups (ordered layers only)."""
-        self.active_out_groups = active_groups(width, self.groups, self.frozen) if self.ordered else None
+        self.active_out_groups = (
+            active_groups(width, self.groups, self.frozen) if self.ordered else None
+        )
 
     def set_active_groups(self, n: int | None) -> None:
         """Use exactly ``n`` leading groups (per-layer allocation); ``None`` = all."""
@@ -56,8 +86,27 @@ class NestedMixin:
         return self.active_out_groups * self.group_size
 
     def weight_kl(self, channel_keep: torch.Tensor | None = None) -> torch.Tensor:
-        """KL of the weight posterior (0 for point weights; Bayesian layers override)."""
-        return self.weight.new_zeros(())  # type: ignore[attr-defined]
+        """KL of the weight posterior, each output channel's KL weighted by its keep probability.
+
+        ``sum_c P(c kept) * sum_{w in channel c} KL(q(w) || p(w))`` with the sparse-VD approximation
+        (:func:`~bnn_nested.nn.bayes.sparse_vd_kl`, Molchanov et al. 2017, eq. 14) over the *full*
+        weight tensor (methods.md §1). 0 for point weights.
+
+        Args:
+            channel_keep: ``(out_channels,)`` keep probabilities (``None``: all ones).
+        """
+        w = self.weight  # type: ignore[attr-defined]
+        if not self.bayesian:
+            return w.new_zeros(())
+        per_channel = sparse_vd_kl(self.log_alpha).flatten(1).sum(1)  # (out,)
+        if channel_keep is None:
+            return per_channel.sum()
+        if channel_keep.shape != per_channel.shape:
+            raise ValueError(
+                f"channel_keep must have shape {tuple(per_channel.shape)}, "
+                f"got {tuple(channel_keep.shape)}"
+            )
+        return (per_channel * channel_keep.to(per_channel)).sum()
 
 
 class NestedLinear(NestedMixin, nn.Linear):
@@ -83,9 +132,12 @@ class NestedLinear(NestedMixin, nn.Linear):
         groups: int = 1,
         frozen: int = 0,
         ordered: bool = True,
+        weights: WeightKind = "point",
+        init_log_alpha: float = DEFAULT_INIT_LOG_ALPHA,
     ) -> None:
         super().__init__(in_features, out_features, bias=bias)
         self._init_nested(out_features, groups, frozen, ordered)
+        self._init_weights_kind(weights, init_log_alpha)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n_in = x.shape[-1]
@@ -95,6 +147,8 @@ class NestedLinear(NestedMixin, nn.Linear):
         self.last_active = (n_out, n_in)
         w = self.weight[:n_out, :n_in]
         b = self.bias[:n_out] if self.bias is not None else None
+        if self._sampling_weights():
+            return lrt_linear(x, w, self.log_alpha[:n_out, :n_in], b)
         return F.linear(x, w, b)
 
 
@@ -102,7 +156,8 @@ class NestedConv2d(NestedMixin, nn.Conv2d):
     """``nn.Conv2d`` that runs at any width by slicing ``weight[:out_active, :in_active]``.
 
     Only ``groups=1`` convolutions are supported (the ``groups`` argument here is the number of
-    *channel groups for ordering*, not the convolution's grouping).
+    *channel groups for ordering*, not the convolution's grouping). ``weights`` and
+    ``init_log_alpha`` as in :class:`NestedLinear`.
 
     Example:
         >>> conv = NestedConv2d(3, 64, 3, padding=1, groups=16, frozen=2)
@@ -121,11 +176,14 @@ class NestedConv2d(NestedMixin, nn.Conv2d):
         groups: int = 1,
         frozen: int = 0,
         ordered: bool = True,
+        weights: WeightKind = "point",
+        init_log_alpha: float = DEFAULT_INIT_LOG_ALPHA,
     ) -> None:
         super().__init__(
             in_channels, out_channels, kernel_size, stride, padding, dilation, bias=bias
         )
         self._init_nested(out_channels, groups, frozen, ordered)
+        self._init_weights_kind(weights, init_log_alpha)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n_in = x.shape[1]
@@ -135,6 +193,9 @@ class NestedConv2d(NestedMixin, nn.Conv2d):
         self.last_active = (n_out, n_in)
         w = self.weight[:n_out, :n_in]
         b = self.bias[:n_out] if self.bias is not None else None
+        if self._sampling_weights():
+            la = self.log_alpha[:n_out, :n_in]
+            return lrt_conv2d(x, w, la, b, self.stride, self.padding, self.dilation)
         return F.conv2d(x, w, b, self.stride, self.padding, self.dilation)
 
 

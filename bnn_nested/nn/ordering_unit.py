@@ -47,7 +47,9 @@ def continuation_logits_matching(logits: torch.Tensor) -> torch.Tensor:
 def group_size(channels: int, groups: int) -> int:
     """Channels per group; ``groups`` must divide ``channels``."""
     if groups < 1 or channels % groups != 0:
-        raise ValueError(f"groups must be >= 1 and divide the channel count {channels}, got {groups}")
+        raise ValueError(
+            f"groups must be >= 1 and divide the channel count {channels}, got {groups}"
+        )
     return channels // groups
 
 

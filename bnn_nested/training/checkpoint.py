@@ -1,9 +1,19 @@
-"""Checkpoints: written atomically, loaded with ``weights_only=True``, errors in one line."""
+"""Checkpoints: written atomically, loaded with ``weights_only=True``, errors in one line.
+
+A checkpoint is a dict of tensors and plain Python values (no pickled objects), so it loads with
+``torch.load(..., weights_only=True)``. Writes go to a temporary file beside the target, are
+fsync'ed and renamed over it (:func:`bnn_nested.io.atomic_write`): a reader, or a resumed run after
+SIGKILL, sees either the previous checkpoint or the new one, never half of one.
+
+Example:
+    >>> save_checkpoint("runs/a/checkpoint.pt", {"model": model.state_dict(), "rng": capture_rng_state()})
+    >>> state = load_checkpoint("runs/a/checkpoint.pt")
+"""
 
 from __future__ import annotations
 
 import io
-import pickle
+import random
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -27,16 +37,35 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint`; never modifies the file."""
+    """Load a checkpoint written by :func:`save_checkpoint`; never modifies the file.
+
+    Raises:
+        CheckpointError: missing, corrupt or truncated file, or an unsupported format version.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    try:  # torch.save writes a zip archive with a CRC-32 per record: verify them all first
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except Exception as err:
+        raise CheckpointError(
+            f"{path}: corrupt or truncated checkpoint ({_first_line(err)})"
+        ) from None
+    if bad is not None:
+        raise CheckpointError(f"{path}: corrupt checkpoint (CRC mismatch in record {bad})")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({first[:200]})") from None
+    except Exception as err:  # unpickling, I/O and tensor errors alike: the file is bad
+        raise CheckpointError(
+            f"{path}: corrupt or truncated checkpoint ({_first_line(err)})"
+        ) from None
     if not isinstance(state, dict) or "format_version" not in state:
         raise CheckpointError(f"{path}: not a bnn_nested checkpoint")
     if state["format_version"] != FORMAT_VERSION:
@@ -45,3 +74,57 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"(this version reads {FORMAT_VERSION})"
         )
     return state
+
+
+def require_keys(path: str | Path, state: dict[str, Any], keys: tuple[str, ...]) -> None:
+    """Raise a one-line :class:`CheckpointError` if ``state`` lacks any of ``keys``."""
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: incompatible checkpoint (missing {', '.join(missing)})")
+
+
+# -- random number generator states ------------------------------------------------------------
+def capture_rng_state() -> dict[str, Any]:
+    """States of the torch CPU (and CUDA) RNGs, Python ``random`` and numpy's global RNG, as
+    tensors and plain values (loadable with ``weights_only=True``)."""
+    version, internal, gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": {
+            "version": version,
+            "internal": torch.tensor(internal, dtype=torch.int64),
+            "gauss": gauss,
+        },
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    try:
+        import numpy as np
+
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        state["numpy"] = {
+            "kind": str(kind),
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        }
+    except ImportError:  # pragma: no cover
+        pass
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state` (CUDA states restored only where CUDA is present)."""
+    torch.set_rng_state(state["torch"].cpu())
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["internal"].tolist()), py["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = state["cuda"]
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda[: torch.cuda.device_count()]])
+    if "numpy" in state:
+        import numpy as np
+
+        n = state["numpy"]
+        keys = n["keys"].numpy().astype(np.uint32)
+        np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["cached"]))

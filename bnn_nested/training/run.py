@@ -1,4 +1,9 @@
-"""A training run on disk: ``runs/NAME/{config.yaml, checkpoint.pt, history.json, keep_probs.json}``."""
+"""A training run on disk: ``runs/NAME/{config.yaml, checkpoint.pt, history.json, keep_probs.json}``.
+
+``checkpoint.pt`` is rewritten atomically every ``train.checkpoint_every`` epochs /
+``train.checkpoint_every_steps`` steps, on SIGINT and at the end (``complete: True``);
+:func:`resume_run` continues an unfinished run exactly where its checkpoint left it.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +17,28 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
-from bnn_nested.config import Config, build_config
+from bnn_nested.config import Config, ConfigError, build_config
 from bnn_nested.data import DataSplits, load_dataset
+from bnn_nested.evaluation.ordering import write_ordering_report
 from bnn_nested.io import atomic_write_json, atomic_write_text
 from bnn_nested.models import build_model
+from bnn_nested.nn.batchnorm import calibrate_bn, nested_norms
 from bnn_nested.nn.model import NestedModel
 from bnn_nested.regularization.config import build_regularizer
-from bnn_nested.training.checkpoint import load_checkpoint, save_checkpoint
+from bnn_nested.training.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    require_keys,
+    save_checkpoint,
+)
+from bnn_nested.training.distributed import (
+    DistContext,
+    EpochSampler,
+    env_world_size,
+    setup_distributed,
+)
 from bnn_nested.training.samplers import build_sampler
-from bnn_nested.training.trainer import Trainer, resolve_device
+from bnn_nested.training.trainer import Trainer, TrainingInterrupted, resolve_device
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.yaml"
@@ -47,56 +65,234 @@ def build_model_for(cfg: Config, splits: DataSplits) -> NestedModel:
     return build_model(cfg.model, sampler.ordering_kwargs(), splits.input_shape, splits.num_classes)
 
 
-def make_loaders(cfg: Config, splits: DataSplits) -> tuple[DataLoader, DataLoader, DataLoader]:
-    g = torch.Generator().manual_seed(cfg.seed)
-    kw: dict[str, Any] = {"num_workers": cfg.data.num_workers}
-    train = DataLoader(splits.train, batch_size=cfg.data.batch_size, shuffle=True, generator=g, **kw)
-    val = DataLoader(splits.val, batch_size=cfg.data.eval_batch_size, **kw)
-    test = DataLoader(splits.test, batch_size=cfg.data.eval_batch_size, **kw)
+def make_loaders(
+    cfg: Config,
+    splits: DataSplits,
+    dist: DistContext | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[DataLoader, DataLoader, DataLoader]:
+    """Train / val / test loaders. The training order of epoch ``e`` depends only on
+    ``(cfg.seed, e)`` (:class:`EpochSampler`), so a resumed run sees the same batches; with
+    ``world_size`` ranks each takes ``data.batch_size / world_size`` examples of every global batch.
+    Pinned memory on CUDA."""
+    dist = dist or DistContext()
+    if cfg.data.batch_size % dist.world_size:
+        raise ValueError(
+            f"data.batch_size ({cfg.data.batch_size}) is the global batch and must be divisible "
+            f"by the number of processes ({dist.world_size})"
+        )
+    pin = torch.device(device).type == "cuda"
+    kw: dict[str, Any] = {"num_workers": cfg.data.num_workers, "pin_memory": pin}
+    sampler = EpochSampler(splits.train, cfg.seed, dist.rank, dist.world_size)
+    train = DataLoader(
+        splits.train,
+        batch_size=cfg.data.batch_size // dist.world_size,
+        sampler=sampler,
+        generator=torch.Generator().manual_seed(cfg.seed),
+        **kw,
+    )
+    val = DataLoader(
+        splits.val,
+        batch_size=cfg.data.eval_batch_size,
+        generator=torch.Generator().manual_seed(cfg.seed),
+        **kw,
+    )
+    test = DataLoader(
+        splits.test,
+        batch_size=cfg.data.eval_batch_size,
+        generator=torch.Generator().manual_seed(cfg.seed),
+        **kw,
+    )
     return train, val, test
+
+
+def check_run_dir(out: str | Path, overwrite: bool = False) -> None:
+    """Refuse an existing non-empty ``out`` unless ``overwrite`` (nothing is touched)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RunExistsError(f"{out} exists and is not a directory")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise RunExistsError(f"{out} already exists; pass --overwrite to replace it")
 
 
 def prepare_run_dir(out: str | Path, overwrite: bool = False) -> Path:
     """Create ``out``; refuse to touch an existing non-empty directory unless ``overwrite``."""
     out = Path(out)
+    check_run_dir(out, overwrite)
     if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise RunExistsError(f"{out} already exists; pass --overwrite to replace it")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     return out
 
 
+def validate_run(cfg: Config) -> torch.device:
+    """Checks that need no data (run before anything is written or loaded); returns the device."""
+    from bnn_nested.models.registry import MODELS
+
+    if cfg.model.name not in MODELS:
+        raise ValueError(
+            f"model.name: unknown model {cfg.model.name!r}; known models: {', '.join(sorted(MODELS))}"
+        )
+    device = resolve_device(cfg.train.device)
+    if cfg.train.precision == "fp16" and device.type != "cuda":
+        raise ValueError("train.precision: 'fp16' needs CUDA; use 'bf16' or 'fp32' on CPU")
+    world = env_world_size()
+    if cfg.data.batch_size % world:
+        raise ValueError(
+            f"data.batch_size ({cfg.data.batch_size}) must be divisible by WORLD_SIZE ({world})"
+        )
+    return device
+
+
 def train_run(cfg: Config, out: str | Path, quiet: bool = False, overwrite: bool = False) -> Path:
     """Train the configured model and write the run directory. Returns its path.
+
+    Under ``torchrun`` (``WORLD_SIZE > 1``) every rank calls this; only rank 0 writes.
 
     Example:
         >>> run = train_run(load_config("configs/digits_mlp.yaml"), "runs/demo")
         >>> model, cfg, splits = load_run(run)
     """
-    out = prepare_run_dir(out, overwrite)
-    seed_everything(cfg.seed)
+    out = Path(out)
+    device = validate_run(cfg)
+    check_run_dir(out, overwrite)
+    ctx = setup_distributed(device)
+    created = False
+    try:
+        ctx.barrier()  # every rank has checked ``out`` before rank 0 creates it
+        if ctx.is_main:
+            created = not out.exists()
+            prepare_run_dir(out, overwrite)
+            atomic_write_text(out / CONFIG, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        return _train(cfg, out, ctx, quiet)
+    except Exception:
+        if ctx.is_main and created and not (out / CHECKPOINT).exists():
+            shutil.rmtree(out, ignore_errors=True)  # nothing worth keeping
+        raise
+    finally:
+        ctx.close()
+
+
+def resume_run(run_dir: str | Path, quiet: bool = False, device: str | None = None) -> Path:
+    """Continue an unfinished run from ``run_dir/checkpoint.pt`` (same result as never stopping).
+
+    Args:
+        run_dir: a run directory written by :func:`train_run`.
+        device: ``cpu`` | ``cuda`` | ``auto`` to override the stored ``train.device``.
+
+    Raises:
+        CheckpointError: missing, corrupt, truncated or incompatible checkpoint (one line naming
+            the file; the file is never modified).
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: run directory not found")
+    path = run_dir / CHECKPOINT
+    state = load_checkpoint(path)
+    require_keys(path, state, ("config", "model", "optimizer", "generator", "step", "epoch", "rng"))
+    try:
+        raw = dict(state["config"])
+        if device is not None:
+            raw["train"] = {**raw.get("train", {}), "device": device}
+        cfg = build_config(raw)
+    except (ConfigError, TypeError) as err:
+        raise CheckpointError(f"{path}: incompatible checkpoint ({err})") from None
+    if state.get("complete", False):
+        raise ValueError(
+            f"{run_dir}: run already finished (epoch {state['epoch']}/{cfg.train.epochs}); "
+            "nothing to resume"
+        )
+    dev = validate_run(cfg)
+    ctx = setup_distributed(dev)
+    try:
+        saved_world = int(state.get("world_size", 1))
+        if state.get("batch_in_epoch", 0) and saved_world != ctx.world_size:
+            raise CheckpointError(
+                f"{path}: saved mid-epoch by {saved_world} process(es); resume it with the same "
+                f"number (now {ctx.world_size})"
+            )
+        return _train(cfg, run_dir, ctx, quiet, resume=(path, state))
+    finally:
+        ctx.close()
+
+
+def _train(
+    cfg: Config,
+    out: Path,
+    ctx: DistContext,
+    quiet: bool,
+    resume: tuple[Path, dict[str, Any]] | None = None,
+) -> Path:
+    seed_everything(cfg.seed)  # identical on every rank: same masks and widths on all of them
     splits = load_dataset(cfg.data, seed=cfg.seed)
     model = build_model_for(cfg, splits)
-    device = resolve_device(cfg.train.device)
-    train_loader, val_loader, _ = make_loaders(cfg, splits)
+    train_loader, val_loader, _ = make_loaders(cfg, splits, ctx, ctx.device)
+
+    def checkpointer(trainer: Trainer, reason: str) -> Path:
+        if ctx.is_main:
+            save_run_checkpoint(out, trainer, cfg, splits, complete=False)
+        return out / CHECKPOINT
+
     trainer = Trainer(
-        model, cfg, n_train=splits.num_train, regularizer=build_regularizer(cfg.regularization),
-        device=device, quiet=quiet,
+        model,
+        cfg,
+        n_train=splits.num_train,
+        regularizer=build_regularizer(cfg.regularization),
+        device=ctx.device,
+        quiet=quiet,
+        dist=ctx,
+        checkpointer=checkpointer,
     )
-    atomic_write_text(out / CONFIG, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    trainer.fit(train_loader, val_loader)
-    save_run_checkpoint(out, trainer, cfg, splits)
-    atomic_write_json(out / "history.json", trainer.history)
-    atomic_write_json(
-        out / "keep_probs.json", {k: v.tolist() for k, v in model.keep_probs().items()}
-    )
+    if resume is not None:
+        path, state = resume
+        trainer.setup(train_loader)
+        try:
+            trainer.load_state_dict(state)
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as err:
+            first = (
+                str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            )
+            raise CheckpointError(f"{path}: incompatible checkpoint ({first})") from None
+        trainer.last_checkpoint = (path, trainer.step)
+    try:
+        trainer.fit(train_loader, val_loader)
+    except TrainingInterrupted as err:
+        raise TrainingInterrupted(
+            f"{err}; resume with: bnn-nested train --resume {out}", err.checkpoint
+        ) from None
+    if ctx.is_main:
+        calibrate_widths(model, splits, cfg.eval.widths, cfg.data.eval_batch_size, ctx.device)
+        save_run_checkpoint(out, trainer, cfg, splits, complete=True)
+        atomic_write_json(out / "history.json", trainer.history)
+        write_ordering_report(model, out)
     return out
 
 
-def save_run_checkpoint(out: Path, trainer: Trainer, cfg: Config, splits: DataSplits) -> Path:
+def calibrate_widths(
+    model: NestedModel,
+    splits: DataSplits,
+    widths: list[float],
+    batch_size: int = 512,
+    device: str | torch.device = "cpu",
+) -> bool:
+    """Re-estimate batch-norm statistics of ``widths`` on the training split (one pass, per width;
+    methods.md §1). Returns ``False`` (and does nothing) for models without nested batch norm."""
+    if not nested_norms(model):
+        return False
+    loader = DataLoader(splits.train, batch_size=batch_size)
+    calibrate_bn(model, loader, widths, device=device)
+    return True
+
+
+def save_run_checkpoint(
+    out: Path, trainer: Trainer, cfg: Config, splits: DataSplits, complete: bool = True
+) -> Path:
+    """Write ``out/checkpoint.pt`` (trainer state + config + data meta); ``complete`` marks the
+    final one (a complete run cannot be resumed)."""
     state = trainer.state_dict()
     state["config"] = cfg.to_dict()
+    state["complete"] = complete
+    state["world_size"] = trainer.dist.world_size
     state["meta"] = {
         "input_shape": list(splits.input_shape),
         "num_classes": splits.num_classes,
@@ -122,6 +318,12 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
     cfg = build_config(state["config"])
     splits = load_dataset(cfg.data, seed=cfg.seed)
     model = build_model_for(cfg, splits)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError) as err:
+        first = str(err).strip().splitlines()[0][:200]
+        raise CheckpointError(
+            f"{run_dir / CHECKPOINT}: incompatible checkpoint ({first})"
+        ) from None
     model.to(device).eval()
     return LoadedRun(model, cfg, splits, state)

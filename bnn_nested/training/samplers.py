@@ -75,10 +75,9 @@ class SandwichSampler(WidthSampler):
         k = self.cfg.sandwich_random
         rand = lo + (1.0 - lo) * torch.rand(k, generator=generator)
         d = self.cfg.distill
-        return (
-            [Pass(1.0, mask=False), Pass(lo, mask=False, distill=d)]
-            + [Pass(float(r), mask=False, distill=d) for r in rand]
-        )
+        return [Pass(1.0, mask=False), Pass(lo, mask=False, distill=d)] + [
+            Pass(float(r), mask=False, distill=d) for r in rand
+        ]
 
 
 class FixedSampler(WidthSampler):
@@ -107,7 +106,10 @@ def temperature_at(cfg: Any, epoch: int) -> float:
     """Temperature schedule: constant, or ``max(floor, tau0 * exp(-rate * epoch))``."""
     if cfg.schedule == "constant":
         return cfg.temperature
-    return max(cfg.temperature_min, cfg.temperature * float(torch.exp(torch.tensor(-cfg.anneal_rate * epoch))))
+    return max(
+        cfg.temperature_min,
+        cfg.temperature * float(torch.exp(torch.tensor(-cfg.anneal_rate * epoch))),
+    )
 
 
 def kl_weight_at(cfg: Any, epoch: int) -> float:

@@ -1,10 +1,21 @@
-"""Training loop: negative ELBO = cross-entropy + KL / N_train, one loop for every width sampler."""
+"""Training loop: negative ELBO = cross-entropy + KL / N_train, one loop for every width sampler.
+
+Reliability features (issue 6): periodic and on-SIGINT checkpoints through a ``checkpointer``
+callback, exact mid-epoch resume (with :class:`~bnn_nested.training.distributed.EpochSampler`),
+RNG states in :meth:`Trainer.state_dict`, a non-finite loss stops training naming the step and the
+last good checkpoint, gradient clipping, ``bf16``/``fp16`` autocast (GradScaler for fp16 on CUDA),
+and gradient averaging across ranks (:mod:`bnn_nested.training.distributed`).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
 import sys
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,11 +24,30 @@ from torch import nn
 
 from bnn_nested.nn.model import NestedModel
 from bnn_nested.regularization.base import Regularizer
+from bnn_nested.training.checkpoint import capture_rng_state, restore_rng_state
+from bnn_nested.training.distributed import (
+    DistContext,
+    EpochSampler,
+    average_gradients,
+    gather_digests,
+)
 from bnn_nested.training.samplers import WidthSampler, build_sampler, kl_weight_at, temperature_at
+
+#: ``checkpointer(trainer, reason)`` writes a checkpoint and returns its path; reason is one of
+#: ``"epoch"``, ``"step"``, ``"interrupt"``, ``"end"``.
+Checkpointer = Callable[["Trainer", str], Path]
 
 
 class NonFiniteLossError(FloatingPointError):
     """Raised when the loss becomes NaN or Inf."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT stopped training after a step; ``checkpoint`` is where the state was saved."""
+
+    def __init__(self, message: str, checkpoint: Path | None = None) -> None:
+        super().__init__(message)
+        self.checkpoint = checkpoint
 
 
 def make_optimizer(
@@ -75,6 +105,8 @@ class Trainer:
         sampler: WidthSampler | None = None,
         device: torch.device | str = "cpu",
         quiet: bool = False,
+        dist: DistContext | None = None,
+        checkpointer: Checkpointer | None = None,
     ) -> None:
         if n_train < 1:
             raise ValueError(f"n_train must be >= 1, got {n_train}")
@@ -96,6 +128,23 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.quiet = quiet
         self._setup_done = False
+        self.dist = dist or DistContext(device=self.device)
+        self.checkpointer = checkpointer
+        self.last_checkpoint: tuple[Path, int] | None = None  # (path, step) of the last save
+        self.batch_in_epoch = 0  # batches of the current epoch already trained (mid-epoch resume)
+        self._epoch_sums: dict[str, float] = {}
+        self._stop_requested = False
+        self.precision = getattr(cfg.train, "precision", "fp32")
+        if self.precision == "fp16" and self.device.type != "cuda":
+            raise ValueError("train.precision: 'fp16' needs CUDA; use 'bf16' or 'fp32' on CPU")
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed-precision context for forward passes (``fp32``: none)."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
 
     # -- one step ----------------------------------------------------------------------------
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -104,8 +153,9 @@ class Trainer:
         data = x.new_zeros(())
         teacher: torch.Tensor | None = None
         for i, p in enumerate(self.sampler.passes(self.step, self.generator)):
-            with model.width(p.width), model.masking(p.mask):
+            with model.width(p.width), model.masking(p.mask), self._autocast():
                 logits = model(x)
+            logits = logits.float()
             if p.distill and teacher is not None:
                 data = data + torch.sum(-teacher * F.log_softmax(logits, -1), -1).mean()
             else:
@@ -120,18 +170,39 @@ class Trainer:
         return loss, {k: float(torch.as_tensor(v).detach()) for k, v in parts.items()}
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """One optimisation step on a batch; returns the loss parts.
+
+        Raises:
+            NonFiniteLossError: the loss is NaN or Inf (the parameters are left untouched).
+        """
         self.model.train()
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
         loss, parts = self.loss(x, y)
-        if not math.isfinite(parts["loss"]):
+        finite = math.isfinite(parts["loss"])
+        if not finite and not self.dist.active:
             raise NonFiniteLossError(f"loss became {parts['loss']} at step {self.step}")
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if finite:
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        if self.dist.active:
+            flags = torch.tensor([float(self._stop_requested), float(not finite)])
+            summed = average_gradients(self.model.parameters(), flags, self.dist.world_size)
+            self._stop_requested = bool(summed[0] > 0)
+            if summed[1] > 0:
+                raise NonFiniteLossError(
+                    f"loss became non-finite on {int(summed[1])} rank(s) at step {self.step}"
+                )
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         if self.cfg.train.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
         self.regularizer.before_step(self.model, self.optimizer)
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.step += 1
         self.regularizer.after_step(self.model, self.step)
         return parts
@@ -144,29 +215,129 @@ class Trainer:
 
         return tqdm(it, total=total, desc=desc, leave=False)
 
+    def _batches(self, loader) -> Iterator:
+        """The loader's batches for the current epoch, minus those already trained (resume)."""
+        sampler = getattr(loader, "sampler", None)
+        if isinstance(sampler, EpochSampler):
+            sampler.set_epoch(self.epoch)
+            sampler.set_start(self.batch_in_epoch * loader.batch_size)
+            if loader.generator is not None:  # worker seeds: a function of (seed, epoch) too
+                loader.generator.manual_seed(sampler.seed * 100_003 + self.epoch)
+            return iter(loader)
+        it = iter(loader)
+        for _ in range(self.batch_in_epoch):  # plain loaders: skip (exact only if unshuffled)
+            next(it, None)
+        return it
+
+    def _non_finite(self, err: NonFiniteLossError) -> NonFiniteLossError:
+        where = f"step {self.step} (epoch {self.epoch + 1}, batch {self.batch_in_epoch + 1})"
+        if self.last_checkpoint is not None:
+            path, step = self.last_checkpoint
+            last = f"last good checkpoint: {path} (step {step}), kept"
+        else:
+            last = "no checkpoint was written yet"
+        first = str(err).split(" at step")[0]
+        return NonFiniteLossError(f"{first} at {where}; training stopped; {last}")
+
     def train_epoch(self, loader) -> dict[str, float]:
+        """Train one epoch (or its remainder after a mid-epoch resume); returns mean loss parts."""
         self.model.set_temperature(temperature_at(self.cfg.ordering, self.epoch))
-        sums: dict[str, float] = {}
-        n = 0
-        for x, y in self._progress(loader, len(loader), f"epoch {self.epoch + 1}"):
-            parts = self.train_step(x, y)
+        batches = self._batches(loader)
+        resumable = isinstance(getattr(loader, "sampler", None), EpochSampler)
+        total = len(loader) + (self.batch_in_epoch if resumable else 0)
+        every_steps = getattr(self.cfg.train, "checkpoint_every_steps", 0)
+        for x, y in self._progress(
+            batches, total, f"epoch {self.epoch + 1}", initial=self.batch_in_epoch
+        ):
+            try:
+                parts = self.train_step(x, y)
+            except NonFiniteLossError as err:
+                raise self._non_finite(err) from None
             for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v
-            n += 1
+                self._epoch_sums[k] = self._epoch_sums.get(k, 0.0) + v
+            self.batch_in_epoch += 1
+            if self._stop_requested:
+                self._interrupt()
+            if every_steps and self.step % every_steps == 0:
+                self.save_checkpoint("step")
+        n = self.batch_in_epoch
+        means = {k: v / max(n, 1) for k, v in self._epoch_sums.items()}
+        self._epoch_sums = {}
+        self.batch_in_epoch = 0
         if self.scheduler is not None:
             self.scheduler.step()
         self.epoch += 1
-        return {k: v / max(n, 1) for k, v in sums.items()}
+        return means
+
+    def _progress(self, it: Iterable, total: int | None, desc: str, initial: int = 0):
+        if self.quiet or not self.dist.is_main or not sys.stderr.isatty():
+            return it
+        from tqdm.auto import tqdm
+
+        return tqdm(it, total=total, desc=desc, leave=False, initial=initial)
+
+    def _check_replicas_agree(self) -> None:
+        """All-gather a hash of the parameters; ranks that drifted apart are a bug, not noise."""
+        flat = torch.cat([p.detach().reshape(-1).float().cpu() for p in self.model.parameters()])
+        digests = gather_digests(flat)
+        if len(set(digests)) > 1:
+            raise RuntimeError(
+                f"model replicas differ across ranks after epoch {self.epoch} (hashes {digests})"
+            )
+
+    # -- checkpoints and signals ---------------------------------------------------------------
+    def save_checkpoint(self, reason: str) -> Path | None:
+        """Write a checkpoint through the ``checkpointer`` callback (if any); remember it."""
+        if self.checkpointer is None:
+            return None
+        path = self.checkpointer(self, reason)
+        self.last_checkpoint = (path, self.step)
+        return path
+
+    def _interrupt(self) -> None:
+        path = self.save_checkpoint("interrupt")
+        where = f"step {self.step} (epoch {self.epoch + 1})"
+        saved = f"checkpoint saved to {path}" if path is not None else "no checkpoint saved"
+        raise TrainingInterrupted(f"interrupted after {where}; {saved}", path)
+
+    @contextlib.contextmanager
+    def _sigint_guard(self):
+        """While training with a checkpointer, the first SIGINT finishes the current step, saves a
+        checkpoint and raises :class:`TrainingInterrupted`; a second one interrupts at once."""
+        if self.checkpointer is None or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self._stop_requested = True
+
+        previous = signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            self._stop_requested = False
 
     @torch.no_grad()
     def accuracy(self, loader, width: float = 1.0) -> float:
         self.model.eval()
         correct = total = 0
         for x, y in loader:
-            pred = self.model(x.to(self.device), width=width).argmax(-1).cpu()
+            x = x.to(self.device, non_blocking=True)
+            with self._autocast():
+                pred = self.model(x, width=width).argmax(-1).cpu()
             correct += int((pred == y).sum())
             total += len(y)
         return correct / max(total, 1)
+
+    def setup(self, example_loader) -> None:
+        """Let the regularizer inspect the model on a small batch (once, before training)."""
+        if not self._setup_done:
+            x0, _ = next(iter(example_loader))
+            self.regularizer.setup(self.model, example_input=x0[:2].to(self.device))
+            self._setup_done = True
 
     def fit(
         self,
@@ -175,45 +346,73 @@ class Trainer:
         epochs: int | None = None,
         on_epoch_end: Callable[[Trainer, dict[str, float]], None] | None = None,
     ) -> list[dict[str, float]]:
-        if not self._setup_done:
-            x0, _ = next(iter(train_loader))
-            self.regularizer.setup(self.model, example_input=x0[:2].to(self.device))
-            self._setup_done = True
+        """Train until ``epochs`` (default ``cfg.train.epochs``); resumes from ``self.epoch``.
+
+        With a ``checkpointer``, saves every ``train.checkpoint_every`` epochs and every
+        ``train.checkpoint_every_steps`` steps, and on SIGINT (then raises
+        :class:`TrainingInterrupted`). A NaN/Inf loss raises :class:`NonFiniteLossError` naming the
+        step and the last good checkpoint.
+        """
+        self.setup(train_loader)
         end = epochs if epochs is not None else self.cfg.train.epochs
-        while self.epoch < end:
-            record = {"epoch": self.epoch + 1, **self.train_epoch(train_loader)}
-            if val_loader is not None:
-                record["val_acc"] = self.accuracy(val_loader)
-            self.history.append(record)
-            if not self.quiet:
-                extra = f" val_acc {record['val_acc']:.4f}" if "val_acc" in record else ""
-                print(f"epoch {record['epoch']:3d} loss {record['loss']:.4f} kl {record['kl']:.4f}{extra}",
-                      file=sys.stderr)
-            if on_epoch_end is not None:
-                on_epoch_end(self, record)
+        every = getattr(self.cfg.train, "checkpoint_every", 0)
+        with self._sigint_guard():
+            while self.epoch < end:
+                record = {"epoch": self.epoch + 1, **self.train_epoch(train_loader)}
+                if val_loader is not None:
+                    record["val_acc"] = self.accuracy(val_loader)
+                self.history.append(record)
+                if not self.quiet and self.dist.is_main:
+                    extra = f" val_acc {record['val_acc']:.4f}" if "val_acc" in record else ""
+                    print(
+                        f"epoch {record['epoch']:3d} loss {record['loss']:.4f} "
+                        f"kl {record['kl']:.4f}{extra}",
+                        file=sys.stderr,
+                    )
+                if self.dist.active:
+                    self._check_replicas_agree()
+                if on_epoch_end is not None:
+                    on_epoch_end(self, record)
+                if every and self.epoch % every == 0 and self.epoch < end:
+                    self.save_checkpoint("epoch")
+                if self._stop_requested:
+                    self._interrupt()
         return self.history
 
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: model, optimizer, scheduler, regularizer, the
+        sampler generator, the global RNG states, step / epoch / position inside the epoch."""
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "regularizer": self.regularizer.state_dict(),
             "generator": self.generator.get_state(),
+            "rng": capture_rng_state(),
             "step": self.step,
             "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "epoch_sums": dict(self._epoch_sums),
             "history": self.history,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], restore_rng: bool = True) -> None:
+        """Inverse of :meth:`state_dict`; ``restore_rng`` also resets the global RNGs."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
         self.regularizer.load_state_dict(state.get("regularizer", {}))
         self.generator.set_state(state["generator"])
         self.step = int(state["step"])
         self.epoch = int(state["epoch"])
+        self.batch_in_epoch = int(state.get("batch_in_epoch", 0))
+        self._epoch_sums = dict(state.get("epoch_sums", {}))
         self.history = list(state.get("history", []))
         self._setup_done = True
+        if restore_rng and "rng" in state:
+            restore_rng_state(state["rng"])

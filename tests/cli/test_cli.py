@@ -9,8 +9,20 @@ from bnn_nested.cli.main import main
 
 def test_train_then_evaluate(tmp_path, capsys):
     run = tmp_path / "run"
-    rc = main(["train", "--config", "configs/digits_mlp.yaml", "--out", str(run), "--quiet",
-               "--set", "train.epochs=3", "--set", "model.hidden=[64]"])
+    rc = main(
+        [
+            "train",
+            "--config",
+            "configs/digits_mlp.yaml",
+            "--out",
+            str(run),
+            "--quiet",
+            "--set",
+            "train.epochs=3",
+            "--set",
+            "model.hidden=[64]",
+        ]
+    )
     assert rc == 0
     assert (run / "checkpoint.pt").is_file() and (run / "config.yaml").is_file()
     rc = main(["evaluate", str(run), "--widths", "0.5,1"])
@@ -28,12 +40,42 @@ def test_train_then_evaluate(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, needle",
     [
-        (["train", "--config", "configs/digits_mlp.yaml", "--out", "X", "--set", "ordering.temperature=0"],
-         "ordering.temperature"),
-        (["train", "--config", "configs/digits_mlp.yaml", "--out", "X", "--set", "eval.widths=[0]"],
-         "eval.widths"),
-        (["train", "--config", "configs/digits_mlp.yaml", "--out", "X", "--set", "model.hiden=[3]"],
-         "did you mean 'hidden'"),
+        (
+            [
+                "train",
+                "--config",
+                "configs/digits_mlp.yaml",
+                "--out",
+                "X",
+                "--set",
+                "ordering.temperature=0",
+            ],
+            "ordering.temperature",
+        ),
+        (
+            [
+                "train",
+                "--config",
+                "configs/digits_mlp.yaml",
+                "--out",
+                "X",
+                "--set",
+                "eval.widths=[0]",
+            ],
+            "eval.widths",
+        ),
+        (
+            [
+                "train",
+                "--config",
+                "configs/digits_mlp.yaml",
+                "--out",
+                "X",
+                "--set",
+                "model.hiden=[3]",
+            ],
+            "did you mean 'hidden'",
+        ),
         (["evaluate", "nowhere"], "nowhere"),
         (["evaluate", "nowhere", "--widths", "0,1"], "width"),
         (["frobnicate"], "invalid choice"),
@@ -41,7 +83,12 @@ def test_train_then_evaluate(tmp_path, capsys):
 )
 def test_bad_input_exits_2_with_one_line(argv, needle, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    argv = [a.replace("configs/", str(__import__("pathlib").Path(__file__).parents[2] / "configs") + "/") for a in argv]
+    argv = [
+        a.replace(
+            "configs/", str(__import__("pathlib").Path(__file__).parents[2] / "configs") + "/"
+        )
+        for a in argv
+    ]
     rc = main(argv)
     err = capsys.readouterr().err
     assert rc == 2

@@ -26,7 +26,9 @@ def test_stick_breaking_closed_form_k2():
     expected = torch.stack([1 - b1, b1 * (1 - b2), b1 * b2])
     q = stick_breaking_logits(r).exp()
     torch.testing.assert_close(q, expected)
-    torch.testing.assert_close(keep_probs_from_logits(stick_breaking_logits(r)), torch.stack([b1, b1 * b2]))
+    torch.testing.assert_close(
+        keep_probs_from_logits(stick_breaking_logits(r)), torch.stack([b1, b1 * b2])
+    )
 
 
 def test_truncated_geometric_and_uniform():
@@ -42,7 +44,9 @@ def test_truncated_geometric_and_uniform():
 def test_continuation_logits_inverse():
     logits = torch.randn(7)
     r = continuation_logits_matching(logits)
-    torch.testing.assert_close(stick_breaking_logits(r), torch.log_softmax(logits, -1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        stick_breaking_logits(r), torch.log_softmax(logits, -1), atol=1e-5, rtol=0
+    )
 
 
 def test_simplex_mask_maps_are_inverse():
@@ -93,15 +97,26 @@ def test_log_prob_equals_concrete_density_of_differences(tau):
     d = Downhill(logits, temperature=tau)
     m = d.rsample((7,))
     ref = RelaxedOneHotCategorical(torch.tensor(tau, dtype=torch.float64), logits=logits)
-    torch.testing.assert_close(d.log_prob(m), ref.log_prob(masks_to_simplex(m)), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(
+        d.log_prob(m), ref.log_prob(masks_to_simplex(m)), rtol=1e-9, atol=1e-9
+    )
 
 
 def test_log_prob_hand_formula_k1():
     """K = 1: m = s_1, density (Maddison et al.) tau a0 a1 m^-tau-1 (1-m)^-tau-1 / (a0 (1-m)^-tau + a1 m^-tau)^2."""
     a0, a1, tau, m = 0.3, 0.7, 0.6, 0.35
     d = Downhill(torch.tensor([math.log(a0), math.log(a1)], dtype=torch.float64), tau)
-    dens = tau * a0 * a1 * m ** (-tau - 1) * (1 - m) ** (-tau - 1) / (a0 * (1 - m) ** -tau + a1 * m**-tau) ** 2
-    assert d.log_prob(torch.tensor([m], dtype=torch.float64)).item() == pytest.approx(math.log(dens), rel=1e-10)
+    dens = (
+        tau
+        * a0
+        * a1
+        * m ** (-tau - 1)
+        * (1 - m) ** (-tau - 1)
+        / (a0 * (1 - m) ** -tau + a1 * m**-tau) ** 2
+    )
+    assert d.log_prob(torch.tensor([m], dtype=torch.float64)).item() == pytest.approx(
+        math.log(dens), rel=1e-10
+    )
 
 
 def test_density_integrates_to_one_k2():
@@ -150,7 +165,9 @@ def test_hard_log_prob_scores_relaxed_sample():
     d_hard = Downhill(torch.randn(4), 0.5, hard=True)
     m = d_hard.rsample()
     assert torch.isfinite(d_hard.log_prob(m))
-    torch.testing.assert_close(d_hard.log_prob(m), Downhill(d_hard.logits, 0.5).log_prob(m._unquantize))
+    torch.testing.assert_close(
+        d_hard.log_prob(m), Downhill(d_hard.logits, 0.5).log_prob(m._unquantize)
+    )
 
 
 def test_kl_matches_monte_carlo_over_categoricals():
@@ -163,7 +180,9 @@ def test_kl_matches_monte_carlo_over_categoricals():
     se = terms.std() / math.sqrt(len(terms))
     assert abs(kl - terms.mean()) < 4 * se
     assert kl.item() == pytest.approx(categorical_kl(q_logits, p_logits).item())
-    assert kl_divergence(Downhill(q_logits, 1.0), Downhill(q_logits, 1.0)).item() == pytest.approx(0, abs=1e-6)
+    assert kl_divergence(Downhill(q_logits, 1.0), Downhill(q_logits, 1.0)).item() == pytest.approx(
+        0, abs=1e-6
+    )
 
 
 def test_pyro_kl_dispatch():

@@ -85,8 +85,17 @@ def test_compare_command(tmp_path, capsys):
         (tmp_path / name).mkdir()
         (tmp_path / name / "report.json").write_text(json.dumps(rep.to_dict()))
     out = tmp_path / "cmp"
-    rc = main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out),
-               "--metrics", "cls/acc"])
+    rc = main(
+        [
+            "compare",
+            str(tmp_path / "a"),
+            str(tmp_path / "b"),
+            "--out",
+            str(out),
+            "--metrics",
+            "cls/acc",
+        ]
+    )
     assert rc == 0
     text = (out / "compare.md").read_text()
     assert "| 1 | 0.9000 | 0.8000 |" in text

@@ -18,9 +18,15 @@ def _data(n=64, d=6, c=3, seed=0):
 
 
 def _setup(sampler="vou", seed=0, **over):
-    cfg = build_config({"seed": seed, "model": {"hidden": [16], "groups": 4, "frozen": 1},
-                        "ordering": {"sampler": sampler, **over}, "train": {"epochs": 2},
-                        "regularization": {"kind": "none"}})
+    cfg = build_config(
+        {
+            "seed": seed,
+            "model": {"hidden": [16], "groups": 4, "frozen": 1},
+            "ordering": {"sampler": sampler, **over},
+            "train": {"epochs": 2},
+            "regularization": {"kind": "none"},
+        }
+    )
     torch.manual_seed(seed)
     model = NestedMLP(6, 3, [16], 4, 1, build_sampler(cfg.ordering).ordering_kwargs())
     return cfg, model
@@ -37,13 +43,17 @@ def test_loss_is_cross_entropy_plus_kl_over_n():
     torch.manual_seed(5)
     with model.masking(True):
         logits = model(x)
-    assert parts["data"] == pytest.approx(float(torch.nn.functional.cross_entropy(logits, y)), rel=1e-5)
+    assert parts["data"] == pytest.approx(
+        float(torch.nn.functional.cross_entropy(logits, y)), rel=1e-5
+    )
 
 
 @pytest.mark.parametrize("sampler", sorted(SAMPLERS))
 def test_every_sampler_trains(sampler):
     cfg, model = _setup(sampler)
-    loader = DataLoader(_data(), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        _data(), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
     tr = Trainer(model, cfg, n_train=64, quiet=True)
     hist = tr.fit(loader, loader, epochs=3)
     assert len(hist) == 3 and all(torch.isfinite(torch.tensor(h["loss"])) for h in hist)
@@ -67,7 +77,9 @@ def test_nested_dropout_has_fixed_posterior_and_no_kl():
 def test_reproducible_with_same_seed():
     def run():
         cfg, model = _setup(seed=3)
-        loader = DataLoader(_data(), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(3))
+        loader = DataLoader(
+            _data(), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(3)
+        )
         Trainer(model, cfg, n_train=64, quiet=True).fit(loader, epochs=2)
         return torch.cat([p.detach().flatten() for p in model.parameters()])
 
@@ -87,7 +99,7 @@ def test_ordering_parameters_learn():
 def test_schedules():
     cfg, _ = _setup(schedule="exponential", temperature=2.0, temperature_min=0.5, anneal_rate=0.5)
     assert temperature_at(cfg.ordering, 0) == pytest.approx(2.0)
-    assert temperature_at(cfg.ordering, 1) == pytest.approx(2.0 * 2.718281828 ** -0.5, rel=1e-5)
+    assert temperature_at(cfg.ordering, 1) == pytest.approx(2.0 * 2.718281828**-0.5, rel=1e-5)
     assert temperature_at(cfg.ordering, 100) == pytest.approx(0.5)
     cfg, _ = _setup(kl_warmup_epochs=4, kl_weight=2.0)
     assert [kl_weight_at(cfg.ordering, e) for e in range(5)] == [0.5, 1.0, 1.5, 2.0, 2.0]

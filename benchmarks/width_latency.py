@@ -1,0 +1,105 @@
+"""Latency of sub-networks vs their FLOPs: sliced, masked-full, and exported (BN folded, channels-last).
+
+For NestedVGG "11" (3x32x32) and NestedLeNet (1x28x28), untrained (latency does not depend on the
+weights), on CPU, at batch 1 and 256: width, FLOPs ratio (= FLOPs(r) / FLOPs(1), FLOPs = 2 x MACs),
+and latency ratio (median latency at r / median at width 1 of the *same* variant) for
+
+- ``masked``: full network, width applied as a 0/1 mask after each ordering unit (reference style);
+- ``sliced``: the nested model slicing its weights on the fly;
+- ``export``: :func:`~bnn_nested.deploy.export.export_width` without BN folding;
+- ``fold``: exported with BN folded into the convolutions;
+- ``fold+cl``: folded, channels-last weights and inputs;
+- ``compile``: ``torch.compile`` of ``fold`` (only with ``--compile``; slow to build on 2 cores).
+
+Usage: ``.venv/bin/python benchmarks/width_latency.py [--quick] [--threads 2] [--compile]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import warnings
+
+import torch
+
+from bnn_nested.deploy.export import export_width
+from bnn_nested.deploy.profile import count_flops, masked_forward, measure_latency
+from bnn_nested.models import NestedLeNet, NestedVGG
+from bnn_nested.nn.batchnorm import UncalibratedWidthWarning
+
+warnings.filterwarnings("ignore", category=UncalibratedWidthWarning)
+WIDTHS = (0.25, 0.5, 0.75, 1.0)
+
+
+def models():
+    yield (
+        "VGG-11 (32x32)",
+        NestedVGG("11", (3, 32, 32), 10, groups=32, frozen=2).eval(),
+        (3, 32, 32),
+    )
+    yield "LeNet (28x28)", NestedLeNet((1, 28, 28), 10, norm="batch").eval(), (1, 28, 28)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="repeats 3 (batch 256) / 10 (batch 1)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--compile", action="store_true", help="also measure torch.compile")
+    ap.add_argument("--batches", default="1,256")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    batches = [int(b) for b in args.batches.split(",")]
+    print(f"threads={args.threads} torch={torch.__version__} quick={args.quick}")
+    for name, model, shape in models():
+        flops = {w: count_flops(model, torch.zeros(1, *shape), w) for w in WIDTHS}
+        for bs in batches:
+            reps = (3 if bs >= 64 else 10) if args.quick else (10 if bs >= 64 else 50)
+            warm = 1 if bs >= 64 else 3
+            x = torch.randn(bs, *shape)
+            xcl = x.contiguous(memory_format=torch.channels_last)
+            fns: dict[tuple[str, float], tuple] = {}
+            for w in WIDTHS:
+                fns[("masked", w)] = (masked_forward(model, w), x)
+                fns[("sliced", w)] = (lambda t, w=w, m=model: m(t, width=w), x)
+                fns[("export", w)] = (export_width(model, w, x[:2], fold_batchnorm=False), x)
+                fns[("fold", w)] = (export_width(model, w, x[:2]), x)
+                fns[("fold+cl", w)] = (export_width(model, w, x[:2], channels_last=True), xcl)
+                if args.compile:
+                    fns[("compile", w)] = (torch.compile(export_width(model, w, x[:2])), x)
+            # interleaved: every round times each (variant, width) once, so load changes on the
+            # shared CPU hit all of them alike; median over rounds
+            times: dict[tuple[str, float], list[float]] = {k: [] for k in fns}
+            with torch.no_grad():
+                for fn, inp in fns.values():
+                    measure_latency(fn, inp, warmup=warm, repeats=1)
+                for _ in range(reps):
+                    for k, (fn, inp) in fns.items():
+                        times[k].append(measure_latency(fn, inp, warmup=0, repeats=1).median_ms)
+            lat: dict[str, dict[float, float]] = {}
+            for (v, w), ts in times.items():
+                lat.setdefault(v, {})[w] = statistics.median(ts)
+            cols = list(lat)
+            print(f"\n### {name}, batch {bs} ({reps} interleaved rounds, median)\n")
+            print(
+                "| width | FLOPs ratio | "
+                + " | ".join(f"{c} ratio" for c in cols)
+                + " | "
+                + " | ".join(f"{c} ms" for c in cols)
+                + " |"
+            )
+            print("|---" * (2 + 2 * len(cols)) + "|")
+            for w in WIDTHS:
+                ratios = [f"{lat[c][w] / lat[c][1.0]:.3f}" for c in cols]
+                ms = [f"{lat[c][w]:.2f}" for c in cols]
+                print(
+                    f"| {w:g} | {flops[w] / flops[1.0]:.3f} | "
+                    + " | ".join(ratios)
+                    + " | "
+                    + " | ".join(ms)
+                    + " |",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""``bnn-nested select RUN``: the best width of a trained run under a compute budget.
+
+Exit status: 0 when a width fits (it is printed with an explanation), **1 when no width satisfies
+every constraint** (the nearest option and what it costs are printed), 2 for bad input.
+"""
+
+from __future__ import annotations
+
+import json
+
+from bnn_nested.cli.common import UsageError, parse_widths
+
+
+def add_parser(sub) -> None:
+    s = sub.add_parser(
+        "select",
+        help="best width of a run under FLOPs/latency/params/accuracy/ECE limits",
+        description="Best width (highest validation accuracy, ties to the cheaper) satisfying every "
+        "constraint. Exit 0 if one fits, 1 if none does, 2 on bad input.",
+    )
+    s.add_argument("run", help="run directory written by `bnn-nested train`")
+    s.add_argument("--max-flops", type=float, help="FLOPs per example (FLOPs = 2 x MACs)")
+    s.add_argument("--max-latency-ms", type=float, help="latency of one batch (see --batch-size)")
+    s.add_argument("--max-params", type=float, help="parameters of the sliced network")
+    s.add_argument("--min-accuracy", type=float, help="validation accuracy in [0, 1]")
+    s.add_argument("--max-ece", type=float, help="validation ECE (15 bins by default)")
+    s.add_argument("--widths", type=parse_widths, default=None, help="candidate widths")
+    s.add_argument("--samples", type=int, default=None, help="Monte-Carlo samples for validation")
+    s.add_argument("--batch-size", type=int, default=1, help="batch size for latency (default 1)")
+    s.add_argument("--threads", type=int, default=None, help="CPU threads for latency")
+    s.add_argument("--json", action="store_true", help="print the result as JSON")
+    s.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from bnn_nested.deploy.select import Constraints, run_candidates, select_width, selection_dict
+
+    if args.samples is not None and args.samples < 1:
+        raise UsageError(f"--samples must be >= 1, got {args.samples}")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    cons = Constraints(
+        args.max_flops, args.max_latency_ms, args.max_params, args.min_accuracy, args.max_ece
+    )
+    cands = run_candidates(
+        args.run,
+        args.widths,
+        args.samples,
+        args.batch_size,
+        args.threads,
+        latency=args.max_latency_ms is not None,
+    )
+    sel = select_width(cands, cons)
+    if args.json:
+        print(json.dumps(selection_dict(sel), indent=2))
+    else:
+        print(
+            f"{'width':>6} {'FLOPs':>10} {'params':>9} {'latency_ms':>10} {'val_acc':>8} {'ECE':>7}"
+        )
+        for c in cands:
+            lat = f"{c.latency_ms:10.3f}" if c.latency_ms is not None else f"{'-':>10}"
+            mark = " <-" if sel.chosen == c else ""
+            print(
+                f"{c.width:6g} {c.flops:10.4g} {c.params:9.4g} {lat} {c.accuracy:8.4f} "
+                f"{c.ece:7.4f}{mark}"
+            )
+        print(sel.explanation)
+    return 0 if sel.ok else 1

@@ -1,0 +1,186 @@
+"""Per-layer width allocation from learned keep probabilities, and its accuracy-vs-FLOPs front.
+
+Instead of one global width, layer ``l`` keeps its ``F_l`` frozen groups plus the ordered groups whose
+learned keep probability ``P(b_l >= k) >= t`` (Cui et al. 2021: the ordering posterior learns how many
+groups each layer needs). Keep probabilities are non-increasing in ``k``, so this keeps a prefix. At
+least one group is always kept. Sweeping ``t`` traces a family of sub-networks; their accuracy
+against FLOPs (= 2 x MACs per example) is compared with uniform widths.
+
+Example:
+    >>> alloc = threshold_allocation(model, 0.9)      # {"features.0": 11, ...}
+    >>> logits = model(x, width=alloc)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bnn_nested.nn.model import NestedModel, Width
+from bnn_nested.nn.ordering_unit import OrderingUnit
+
+
+def unit_layers(model: NestedModel) -> dict[str, str]:
+    """Map each ordering unit's name to the name of the nested layer whose outputs it orders.
+
+    Uses ``model.weight_kl_pairs()`` (``(layer, unit)`` pairs); when those pairs name no units,
+    falls back to pairing ordered layers and ordering units in registration order.
+
+    Raises:
+        ValueError: the pairing cannot be established.
+    """
+    names = {id(m): n for n, m in model.named_modules()}
+    units = dict(model.ordering_units())
+    out = {}
+    for layer, unit in model.weight_kl_pairs():
+        if isinstance(unit, OrderingUnit):
+            out[names[id(unit)]] = names[id(layer)]
+    if out:
+        return out
+    ordered = [n for n, _ in model.ordered_layers()]
+    if len(ordered) != len(units):
+        raise ValueError(
+            f"model: cannot pair {len(units)} ordering units with {len(ordered)} ordered layers; "
+            "override weight_kl_pairs() to return (layer, unit) pairs"
+        )
+    return dict(zip(units, ordered))
+
+
+def threshold_allocation(model: NestedModel, threshold: float) -> dict[str, int]:
+    """Groups per ordered layer: ``F + #{k : P(b >= k) >= threshold}`` (prefix), at least 1.
+
+    Args:
+        threshold: ``t``; ``t <= 0`` keeps every group, ``t > 1`` keeps only the frozen groups.
+
+    Returns:
+        ``{layer_name: n_groups}`` accepted by ``model.width(...)``; ordered layers without an
+        ordering unit keep all their groups.
+    """
+    layers = dict(model.ordered_layers())
+    units = dict(model.ordering_units())
+    alloc = {name: layer.groups for name, layer in layers.items()}
+    for unit_name, layer_name in unit_layers(model).items():
+        u = units[unit_name]
+        keep = u.keep_probs().detach()
+        ok = (keep >= threshold).tolist() + [False]
+        n_ordered = ok.index(False)  # leading run (keep is non-increasing up to rounding)
+        alloc[layer_name] = max(1, u.frozen + n_ordered)
+    return alloc
+
+
+@dataclass
+class AllocationPoint:
+    """One sub-network: its label, width (float or per-layer dict), FLOPs and validation metrics."""
+
+    label: str
+    width: Width
+    flops: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        w = self.width if isinstance(self.width, float) else dict(self.width)
+        return {"label": self.label, "width": w, "flops": self.flops, "metrics": self.metrics}
+
+
+@torch.no_grad()
+def evaluate_width(
+    model: NestedModel, loader, width: Width, samples: int = 1, n_bins: int = 15
+) -> dict[str, float]:
+    """Classification/calibration metrics (``cls/acc``, ``cal/ece``, ...) at a (per-layer) width."""
+    from bnn_nested.evaluation.metrics import classification_report
+    from bnn_nested.evaluation.predict import predict_loader
+
+    probs, targets = predict_loader(model, loader, width, samples)
+    return classification_report(probs, targets, n_bins=n_bins)
+
+
+def sweep(
+    model: NestedModel,
+    loader,
+    example: torch.Tensor,
+    thresholds: Sequence[float],
+    uniform_widths: Sequence[float],
+    samples: int = 1,
+) -> tuple[list[AllocationPoint], list[AllocationPoint]]:
+    """Evaluate threshold allocations and uniform widths: ``(allocated, uniform)`` point lists.
+
+    Duplicate allocations (several ``t`` giving the same groups) are evaluated once.
+    """
+    from bnn_nested.deploy.profile import count_flops
+
+    allocated: list[AllocationPoint] = []
+    seen: dict[tuple, AllocationPoint] = {}
+    for t in thresholds:
+        alloc = threshold_allocation(model, t)
+        key = tuple(sorted(alloc.items()))
+        if key in seen:
+            continue
+        p = AllocationPoint(
+            f"t={t:g}",
+            alloc,
+            count_flops(model, example[:1], alloc),
+            evaluate_width(model, loader, alloc, samples),
+        )
+        seen[key] = p
+        allocated.append(p)
+    uniform = [
+        AllocationPoint(
+            f"r={w:g}",
+            float(w),
+            count_flops(model, example[:1], float(w)),
+            evaluate_width(model, loader, float(w), samples),
+        )
+        for w in uniform_widths
+    ]
+    return allocated, uniform
+
+
+def pareto_front(points: Sequence[AllocationPoint], key: str = "cls/acc") -> list[AllocationPoint]:
+    """Points not dominated in (fewer FLOPs, higher ``key``), sorted by FLOPs."""
+    front = []
+    best = -float("inf")
+    for p in sorted(points, key=lambda p: (p.flops, -p.metrics[key])):
+        if p.metrics[key] > best:
+            front.append(p)
+            best = p.metrics[key]
+    return front
+
+
+def plot_sweep(
+    allocated: Sequence[AllocationPoint],
+    uniform: Sequence[AllocationPoint],
+    path: str | Path,
+    key: str = "cls/acc",
+) -> Path:
+    """Accuracy (or ``key``) vs FLOPs for both families (``metric_vs_x``)."""
+    from bnn_nested.evaluation.plots import metric_vs_x
+
+    series = {
+        "per-layer (keep prob >= t)": (
+            [p.flops for p in allocated],
+            [p.metrics[key] for p in allocated],
+        ),
+        "uniform width": ([p.flops for p in uniform], [p.metrics[key] for p in uniform]),
+    }
+    return metric_vs_x(
+        series,
+        "FLOPs per example (2 x MACs)",
+        key,
+        path,
+        title="per-layer allocation vs uniform widths",
+    )
+
+
+__all__ = [
+    "AllocationPoint",
+    "evaluate_width",
+    "pareto_front",
+    "plot_sweep",
+    "sweep",
+    "threshold_allocation",
+    "unit_layers",
+]

@@ -1,0 +1,182 @@
+"""Data-parallel training on ``torch.distributed`` (gloo on CPU, NCCL on CUDA).
+
+Launch with ``torchrun --nproc_per_node=N -m bnn_nested train ...``; ``torchrun`` sets ``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``, which :func:`setup_distributed`
+reads. Design (docs/multiprocess.md):
+
+* every rank seeds the global RNGs with the same seed, so the Downhill ordering masks (drawn from
+  the global torch RNG once per mini-batch) and the sandwich widths (drawn from the trainer's
+  generator) are identical on every rank at every step: all ranks train the same sub-network;
+* each rank reads its own shard of the epoch's permutation (:class:`EpochSampler`, a
+  ``DistributedSampler`` whose order is a function of ``(seed, epoch)`` only);
+* after ``backward()`` the gradients are averaged over ranks with one all-reduce of a flat buffer
+  (the arithmetic of ``DistributedDataParallel``; done by hand because the sandwich sampler runs
+  several forward passes per backward, which the DDP wrapper does not allow); two extra entries of
+  that buffer carry the "stop" (SIGINT) and "non-finite loss" flags so all ranks stop together;
+* ``data.batch_size`` is the *global* batch (each rank takes ``batch_size / world_size``) and the
+  KL is scaled by the global training-set size, so a run on N processes computes the same updates
+  as a single-process run, up to floating-point summation order;
+* only rank 0 writes files.
+
+Example:
+    >>> ctx = setup_distributed("cpu")          # single process: world_size 1, no process group
+    >>> sampler = EpochSampler(train_set, seed=0, rank=ctx.rank, world_size=ctx.world_size)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Dataset, DistributedSampler
+
+
+@dataclass
+class DistContext:
+    """Where this process sits in the job. ``world_size == 1`` means no process group."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    owns_group: bool = False  # True when setup_distributed created the group (and must close it)
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the only process that writes files or prints progress."""
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+    def close(self) -> None:
+        """Destroy the process group if this context created it."""
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self.owns_group = False
+
+
+def env_world_size() -> int:
+    """``WORLD_SIZE`` from the environment (1 when not launched by torchrun)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise ValueError(
+            f"WORLD_SIZE must be an integer, got {os.environ['WORLD_SIZE']!r}"
+        ) from None
+
+
+def setup_distributed(device: str | torch.device) -> DistContext:
+    """Join the process group described by torchrun's environment, or use an existing one.
+
+    Args:
+        device: the resolved device type (``cpu`` or ``cuda``); CUDA ranks use ``cuda:LOCAL_RANK``
+            and NCCL, CPU ranks use gloo.
+
+    Returns:
+        a :class:`DistContext` (``world_size == 1`` for a plain single-process run).
+    """
+    device = torch.device(device)
+    if dist.is_available() and dist.is_initialized():
+        rank, world, owns = dist.get_rank(), dist.get_world_size(), False
+    elif env_world_size() > 1:
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+        rank, world, owns = dist.get_rank(), dist.get_world_size(), True
+    else:
+        return DistContext(device=device)
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    return DistContext(rank, world, local, device, owns)
+
+
+class EpochSampler(DistributedSampler):
+    """Shuffled indices of one rank whose order depends only on ``(seed, epoch)``.
+
+    A ``DistributedSampler`` (``randperm`` seeded with ``seed + epoch``, padded to a multiple of
+    ``world_size``, rank ``r`` takes positions ``r, r + W, ...``) plus :meth:`set_start`, which skips
+    the first ``start`` indices of the epoch, so a run resumed in the middle of an epoch sees exactly
+    the batches the uninterrupted run would have seen. With ``world_size=1`` it is a plain seeded
+    shuffle.
+
+    Example:
+        >>> s = EpochSampler(ds, seed=0); s.set_epoch(3); s.set_start(128)
+        >>> loader = DataLoader(ds, batch_size=64, sampler=s)
+    """
+
+    def __init__(self, dataset: Dataset, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        super().__init__(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+        self.start = 0
+
+    def set_start(self, start: int) -> None:
+        """Skip the first ``start`` indices of this rank's share of the current epoch."""
+        if start < 0:
+            raise ValueError(f"start must be >= 0, got {start}")
+        self.start = start
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        return iter(indices[self.start :])
+
+    def __len__(self) -> int:
+        return max(self.num_samples - self.start, 0)
+
+
+def average_gradients(
+    params: Iterable[torch.nn.Parameter], flags: torch.Tensor, world_size: int
+) -> torch.Tensor:
+    """All-reduce: average the gradients of ``params`` over ranks and sum ``flags`` (1-D float).
+
+    All gradients and the flags travel in one flat buffer (one collective per step). Parameters
+    without a gradient on this rank count as zeros. Returns the summed flags.
+    """
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        flags = flags.clone()
+        dist.all_reduce(flags)
+        return flags
+    dev = params[0].device
+    grads = [
+        (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in params
+    ]
+    flat = torch.cat(grads + [flags.to(dev, torch.float32)])
+    dist.all_reduce(flat)
+    offset = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        avg = flat[offset : offset + n].div_(world_size).view_as(p).to(p.dtype)
+        if p.grad is None:
+            p.grad = avg.clone()
+        else:
+            p.grad.copy_(avg)
+        offset += n
+    return flat[offset:].cpu()
+
+
+def tensor_digest(t: torch.Tensor) -> int:
+    """A 63-bit hash of a tensor's bytes (to compare tensors across ranks cheaply)."""
+    data = t.detach().to("cpu", torch.float64).contiguous().numpy().tobytes()
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") >> 1
+
+
+def gather_digests(t: torch.Tensor) -> list[int]:
+    """:func:`tensor_digest` of ``t`` on every rank (an all-gather; a 1-list without a group)."""
+    d = torch.tensor([tensor_digest(t)], dtype=torch.int64)
+    if not (dist.is_available() and dist.is_initialized()):
+        return [int(d)]
+    if dist.get_backend() == "nccl":
+        d = d.cuda()
+    out = [torch.zeros_like(d) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, d)
+    return [int(x) for x in out]

@@ -1,0 +1,327 @@
+"""Bad input fails cleanly: hypothesis generates malformed configs and argument lists; each must exit
+with status 2, print exactly one line on stderr (no traceback) and write nothing."""
+
+from __future__ import annotations
+
+import copy
+import string
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bnn_nested.cli.main import main
+from bnn_nested.config import Config
+
+BASE = {
+    "seed": 0,
+    "data": {"name": "digits", "batch_size": 64},
+    "model": {"name": "mlp", "hidden": [32, 32], "groups": 8, "frozen": 1},
+    "ordering": {"sampler": "vou", "temperature": 1.0},
+    "train": {"epochs": 1, "device": "cpu"},
+    "eval": {"widths": [0.5, 1.0]},
+}
+SECTIONS = ("data", "model", "ordering", "train", "eval")
+FIELDS = {s: set(Config.model_fields[s].annotation.model_fields) for s in SECTIONS}
+FIELDS["top"] = set(Config.model_fields)
+
+nonpositive = st.floats(max_value=0.0, allow_nan=False) | st.integers(max_value=0)
+above_one = st.floats(min_value=1.0001, allow_nan=False, allow_infinity=False)
+words = st.text(string.ascii_letters + "_", min_size=1, max_size=12)
+junk = st.one_of(
+    words,
+    st.lists(st.integers(), max_size=2),
+    st.none(),  # never int-like
+    st.dictionaries(words, st.integers(), max_size=2),
+)
+
+
+def _set(path: str, value):
+    return lambda raw: _put(raw, path, value)
+
+
+def _put(raw: dict, path: str, value) -> dict:
+    node = raw
+    *head, last = path.split(".")
+    for k in head:
+        node = node.setdefault(k, {})
+    node[last] = value
+    return raw
+
+
+@st.composite
+def unknown_key(draw):
+    section = draw(st.sampled_from(SECTIONS + ("top",)))
+    key = draw(words.filter(lambda w, s=section: w not in FIELDS[s]))
+    return _set(key if section == "top" else f"{section}.{key}", draw(st.integers()))
+
+
+@st.composite
+def bad_groups(draw):
+    groups = draw(st.integers(2, 64))
+    hidden = draw(st.integers(1, 512).filter(lambda h: h % groups))
+    return lambda raw: _put(_put(raw, "model.groups", groups), "model.hidden", [hidden])
+
+
+@st.composite
+def bad_literal(draw):
+    path = draw(
+        st.sampled_from(
+            [
+                "data.name",
+                "ordering.sampler",
+                "ordering.prior",
+                "train.device",
+                "train.optimizer",
+                "train.precision",
+                "model.weights",
+                "ordering.schedule",
+                "train.scheduler",
+            ]
+        )
+    )
+    return _set(
+        path,
+        draw(
+            words.filter(
+                lambda w: (
+                    w
+                    not in {
+                        "digits",
+                        "mnist5k",
+                        "mnist",
+                        "vou",
+                        "sandwich",
+                        "fixed",
+                        "geometric",
+                        "uniform",
+                        "cpu",
+                        "cuda",
+                        "auto",
+                        "adam",
+                        "adamw",
+                        "sgd",
+                        "fp32",
+                        "bf16",
+                        "fp16",
+                        "point",
+                        "gaussian",
+                        "constant",
+                        "exponential",
+                        "none",
+                        "cosine",
+                        "cifar10",
+                        "svhn",
+                        "imagefolder",
+                        "fashion_mnist",
+                        "nested_dropout",
+                    }
+                )
+            )
+        ),
+    )
+
+
+MUTATIONS = st.one_of(
+    unknown_key(),
+    bad_groups(),
+    bad_literal(),
+    st.builds(_set, st.just("ordering.temperature"), nonpositive),
+    st.builds(_set, st.just("ordering.temperature_min"), nonpositive),
+    st.builds(_set, st.just("ordering.prior_pi"), nonpositive | above_one),
+    st.builds(_set, st.just("ordering.fixed_width"), nonpositive | above_one),
+    st.builds(_set, st.just("ordering.min_width"), nonpositive | above_one),
+    st.builds(
+        _set,
+        st.just("eval.widths"),
+        st.lists(nonpositive | above_one, min_size=1).map(lambda bad: [0.5, *bad]),
+    ),
+    st.builds(_set, st.just("data.batch_size"), st.integers(max_value=0)),
+    st.builds(_set, st.just("data.val_fraction"), nonpositive | st.floats(0.5, 10)),
+    st.builds(_set, st.just("train.epochs"), st.integers(max_value=0)),
+    st.builds(_set, st.just("train.lr"), nonpositive),
+    st.builds(_set, st.just("train.grad_clip"), nonpositive),
+    st.builds(_set, st.just("train.checkpoint_every"), st.integers(max_value=-1)),
+    st.builds(_set, st.just("seed"), st.integers(max_value=-1)),
+    st.builds(_set, st.just("model.frozen"), st.integers(8, 100)),
+    st.builds(_set, st.just("model.hidden"), st.just([])),
+    st.builds(_set, st.sampled_from(["train.epochs", "data.batch_size", "model.groups"]), junk),
+    st.builds(_set, st.sampled_from(["data", "model", "train"]), st.integers() | st.text()),
+    st.just(lambda raw: _put(_put(raw, "train.precision", "fp16"), "train.device", "cpu")),
+    st.just(
+        lambda raw: _put(
+            _put(_put(raw, "ordering.schedule", "exponential"), "ordering.temperature", 0.5),
+            "ordering.temperature_min",
+            0.9,
+        )
+    ),
+)
+
+BAD_FILES = st.one_of(
+    st.just("- a list\n- not a mapping\n"),
+    st.just("key: [unclosed\n"),
+    st.integers().map(str),
+    st.just("data: {name: digits\n"),
+)
+
+
+def _check_fails_cleanly(argv: list[str], tmp: Path, capsys) -> None:
+    before = sorted(p.name for p in tmp.iterdir())
+    rc = main(argv)
+    out = capsys.readouterr()
+    lines = out.err.strip().splitlines()
+    assert rc == 2, (argv, out.err)
+    assert len(lines) == 1 and lines[0].startswith("bnn-nested: error:"), (argv, out.err)
+    assert "Traceback" not in out.err and out.out == ""
+    assert sorted(p.name for p in tmp.iterdir()) == before  # nothing written
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(mutation=MUTATIONS, as_override=st.booleans())
+def test_malformed_configs_fail_cleanly(mutation, as_override, capsys):
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        raw = mutation(copy.deepcopy(BASE))
+        cfg = tmp / "cfg.yaml"
+        extra: list[str] = []
+        if as_override:  # the same malformation, given on the command line instead
+            cfg.write_text(yaml.safe_dump(BASE))
+            extra = [a for k, v in _diff(BASE, raw) for a in ("--set", f"{k}={_yaml(v)}")]
+        else:
+            cfg.write_text(yaml.safe_dump(raw))
+        _check_fails_cleanly(
+            ["train", "--config", str(cfg), "--out", str(tmp / "run")] + extra, tmp, capsys
+        )
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(text=BAD_FILES)
+def test_malformed_yaml_files_fail_cleanly(text, capsys):
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        (tmp / "cfg.yaml").write_text(text)
+        _check_fails_cleanly(
+            ["train", "--config", str(tmp / "cfg.yaml"), "--out", str(tmp / "run")], tmp, capsys
+        )
+
+
+def _yaml(v) -> str:
+    return (
+        yaml.safe_dump(v, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+    )
+
+
+def _diff(a: dict, b: dict, prefix: str = ""):
+    """Leaf paths where ``b`` differs from ``a`` (sections that changed type count as leaves)."""
+    for k, v in b.items():
+        path = f"{prefix}{k}"
+        if isinstance(v, dict) and isinstance(a.get(k), dict):
+            yield from _diff(a[k], v, path + ".")
+        elif a.get(k, object()) != v:
+            yield path, v
+
+
+@st.composite
+def bad_argv(draw, cfg: str, out: str):
+    good = ["train", "--config", cfg, "--out", out]
+    kind = draw(st.integers(0, 9))
+    text = draw(st.text(max_size=15))
+    if kind == 0:  # an unknown command
+        cmd = draw(words.filter(lambda w: w not in {"train", "evaluate", "compare", "select"}))
+        return [cmd, *draw(st.lists(st.text(max_size=5), max_size=3))]
+    if kind == 1:  # missing required options
+        return draw(
+            st.sampled_from(
+                [
+                    ["train"],
+                    ["train", "--config", cfg],
+                    ["train", "--out", out],
+                    ["train", "--device", "cpu"],
+                    [],
+                ]
+            )
+        )
+    if kind == 2:  # --set without '='
+        return good + ["--set", text.replace("=", "")]
+    if kind == 3:  # a device that does not exist
+        return good + ["--device", draw(words.filter(lambda w: w not in {"cpu", "cuda", "auto"}))]
+    if kind == 4:  # a config file that does not exist
+        return [
+            "train",
+            "--config",
+            str(Path(out).parent / ("missing" + text.replace("/", ""))),
+            "--out",
+            out,
+        ]
+    if kind == 5:  # resume something that is not a run
+        return ["train", "--resume", str(Path(out).parent / ("nothing" + text.replace("/", "")))]
+    if kind == 6:  # resume combined with config options
+        return [
+            "train",
+            "--resume",
+            out,
+            *draw(
+                st.sampled_from(
+                    [
+                        ["--config", cfg],
+                        ["--set", "train.epochs=2"],
+                        ["--overwrite"],
+                        ["--out", out],
+                    ]
+                )
+            ),
+        ]
+    if kind == 7:  # an unknown flag (argparse accepts unambiguous prefixes of known ones)
+        known = ("config", "out", "resume", "set", "device", "overwrite", "quiet", "help", "debug")
+        return good + ["--" + draw(words.filter(lambda w: not any(k.startswith(w) for k in known)))]
+    if kind == 8:  # an override of an unknown or mistyped key
+        key = draw(words.filter(lambda w: w not in FIELDS["train"]))
+        return good + ["--set", f"train.{key}={text}"]
+    return good + ["--set", f"train.epochs={draw(st.sampled_from(['[', '{a', '0', '-3', 'x']))}"]
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_malformed_argument_lists_fail_cleanly(data, capsys):
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        cfg = tmp / "cfg.yaml"
+        cfg.write_text(yaml.safe_dump(BASE))
+        argv = data.draw(bad_argv(str(cfg), str(tmp / "run")))
+        _check_fails_cleanly(argv, tmp, capsys)
+
+
+def test_existing_run_is_never_overwritten(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(b"precious")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(BASE))
+    assert main(["train", "--config", str(cfg), "--out", str(run)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (run / "checkpoint.pt").read_bytes() == b"precious"
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(BASE))
+    argv = [
+        "train",
+        "--config",
+        str(cfg),
+        "--out",
+        str(tmp_path / "r"),
+        "--set",
+        "ordering.temperature=0",
+    ]
+    with pytest.raises(ValueError, match="ordering.temperature"):
+        main(["--debug", *argv])

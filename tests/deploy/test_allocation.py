@@ -1,0 +1,60 @@
+"""Per-layer allocation by keep-probability threshold; Pareto front."""
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from bnn_nested.deploy.allocation import (
+    AllocationPoint,
+    pareto_front,
+    plot_sweep,
+    sweep,
+    threshold_allocation,
+    unit_layers,
+)
+from tests.deploy.helpers import cnn, mlp
+
+pytestmark = pytest.mark.filterwarnings("ignore:batch norm. no statistics calibrated")
+
+
+def _set_keep(unit, beta):
+    """Set continuation probabilities so keep probs are cumulative products of ``beta``."""
+    b = torch.tensor(beta)
+    with torch.no_grad():
+        unit.r.copy_(torch.log(b) - torch.log1p(-b))
+
+
+def test_threshold_counts_hand_case():
+    model, x = cnn()  # groups 4, frozen 1 -> K = 3 ordered groups per layer
+    assert unit_layers(model) == {"o1": "c1", "o2": "c2"}
+    _set_keep(model.o1, [0.9, 0.5, 0.5])  # keep probs 0.9, 0.45, 0.225
+    _set_keep(model.o2, [0.99, 0.99, 0.99])  # 0.99, 0.98, 0.97
+    assert threshold_allocation(model, 0.95) == {"c1": 1, "c2": 4}
+    assert threshold_allocation(model, 0.4) == {"c1": 3, "c2": 4}
+    assert threshold_allocation(model, 0.0) == {"c1": 4, "c2": 4}
+    assert threshold_allocation(model, 1.01) == {"c1": 1, "c2": 1}
+    alloc = threshold_allocation(model, 0.4)
+    model(x, width=alloc)
+    assert model.c1.last_active[0] == 3 * 2 and model.c2.last_active[0] == 16
+
+
+def test_mlp_pairs_by_weight_kl_pairs():
+    model, _ = mlp()
+    assert unit_layers(model) == {"features.3": "features.0", "features.7": "features.4"}
+
+
+def test_pareto_front():
+    pts = [
+        AllocationPoint(str(i), 1.0, f, {"cls/acc": a})
+        for i, (f, a) in enumerate([(10, 0.5), (20, 0.4), (30, 0.8), (30, 0.7), (40, 0.8)])
+    ]
+    assert [p.label for p in pareto_front(pts)] == ["0", "2"]
+
+
+def test_sweep_and_plot(tmp_path):
+    model, x = cnn()
+    loader = DataLoader(TensorDataset(x, torch.randint(0, 3, (len(x),))), batch_size=8)
+    allocated, uniform = sweep(model, loader, x, [0.0, 0.5, 0.99, 2.0], [0.5, 1.0])
+    assert len(uniform) == 2 and uniform[0].flops < uniform[1].flops
+    assert allocated[0].flops == uniform[1].flops  # t = 0 keeps everything
+    assert plot_sweep(allocated, uniform, tmp_path / "p.png").is_file()
