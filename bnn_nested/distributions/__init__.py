@@ -3,6 +3,7 @@
 from bnn_nested.distributions.downhill import (
     Downhill,
     downhill,
+    downhill_rsample,
     masks_to_simplex,
     simplex_to_masks,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "Downhill",
     "categorical_kl",
     "downhill",
+    "downhill_rsample",
     "keep_probs_from_logits",
     "masks_to_simplex",
     "simplex_to_masks",

@@ -55,6 +55,30 @@ def simplex_to_masks(s: torch.Tensor) -> torch.Tensor:
     return torch.flip(torch.cumsum(torch.flip(s[..., 1:], [-1]), -1), [-1])
 
 
+def downhill_rsample(
+    logits: torch.Tensor, temperature: torch.Tensor | float, hard: bool = False
+) -> torch.Tensor:
+    """One reparameterised Downhill sample per row of ``logits (..., K + 1)`` -> ``(..., K)``.
+
+    ``s = softmax((logits + Gumbel) / tau)``, ``m_k = sum_{j >= k} s_j``; with ``hard`` the mask is
+    ``1[k <= argmax s]`` with the straight-through gradient of the relaxed mask. ``temperature`` must
+    broadcast against ``logits``. The sampler behind :meth:`Downhill.rsample` (no validation, no
+    distribution object: the training hot path of :class:`~bnn_nested.nn.OrderingUnit`).
+    """
+    tiny = torch.finfo(logits.dtype).tiny
+    u = torch.rand(logits.shape, dtype=logits.dtype, device=logits.device).clamp(tiny, 1.0 - 1e-7)
+    gumbel = -torch.log(-torch.log(u))
+    s = torch.softmax((logits + gumbel) / temperature, dim=-1)
+    soft = simplex_to_masks(s)
+    if not hard:
+        return soft
+    b = s.argmax(-1, keepdim=True)
+    k = torch.arange(1, s.shape[-1], device=s.device)
+    out = (k <= b).to(s.dtype) - soft.detach() + soft
+    out._unquantize = soft  # log_prob scores the relaxed sample (straight-through convention)
+    return out
+
+
 class Downhill(TorchDistribution):
     r"""Downhill distribution over non-increasing masks ``m in [0, 1]^K``.
 
@@ -143,20 +167,7 @@ class Downhill(TorchDistribution):
 
     def rsample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> torch.Tensor:
         shape = self._extended_shape(torch.Size(sample_shape))[:-1] + self.logits.shape[-1:]
-        logits = self.logits.expand(shape)
-        tiny = torch.finfo(logits.dtype).tiny
-        u = torch.rand(shape, dtype=logits.dtype, device=logits.device).clamp(tiny, 1.0 - 1e-7)
-        gumbel = -torch.log(-torch.log(u))
-        s = torch.softmax((logits + gumbel) / self._tau(), dim=-1)
-        soft = simplex_to_masks(s)
-        if not self.hard:
-            return soft
-        b = s.argmax(-1, keepdim=True)
-        k = torch.arange(1, self.K + 1, device=s.device)
-        hard = (k <= b).to(s.dtype)
-        out = hard - soft.detach() + soft
-        out._unquantize = soft  # log_prob scores the relaxed sample (straight-through convention)
-        return out
+        return downhill_rsample(self.logits.expand(shape), self._tau(), self.hard)
 
     def sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> torch.Tensor:
         with torch.no_grad():

@@ -143,6 +143,8 @@ class NestedModel(nn.Module):
         for _, u in self.ordering_units():
             total = total + u.kl()
         for layer, unit in self.weight_kl_pairs():
+            if not getattr(layer, "bayesian", False):
+                continue  # point weights: no weight KL
             keep = unit.channel_keep_probs() if unit is not None else None
             total = total + layer.weight_kl(keep)
         return total

@@ -7,13 +7,14 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torch.distributions import kl_divergence
 
 from bnn_nested.distributions import (
     DEFAULT_INIT,
     DEFAULT_PRIOR_PI,
     LOGIT_CLIP,
     Downhill,
+    categorical_kl,
+    downhill_rsample,
     keep_probs_from_logits,
     stick_breaking_logits,
     truncated_geometric_logits,
@@ -149,7 +150,9 @@ class OrderingUnit(nn.Module):
         """``KL(q(b) || p(b))`` (analytic, categorical); 0 when the ordering is not learned."""
         if not self.learn:
             return self.r.new_zeros(())
-        return kl_divergence(self.posterior(), self.prior())
+        # == kl_divergence(self.posterior(), self.prior()) (registered analytic KL), without
+        # building two distribution objects on every training step
+        return categorical_kl(self.logits(), self.prior_logits)
 
     def keep_probs(self) -> torch.Tensor:
         """``P(b >= k)`` for the ``K`` ordered groups."""
@@ -166,8 +169,10 @@ class OrderingUnit(nn.Module):
 
     def sample_mask(self, batch: int | None = None) -> torch.Tensor:
         """A per-channel mask ``(channels,)``, or ``(batch, channels)`` when given a batch size."""
-        d = self.posterior()
-        m = d.rsample((batch,)) if batch is not None else d.rsample()
+        logits = self.logits()
+        if batch is not None:
+            logits = logits.expand(batch, -1)
+        m = downhill_rsample(logits, self.temperature, self.hard)  # == self.posterior().rsample()
         return self.expand_groups(m)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
