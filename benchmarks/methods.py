@@ -30,7 +30,7 @@ from bnn_nested.training.run import load_run, train_run
 WIDTHS = [0.25, 0.5, 0.75, 1.0]
 MODEL = {
     "digits": {"name": "mlp", "hidden": [256, 256], "groups": 16, "frozen": 1},
-    "mnist5k": {"name": "lenet", "groups": 8, "frozen": 1},
+    "mnist5k": {"name": "lenet", "hidden": [16, 32, 256], "groups": 16, "frozen": 2, "norm": "batch"},
 }
 #: method -> (config overrides, Monte-Carlo samples at evaluation)
 METHODS = {
@@ -65,7 +65,7 @@ def run_one(data: str, method: str, seed: int, epochs: int, width: float | None,
         "seed": seed,
         "data": {"name": data, "held_out_classes": [8, 9]},
         "model": MODEL[data],
-        "train": {"epochs": epochs},
+        "train": {"epochs": epochs, "lr": 2e-3 if data == "mnist5k" else 1e-3},
         "regularization": {"kind": "none"},
     }
     raw = _merge(raw, over)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
 from bnn_nested.evaluation.metrics import ReliabilityData
+from bnn_nested.io import atomic_write
 
 __all__ = ["reliability_diagram", "metric_vs_x", "keep_prob_plot", "save_figure"]
 
@@ -45,15 +45,7 @@ def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
         raise ValueError(f"path must end in '.png'; got {str(path)!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=_DPI, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=_DPI, bbox_inches="tight"))
     return path
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bnn_nested.models.registry import register_model
+from bnn_nested.models.registry import conv_model_kwargs, register_model
 from bnn_nested.models.vgg import NestedConvBlock, check_norm, image_shape
 from bnn_nested.nn import NestedBatchNorm1d, NestedLinear, NestedModel, OrderingUnit
 
@@ -128,13 +128,5 @@ def _build_lenet(cfg, ordering, input_shape, num_classes) -> NestedLeNet:
         input_shape,
         num_classes,
         channels=tuple(cfg.hidden),  # type: ignore[arg-type]
-        groups=cfg.groups,
-        frozen=cfg.frozen,
-        norm=cfg.norm,
-        dropout=cfg.dropout,
-        weights=cfg.weights,
-        init_log_alpha=cfg.init_log_alpha,
-        ordering=ordering,
-        order_first=cfg.order_first,
-        order_classifier_input=cfg.order_classifier_input,
+        **conv_model_kwargs(cfg, ordering),
     )

@@ -23,6 +23,21 @@ def register_model(name: str):
     return deco
 
 
+def conv_model_kwargs(cfg: Any, ordering: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments every convolutional model takes from a ``ModelConfig``."""
+    return {
+        "groups": cfg.groups,
+        "frozen": cfg.frozen,
+        "norm": cfg.norm,
+        "dropout": cfg.dropout,
+        "weights": cfg.weights,
+        "init_log_alpha": cfg.init_log_alpha,
+        "ordering": ordering,
+        "order_first": cfg.order_first,
+        "order_classifier_input": cfg.order_classifier_input,
+    }
+
+
 def build_model(
     model_cfg: Any, ordering: dict[str, Any], input_shape: tuple[int, ...], num_classes: int
 ) -> NestedModel:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnn_nested.models.registry import register_model
+from bnn_nested.models.registry import conv_model_kwargs, register_model
 from bnn_nested.models.vgg import NestedConvBlock, check_norm, image_shape
 from bnn_nested.nn import NestedBatchNorm2d, NestedConv2d, NestedLinear, NestedModel, OrderingUnit
 
@@ -239,13 +239,5 @@ def _build_resnet(cfg, ordering, input_shape, num_classes) -> NestedResNet:
         cfg.variant or "20",
         image_shape(input_shape),
         num_classes,
-        groups=cfg.groups,
-        frozen=cfg.frozen,
-        norm=cfg.norm,
-        dropout=cfg.dropout,
-        weights=cfg.weights,
-        init_log_alpha=cfg.init_log_alpha,
-        ordering=ordering,
-        order_first=cfg.order_first,
-        order_classifier_input=cfg.order_classifier_input,
+        **conv_model_kwargs(cfg, ordering),
     )

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bnn_nested.models.registry import register_model
+from bnn_nested.models.registry import conv_model_kwargs, register_model
 from bnn_nested.nn import NestedBatchNorm2d, NestedConv2d, NestedLinear, NestedModel, OrderingUnit
 
 #: Layer plans: channel counts, ``"M"`` = 2x2 max pool.
@@ -195,13 +195,5 @@ def _build_vgg(cfg, ordering, input_shape, num_classes) -> NestedVGG:
         cfg.variant or "11",
         image_shape(input_shape),
         num_classes,
-        groups=cfg.groups,
-        frozen=cfg.frozen,
-        norm=cfg.norm,
-        dropout=cfg.dropout,
-        weights=cfg.weights,
-        init_log_alpha=cfg.init_log_alpha,
-        ordering=ordering,
-        order_first=cfg.order_first,
-        order_classifier_input=cfg.order_classifier_input,
+        **conv_model_kwargs(cfg, ordering),
     )
