@@ -30,7 +30,13 @@ from bnn_nested.training.run import load_run, train_run
 WIDTHS = [0.25, 0.5, 0.75, 1.0]
 MODEL = {
     "digits": {"name": "mlp", "hidden": [256, 256], "groups": 16, "frozen": 1},
-    "mnist5k": {"name": "lenet", "hidden": [16, 32, 256], "groups": 16, "frozen": 2, "norm": "batch"},
+    "mnist5k": {
+        "name": "lenet",
+        "hidden": [16, 32, 256],
+        "groups": 16,
+        "frozen": 2,
+        "norm": "batch",
+    },
 }
 #: method -> (config overrides, Monte-Carlo samples at evaluation)
 METHODS = {

@@ -13,7 +13,7 @@ not depend on ``r``) share one entry.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -200,11 +200,12 @@ def calibrate_bn(
     Args:
         model: a :class:`~bnn_nested.nn.NestedModel` (anything with ``model.width(r)``).
         loader: yields ``(x, y)`` or ``x`` batches.
-        widths: widths ``r in (0, 1]``.
+        widths: widths ``r in (0, 1]`` or per-layer ``{layer: groups}`` dicts (statistics are kept
+            per active channel count of each norm layer, so either kind is looked up later).
         num_batches: batches per width (``None``: the whole loader).
 
     Returns:
-        ``{width: number of batches used}``.
+        ``{width: number of batches used}`` (a per-layer width is keyed by its sorted items).
 
     Example:
         >>> calibrate_bn(model, train_loader, widths=[0.25, 0.5, 1.0], num_batches=50)
@@ -239,7 +240,7 @@ def calibrate_bn(
             for bn in norms:
                 bn.eval()
                 bn.finish_calibration()
-            used[float(r)] = n
+            used[tuple(sorted(r.items())) if isinstance(r, Mapping) else float(r)] = n  # type: ignore[index]
     finally:
         for bn in norms:
             bn._acc = None

@@ -130,3 +130,14 @@ def test_calibrate_bn_validates():
         calibrate_bn(model, _loader(), [1.0], num_batches=0)
     with pytest.raises(ValueError, match="width must be in"):
         calibrate_bn(model, _loader(), [1.5], num_batches=1)
+
+
+def test_per_layer_widths_calibrate_each_layer_at_its_own_width():
+    model = _trained()
+    alloc = {"conv1": 2, "conv2": 4}  # 4 and 8 active channels
+    used = calibrate_bn(model, _loader(), widths=[alloc], num_batches=2)
+    assert used == {(("conv1", 2), ("conv2", 4)): 2}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(torch.randn(2, 1, 5, 5), width=alloc)  # both layers calibrated: no warning
+    assert model.bn1.calib_channels.tolist() == [4] and model.bn2.calib_channels.tolist() == [8]
