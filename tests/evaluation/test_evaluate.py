@@ -102,3 +102,21 @@ def test_compare_command(tmp_path, capsys):
     assert (out / "plots" / "cls_acc_vs_width.png").is_file()
     rc = main(["compare", str(tmp_path / "nope")])
     assert rc == 2 and "evaluate" in capsys.readouterr().err
+
+
+def test_torchvision_ood_pair_reads_local_root(digits, monkeypatch):
+    """A torchvision OOD set (e.g. SVHN for CIFAR-10) is loaded from the data root, normalised like
+    the in-distribution set; without a root the error says so."""
+    import bnn_nested.data.vision as vision
+
+    calls = []
+
+    def fake(name, root, image_size=None, normalize_like=None):
+        calls.append((name, root, normalize_like))
+        return torch.utils.data.TensorDataset(torch.zeros(3, 64), torch.zeros(3, dtype=torch.long))
+
+    monkeypatch.setattr(vision, "load_torchvision_test", fake)
+    sets = make_ood_sets(digits, ["svhn"], 10, root="/data")
+    assert calls == [("svhn", "/data", "digits")] and len(sets["svhn"]) == 3
+    with pytest.raises(ValueError, match="needs a local data root"):
+        make_ood_sets(digits, ["svhn"], 10)
