@@ -95,10 +95,19 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--quick", action="store_true", help="1 seed, 1 epoch (smoke run)")
     p.add_argument("--out", default=None, help="write results JSON here")
+    p.add_argument("--plot-dir", default=None, help="write overlay plots (metric vs width) here")
+    p.add_argument("--from-json", default=None, help="re-print / re-plot a saved results JSON")
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.epochs = 1, 1
     methods = [m for m in args.methods.split(",") if m]
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        results = {m: {float(w): r for w, r in v.items()} for m, v in saved.items()}
+        print(markdown(results))
+        if args.plot_dir:
+            plot(results, Path(args.plot_dir), args.data)
+        return results
     results: dict[str, dict[float, dict[str, list[float]]]] = {}
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
@@ -115,11 +124,32 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"[{time.time() - t0:6.0f}s] {method} done", file=sys.stderr)
     print(f"\n{args.data}, {args.seeds} seed(s), {args.epochs} epochs, mean ± std over seeds\n")
     print(markdown(results))
+    if args.plot_dir:
+        plot(results, Path(args.plot_dir), args.data)
     if args.out:
         Path(args.out).write_text(
             json.dumps({m: {str(w): r for w, r in v.items()} for m, v in results.items()}, indent=1)
         )
     return results
+
+
+def plot(results: dict, out_dir: Path, data: str) -> None:
+    """Mean over seeds of accuracy, ECE and held-out entropy AUROC against width, one line per method."""
+    from bnn_nested.evaluation.plots import metric_vs_x
+
+    for key in ("cls/acc", "cal/ece", "ood/heldout/entropy/auroc"):
+        series = {}
+        for method, rows in results.items():
+            ws = [w for w in WIDTHS if rows.get(w, {}).get(key)]
+            series[method] = (ws, [statistics.mean(rows[w][key]) for w in ws])
+        name = key.replace("/", "_")
+        metric_vs_x(
+            series,
+            "width",
+            key,
+            out_dir / f"methods_{data}_{name}.png",
+            title=f"{data}: {key} (mean of seeds)",
+        )
 
 
 def _fmt(vals: list[float]) -> str:

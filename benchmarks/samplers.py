@@ -53,6 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=1, help="MC samples at evaluation")
     ap.add_argument("--out", default=None, help="run directories (default: a temporary folder)")
     ap.add_argument("--json", default=None, help="also write the raw results here")
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra config override for every run (repeatable)",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.epochs, args.seeds = 1, args.seeds[:1]
@@ -66,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         acc: dict[float, list[float]] = {w: [] for w in WIDTHS}
         for seed in args.seeds:
             base = [f"seed={seed}", f"train.epochs={args.epochs}", f"model.weights={args.weights}"]
+            base += args.overrides
             if sampler == "fixed":
                 for w in WIDTHS:
                     res, dt, _ = run_one(
