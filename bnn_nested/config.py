@@ -7,6 +7,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import difflib
 from pathlib import Path
 from typing import Any, Literal
@@ -149,7 +150,7 @@ class EvalConfig(_Strict):
 class Config(_Strict):
     """A whole run."""
 
-    seed: int = Field(0, ge=0, lt=2**63)
+    seed: int = Field(0, ge=0, lt=2**32)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     ordering: OrderingConfig = Field(default_factory=OrderingConfig)
@@ -209,7 +210,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def build_config(raw: dict[str, Any] | None, overrides: list[str] | None = None) -> Config:
     """Validate a raw dict (plus ``key.sub=value`` overrides) into a :class:`Config`."""
-    raw = dict(raw or {})
+    raw = copy.deepcopy(dict(raw or {}))  # never modify the caller's dicts
     for text in overrides or []:
         keys, value = parse_override(text)
         node = raw

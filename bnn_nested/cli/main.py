@@ -29,9 +29,13 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in argv
+    debug = "--debug" in argv  # accepted anywhere on the line
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    except UsageError as err:  # a parse error is always one line, even with --debug
+        print(f"bnn-nested: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    try:
         return args.handler(args)
     except KeyboardInterrupt as err:
         if debug:

@@ -62,7 +62,7 @@ def threshold_allocation(model: NestedModel, threshold: float) -> dict[str, int]
     """
     layers = dict(model.ordered_layers())
     units = dict(model.ordering_units())
-    alloc = {name: layer.groups for name, layer in layers.items()}
+    alloc = {name: layer.order_groups for name, layer in layers.items()}
     for unit_name, layer_name in unit_layers(model).items():
         u = units[unit_name]
         keep = u.keep_probs().detach()

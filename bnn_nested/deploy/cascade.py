@@ -144,9 +144,9 @@ class Cascade:
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.arange(x.shape[0])
+        idx = torch.arange(x.shape[0], device=x.device)
         out: torch.Tensor | None = None
-        exits = torch.full((x.shape[0],), len(self.widths) - 1, dtype=torch.long)
+        exits = torch.full((x.shape[0],), len(self.widths) - 1, dtype=torch.long, device=x.device)
         for i, w in enumerate(self.widths):
             p = predict(self.model, x[idx], w, self.samples)
             pm = mean_probs(p)

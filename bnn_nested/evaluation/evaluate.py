@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
 from bnn_nested.evaluation.metrics import classification_report, reliability_data
 from bnn_nested.evaluation.ood import compute_score, ood_metrics
@@ -188,7 +188,7 @@ def evaluate(
     n_bins: int = 15,
     batch_size: int = 512,
     split: str = "test",
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     progress: bool = False,
     ood_size: int | None = None,
     seed: int = 0,
@@ -219,9 +219,12 @@ def evaluate(
             "n": len(data),
             "split": split,
             "ood_sets": list(ood_sets),
-            "scores": list(scores),
+            # mutual information needs S > 1 samples (it is 0 for a single deterministic pass)
+            "scores": [s for s in scores if s != "mutual_information" or samples > 1],
         }
     )
+    if device is None:
+        device = next(model.parameters()).device
     x0 = data[0][0].unsqueeze(0).to(device)
     it = widths
     if progress and sys.stderr.isatty():
@@ -233,12 +236,7 @@ def evaluate(
         row = classification_report(probs, targets, n_bins=n_bins)
         report.reliability[float(w)] = reliability_data(probs, targets, n_bins=n_bins)
         if ood_sets:
-            # mutual information needs S > 1 samples (it is 0 for a single deterministic pass)
-            in_scores = {
-                s: compute_score(s, probs=probs)
-                for s in scores
-                if s != "mutual_information" or samples > 1
-            }
+            in_scores = {s: compute_score(s, probs=probs) for s in report.meta["scores"]}
             for name, ds in ood_sets.items():
                 out_probs, _ = predict_loader(model, _loader(ds, batch_size), w, samples, device)
                 for s, sc_in in in_scores.items():
@@ -257,7 +255,7 @@ def evaluate_widths(
     samples: int = 1,
     n_bins: int = 15,
     batch_size: int = 512,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
 ) -> Report:
     """Classification and calibration metrics only, on one dataset (no OOD, no FLOPs)."""
     report = Report(meta={"samples": samples, "ece_bins": n_bins, "n": len(dataset)})
@@ -271,7 +269,6 @@ __all__ = [
     "DEFAULT_SCORES",
     "SYNTHETIC_OOD",
     "Report",
-    "TensorDataset",
     "evaluate",
     "evaluate_widths",
     "make_ood_sets",

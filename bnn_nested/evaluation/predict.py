@@ -53,18 +53,26 @@ def predict(
         raise ValueError(f"samples must be >= 1, got {samples}")
     if chunk is not None and chunk < 1:
         raise ValueError(f"chunk must be >= 1 or None, got {chunk}")
+    was_training = model.training
     model.eval()
-    with model.width(width), keep_scaled(model, keep_scaling):
-        if samples == 1:
-            return torch.softmax(model(x), -1).unsqueeze(0)
-        chunk = chunk or samples
-        out = []
-        with model.stochastic(True):
-            for start in range(0, samples, chunk):
-                s = min(chunk, samples - start)
-                xs = x.unsqueeze(0).expand((s,) + x.shape).reshape((s * x.shape[0],) + x.shape[1:])
-                out.append(torch.softmax(model(xs), -1).view(s, x.shape[0], -1))
-        return torch.cat(out, 0)
+    try:
+        with model.width(width), keep_scaled(model, keep_scaling):
+            if samples == 1:
+                return torch.softmax(model(x), -1).unsqueeze(0)
+            chunk = chunk or samples
+            out = []
+            with model.stochastic(True):
+                for start in range(0, samples, chunk):
+                    s = min(chunk, samples - start)
+                    xs = (
+                        x.unsqueeze(0)
+                        .expand((s,) + x.shape)
+                        .reshape((s * x.shape[0],) + x.shape[1:])
+                    )
+                    out.append(torch.softmax(model(xs), -1).view(s, x.shape[0], -1))
+            return torch.cat(out, 0)
+    finally:
+        model.train(was_training)
 
 
 @torch.no_grad()
@@ -73,10 +81,15 @@ def predict_loader(
     loader,
     width: Width = 1.0,
     samples: int = 1,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     keep_scaling: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``predict`` over a loader: ``(probs (S, N, C), targets (N,))`` on the CPU."""
+    """``predict`` over a loader: ``(probs (S, N, C), targets (N,))`` on the CPU.
+
+    Inputs are moved to ``device`` (``None``: the device of the model's parameters)."""
+    if device is None:
+        p = next(model.parameters(), None)
+        device = p.device if p is not None else "cpu"
     probs, targets = [], []
     for x, y in loader:
         probs.append(predict(model, x.to(device), width, samples, keep_scaling=keep_scaling).cpu())

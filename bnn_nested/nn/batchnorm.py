@@ -13,6 +13,7 @@ not depend on ``r``) share one entry.
 from __future__ import annotations
 
 import warnings
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -25,23 +26,35 @@ class UncalibratedWidthWarning(UserWarning):
     """Evaluating a width whose batch-norm statistics were never calibrated (see ``calibrate_bn``)."""
 
 
+def width_key(width) -> float:
+    """A float naming a model width: ``r`` itself for a global width ``r in (0, 1]``, and a negative
+    CRC-32 of the sorted items for a per-layer ``{layer: groups}`` width (stable across processes)."""
+    if isinstance(width, Mapping):
+        return -1.0 - float(zlib.crc32(repr(sorted(width.items())).encode()))
+    return float(width)
+
+
 class _NestedBatchNorm(nn.modules.batchnorm._BatchNorm):
     """Uses ``running_mean[:c]``, ``weight[:c]`` ... for an input with ``c`` active channels.
 
-    Buffers ``calib_channels (n,)``, ``calib_mean (n, C)``, ``calib_var (n, C)`` hold the statistics
-    written by :func:`calibrate_bn` (row ``i`` for inputs with ``calib_channels[i]`` channels; they are
-    part of the ``state_dict``). In eval mode an input whose channel count has a calibrated row uses
-    it; otherwise the running statistics, with a warning (once per channel count) when calibration
-    exists for other widths or when the input is narrower than the layer.
+    Buffers ``calib_channels (n,)``, ``calib_width (n,)``, ``calib_mean (n, C)``, ``calib_var (n, C)``
+    hold the statistics written by :func:`calibrate_bn`: row ``i`` is for inputs with
+    ``calib_channels[i]`` channels under the model width whose key is ``calib_width[i]`` (see
+    :func:`width_key`; the key matters for layers whose own channel count does not change with the
+    width while their input does). They are part of the ``state_dict``. In eval mode an input with a
+    calibrated row uses it; otherwise the running statistics, with a warning (once per channel count
+    and width) when calibration exists for other widths or when the input is narrower than the layer.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         c = self.num_features
         self.register_buffer("calib_channels", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("calib_width", torch.zeros(0, dtype=torch.float64))
         self.register_buffer("calib_mean", torch.zeros(0, c))
         self.register_buffer("calib_var", torch.zeros(0, c))
-        self._warned: set[int] = set()
+        self._warned: set[tuple[int, float]] = set()
+        self.width_key = 1.0  # set by NestedModel.set_width
         self._acc: dict[str, torch.Tensor] | None = None  # accumulators while calibrating
 
     # -- calibrated statistics -----------------------------------------------------------------
@@ -49,12 +62,13 @@ class _NestedBatchNorm(nn.modules.batchnorm._BatchNorm):
         return [int(c) for c in self.calib_channels]
 
     def _calib_row(self, c: int) -> int | None:
-        hits = (self.calib_channels == c).nonzero()
+        hits = ((self.calib_channels == c) & (self.calib_width == self.width_key)).nonzero()
         return int(hits[0, 0]) if len(hits) else None
 
     def clear_calibration(self) -> None:
         """Forget every calibrated width."""
         self.calib_channels = self.calib_channels.new_zeros(0)
+        self.calib_width = self.calib_width.new_zeros(0)
         self.calib_mean = self.calib_mean.new_zeros(0, self.num_features)
         self.calib_var = self.calib_var.new_zeros(0, self.num_features)
         self._warned.clear()
@@ -84,12 +98,15 @@ class _NestedBatchNorm(nn.modules.batchnorm._BatchNorm):
             self.calib_channels = torch.cat(
                 [self.calib_channels, self.calib_channels.new_tensor([c])]
             )
+            self.calib_width = torch.cat(
+                [self.calib_width, self.calib_width.new_tensor([self.width_key])]
+            )
             self.calib_mean = torch.cat([self.calib_mean, full_mean[None]])
             self.calib_var = torch.cat([self.calib_var, full_var[None]])
         else:
             self.calib_mean[row] = full_mean
             self.calib_var[row] = full_var
-        self._warned.discard(c)
+        self._warned.discard((c, self.width_key))
         return c
 
     def _accumulate(self, x: torch.Tensor) -> None:
@@ -112,13 +129,14 @@ class _NestedBatchNorm(nn.modules.batchnorm._BatchNorm):
         if present:  # resize the per-width buffers to the stored number of widths
             n = state_dict[key].shape[0]
             self.calib_channels = self.calib_channels.new_zeros(n)
+            self.calib_width = self.calib_width.new_zeros(n)
             self.calib_mean = self.calib_mean.new_zeros(n, self.num_features)
             self.calib_var = self.calib_var.new_zeros(n, self.num_features)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing, unexpected, errors
         )
         if not present:  # checkpoints written before per-width statistics existed
-            for name in ("calib_channels", "calib_mean", "calib_var"):
+            for name in ("calib_channels", "calib_width", "calib_mean", "calib_var"):
                 if prefix + name in missing:
                     missing.remove(prefix + name)
             self.clear_calibration()
@@ -140,8 +158,9 @@ class _NestedBatchNorm(nn.modules.batchnorm._BatchNorm):
             if row is not None:
                 rm, rv = self.calib_mean[row, :c], self.calib_var[row, :c]
                 return F.batch_norm(x, rm, rv, w, b, False, 0.0, self.eps)
-            if (len(self.calib_channels) or c < self.num_features) and c not in self._warned:
-                self._warned.add(c)
+            seen = (c, self.width_key)
+            if (len(self.calib_channels) or c < self.num_features) and seen not in self._warned:
+                self._warned.add(seen)
                 warnings.warn(
                     f"batch norm: no statistics calibrated for {c} of {self.num_features} active "
                     "channels (this width was not passed to calibrate_bn); using running statistics",
@@ -235,11 +254,11 @@ def calibrate_bn(
                     x = batch[0] if isinstance(batch, (tuple, list)) else batch
                     model(x.to(device))
                     n += 1
-            if n == 0:
-                raise ValueError("loader: yielded no batch to calibrate with")
-            for bn in norms:
-                bn.eval()
-                bn.finish_calibration()
+                if n == 0:
+                    raise ValueError("loader: yielded no batch to calibrate with")
+                for bn in norms:  # inside the width block: rows are keyed by this width
+                    bn.eval()
+                    bn.finish_calibration()
             used[tuple(sorted(r.items())) if isinstance(r, Mapping) else float(r)] = n  # type: ignore[index]
     finally:
         for bn in norms:

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from bnn_nested.nn.batchnorm import _NestedBatchNorm, width_key
 from bnn_nested.nn.nested import NestedMixin
 from bnn_nested.nn.ordering_unit import OrderingUnit, active_groups
 
@@ -52,6 +53,12 @@ class NestedModel(nn.Module):
                 raise ValueError(
                     f"width: unknown layer(s) {sorted(unknown)}; ordered layers are {sorted(known)}"
                 )
+            for name, n in width.items():  # validate everything before changing anything
+                if not isinstance(n, int) or not 1 <= n <= known[name].order_groups:
+                    raise ValueError(
+                        f"width[{name!r}]: active groups must be an int in "
+                        f"[1, {known[name].order_groups}], got {n!r}"
+                    )
             for name, layer in self.ordered_layers():
                 layer.set_active_groups(width.get(name))
         else:
@@ -60,6 +67,10 @@ class NestedModel(nn.Module):
             for _, layer in self.nested_layers():
                 layer.set_width(width)
         self._current_width = width
+        key = width_key(width)
+        for m in self.modules():
+            if isinstance(m, _NestedBatchNorm):
+                m.width_key = key
 
     @property
     def current_width(self) -> Width:
@@ -69,8 +80,8 @@ class NestedModel(nn.Module):
     def width(self, width: Width):
         """Run at ``width`` inside the block and restore the previous width afterwards."""
         previous = self._current_width
-        self.set_width(width)
         try:
+            self.set_width(width)
             yield self
         finally:
             self.set_width(previous)

@@ -28,11 +28,12 @@ class NestedMixin:
     """Width bookkeeping shared by nested layers.
 
     Attributes:
-        groups, frozen: output grouping (``ordered=False`` layers always output every channel).
+        order_groups, frozen: output grouping for ordering (``ordered=False`` layers always output
+            every channel); named ``order_groups`` so it never shadows ``nn.Conv2d.groups``.
         active_out_groups: groups used now (``None`` = all); set by ``NestedModel.set_width``.
     """
 
-    groups: int
+    order_groups: int
     frozen: int
     ordered: bool
     active_out_groups: int | None
@@ -41,7 +42,7 @@ class NestedMixin:
         self.group_size = group_size(out_channels, groups)
         if not 0 <= frozen < groups and ordered:
             raise ValueError(f"frozen must be in [0, groups) = [0, {groups}), got {frozen}")
-        self.groups = groups
+        self.order_groups = groups
         self.frozen = frozen
         self.ordered = ordered
         self.active_out_groups = None
@@ -68,16 +69,22 @@ class NestedMixin:
     def _sampling_weights(self) -> bool:
         return self.bayesian and (self.training or self.stochastic)  # type: ignore[attr-defined]
 
+    def extra_repr(self) -> str:
+        nested = f"order_groups={self.order_groups}, frozen={self.frozen}, ordered={self.ordered}"
+        if getattr(self, "weights", "point") != "point":
+            nested += f", weights={self.weights}"
+        return f"{super().extra_repr()}, {nested}"  # type: ignore[misc]
+
     def set_width(self, width: float) -> None:
         """Use the leading ``F + ceil(width * K)`` groups (ordered layers only)."""
         self.active_out_groups = (
-            active_groups(width, self.groups, self.frozen) if self.ordered else None
+            active_groups(width, self.order_groups, self.frozen) if self.ordered else None
         )
 
     def set_active_groups(self, n: int | None) -> None:
         """Use exactly ``n`` leading groups (per-layer allocation); ``None`` = all."""
-        if n is not None and not 1 <= n <= self.groups:
-            raise ValueError(f"active groups must be in [1, {self.groups}], got {n}")
+        if n is not None and not 1 <= n <= self.order_groups:
+            raise ValueError(f"active groups must be in [1, {self.order_groups}], got {n}")
         self.active_out_groups = n if self.ordered else None
 
     def out_active(self, full: int) -> int:
@@ -156,7 +163,8 @@ class NestedConv2d(NestedMixin, nn.Conv2d):
     """``nn.Conv2d`` that runs at any width by slicing ``weight[:out_active, :in_active]``.
 
     Only ``groups=1`` convolutions are supported (the ``groups`` argument here is the number of
-    *channel groups for ordering*, not the convolution's grouping). ``weights`` and
+    *channel groups for ordering*, stored as ``order_groups``; ``self.groups`` stays the
+    convolution's grouping, 1). ``weights`` and
     ``init_log_alpha`` as in :class:`NestedLinear`.
 
     Example:

@@ -150,8 +150,8 @@ def train_run(cfg: Config, out: str | Path, quiet: bool = False, overwrite: bool
     Under ``torchrun`` (``WORLD_SIZE > 1``) every rank calls this; only rank 0 writes.
 
     Example:
-        >>> run = train_run(load_config("configs/digits_mlp.yaml"), "runs/demo")
-        >>> model, cfg, splits = load_run(run)
+        >>> out = train_run(load_config("configs/digits_mlp.yaml"), "runs/demo")
+        >>> run = load_run(out); run.model, run.config, run.splits
     """
     out = Path(out)
     device = validate_run(cfg)
@@ -314,8 +314,13 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: run directory not found")
-    state = load_checkpoint(run_dir / CHECKPOINT, map_location=device)
-    cfg = build_config(state["config"])
+    path = run_dir / CHECKPOINT
+    state = load_checkpoint(path, map_location=device)
+    require_keys(path, state, ("config", "model"))
+    try:
+        cfg = build_config(state["config"])
+    except (ConfigError, TypeError) as err:
+        raise CheckpointError(f"{path}: incompatible checkpoint ({err})") from None
     splits = load_dataset(cfg.data, seed=cfg.seed)
     model = build_model_for(cfg, splits)
     try:

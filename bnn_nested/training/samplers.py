@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,7 +109,7 @@ def temperature_at(cfg: Any, epoch: int) -> float:
         return cfg.temperature
     return max(
         cfg.temperature_min,
-        cfg.temperature * float(torch.exp(torch.tensor(-cfg.anneal_rate * epoch))),
+        cfg.temperature * math.exp(-cfg.anneal_rate * epoch),
     )
 
 

@@ -208,13 +208,6 @@ class Trainer:
         return parts
 
     # -- epochs ------------------------------------------------------------------------------
-    def _progress(self, it: Iterable, total: int | None, desc: str):
-        if self.quiet or not sys.stderr.isatty():
-            return it
-        from tqdm.auto import tqdm
-
-        return tqdm(it, total=total, desc=desc, leave=False)
-
     def _batches(self, loader) -> Iterator:
         """The loader's batches for the current epoch, minus those already trained (resume)."""
         sampler = getattr(loader, "sampler", None)

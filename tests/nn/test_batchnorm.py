@@ -93,13 +93,14 @@ def test_eval_uses_calibrated_stats_and_uncalibrated_width_warns_once():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model(x, width=0.5)  # calibrated: no warning
+    bn = model.bn1
     with model.width(0.5):
         z = model.conv1(x)
-    bn = model.bn1
+        out = bn(z)
     expect = F.batch_norm(
         z, bn.calib_mean[0, :6], bn.calib_var[0, :6], bn.weight[:6], bn.bias[:6], False, 0.0, bn.eps
     )
-    torch.testing.assert_close(bn(z), expect)
+    torch.testing.assert_close(out, expect)
     with pytest.warns(UserWarning, match="no statistics calibrated"):
         model(x, width=0.25)
     with warnings.catch_warnings():
@@ -141,3 +142,32 @@ def test_per_layer_widths_calibrate_each_layer_at_its_own_width():
         warnings.simplefilter("error")
         model(torch.randn(2, 1, 5, 5), width=alloc)  # both layers calibrated: no warning
     assert model.bn1.calib_channels.tolist() == [4] and model.bn2.calib_channels.tolist() == [8]
+
+
+def test_same_channel_count_at_different_widths_gets_its_own_statistics():
+    """A norm whose own width never changes but whose input depends on the model width (here bn2
+    with conv2 unordered) keeps one row per model width, not one per channel count."""
+    import copy
+
+    base = _trained()
+    base.conv2.ordered = False  # bn2 always sees 8 channels; its input still depends on conv1
+    base.conv2.active_out_groups = None
+    model, only = copy.deepcopy(base), copy.deepcopy(base)
+    calibrate_bn(model, _loader(), widths=[0.25, 1.0])
+    assert model.bn2.calib_channels.tolist() == [8, 8]
+    assert model.bn2.calib_width.tolist() == [0.25, 1.0]
+    assert not torch.allclose(model.bn2.calib_mean[0], model.bn2.calib_mean[1])
+    calibrate_bn(only, _loader(), widths=[0.25])
+    x = torch.randn(4, 1, 5, 5)
+    torch.testing.assert_close(model(x, width=0.25), only(x, width=0.25))
+
+
+def test_failed_width_change_leaves_the_model_unchanged():
+    model = _trained()
+    x = torch.randn(2, 1, 5, 5)
+    before = model(x)
+    with pytest.raises(ValueError, match="active groups"):
+        with model.width({"conv1": 2, "conv2": 99}):
+            pass
+    torch.testing.assert_close(model(x), before)
+    assert model.conv1.out_active(8) == 8 and model.current_width == 1.0
