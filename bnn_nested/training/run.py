@@ -125,6 +125,28 @@ def prepare_run_dir(out: str | Path, overwrite: bool = False) -> Path:
     return out
 
 
+#: Input shape and class count of the data sets whose shapes are known without reading them
+#: (ImageFolder's are not), so a bad model config fails before any data is loaded.
+KNOWN_INPUT_SHAPES: dict[str, tuple[int, ...]] = {
+    "digits": (64,),
+    "mnist5k": (1, 28, 28),
+    "mnist": (1, 28, 28),
+    "fashion_mnist": (1, 28, 28),
+    "cifar10": (3, 32, 32),
+    "cifar100": (3, 32, 32),
+    "svhn": (3, 32, 32),
+}
+KNOWN_NUM_CLASSES: dict[str, int] = {
+    "digits": 10,
+    "mnist5k": 10,
+    "mnist": 10,
+    "fashion_mnist": 10,
+    "cifar10": 10,
+    "cifar100": 100,
+    "svhn": 10,
+}
+
+
 def validate_run(cfg: Config) -> torch.device:
     """Checks that need no data (run before anything is written or loaded); returns the device."""
     from bnn_nested.models.registry import MODELS
@@ -133,6 +155,16 @@ def validate_run(cfg: Config) -> torch.device:
         raise ValueError(
             f"model.name: unknown model {cfg.model.name!r}; known models: {', '.join(sorted(MODELS))}"
         )
+    shape = KNOWN_INPUT_SHAPES.get(cfg.data.name)
+    if shape is not None:  # build the model without memory: groups, hidden sizes, variants
+        n_classes = KNOWN_NUM_CLASSES[cfg.data.name] - len(cfg.data.held_out_classes)
+        try:
+            with torch.device("meta"):
+                kw = build_sampler(cfg.ordering).ordering_kwargs()
+                build_model(cfg.model, kw, shape, n_classes)
+        except ValueError as err:
+            msg = str(err)
+            raise ValueError(msg if msg.startswith("model") else f"model: {msg}") from None
     device = resolve_device(cfg.train.device)
     if cfg.train.precision == "fp16" and device.type != "cuda":
         raise ValueError("train.precision: 'fp16' needs CUDA; use 'bf16' or 'fp32' on CPU")

@@ -6,6 +6,8 @@ import pytest
 
 from bnn_nested.cli.main import main
 
+CONFIGS = __import__("pathlib").Path(__file__).parents[2] / "configs"
+
 
 def test_train_then_evaluate(tmp_path, capsys):
     run = tmp_path / "run"
@@ -94,3 +96,28 @@ def test_bad_input_exits_2_with_one_line(argv, needle, capsys, tmp_path, monkeyp
     assert rc == 2
     assert len(err.strip().splitlines()) == 1 and needle in err
     assert not (tmp_path / "X").exists()
+
+
+@pytest.mark.parametrize(
+    "sets, needle",
+    [
+        (
+            ["model.name=lenet", "model.hidden=[16,30,256]", "data.name=mnist5k"],
+            "divide the channel count 30",
+        ),
+        (
+            ["model.name=vgg", "model.groups=7", "data.name=cifar10", "data.root=/nowhere"],
+            "model: groups",
+        ),
+        (["model.name=lenet", "model.hidden=[16,32]", "data.name=mnist5k"], "model.hidden"),
+    ],
+)
+def test_model_config_errors_fail_before_any_data_is_read(sets, needle, tmp_path, capsys):
+    """A model that cannot be built fails in one line before data loading and writes nothing."""
+    argv = ["train", "--config", str(CONFIGS / "digits_mlp.yaml"), "--out", str(tmp_path / "r")]
+    for s in sets:
+        argv += ["--set", s]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0]
+    assert not (tmp_path / "r").exists()
