@@ -39,7 +39,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from bnn_nested.evaluation.evaluate import DEFAULT_SCORES, evaluate
     from bnn_nested.evaluation.ood import SCORES
-    from bnn_nested.training.run import calibrate_widths, load_run
+    from bnn_nested.training.run import load_run
 
     if args.samples is not None and args.samples < 1:
         raise UsageError(f"--samples must be >= 1, got {args.samples}")
@@ -52,9 +52,7 @@ def run(args) -> int:
     cfg = loaded.config
     widths = args.widths or cfg.eval.widths
     samples = args.samples or cfg.eval.samples
-    new = [w for w in widths if w not in cfg.eval.widths]
-    if new:  # widths not calibrated at the end of training
-        calibrate_widths(loaded.model, loaded.splits, new, cfg.data.eval_batch_size)
+    loaded.calibrate(widths)
     report = evaluate(
         loaded.model,
         loaded.splits,

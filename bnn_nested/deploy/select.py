@@ -177,7 +177,7 @@ def run_candidates(
     """
     from bnn_nested.deploy.profile import profile_widths
     from bnn_nested.evaluation.evaluate import evaluate_widths
-    from bnn_nested.training.run import calibrate_widths, load_run
+    from bnn_nested.training.run import load_run
 
     run = load_run(run_dir)
     cfg = run.config
@@ -190,9 +190,7 @@ def run_candidates(
     rows = cache.get(key, {})
     missing = [w for w in widths if f"{w:g}" not in rows]
     if missing:
-        uncalibrated = [w for w in missing if w not in cfg.eval.widths]
-        if uncalibrated:  # batch-norm statistics of widths not calibrated at the end of training
-            calibrate_widths(run.model, run.splits, uncalibrated, cfg.data.eval_batch_size)
+        run.calibrate(missing)
         report = evaluate_widths(
             run.model, run.splits.val, missing, samples, cfg.eval.ece_bins, cfg.data.eval_batch_size
         )

@@ -25,6 +25,7 @@ from bnn_nested.evaluation.ood import compute_score, ood_metrics
 from bnn_nested.evaluation.predict import predict_loader
 from bnn_nested.io import atomic_write_json, atomic_write_text
 from bnn_nested.nn.model import NestedModel
+from bnn_nested.nn.utils import module_device
 
 #: Synthetic OOD sets generated to match the in-distribution input shape.
 SYNTHETIC_OOD = ("gaussian", "uniform", "patches")
@@ -224,7 +225,7 @@ def evaluate(
         }
     )
     if device is None:
-        device = next(model.parameters()).device
+        device = module_device(model)
     x0 = data[0][0].unsqueeze(0).to(device)
     it = widths
     if progress and sys.stderr.isatty():

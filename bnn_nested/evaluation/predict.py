@@ -8,6 +8,7 @@ from contextlib import contextmanager
 import torch
 
 from bnn_nested.nn.model import NestedModel, Width
+from bnn_nested.nn.utils import module_device
 
 
 @contextmanager
@@ -88,8 +89,7 @@ def predict_loader(
 
     Inputs are moved to ``device`` (``None``: the device of the model's parameters)."""
     if device is None:
-        p = next(model.parameters(), None)
-        device = p.device if p is not None else "cpu"
+        device = module_device(model)
     probs, targets = [], []
     for x, y in loader:
         probs.append(predict(model, x.to(device), width, samples, keep_scaling=keep_scaling).cpu())

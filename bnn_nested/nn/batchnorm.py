@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bnn_nested.nn.utils import module_device
+
 
 class UncalibratedWidthWarning(UserWarning):
     """Evaluating a width whose batch-norm statistics were never calibrated (see ``calibrate_bn``)."""
@@ -237,8 +239,7 @@ def calibrate_bn(
     norms = nested_norms(model)
     was_training = model.training
     if device is None:
-        p = next(model.parameters(), None)
-        device = p.device if p is not None else "cpu"
+        device = module_device(model)
     used: dict[float, int] = {}
     model.eval()
     try:

@@ -340,6 +340,14 @@ class LoadedRun:
     splits: DataSplits
     checkpoint: dict[str, Any]
 
+    def calibrate(self, widths: list[float]) -> list[float]:
+        """Calibrate batch norm for the ``widths`` that training did not (those outside
+        ``eval.widths``); returns them."""
+        new = [w for w in widths if w not in self.config.eval.widths]
+        if new:
+            calibrate_widths(self.model, self.splits, new, self.config.data.eval_batch_size)
+        return new
+
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
     """Rebuild the trained model, its config and its data splits from a run directory."""

@@ -1,6 +1,5 @@
 """LeNet / VGG / ResNet: shapes at several widths, slicing == zeroing in eval, registry, hooks."""
 
-import math
 from types import SimpleNamespace
 
 import pytest
@@ -9,6 +8,7 @@ import torch
 from bnn_nested.models import NestedLeNet, NestedResNet, NestedVGG, build_model
 from bnn_nested.models.resnet import add_at_width
 from bnn_nested.nn import calibrate_bn
+from tests.nn.test_nested import _zeroing_hooks
 
 pytestmark = pytest.mark.filterwarnings("ignore::bnn_nested.nn.batchnorm.UncalibratedWidthWarning")
 
@@ -48,20 +48,6 @@ def _warm_bn(model, shape):
         for _ in range(2):
             model(torch.randn((6,) + shape))
     return model.eval()
-
-
-def _zeroing_hooks(model, width):
-    hooks = []
-    for _, u in model.ordering_units():
-        keep = (u.frozen + math.ceil(width * u.K - 1e-9)) * u.group_size
-
-        def hook(mod, inp, out, keep=keep):
-            out = out.clone()
-            out[:, keep:] = 0
-            return out
-
-        hooks.append(u.register_forward_hook(hook))
-    return hooks
 
 
 @pytest.mark.parametrize("name", ["lenet28", "lenet8", "vgg", "resnet"])
