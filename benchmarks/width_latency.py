@@ -1,4 +1,4 @@
-"""Latency of sub-networks vs their FLOPs: sliced, masked-full, and exported (BN folded, channels-last).
+"""Latency of sub-networks vs their FLOPs: masked-full, sliced, and exported with each speed lever.
 
 For NestedVGG "11" (3x32x32) and NestedLeNet (1x28x28), untrained (latency does not depend on the
 weights), on CPU, at batch 1 and 256: width, FLOPs ratio (= FLOPs(r) / FLOPs(1), FLOPs = 2 x MACs),
@@ -9,9 +9,15 @@ and latency ratio (median latency at r / median at width 1 of the *same* variant
 - ``export``: :func:`~bnn_nested.deploy.export.export_width` without BN folding;
 - ``fold``: exported with BN folded into the convolutions;
 - ``fold+cl``: folded, channels-last weights and inputs;
-- ``compile``: ``torch.compile`` of ``fold`` (only with ``--compile``; slow to build on 2 cores).
+- ``fold+cl+mb``: that, run in micro-batches of ``--micro-batch`` examples
+  (:func:`~bnn_nested.deploy.runtime.inference_module`, what ``profile_widths(mode="exported")``
+  times);
+- with ``--compile`` (slow to build on 2 cores): ``compile`` = ``torch.compile`` of ``fold``,
+  ``freeze`` = the same with Inductor freezing (:func:`~bnn_nested.deploy.runtime.
+  compile_for_inference`), ``freeze+mb`` = ``freeze`` in micro-batches.
 
-Usage: ``.venv/bin/python benchmarks/width_latency.py [--quick] [--threads 2] [--compile]``
+Usage: ``.venv/bin/python benchmarks/width_latency.py [--quick] [--threads 2] [--compile]
+[--rounds N] [--micro-batch 32]``
 """
 
 from __future__ import annotations
@@ -21,9 +27,11 @@ import statistics
 import warnings
 
 import torch
+from torch import nn
 
 from bnn_nested.deploy.export import export_width
 from bnn_nested.deploy.profile import count_flops, masked_forward, measure_latency
+from bnn_nested.deploy.runtime import MicroBatched, compile_for_inference
 from bnn_nested.models import NestedLeNet, NestedVGG
 from bnn_nested.nn.batchnorm import UncalibratedWidthWarning
 
@@ -32,12 +40,20 @@ WIDTHS = (0.25, 0.5, 0.75, 1.0)
 
 
 def models():
+    """(name, model, input shape, prefix): ``prefix(exported)`` is the part of an exported module
+    that no width truncates (the unordered first conv block and the pool after it)."""
     yield (
         "VGG-11 (32x32)",
         NestedVGG("11", (3, 32, 32), 10, groups=32, frozen=2).eval(),
         (3, 32, 32),
+        lambda m: nn.Sequential(m.features[0], m.features[1]),
     )
-    yield "LeNet (28x28)", NestedLeNet((1, 28, 28), 10, norm="batch").eval(), (1, 28, 28)
+    yield (
+        "LeNet (28x28)",
+        NestedLeNet((1, 28, 28), 10, norm="batch").eval(),
+        (1, 28, 28),
+        lambda m: nn.Sequential(m.conv1, m.pool),
+    )
 
 
 def main() -> None:
@@ -46,14 +62,20 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--compile", action="store_true", help="also measure torch.compile")
     ap.add_argument("--batches", default="1,256")
+    ap.add_argument("--rounds", type=int, default=None, help="timing rounds (default 10 / 50)")
+    ap.add_argument("--micro-batch", type=int, default=32)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",")]
-    print(f"threads={args.threads} torch={torch.__version__} quick={args.quick}")
-    for name, model, shape in models():
+    print(
+        f"threads={args.threads} torch={torch.__version__} quick={args.quick} "
+        f"micro_batch={args.micro_batch}"
+    )
+    for name, model, shape, prefix in models():
         flops = {w: count_flops(model, torch.zeros(1, *shape), w) for w in WIDTHS}
         for bs in batches:
             reps = (3 if bs >= 64 else 10) if args.quick else (10 if bs >= 64 else 50)
+            reps = args.rounds or reps
             warm = 1 if bs >= 64 else 3
             x = torch.randn(bs, *shape)
             xcl = x.contiguous(memory_format=torch.channels_last)
@@ -63,9 +85,17 @@ def main() -> None:
                 fns[("sliced", w)] = (lambda t, w=w, m=model: m(t, width=w), x)
                 fns[("export", w)] = (export_width(model, w, x[:2], fold_batchnorm=False), x)
                 fns[("fold", w)] = (export_width(model, w, x[:2]), x)
-                fns[("fold+cl", w)] = (export_width(model, w, x[:2], channels_last=True), xcl)
+                fold_cl = export_width(model, w, x[:2], channels_last=True)
+                fns[("fold+cl", w)] = (fold_cl, xcl)
+                if w == 1.0:
+                    fns[("prefix", w)] = (prefix(fold_cl), xcl)
+                fns[("fold+cl+mb", w)] = (MicroBatched(fold_cl, args.micro_batch, True), x)
                 if args.compile:
-                    fns[("compile", w)] = (torch.compile(export_width(model, w, x[:2])), x)
+                    plain = compile_for_inference(export_width(model, w, x[:2]), freezing=False)
+                    fns[("compile", w)] = (plain, x)
+                    frozen = compile_for_inference(export_width(model, w, x[:2]))
+                    fns[("freeze", w)] = (frozen, x)
+                    fns[("freeze+mb", w)] = (MicroBatched(frozen, args.micro_batch), x)
             # interleaved: every round times each (variant, width) once, so load changes on the
             # shared CPU hit all of them alike; median over rounds
             times: dict[tuple[str, float], list[float]] = {k: [] for k in fns}
@@ -78,6 +108,7 @@ def main() -> None:
             lat: dict[str, dict[float, float]] = {}
             for (v, w), ts in times.items():
                 lat.setdefault(v, {})[w] = statistics.median(ts)
+            prefix_ms = lat.pop("prefix")[1.0]
             cols = list(lat)
             print(f"\n### {name}, batch {bs} ({reps} interleaved rounds, median)\n")
             print(
@@ -99,6 +130,12 @@ def main() -> None:
                     + " |",
                     flush=True,
                 )
+            print(
+                f"\nuntruncated prefix (first conv block + pool, fold+cl): {prefix_ms:.2f} ms = "
+                f"{prefix_ms / lat['fold+cl'][1.0]:.3f} of fold+cl at width 1 (a floor for every "
+                "width's fold+cl ratio)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -28,12 +28,24 @@ def add_parser(sub) -> None:
     s.add_argument("--samples", type=int, default=None, help="Monte-Carlo samples for validation")
     s.add_argument("--batch-size", type=int, default=1, help="batch size for latency (default 1)")
     s.add_argument("--threads", type=int, default=None, help="CPU threads for latency")
+    s.add_argument(
+        "--latency-mode",
+        default="sliced",
+        help="what is timed: sliced (the nested model, default), masked (the full model with a "
+        "mask) or exported (BN folded, channels-last, micro-batches of 32)",
+    )
     s.add_argument("--json", action="store_true", help="print the result as JSON")
     s.set_defaults(handler=run)
 
 
 def run(args) -> int:
+    from bnn_nested.deploy.profile import LATENCY_MODES
     from bnn_nested.deploy.select import Constraints, run_candidates, select_width, selection_dict
+
+    if args.latency_mode not in LATENCY_MODES:
+        raise UsageError(
+            f"--latency-mode must be one of {LATENCY_MODES}, got {args.latency_mode!r}"
+        )
 
     if args.samples is not None and args.samples < 1:
         raise UsageError(f"--samples must be >= 1, got {args.samples}")
@@ -49,6 +61,7 @@ def run(args) -> int:
         args.batch_size,
         args.threads,
         latency=args.max_latency_ms is not None,
+        latency_mode=args.latency_mode,
     )
     sel = select_width(cands, cons)
     if args.json:

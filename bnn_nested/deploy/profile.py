@@ -30,14 +30,15 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from bnn_nested.deploy.runtime import inference_module
 from bnn_nested.io import atomic_write_json
 from bnn_nested.nn.model import NestedModel, Width
 from bnn_nested.nn.nested import NestedMixin, active_param_count
 from bnn_nested.nn.ordering_unit import OrderingUnit, active_groups
 
 #: How the width is realised when measuring latency.
-LatencyMode = Literal["sliced", "masked"]
-LATENCY_MODES: tuple[str, ...] = ("sliced", "masked")
+LatencyMode = Literal["sliced", "masked", "exported"]
+LATENCY_MODES: tuple[str, ...] = ("sliced", "masked", "exported")
 #: File name of the cost cache inside a run directory.
 PROFILE_FILE = "deploy/profile.json"
 
@@ -251,8 +252,10 @@ def profile_widths(
         threads: ``torch.set_num_threads`` during timing (``None``: current setting).
         device: where latency is measured (the model is moved there and back).
         latency: ``False`` skips timing (``latency_ms`` is ``None``).
-        mode: ``"sliced"`` (the nested layers slice weights) or ``"masked"`` (see
-            :func:`masked_forward`).
+        mode: ``"sliced"`` (the nested layers slice weights), ``"masked"`` (see
+            :func:`masked_forward`) or ``"exported"`` (the module a deployment runs:
+            :func:`~bnn_nested.deploy.runtime.inference_module`, i.e. exported with BN folded,
+            channels-last, micro-batches of 32; not compiled).
         cache_dir: if given, results are cached in ``cache_dir/deploy/profile.json`` keyed by all
             settings; a later call with the same settings reads them instead of measuring.
 
@@ -310,6 +313,8 @@ def profile_widths(
 
                     def fn(x, w=c.width):
                         return model(x, width=w)
+                elif mode == "exported":
+                    fn = inference_module(model, c.width, xb[:2])
                 else:
                     fn = masked_forward(model, c.width)
                 t = measure_latency(fn, xb, warmup, repeats, threads)

@@ -170,11 +170,17 @@ def run_candidates(
     threads: int | None = None,
     latency: bool = True,
     repeats: int = 20,
+    latency_mode: str = "sliced",
 ) -> list[Candidate]:
     """Candidates for a trained run: costs from :func:`~bnn_nested.deploy.profile.profile_widths`
     and validation accuracy/ECE from ``evaluate_widths`` on ``run.splits.val``; both cached in the
-    run directory (``deploy/profile.json``, ``deploy/val_metrics.json``).
+    run directory (``deploy/profile.json``, ``deploy/val_metrics.json``). ``latency_mode`` is
+    ``profile_widths``'s ``mode`` (``"exported"`` times the module a deployment would run).
     """
+    from bnn_nested.deploy.profile import LATENCY_MODES
+
+    if latency_mode not in LATENCY_MODES:
+        raise ValueError(f"latency_mode must be one of {LATENCY_MODES}, got {latency_mode!r}")
     from bnn_nested.deploy.profile import profile_widths
     from bnn_nested.evaluation.evaluate import evaluate_widths
     from bnn_nested.training.run import load_run
@@ -206,6 +212,7 @@ def run_candidates(
         threads=threads,
         latency=latency,
         repeats=repeats,
+        mode=latency_mode,  # type: ignore[arg-type]
         cache_dir=run_dir,
     )
     return [

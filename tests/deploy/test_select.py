@@ -125,3 +125,25 @@ def test_cli_select(tmp_path, capsys):
     )
     assert args.handler(args) == 1
     assert "nearest option is width 0.25" in capsys.readouterr().out
+    # latency of the exported module (BN folded, micro-batched) instead of the sliced model
+    args = p.parse_args(
+        [
+            "select",
+            str(run),
+            "--widths",
+            "0.5",
+            "--max-latency-ms",
+            "1e6",
+            "--latency-mode",
+            "exported",
+            "--batch-size",
+            "64",
+            "--json",
+        ]
+    )
+    assert args.handler(args) == 0
+    assert json.loads(capsys.readouterr().out)["chosen"]["latency_ms"] > 0
+    profiles = json.loads((run / "deploy" / "profile.json").read_text()).values()
+    assert {e["settings"]["mode"] for e in profiles} >= {"sliced", "exported"}
+    assert main(["select", str(run), "--latency-mode", "fast"]) == 2
+    assert "--latency-mode must be one of" in capsys.readouterr().err
