@@ -9,15 +9,16 @@ and latency ratio (median latency at r / median at width 1 of the *same* variant
 - ``export``: :func:`~bnn_nested.deploy.export.export_width` without BN folding;
 - ``fold``: exported with BN folded into the convolutions;
 - ``fold+cl``: folded, channels-last weights and inputs;
-- ``fold+cl+mb``: that, run in micro-batches of ``--micro-batch`` examples
+- ``fold+cl+mb``: that, run in micro-batches of ``--micro-batch`` examples (a comma list gives
+  one column ``fold+cl+mbN`` per size, for a sweep)
   (:func:`~bnn_nested.deploy.runtime.inference_module`, what ``profile_widths(mode="exported")``
   times);
 - with ``--compile`` (slow to build on 2 cores): ``compile`` = ``torch.compile`` of ``fold``,
   ``freeze`` = the same with Inductor freezing (:func:`~bnn_nested.deploy.runtime.
-  compile_for_inference`), ``freeze+mb`` = ``freeze`` in micro-batches.
+  compile_for_inference`), ``freeze+mb`` = ``freeze`` in micro-batches (of the first size).
 
 Usage: ``.venv/bin/python benchmarks/width_latency.py [--quick] [--threads 2] [--compile]
-[--rounds N] [--micro-batch 32]``
+[--rounds N] [--micro-batch 64 | --micro-batch 16,32,64,128] [--models vgg,lenet]``
 """
 
 from __future__ import annotations
@@ -40,15 +41,17 @@ WIDTHS = (0.25, 0.5, 0.75, 1.0)
 
 
 def models():
-    """(name, model, input shape, prefix): ``prefix(exported)`` is the part of an exported module
+    """(key, name, model, input shape, prefix): ``prefix(exported)`` is the part of an exported module
     that no width truncates (the unordered first conv block and the pool after it)."""
     yield (
+        "vgg",
         "VGG-11 (32x32)",
         NestedVGG("11", (3, 32, 32), 10, groups=32, frozen=2).eval(),
         (3, 32, 32),
         lambda m: nn.Sequential(m.features[0], m.features[1]),
     )
     yield (
+        "lenet",
         "LeNet (28x28)",
         NestedLeNet((1, 28, 28), 10, norm="batch").eval(),
         (1, 28, 28),
@@ -63,15 +66,22 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also measure torch.compile")
     ap.add_argument("--batches", default="1,256")
     ap.add_argument("--rounds", type=int, default=None, help="timing rounds (default 10 / 50)")
-    ap.add_argument("--micro-batch", type=int, default=32)
+    ap.add_argument("--micro-batch", default="64", help="size, or a comma list for a sweep")
+    ap.add_argument("--models", default="vgg,lenet", help="comma list of vgg, lenet")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",")]
+    sizes = [int(m) for m in args.micro_batch.split(",")]
     print(
         f"threads={args.threads} torch={torch.__version__} quick={args.quick} "
         f"micro_batch={args.micro_batch}"
     )
-    for name, model, shape, prefix in models():
+    wanted = set(args.models.split(","))
+    if not wanted <= {"vgg", "lenet"}:
+        ap.error(f"--models must be a comma list of vgg, lenet; got {args.models!r}")
+    for key, name, model, shape, prefix in models():
+        if key not in wanted:
+            continue
         flops = {w: count_flops(model, torch.zeros(1, *shape), w) for w in WIDTHS}
         for bs in batches:
             reps = (3 if bs >= 64 else 10) if args.quick else (10 if bs >= 64 else 50)
@@ -89,13 +99,18 @@ def main() -> None:
                 fns[("fold+cl", w)] = (fold_cl, xcl)
                 if w == 1.0:
                     fns[("prefix", w)] = (prefix(fold_cl), xcl)
-                fns[("fold+cl+mb", w)] = (MicroBatched(fold_cl, args.micro_batch, True), x)
+                for mb in sizes:
+                    col = "fold+cl+mb" if len(sizes) == 1 else f"fold+cl+mb{mb}"
+                    fns[(col, w)] = (MicroBatched(fold_cl, mb, True), x)
                 if args.compile:
                     plain = compile_for_inference(export_width(model, w, x[:2]), freezing=False)
                     fns[("compile", w)] = (plain, x)
+                    # separate compiled objects, static shapes: the micro-batch never changes
+                    # the graph the batch of 256 runs
                     frozen = compile_for_inference(export_width(model, w, x[:2]))
                     fns[("freeze", w)] = (frozen, x)
-                    fns[("freeze+mb", w)] = (MicroBatched(frozen, args.micro_batch), x)
+                    frozen_mb = compile_for_inference(export_width(model, w, x[:2]))
+                    fns[("freeze+mb", w)] = (MicroBatched(frozen_mb, sizes[0]), x)
             # interleaved: every round times each (variant, width) once, so load changes on the
             # shared CPU hit all of them alike; median over rounds
             times: dict[tuple[str, float], list[float]] = {k: [] for k in fns}

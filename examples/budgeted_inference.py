@@ -51,10 +51,10 @@ def main() -> None:
     err = (load_exported(path)(x_val) - run.model(x_val, width=sel.chosen.width)).abs().max()
     print(f"exported {path.name}: max |difference| to the nested model = {err:.2e}")
     # in a serving loop, run large batches in cache-sized slices (exact; see deploy/runtime.py)
-    served = MicroBatched(load_exported(path), micro_batch=32)
+    served = MicroBatched(load_exported(path), micro_batch=64)
     with torch.no_grad():
         err = (served(x_val) - run.model(x_val, width=sel.chosen.width)).abs().max()
-    print(f"served in micro-batches of 32: max |difference| = {err:.2e}")
+    print(f"served in micro-batches of 64: max |difference| = {err:.2e}")
 
     # 3. cascade: thresholds from validation, evaluated on the test split
     val = DataLoader(run.splits.val, batch_size=512)

@@ -377,10 +377,15 @@ def save_exported(
 
     ``format="export"``: ``torch.export.export`` + ``torch.export.save`` (``.pt2``), batch dimension
     dynamic when ``dynamic_batch`` (``example`` needs batch >= 2 then). ``"torchscript"``:
-    ``torch.jit.trace`` + ``torch.jit.save``.
+    ``torch.jit.trace`` + ``torch.jit.save``. A :class:`~bnn_nested.deploy.runtime.MicroBatched`
+    wrapper is not saved, only the module inside it (wrap the loaded module again).
     """
+    from bnn_nested.deploy.runtime import MicroBatched
+
     if format not in EXPORT_FORMATS:
         raise ValueError(f"format must be one of {EXPORT_FORMATS}, got {format!r}")
+    while isinstance(module, MicroBatched):
+        module = module.module
     module = module.eval()
     buf = io.BytesIO()
     with torch.no_grad():

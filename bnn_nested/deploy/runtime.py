@@ -14,15 +14,17 @@ layers. Two levers here attack that cost without changing the function computed:
 :func:`inference_module` combines them with BN folding and channels-last. Measured effect on
 NestedVGG "11" at 32x32, batch 256, 2 CPU threads: ``benchmarks/width_latency.py`` and
 ``docs/RESULTS.md``. The wrappers are for running in-process; :func:`~bnn_nested.deploy.export.
-save_exported` saves the plain module inside (``MicroBatched(load_exported(path), 32)`` restores
+save_exported` saves the plain module inside (``MicroBatched(load_exported(path), 64)`` restores
 the wrapper after loading).
 
 Example:
-    >>> fast = inference_module(model, 0.25, x[:2], micro_batch=32)
-    >>> torch.testing.assert_close(fast(x), model.eval()(x, width=0.25))
+    >>> fast = inference_module(model, 0.25, x[:2], micro_batch=64)
+    >>> torch.testing.assert_close(fast(x), model.eval()(x, width=0.25), atol=1e-5, rtol=1e-5)
 """
 
 from __future__ import annotations
+
+import operator
 
 import torch
 from torch import nn
@@ -34,15 +36,32 @@ from bnn_nested.nn.model import NestedModel, Width
 RECOMPILE_LIMIT = 64
 
 
+def check_micro_batch(micro_batch: int | None) -> int | None:
+    """``micro_batch`` as an ``int`` (any integer type), or ``None``; one-line error otherwise."""
+    if micro_batch is None:
+        return None
+    try:
+        if isinstance(micro_batch, bool):
+            raise TypeError
+        value = operator.index(micro_batch)
+    except TypeError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"micro_batch must be an integer >= 1 or None, got {micro_batch!r}")
+    return value
+
+
 class MicroBatched(nn.Module):
     """Apply ``module`` to slices of at most ``micro_batch`` examples and concatenate the outputs.
 
-    ``micro_batch=None`` runs the whole batch at once (only the layout conversion is applied). Exact for any module that treats examples independently (every module in ``eval()``).
-    With ``channels_last`` a 4-D input is converted to that memory format first (the layout the
-    weights of ``export_width(..., channels_last=True)`` are stored in).
+    Exact for any module whose output row ``i`` depends only on input row ``i`` (every exported
+    sub-network in ``eval()``); a module that returns anything but one ``(B, ...)`` tensor for a
+    ``(B, ...)`` input is rejected with a ``ValueError`` rather than concatenated wrongly.
+    ``micro_batch=None`` runs the whole batch at once. With ``channels_last`` a 4-D input is
+    converted to that memory format first (the layout of ``export_width(..., channels_last=True)``).
 
     Example:
-        >>> fast = MicroBatched(export_width(model, 0.25, x[:2], channels_last=True), 32, True)
+        >>> fast = MicroBatched(export_width(model, 0.25, x[:2], channels_last=True), 64, True)
         >>> y = fast(x)                                  # same as model(x, width=0.25) in eval
     """
 
@@ -50,37 +69,48 @@ class MicroBatched(nn.Module):
         self, module: nn.Module, micro_batch: int | None, channels_last: bool = False
     ) -> None:
         super().__init__()
-        if micro_batch is not None and (
-            not isinstance(micro_batch, int) or isinstance(micro_batch, bool) or micro_batch < 1
-        ):
-            raise ValueError(f"micro_batch must be an integer >= 1 or None, got {micro_batch!r}")
         self.module = module
-        self.micro_batch = micro_batch
+        self.micro_batch = check_micro_batch(micro_batch)
         self.channels_last = channels_last
 
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.module(x)
+        if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[0] != x.shape[0]:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(
+                f"MicroBatched: the module must map a ({x.shape[0]}, ...) batch to one "
+                f"({x.shape[0]}, ...) tensor, got {got}"
+            )
+        return out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 0:
+            raise ValueError("MicroBatched: input must have a batch dimension, got a 0-d tensor")
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.micro_batch is None or x.shape[0] <= self.micro_batch:
-            return self.module(x)
-        return torch.cat([self.module(part) for part in x.split(self.micro_batch)])
+            return self._run(x)
+        return torch.cat([self._run(part) for part in x.split(self.micro_batch)])
 
     def extra_repr(self) -> str:
         return f"micro_batch={self.micro_batch}, channels_last={self.channels_last}"
 
 
 def compile_for_inference(module: nn.Module, freezing: bool = True, **kwargs) -> nn.Module:
-    """``torch.compile(module, options={"freezing": freezing}, **kwargs)`` for inference.
+    """``torch.compile(module, options={"freezing": freezing}, dynamic=False, **kwargs)``.
 
     Freezing treats parameters as constants, which lets Inductor fold BN, pre-pack convolution
     weights and fuse activations into oneDNN convolutions on CPU. The result must only be called
     under ``torch.no_grad()`` / ``torch.inference_mode()`` with unchanged weights. The first call
-    compiles (tens of seconds to minutes on a small CPU; cached by Inductor afterwards).
+    compiles (seconds to minutes on a small CPU; cached by Inductor afterwards). Shapes are static
+    by default: each batch size gets its own graph (micro-batching gives at most two).
 
-    Exports of one model at several widths share their ``forward``'s code object, and Dynamo keeps
-    at most ``torch._dynamo.config.recompile_limit`` (default 8) compiled versions per code object,
-    silently running the rest eagerly; so this raises that limit to at least
-    :data:`RECOMPILE_LIMIT` (a process-wide setting).
+    Dynamo keeps at most ``torch._dynamo.config.recompile_limit`` (default 8) compiled graphs per
+    code object and silently runs further calls eagerly. Exports of one model at several widths
+    (and batch sizes) share one ``forward``, and each call here brings a new Inductor backend, so
+    the 9th compiled width would run eagerly: this raises that process-wide limit to at least
+    :data:`RECOMPILE_LIMIT` (measured: 10 widths of NestedLeNet gave 8 graphs at the default, 10
+    after raising it).
 
     Example:
         >>> fast = compile_for_inference(export_width(model, 0.5, x[:2]))
@@ -88,11 +118,16 @@ def compile_for_inference(module: nn.Module, freezing: bool = True, **kwargs) ->
     """
     import torch._dynamo.config as dynamo_config
 
-    for name in ("recompile_limit", "cache_size_limit"):  # the name changed in torch 2.6
-        if hasattr(dynamo_config, name):
-            setattr(dynamo_config, name, max(getattr(dynamo_config, name), RECOMPILE_LIMIT))
+    if "mode" in kwargs:
+        raise ValueError(
+            "compile_for_inference: pass Inductor settings as options={...}, not mode= "
+            "(torch.compile accepts only one of them)"
+        )
+    name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+    setattr(dynamo_config, name, max(getattr(dynamo_config, name), RECOMPILE_LIMIT))
     options = dict(kwargs.pop("options", None) or {})
     options["freezing"] = freezing
+    kwargs.setdefault("dynamic", False)
     return torch.compile(module, options=options, **kwargs)  # type: ignore[return-value]
 
 
@@ -100,7 +135,7 @@ def inference_module(
     model: NestedModel,
     width: Width,
     example: torch.Tensor,
-    micro_batch: int | None = 32,
+    micro_batch: int | None = 64,
     channels_last: bool = True,
     compile: bool = False,
 ) -> nn.Module:
@@ -115,7 +150,9 @@ def inference_module(
         model: a nested model.
         width: global width or per-layer groups, as for ``export_width``.
         example: an input batch ``(B, ...)`` for the export's forward pass.
-        micro_batch: examples per slice; 32 was the fastest for VGG-11 at 32x32 on a 2-core CPU.
+        micro_batch: examples per slice (``None``: whole batch). Helps when activations overflow
+            the CPU caches (VGG-11 at 32x32, batch 256: 56 vs 83 ms at width 0.25, see
+            docs/RESULTS.md); costs a little on small models (LeNet) and is pointless on GPU.
         channels_last: channels-last layout for 4-D inputs (eager only).
         compile: apply :func:`compile_for_inference` to the exported module.
 
@@ -123,6 +160,7 @@ def inference_module(
         >>> fast = inference_module(model, 0.25, x[:2])
         >>> with torch.no_grad(): probs = fast(x).softmax(-1)
     """
+    micro_batch = check_micro_batch(micro_batch)
     cl = channels_last and not compile and example.dim() == 4
     module: nn.Module = export_width(model, width, example, channels_last=cl)
     if compile:

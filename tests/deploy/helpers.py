@@ -12,9 +12,13 @@ from bnn_nested.nn import NestedBatchNorm2d, NestedConv2d, NestedLinear, NestedM
 class TinyCNN(NestedModel):
     """conv-BN-ReLU-OU -> maxpool -> conv-BN-ReLU-OU -> global mean -> linear (4x4-ish inputs)."""
 
-    def __init__(self, c1: int = 8, c2: int = 16, groups: int = 4, frozen: int = 1) -> None:
+    def __init__(
+        self, c1: int = 8, c2: int = 16, groups: int = 4, frozen: int = 1, in_channels: int = 1
+    ) -> None:
         super().__init__()
-        self.c1 = NestedConv2d(1, c1, 3, padding=1, bias=False, groups=groups, frozen=frozen)
+        self.c1 = NestedConv2d(
+            in_channels, c1, 3, padding=1, bias=False, groups=groups, frozen=frozen
+        )
         self.b1 = NestedBatchNorm2d(c1)
         self.o1 = OrderingUnit(c1, groups, frozen)
         self.c2 = NestedConv2d(c1, c2, 3, padding=1, bias=False, groups=groups, frozen=frozen)
@@ -51,6 +55,6 @@ def mlp() -> tuple[NestedMLP, torch.Tensor]:
     return trained_like(NestedMLP(8, 3, [16, 16], groups=4, frozen=1, norm="batch"), x), x
 
 
-def cnn() -> tuple[TinyCNN, torch.Tensor]:
-    x = torch.randn(16, 1, 8, 8)
-    return trained_like(TinyCNN(), x), x
+def cnn(in_channels: int = 1) -> tuple[TinyCNN, torch.Tensor]:
+    x = torch.randn(16, in_channels, 8, 8)
+    return trained_like(TinyCNN(in_channels=in_channels), x), x

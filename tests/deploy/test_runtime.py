@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from bnn_nested.deploy.export import export_width
+from bnn_nested.deploy.export import export_width, load_exported, save_exported
 from bnn_nested.deploy.profile import profile_widths
 from bnn_nested.deploy.runtime import (
     RECOMPILE_LIMIT,
@@ -16,10 +16,10 @@ from tests.deploy.helpers import cnn, mlp
 pytestmark = pytest.mark.filterwarnings("ignore:batch norm. no statistics calibrated")
 
 
-@pytest.mark.parametrize("micro_batch", [1, 7, 16, 32, None])
+@pytest.mark.parametrize("micro_batch", [1, 7, 16, 32, 37, None])
 def test_micro_batched_equals_whole_batch(micro_batch):
     model, x = cnn()
-    x = torch.randn(37, *x.shape[1:])  # 37 = not a multiple of any micro-batch above
+    x = torch.randn(37, *x.shape[1:])  # 37 = not a multiple of the micro-batches below it
     plain = export_width(model, 0.5, x[:2])
     seen = []
     plain.register_forward_pre_hook(lambda m, inp: seen.append(inp[0].shape[0]))
@@ -30,8 +30,17 @@ def test_micro_batched_equals_whole_batch(micro_batch):
     assert seen == [min(step, 37 - i) for i in range(0, 37, step)]
 
 
-def test_channels_last_inputs_reach_the_module():
+@pytest.mark.parametrize("rows", [0, 1])
+def test_micro_batched_tiny_batches(rows):
     model, x = cnn()
+    with torch.no_grad():
+        out = MicroBatched(export_width(model, 0.5, x[:2]), 4)(x[:rows])
+    assert out.shape == (rows, 3)
+
+
+def test_channels_last_inputs_reach_the_module():
+    model, x = cnn(in_channels=3)  # with 1 channel every layout already counts as channels-last
+    assert not x.is_contiguous(memory_format=torch.channels_last)
     plain = export_width(model, 0.75, x[:2], channels_last=True)
     layouts = []
     plain.register_forward_pre_hook(
@@ -39,8 +48,11 @@ def test_channels_last_inputs_reach_the_module():
     )
     with torch.no_grad():
         out = MicroBatched(plain, 4, channels_last=True)(x)
-    assert layouts and all(layouts)
-    torch.testing.assert_close(out, model(x, width=0.75), atol=1e-5, rtol=1e-5)
+        assert layouts and all(layouts)
+        torch.testing.assert_close(out, model(x, width=0.75), atol=1e-5, rtol=1e-5)
+        layouts.clear()
+        MicroBatched(plain, 4)(x)  # without the flag the layout is left alone
+    assert not any(layouts)
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True, "32"])
@@ -48,9 +60,35 @@ def test_micro_batch_is_validated(bad):
     model, x = cnn()
     with pytest.raises(ValueError, match="micro_batch must be an integer >= 1 or None"):
         MicroBatched(export_width(model, 1.0, x[:2]), bad)
+    with pytest.raises(ValueError, match="micro_batch must be an integer >= 1 or None"):
+        inference_module(model, 1.0, x[:2], micro_batch=bad)
 
 
-@pytest.mark.parametrize("make", [cnn, mlp])
+class _Bad(torch.nn.Module):
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, x):
+        if self.kind == "tuple":
+            return x, x
+        if self.kind == "samples_first":  # (S, B, C), like Monte-Carlo predictions
+            return x.unsqueeze(0).expand(4, *x.shape)
+        return x.sum(0)  # reduces over the batch
+
+
+@pytest.mark.parametrize("kind", ["tuple", "samples_first", "reduce"])
+def test_micro_batched_rejects_modules_that_are_not_row_wise(kind):
+    with pytest.raises(ValueError, match="must map a .* batch to one"):
+        MicroBatched(_Bad(kind), 4)(torch.randn(10, 3))
+
+
+def test_micro_batched_rejects_0d_input():
+    with pytest.raises(ValueError, match="batch dimension"):
+        MicroBatched(torch.nn.Identity(), 4)(torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("make", [cnn, mlp, lambda: cnn(in_channels=3)])
 @pytest.mark.parametrize("width", [0.25, 0.6, 1.0])
 def test_inference_module_equals_nested_model(make, width):
     model, x = make()
@@ -68,23 +106,47 @@ def test_inference_module_whole_batch_without_layout_is_the_export():
     assert not isinstance(fast, MicroBatched)
 
 
-def test_profile_exported_mode_times_the_inference_module(tmp_path):
+def test_saving_a_micro_batched_module_saves_the_module_inside(tmp_path):
+    model, x = cnn(in_channels=3)
+    fast = inference_module(model, 0.5, x[:2], micro_batch=4)
+    path = save_exported(fast, x[:2], tmp_path / "w.pt2")
+    with torch.no_grad():
+        torch.testing.assert_close(
+            MicroBatched(load_exported(path), 4)(x), model(x, width=0.5), atol=1e-5, rtol=1e-5
+        )
+
+
+def test_profile_exported_mode_times_the_inference_module(monkeypatch):
+    import bnn_nested.deploy.profile as profile
+
     model, x = cnn()
+    calls = []
+
+    def spy(m, width, example, micro_batch):
+        calls.append((width, micro_batch))
+        return inference_module(m, width, example, micro_batch=micro_batch)
+
+    monkeypatch.setattr(profile, "inference_module", spy)
     costs = profile_widths(
         model, x[:1], [0.25, 1.0], batch_size=40, threads=1, repeats=2, mode="exported"
     )
+    assert calls == [(0.25, profile.EXPORTED_MICRO_BATCH), (1.0, profile.EXPORTED_MICRO_BATCH)]
     assert all(c.mode == "exported" and c.latency_ms > 0 for c in costs)
     with pytest.raises(ValueError, match="mode must be one of"):
         profile_widths(model, x[:1], [1.0], mode="fast")  # type: ignore[arg-type]
 
 
 @pytest.mark.slow
-def test_compile_with_freezing_matches_eager():
-    model, x = cnn()
-    plain = export_width(model, 0.5, x[:2])
-    fast = compile_for_inference(plain)
+def test_compile_with_freezing_matches_eager_for_each_model():
+    # two models of one architecture: each compiled module must use its own weights
+    (m1, x), (m2, _) = cnn(in_channels=3), cnn(in_channels=3)
+    fast = [compile_for_inference(export_width(m, 0.5, x[:2])) for m in (m1, m2)]
     with torch.no_grad():
-        torch.testing.assert_close(fast(x), model(x, width=0.5), atol=1e-4, rtol=1e-4)
+        for m, f in zip((m1, m2), fast):
+            torch.testing.assert_close(f(x), m(x, width=0.5), atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(  # micro-batched: a second, static batch size
+                MicroBatched(f, 6)(x), m(x, width=0.5), atol=1e-4, rtol=1e-4
+            )
 
 
 def test_compile_for_inference_raises_the_recompile_limit(monkeypatch):
@@ -93,3 +155,5 @@ def test_compile_for_inference_raises_the_recompile_limit(monkeypatch):
     monkeypatch.setattr(dynamo_config, "recompile_limit", 8)
     compile_for_inference(torch.nn.Linear(2, 2))  # lazy: nothing is compiled before the first call
     assert dynamo_config.recompile_limit == RECOMPILE_LIMIT
+    with pytest.raises(ValueError, match="options=.*not mode="):
+        compile_for_inference(torch.nn.Linear(2, 2), mode="max-autotune")
