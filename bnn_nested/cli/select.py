@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
         "--latency-mode",
         default=None,
         help="what is timed: sliced (the nested model, default), masked (the full model with a "
-        "mask) or exported (BN folded, channels-last, micro-batches of 64 on CPU); given without "
+        "mask) or exported (BN folded, channels-last, micro-batches tuned on CPU); given without "
         "--max-latency-ms, latency is still measured and shown",
     )
     s.add_argument("--json", action="store_true", help="print the result as JSON")

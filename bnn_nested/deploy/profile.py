@@ -39,8 +39,8 @@ from bnn_nested.nn.ordering_unit import OrderingUnit, active_groups
 #: How the width is realised when measuring latency.
 LatencyMode = Literal["sliced", "masked", "exported"]
 LATENCY_MODES: tuple[str, ...] = ("sliced", "masked", "exported")
-#: Micro-batch of the ``"exported"`` latency mode on CPU (none on CUDA).
-EXPORTED_MICRO_BATCH = 64
+#: Micro-batch of the ``"exported"`` latency mode on CPU (none on CUDA): tuned per width.
+EXPORTED_MICRO_BATCH = "auto"
 #: File name of the cost cache inside a run directory.
 PROFILE_FILE = "deploy/profile.json"
 
@@ -257,8 +257,8 @@ def profile_widths(
         mode: ``"sliced"`` (the nested layers slice weights), ``"masked"`` (see
             :func:`masked_forward`) or ``"exported"`` (the module a deployment runs:
             :func:`~bnn_nested.deploy.runtime.inference_module`, i.e. exported with BN folded,
-            channels-last, micro-batches of :data:`EXPORTED_MICRO_BATCH` on CPU, whole batch on
-            CUDA; not compiled).
+            channels-last, on CPU in micro-batches of the size that was fastest for this batch
+            (:func:`~bnn_nested.deploy.runtime.tune_micro_batch`), on CUDA whole; not compiled).
         cache_dir: if given, results are cached in ``cache_dir/deploy/profile.json`` keyed by all
             settings; a later call with the same settings reads them instead of measuring.
 
@@ -282,7 +282,7 @@ def profile_widths(
         "mode": mode,
         "input_shape": list(example.shape[1:]),
     }
-    # what "exported" runs: micro-batching only helps CPU caches
+    # what "exported" runs: micro-batch size tuned on the batch on CPU (only caches gain from it)
     micro_batch = None if torch.device(device).type == "cuda" else EXPORTED_MICRO_BATCH
     if mode == "exported":
         settings["exported"] = {"micro_batch": micro_batch, "channels_last": True}
@@ -321,7 +321,7 @@ def profile_widths(
                     def fn(x, w=c.width):
                         return model(x, width=w)
                 elif mode == "exported":
-                    fn = inference_module(model, c.width, xb[:2], micro_batch=micro_batch)
+                    fn = inference_module(model, c.width, xb, micro_batch=micro_batch)
                 else:
                     fn = masked_forward(model, c.width)
                 t = measure_latency(fn, xb, warmup, repeats, threads)

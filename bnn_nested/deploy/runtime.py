@@ -25,6 +25,9 @@ Example:
 from __future__ import annotations
 
 import operator
+import statistics
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -36,10 +39,15 @@ from bnn_nested.nn.model import NestedModel, Width
 RECOMPILE_LIMIT = 64
 
 
-def check_micro_batch(micro_batch: int | None) -> int | None:
-    """``micro_batch`` as an ``int`` (any integer type), or ``None``; one-line error otherwise."""
-    if micro_batch is None:
-        return None
+#: Micro-batch sizes :func:`tune_micro_batch` tries (``None``: the whole batch).
+MICRO_BATCH_CANDIDATES: tuple[int | None, ...] = (None, 16, 32, 64, 128)
+
+
+def check_micro_batch(micro_batch: int | None, allow_auto: bool = False) -> int | None | str:
+    """``micro_batch`` as an ``int`` (any integer type), or ``None`` (or ``"auto"`` when allowed);
+    one-line error otherwise."""
+    if micro_batch is None or (allow_auto and micro_batch == "auto"):
+        return micro_batch
     try:
         if isinstance(micro_batch, bool):
             raise TypeError
@@ -47,8 +55,44 @@ def check_micro_batch(micro_batch: int | None) -> int | None:
     except TypeError:
         value = 0
     if value < 1:
-        raise ValueError(f"micro_batch must be an integer >= 1 or None, got {micro_batch!r}")
+        accepted = "an integer >= 1, None or 'auto'" if allow_auto else "an integer >= 1 or None"
+        raise ValueError(f"micro_batch must be {accepted}, got {micro_batch!r}")
     return value
+
+
+@torch.no_grad()
+def tune_micro_batch(
+    module: nn.Module,
+    batch: torch.Tensor,
+    candidates: Sequence[int | None] = MICRO_BATCH_CANDIDATES,
+    repeats: int = 3,
+    channels_last: bool = False,
+) -> int | None:
+    """The fastest micro-batch size for running ``module`` on ``batch`` (like cuDNN's benchmark
+    mode: measured, not guessed). Sizes ``>= len(batch)`` are the whole batch (``None``).
+
+    Every round times each candidate once (interleaved, after one warm-up call each); the
+    candidate with the lowest median wins, ties going to the larger slice.
+
+    Example:
+        >>> mb = tune_micro_batch(export_width(model, 0.25, x[:2]), x)   # x: a served batch
+        >>> fast = MicroBatched(export_width(model, 0.25, x[:2]), mb)
+    """
+    from bnn_nested.deploy.profile import measure_latency  # profile imports this module
+
+    n = batch.shape[0]
+    sizes = sorted(
+        {None if c is None or c >= n else check_micro_batch(c) for c in candidates},
+        key=lambda c: -(c or n + 1),
+    )
+    runners = {c: MicroBatched(module, c, channels_last) for c in sizes}
+    for run in runners.values():
+        run(batch)
+    times: dict[int | None, list[float]] = {c: [] for c in sizes}
+    for _ in range(repeats):
+        for c, run in runners.items():
+            times[c].append(measure_latency(run, batch, warmup=0, repeats=1).median_ms)
+    return min(sizes, key=lambda c: statistics.median(times[c]))
 
 
 class MicroBatched(nn.Module):
@@ -135,7 +179,7 @@ def inference_module(
     model: NestedModel,
     width: Width,
     example: torch.Tensor,
-    micro_batch: int | None = 64,
+    micro_batch: int | None | Literal["auto"] = 64,
     channels_last: bool = True,
     compile: bool = False,
 ) -> nn.Module:
@@ -144,15 +188,19 @@ def inference_module(
     Exported with BN folded (:func:`~bnn_nested.deploy.export.export_width`); channels-last
     weights and inputs when ``channels_last`` (4-D inputs only); optionally compiled with freezing
     (then kept channels-first: Inductor picks its own layout); run in micro-batches of
-    ``micro_batch`` examples (``None``: the whole batch at once).
+    ``micro_batch`` examples (``None``: the whole batch at once; ``"auto"``: the fastest of
+    :data:`MICRO_BATCH_CANDIDATES` on ``example``, see :func:`tune_micro_batch`).
 
     Args:
         model: a nested model.
         width: global width or per-layer groups, as for ``export_width``.
-        example: an input batch ``(B, ...)`` for the export's forward pass.
+        example: an input batch ``(B, ...)`` for the export's forward pass; with
+            ``micro_batch="auto"`` also the batch the sizes are timed on (pass one of the size
+            you will serve).
         micro_batch: examples per slice (``None``: whole batch). Helps when activations overflow
             the CPU caches (VGG-11 at 32x32, batch 256: 56 vs 83 ms at width 0.25, see
             docs/RESULTS.md); costs a little on small models (LeNet) and is pointless on GPU.
+            The default 64 was the fastest for VGG-11 in that sweep; ``"auto"`` measures.
         channels_last: channels-last layout for 4-D inputs (eager only).
         compile: apply :func:`compile_for_inference` to the exported module.
 
@@ -160,11 +208,13 @@ def inference_module(
         >>> fast = inference_module(model, 0.25, x[:2])
         >>> with torch.no_grad(): probs = fast(x).softmax(-1)
     """
-    micro_batch = check_micro_batch(micro_batch)
+    micro_batch = check_micro_batch(micro_batch, allow_auto=True)
     cl = channels_last and not compile and example.dim() == 4
     module: nn.Module = export_width(model, width, example, channels_last=cl)
     if compile:
         module = compile_for_inference(module)
+    if micro_batch == "auto":
+        micro_batch = tune_micro_batch(module, example, channels_last=cl)
     if micro_batch is None and not cl:
         return module
     return MicroBatched(module, micro_batch, channels_last=cl)

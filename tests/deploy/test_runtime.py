@@ -1,5 +1,7 @@
 """Fast-inference wrappers: micro-batching and channels-last are exact; compile with freezing too."""
 
+import time
+
 import pytest
 import torch
 
@@ -10,6 +12,7 @@ from bnn_nested.deploy.runtime import (
     MicroBatched,
     compile_for_inference,
     inference_module,
+    tune_micro_batch,
 )
 from tests.deploy.helpers import cnn, mlp
 
@@ -60,8 +63,47 @@ def test_micro_batch_is_validated(bad):
     model, x = cnn()
     with pytest.raises(ValueError, match="micro_batch must be an integer >= 1 or None"):
         MicroBatched(export_width(model, 1.0, x[:2]), bad)
-    with pytest.raises(ValueError, match="micro_batch must be an integer >= 1 or None"):
+    with pytest.raises(ValueError, match="micro_batch must be an integer >= 1, None or 'auto'"):
         inference_module(model, 1.0, x[:2], micro_batch=bad)
+
+
+def test_auto_is_only_for_inference_module():
+    model, x = cnn()
+    with pytest.raises(ValueError, match="micro_batch must be an integer >= 1 or None, got 'auto'"):
+        MicroBatched(export_width(model, 1.0, x[:2]), "auto")
+    with pytest.raises(ValueError, match="an integer >= 1, None or 'auto', got 'fast'"):
+        inference_module(model, 1.0, x[:2], micro_batch="fast")
+
+
+class _Sleepy(torch.nn.Module):
+    """Takes ``per_call + per_row2 * rows**2`` seconds: a stand-in with a known best slice."""
+
+    def __init__(self, per_call: float, per_row2: float) -> None:
+        super().__init__()
+        self.per_call, self.per_row2 = per_call, per_row2
+
+    def forward(self, x):
+        time.sleep(self.per_call + self.per_row2 * x.shape[0] ** 2)
+        return x
+
+
+def test_tune_micro_batch_picks_the_fastest_size():
+    x = torch.zeros(64, 2)
+    # fixed cost per call: the whole batch (1 call, 5 ms) beats 2-4 calls (10-20 ms)
+    assert tune_micro_batch(_Sleepy(5e-3, 0.0), x, (None, 16, 32), repeats=5) is None
+    # cost quadratic in the slice: 16 rows (4 x 1.3 ms) beat 32 (2 x 5 ms) and 64 (20 ms)
+    assert tune_micro_batch(_Sleepy(0.0, 5e-6), x, (None, 16, 32), repeats=5) == 16
+    # sizes >= the batch are the whole batch
+    assert tune_micro_batch(_Sleepy(0.0, 0.0), x, (64, 128)) is None
+
+
+def test_inference_module_auto_micro_batch_is_exact():
+    model, x = cnn(in_channels=3)
+    x = torch.cat([x] * 5)  # 80 rows
+    with torch.no_grad():
+        fast = inference_module(model, 0.5, x, micro_batch="auto")
+        assert fast.micro_batch in (None, 16, 32, 64)
+        torch.testing.assert_close(fast(x), model(x, width=0.5), atol=1e-5, rtol=1e-5)
 
 
 class _Bad(torch.nn.Module):
