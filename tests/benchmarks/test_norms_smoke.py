@@ -38,22 +38,6 @@ def test_input_gradient_matches_closed_form_of_softmax_regression():
     assert out["fgsm_acc"] == pytest.approx(acc)
 
 
-def test_recalibrated_bn_mean_is_the_data_mean_at_that_width():
-    model = norms.NormsCNN(channels=(8, 16), groups=4, frozen=1)
-    x = torch.randn(512, 1, 28, 28)  # two batches of 256: the cumulative mean is exact
-    calibrated = norms.recalibrate_bn(model, x, width=0.5)
-    with torch.no_grad():
-        h = calibrated.conv1(x)  # width 0.5 is no longer active: full conv1 output
-    active = (1 + math.ceil(0.5 * 3)) * 2  # (F + ceil(r K)) groups of 8 / 4 = 2 channels: 6
-    torch.testing.assert_close(
-        calibrated.bn1.running_mean[:active], h[:, :active].mean((0, 2, 3)), rtol=1e-4, atol=1e-5
-    )
-    # channels beyond the active width saw no data: still the reset value 0
-    assert torch.all(calibrated.bn1.running_mean[active:] == 0)
-    # the original model is untouched
-    assert torch.all(model.bn1.running_mean == 0) and model.bn1.momentum == 0.1
-
-
 @pytest.mark.slow
 def test_main_quick_runs_and_reports_every_method():
     methods = ["none", "wrs", "fixnorm", "invariant"]
