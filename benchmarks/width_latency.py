@@ -11,8 +11,8 @@ and latency ratio (median latency at r / median at width 1 of the *same* variant
 - ``fold+cl``: folded, channels-last weights and inputs;
 - ``fold+cl+mb``: that, run in micro-batches of ``--micro-batch`` examples (a comma list gives
   one column ``fold+cl+mbN`` per size, for a sweep)
-  (:func:`~bnn_nested.deploy.runtime.inference_module`, what ``profile_widths(mode="exported")``
-  times);
+  (:func:`~bnn_nested.deploy.runtime.inference_module` with a fixed size;
+  ``profile_widths(mode="exported")`` instead tunes the size per width);
 - with ``--compile`` (slow to build on 2 cores): ``compile`` = ``torch.compile`` of ``fold``,
   ``freeze`` = the same with Inductor freezing (:func:`~bnn_nested.deploy.runtime.
   compile_for_inference`), ``freeze+mb`` = ``freeze`` in micro-batches (of the first size).

@@ -222,6 +222,8 @@ class WidthCost:
     threads: int | None = None
     device: str = "cpu"
     mode: str = "sliced"
+    #: ``mode="exported"`` only: the micro-batch size that was timed (``None``: whole batch)
+    micro_batch: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -321,7 +323,9 @@ def profile_widths(
                     def fn(x, w=c.width):
                         return model(x, width=w)
                 elif mode == "exported":
-                    fn = inference_module(model, c.width, xb, micro_batch=micro_batch)
+                    with num_threads(threads):  # tune under the thread count that is timed
+                        fn = inference_module(model, c.width, xb, micro_batch=micro_batch)
+                    c.micro_batch = getattr(fn, "micro_batch", None)
                 else:
                     fn = masked_forward(model, c.width)
                 t = measure_latency(fn, xb, warmup, repeats, threads)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import operator
 import statistics
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -43,7 +43,7 @@ RECOMPILE_LIMIT = 64
 MICRO_BATCH_CANDIDATES: tuple[int | None, ...] = (None, 16, 32, 64, 128)
 
 
-def check_micro_batch(micro_batch: int | None, allow_auto: bool = False) -> int | None | str:
+def check_micro_batch(micro_batch: int | str | None, allow_auto: bool = False) -> Any:
     """``micro_batch`` as an ``int`` (any integer type), or ``None`` (or ``"auto"`` when allowed);
     one-line error otherwise."""
     if micro_batch is None or (allow_auto and micro_batch == "auto"):
@@ -80,11 +80,13 @@ def tune_micro_batch(
     """
     from bnn_nested.deploy.profile import measure_latency  # profile imports this module
 
+    if not candidates:
+        raise ValueError("candidates must name at least one micro-batch size (or None)")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
     n = batch.shape[0]
-    sizes = sorted(
-        {None if c is None or c >= n else check_micro_batch(c) for c in candidates},
-        key=lambda c: -(c or n + 1),
-    )
+    valid = [check_micro_batch(c) for c in candidates]
+    sizes = sorted({None if c is None or c >= n else c for c in valid}, key=lambda c: -(c or n + 1))
     runners = {c: MicroBatched(module, c, channels_last) for c in sizes}
     for run in runners.values():
         run(batch)
@@ -189,7 +191,8 @@ def inference_module(
     weights and inputs when ``channels_last`` (4-D inputs only); optionally compiled with freezing
     (then kept channels-first: Inductor picks its own layout); run in micro-batches of
     ``micro_batch`` examples (``None``: the whole batch at once; ``"auto"``: the fastest of
-    :data:`MICRO_BATCH_CANDIDATES` on ``example``, see :func:`tune_micro_batch`).
+    :data:`MICRO_BATCH_CANDIDATES` on ``example``, see :func:`tune_micro_batch`; timed on the eager
+    export even when ``compile``, so every candidate is not compiled).
 
     Args:
         model: a nested model.
@@ -211,10 +214,10 @@ def inference_module(
     micro_batch = check_micro_batch(micro_batch, allow_auto=True)
     cl = channels_last and not compile and example.dim() == 4
     module: nn.Module = export_width(model, width, example, channels_last=cl)
+    if micro_batch == "auto":  # tuned eagerly: compiling every candidate size would take minutes
+        micro_batch = tune_micro_batch(module, example, channels_last=cl)
     if compile:
         module = compile_for_inference(module)
-    if micro_batch == "auto":
-        micro_batch = tune_micro_batch(module, example, channels_last=cl)
     if micro_batch is None and not cl:
         return module
     return MicroBatched(module, micro_batch, channels_last=cl)

@@ -97,6 +97,17 @@ def test_tune_micro_batch_picks_the_fastest_size():
     assert tune_micro_batch(_Sleepy(0.0, 0.0), x, (64, 128)) is None
 
 
+def test_tune_micro_batch_validates():
+    x = torch.zeros(8, 2)
+    with pytest.raises(ValueError, match="at least one"):
+        tune_micro_batch(torch.nn.Identity(), x, ())
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        tune_micro_batch(torch.nn.Identity(), x, repeats=0)
+    for bad in ("16", True, 2.5, "auto"):
+        with pytest.raises(ValueError, match="micro_batch must be an integer >= 1 or None"):
+            tune_micro_batch(torch.nn.Identity(), x, (None, bad))
+
+
 def test_inference_module_auto_micro_batch_is_exact():
     model, x = cnn(in_channels=3)
     x = torch.cat([x] * 5)  # 80 rows
@@ -165,15 +176,17 @@ def test_profile_exported_mode_times_the_inference_module(monkeypatch):
     calls = []
 
     def spy(m, width, example, micro_batch):
-        calls.append((width, micro_batch))
+        calls.append((width, micro_batch, example.shape[0], torch.get_num_threads()))
         return inference_module(m, width, example, micro_batch=micro_batch)
 
     monkeypatch.setattr(profile, "inference_module", spy)
     costs = profile_widths(
         model, x[:1], [0.25, 1.0], batch_size=40, threads=1, repeats=2, mode="exported"
     )
-    assert calls == [(0.25, profile.EXPORTED_MICRO_BATCH), (1.0, profile.EXPORTED_MICRO_BATCH)]
+    # tuned ("auto") on the timed batch of 40, under the timed thread count
+    assert calls == [(0.25, "auto", 40, 1), (1.0, "auto", 40, 1)]
     assert all(c.mode == "exported" and c.latency_ms > 0 for c in costs)
+    assert all(c.micro_batch in (None, 16, 32) for c in costs)  # the size that was timed
     with pytest.raises(ValueError, match="mode must be one of"):
         profile_widths(model, x[:1], [1.0], mode="fast")  # type: ignore[arg-type]
 
