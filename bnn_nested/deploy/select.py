@@ -177,13 +177,13 @@ def run_candidates(
     run directory (``deploy/profile.json``, ``deploy/val_metrics.json``). ``latency_mode`` is
     ``profile_widths``'s ``mode`` (``"exported"`` times the module a deployment would run).
     """
-    from bnn_nested.deploy.profile import LATENCY_MODES
-
-    if latency_mode not in LATENCY_MODES:
-        raise ValueError(f"latency_mode must be one of {LATENCY_MODES}, got {latency_mode!r}")
-    from bnn_nested.deploy.profile import profile_widths
+    from bnn_nested.deploy.profile import LATENCY_MODES, profile_widths
     from bnn_nested.evaluation.evaluate import evaluate_widths
     from bnn_nested.training.run import load_run
+
+    # profile_widths checks it too, but only after the validation pass has been evaluated
+    if latency_mode not in LATENCY_MODES:
+        raise ValueError(f"latency_mode must be one of {LATENCY_MODES}, got {latency_mode!r}")
 
     run = load_run(run_dir)
     cfg = run.config

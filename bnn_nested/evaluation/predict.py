@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 
 import torch
 
@@ -11,19 +10,10 @@ from bnn_nested.nn.model import NestedModel, Width
 from bnn_nested.nn.utils import module_device
 
 
-@contextmanager
-def keep_scaled(model: NestedModel, enabled: bool = True) -> Iterator[NestedModel]:
+def keep_scaled(model: NestedModel, enabled: bool = True) -> AbstractContextManager[NestedModel]:
     """Inside the block, every ordering unit scales (in eval) its kept channels by their learned keep
     probability ``P(b >= k)`` (the reference evaluation's option, methods.md §1)."""
-    units = [u for _, u in model.ordering_units()]
-    previous = [u.keep_scaling for u in units]
-    for u in units:
-        u.keep_scaling = enabled
-    try:
-        yield model
-    finally:
-        for u, p in zip(units, previous):
-            u.keep_scaling = p
+    return model.unit_flag("keep_scaling", enabled)
 
 
 @torch.no_grad()

@@ -102,17 +102,22 @@ class NestedModel(nn.Module):
                 yield name, m
 
     @contextmanager
-    def masking(self, enabled: bool = True):
-        """Enable or disable Downhill mask sampling (in training mode) inside the block."""
+    def unit_flag(self, name: str, value: bool):
+        """Set the boolean attribute ``name`` of every ordering unit to ``value`` inside the block
+        (each unit's own value is restored afterwards)."""
         units = [u for _, u in self.ordering_units()]
-        previous = [u.sampling for u in units]
+        previous = [getattr(u, name) for u in units]
         for u in units:
-            u.sampling = enabled
+            setattr(u, name, value)
         try:
             yield self
         finally:
             for u, p in zip(units, previous):
-                u.sampling = p
+                setattr(u, name, p)
+
+    def masking(self, enabled: bool = True):
+        """Enable or disable Downhill mask sampling (in training mode) inside the block."""
+        return self.unit_flag("sampling", enabled)
 
     @contextmanager
     def stochastic(self, enabled: bool = True):
