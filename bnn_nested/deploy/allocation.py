@@ -20,25 +20,28 @@ from typing import Any
 
 import torch
 
+from bnn_nested.nest import NestifiedModel
 from bnn_nested.nn.model import NestedModel, Width
 from bnn_nested.nn.ordering_unit import OrderingUnit
 
 
-def unit_layers(model: NestedModel) -> dict[str, str]:
-    """Map each ordering unit's name to the name of the nested layer whose outputs it orders.
+def unit_layers(model: NestedModel) -> dict[str, list[str]]:
+    """Map each ordering unit's name to the names of *every* nested layer whose outputs it orders.
 
-    Uses ``model.weight_kl_pairs()`` (``(layer, unit)`` pairs); when those pairs name no units,
-    falls back to pairing ordered layers and ordering units in registration order.
+    Uses ``model.weight_kl_pairs()`` (``(layer, unit)`` pairs; a residual block pairs its unit with
+    both the main branch and the shortcut); when those pairs name no units, falls back to pairing
+    ordered layers and ordering units in registration order. Nestified models do not need this:
+    their width structure names dimensions directly.
 
     Raises:
         ValueError: the pairing cannot be established.
     """
     names = {id(m): n for n, m in model.named_modules()}
     units = dict(model.ordering_units())
-    out = {}
+    out: dict[str, list[str]] = {}
     for layer, unit in model.weight_kl_pairs():
         if isinstance(unit, OrderingUnit):
-            out[names[id(unit)]] = names[id(layer)]
+            out.setdefault(names[id(unit)], []).append(names[id(layer)])
     if out:
         return out
     ordered = [n for n, _ in model.ordered_layers()]
@@ -47,28 +50,41 @@ def unit_layers(model: NestedModel) -> dict[str, str]:
             f"model: cannot pair {len(units)} ordering units with {len(ordered)} ordered layers; "
             "override weight_kl_pairs() to return (layer, unit) pairs"
         )
-    return dict(zip(units, ordered))
+    return {u: [layer] for u, layer in zip(units, ordered)}
+
+
+def _prefix(keep: torch.Tensor, kept: int, threshold: float) -> int:
+    ok = (keep >= threshold).tolist() + [False]
+    return max(1, kept + ok.index(False))  # leading run (keep is non-increasing up to rounding)
 
 
 def threshold_allocation(model: NestedModel, threshold: float) -> dict[str, int]:
-    """Groups per ordered layer: ``F + #{k : P(b >= k) >= threshold}`` (prefix), at least 1.
+    """Groups per ordering unit's layers: ``F + #{k : P(b >= k) >= threshold}`` (prefix), at least 1.
+
+    Every layer a unit orders gets the same count (keyed by unit, not by layer: the main branch and
+    the shortcut of a residual block stay equal). For a nestified model the keys are its width
+    structure's dimensions.
 
     Args:
         threshold: ``t``; ``t <= 0`` keeps every group, ``t > 1`` keeps only the frozen groups.
 
     Returns:
-        ``{layer_name: n_groups}`` accepted by ``model.width(...)``; ordered layers without an
-        ordering unit keep all their groups.
+        ``{layer_or_dimension: n_groups}`` accepted by ``model.width(...)``; ordered layers without
+        an ordering unit keep all their groups.
     """
+    if isinstance(model, NestifiedModel):
+        return {
+            d.name: _prefix(model.unit(d.name).keep_probs().detach(), d.kept, threshold)
+            for d in model.structure
+        }
     layers = dict(model.ordered_layers())
     units = dict(model.ordering_units())
     alloc = {name: layer.order_groups for name, layer in layers.items()}
-    for unit_name, layer_name in unit_layers(model).items():
+    for unit_name, layer_names in unit_layers(model).items():
         u = units[unit_name]
-        keep = u.keep_probs().detach()
-        ok = (keep >= threshold).tolist() + [False]
-        n_ordered = ok.index(False)  # leading run (keep is non-increasing up to rounding)
-        alloc[layer_name] = max(1, u.frozen + n_ordered)
+        n = _prefix(u.keep_probs().detach(), u.frozen, threshold)
+        for layer_name in layer_names:
+            alloc[layer_name] = n
     return alloc
 
 

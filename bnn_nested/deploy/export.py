@@ -40,6 +40,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from bnn_nested.io import atomic_write
+from bnn_nested.nest import NestifiedModel, sliced_network
 from bnn_nested.nn.model import NestedModel, Width
 from bnn_nested.nn.nested import NestedMixin
 from bnn_nested.nn.ordering_unit import OrderingUnit
@@ -237,6 +238,22 @@ def export_width(
         >>> plain = export_width(model, 0.5, x[:1])
         >>> torch.testing.assert_close(plain(x), model.eval()(x, width=0.5))
     """
+    if isinstance(model, NestifiedModel):  # any network: Torch-Pruning slices a plain copy
+        out = sliced_network(model, width, example)
+    else:
+        out = _export_zoo(model, width, example, fold_batchnorm)
+    out.eval()
+    for p in out.parameters():
+        p.requires_grad_(False)
+    if channels_last:
+        out = out.to(memory_format=torch.channels_last)
+    return out
+
+
+def _export_zoo(
+    model: NestedModel, width: Width, example: torch.Tensor, fold_batchnorm: bool
+) -> nn.Module:
+    """Export of a model built from sliced nested layers (the built-in zoo): FX + recorded calls."""
     was_training = model.training
     model.eval()
     try:
@@ -324,11 +341,6 @@ def export_width(
             out = _fold_all(out)  # type: ignore[arg-type]
     else:
         out = _swap_leaves(model, plain, follows if fold_batchnorm else {}, example, reference)
-    out.eval()
-    for p in out.parameters():
-        p.requires_grad_(False)
-    if channels_last:
-        out = out.to(memory_format=torch.channels_last)
     return out
 
 

@@ -32,6 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bnn_nested.deploy.runtime import inference_module
 from bnn_nested.io import atomic_write_json
+from bnn_nested.nest import NestifiedModel, sliced_network
 from bnn_nested.nn.model import NestedModel, Width
 from bnn_nested.nn.nested import NestedMixin, active_param_count
 from bnn_nested.nn.ordering_unit import OrderingUnit, active_groups
@@ -52,6 +53,11 @@ def count_flops(model: NestedModel, example: torch.Tensor, width: Width = 1.0) -
     Example:
         >>> count_flops(model, torch.zeros(1, 64), width=0.5)
     """
+    if isinstance(model, NestifiedModel):  # masked at run time: count the sliced network
+        net = sliced_network(model, width, example)
+        with FlopCounterMode(display=False) as counter:
+            net(example)
+        return int(counter.get_total_flops())
     was_training = model.training
     model.eval()
     try:
@@ -70,6 +76,8 @@ def count_params(model: NestedModel, example: torch.Tensor, width: Width = 1.0) 
     affine parameters; ordering-unit parameters (training-only) are not counted; any other
     parameter counts in full.
     """
+    if isinstance(model, NestifiedModel):
+        return sum(p.numel() for p in sliced_network(model, width, example[:1]).parameters())
     was_training = model.training
     model.eval()
     seen_norm_channels: dict[nn.Module, int] = {}

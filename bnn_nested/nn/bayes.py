@@ -73,6 +73,7 @@ def lrt_conv2d(
     stride,
     padding,
     dilation,
+    groups: int = 1,
 ) -> torch.Tensor:
     """One LRT sample of ``conv2d(x, w) + b`` with ``w ~ N(theta, alpha theta^2)``.
 
@@ -80,7 +81,7 @@ def lrt_conv2d(
     Every output element gets its own noise (the LRT of Kingma et al. 2015 applied per location, as
     in Molchanov et al. 2017's convolutional layers).
     """
-    mean = F.conv2d(x, theta, bias, stride, padding, dilation)
+    mean = F.conv2d(x, theta, bias, stride, padding, dilation, groups)
     w_var = torch.exp(clip_log_alpha(log_alpha)) * theta * theta
-    var = F.conv2d(x * x, w_var, None, stride, padding, dilation)
+    var = F.conv2d(x * x, w_var, None, stride, padding, dilation, groups)
     return mean + torch.sqrt(var + VAR_EPS) * torch.randn_like(mean)

@@ -162,9 +162,9 @@ class NestedLinear(NestedMixin, nn.Linear):
 class NestedConv2d(NestedMixin, nn.Conv2d):
     """``nn.Conv2d`` that runs at any width by slicing ``weight[:out_active, :in_active]``.
 
-    Only ``groups=1`` convolutions are supported (the ``groups`` argument here is the number of
-    *channel groups for ordering*, stored as ``order_groups``; ``self.groups`` stays the
-    convolution's grouping, 1). ``weights`` and
+    The ``groups`` argument here is the number of *channel groups for ordering*, stored as
+    ``order_groups``; the convolution's own grouping is ``conv_groups`` (``self.groups``), which
+    must be 1 for an ordered (sliced) layer. ``weights`` and
     ``init_log_alpha`` as in :class:`NestedLinear`.
 
     Example:
@@ -186,10 +186,23 @@ class NestedConv2d(NestedMixin, nn.Conv2d):
         ordered: bool = True,
         weights: WeightKind = "point",
         init_log_alpha: float = DEFAULT_INIT_LOG_ALPHA,
+        conv_groups: int = 1,
     ) -> None:
         super().__init__(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, bias=bias
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups=conv_groups,
+            bias=bias,
         )
+        if conv_groups != 1 and ordered:
+            raise ValueError(
+                f"conv_groups: a grouped convolution ({conv_groups} groups) cannot be ordered by "
+                "slicing; use ordered=False (nestify masks its channels instead)"
+            )
         self._init_nested(out_channels, groups, frozen, ordered)
         self._init_weights_kind(weights, init_log_alpha)
 
@@ -203,8 +216,8 @@ class NestedConv2d(NestedMixin, nn.Conv2d):
         b = self.bias[:n_out] if self.bias is not None else None
         if self._sampling_weights():
             la = self.log_alpha[:n_out, :n_in]
-            return lrt_conv2d(x, w, la, b, self.stride, self.padding, self.dilation)
-        return F.conv2d(x, w, b, self.stride, self.padding, self.dilation)
+            return lrt_conv2d(x, w, la, b, self.stride, self.padding, self.dilation, self.groups)
+        return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
 
 
 def active_param_count(layer: nn.Module) -> int:

@@ -26,7 +26,7 @@ def _set_keep(unit, beta):
 
 def test_threshold_counts_hand_case():
     model, x = cnn()  # groups 4, frozen 1 -> K = 3 ordered groups per layer
-    assert unit_layers(model) == {"o1": "c1", "o2": "c2"}
+    assert unit_layers(model) == {"o1": ["c1"], "o2": ["c2"]}
     _set_keep(model.o1, [0.9, 0.5, 0.5])  # keep probs 0.9, 0.45, 0.225
     _set_keep(model.o2, [0.99, 0.99, 0.99])  # 0.99, 0.98, 0.97
     assert threshold_allocation(model, 0.95) == {"c1": 1, "c2": 4}
@@ -40,7 +40,7 @@ def test_threshold_counts_hand_case():
 
 def test_mlp_pairs_by_weight_kl_pairs():
     model, _ = mlp()
-    assert unit_layers(model) == {"features.3": "features.0", "features.7": "features.4"}
+    assert unit_layers(model) == {"features.3": ["features.0"], "features.7": ["features.4"]}
 
 
 def test_pareto_front():
@@ -58,3 +58,20 @@ def test_sweep_and_plot(tmp_path):
     assert len(uniform) == 2 and uniform[0].flops < uniform[1].flops
     assert allocated[0].flops == uniform[1].flops  # t = 0 keeps everything
     assert plot_sweep(allocated, uniform, tmp_path / "p.png").is_file()
+
+
+def test_resnet_allocation_cuts_main_branch_and_shortcut_together():
+    """Regression: the allocation was keyed by the last layer paired with a unit, so the shortcut
+    was cut while ``conv2`` kept all its channels (the allocation was not applied)."""
+    from bnn_nested.models import NestedResNet
+
+    torch.manual_seed(0)
+    model = NestedResNet("20", (3, 32, 32), 10, groups=16, frozen=2).eval()
+    with torch.no_grad():  # a unit whose keep probabilities fall fast
+        model.blocks[3].ou.r.fill_(-3.0)
+    alloc = threshold_allocation(model, 0.97)
+    assert alloc["blocks.3.conv2"] == alloc["blocks.3.shortcut_conv"] < 16
+    with torch.no_grad():
+        model(torch.randn(2, 3, 32, 32), width=alloc)
+    conv2, short = model.blocks[3].conv2, model.blocks[3].shortcut_conv
+    assert conv2.last_active[0] == short.last_active[0] == alloc["blocks.3.conv2"] * conv2.group_size

@@ -1,0 +1,23 @@
+"""Bring your own model: the width structure of any network and ``nestify``."""
+
+from bnn_nested.nest.analysis import find_channel_dims
+from bnn_nested.nest.attention import NestedMultiheadAttention, PrunedMultiheadAttention
+from bnn_nested.nest.nestify import NestifiedModel, UnorderedDimensionWarning, nestify, verify
+from bnn_nested.nest.slicing import plain_copy, sliced_cost, sliced_network
+from bnn_nested.nest.structure import ChannelDim, Member, WidthStructure
+
+__all__ = [
+    "ChannelDim",
+    "Member",
+    "NestedMultiheadAttention",
+    "NestifiedModel",
+    "PrunedMultiheadAttention",
+    "UnorderedDimensionWarning",
+    "WidthStructure",
+    "find_channel_dims",
+    "nestify",
+    "plain_copy",
+    "sliced_cost",
+    "sliced_network",
+    "verify",
+]

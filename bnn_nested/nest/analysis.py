@@ -1,0 +1,265 @@
+"""Find the coupled channel dimensions of any PyTorch network.
+
+The graph analysis is Torch-Pruning's ``DependencyGraph`` (Fang et al., *DepGraph: Towards Any
+Structural Pruning*, CVPR 2023; ``torch_pruning`` on PyPI): it traces one forward pass through
+autograd and groups every (module, channel axis) that must be pruned together, across residual
+additions, concatenations, splits, flattening, depthwise convolutions and norms. We read its groups;
+we do not re-implement the graph walk (docs/ARCHITECTURE.md says why). Our additions: which members
+*consume* a dimension (where a mask must be applied so that masking equals slicing), the partition
+of each dimension into ordered groups, attention heads (which Torch-Pruning treats as one embedding
+width), and the dimensions we refuse to order, each with its reason.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from bnn_nested.nest.structure import ChannelDim, Member, WidthStructure
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_NORM = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
+_PER_CHANNEL = (nn.PReLU,)
+
+
+def as_tuple(example_inputs: Any) -> tuple:
+    return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+
+
+def is_depthwise(m: nn.Module) -> bool:
+    return isinstance(m, _CONV) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
+
+
+def largest_divisor(n: int, at_most: int) -> int:
+    """The largest divisor of ``n`` that is ``<= at_most`` (at least 1)."""
+    for d in range(min(n, max(1, at_most)), 0, -1):
+        if n % d == 0:
+            return d
+    return 1
+
+
+def last_weight_layer(model: nn.Module, example_inputs: Any) -> str | None:
+    """Name of the last ``Linear`` / ``Conv`` called in a forward pass (the classifier)."""
+    order: list[str] = []
+    handles = [
+        m.register_forward_hook(lambda _m, _i, _o, n=name: order.append(n))
+        for name, m in model.named_modules()
+        if isinstance(m, (nn.Linear, *_CONV)) and not name.endswith("out_proj")
+    ]
+    try:
+        with torch.no_grad():
+            model(*as_tuple(example_inputs))
+    finally:
+        for h in handles:
+            h.remove()
+    return order[-1] if order else None
+
+
+def _role(m: nn.Module, handler: str) -> str | None:
+    """Role of a dependency item, or ``None`` when it does not need our attention."""
+    if isinstance(m, (nn.Linear, *_CONV)):
+        if is_depthwise(m):
+            return "depthwise"
+        return "out" if handler == "prune_out_channels" else "in"
+    if isinstance(m, _NORM):
+        return "norm"
+    if isinstance(m, _PER_CHANNEL):
+        return "other"
+    return "unsupported"
+
+
+def _reason(m: nn.Module, name: str, role: str) -> str | None:
+    if isinstance(m, nn.LayerNorm):
+        return f"{name}: LayerNorm normalises over this width (an embedding / residual width)"
+    if isinstance(m, nn.MultiheadAttention):
+        return f"{name}: attention embedding width"
+    if role == "unsupported":
+        return f"{name}: {type(m).__name__} is not supported on an ordered channel dimension"
+    if isinstance(m, _CONV) and m.groups > 1 and not is_depthwise(m):
+        return f"{name}: grouped convolution ({m.groups} groups) on this width"
+    if isinstance(m, _CONV) and m.padding_mode != "zeros":
+        return f"{name}: padding_mode={m.padding_mode!r} (only 'zeros' is supported)"
+    return None
+
+
+def _matches(name: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) or name.startswith(p + ".") for p in patterns)
+
+
+def find_channel_dims(
+    model: nn.Module,
+    example_inputs: Any,
+    groups: int = 16,
+    kept: int = 2,
+    exclude: Sequence[str] = (),
+    heads: bool = True,
+) -> WidthStructure:
+    """The :class:`~bnn_nested.nest.structure.WidthStructure` of ``model``.
+
+    Args:
+        model: any ``nn.Module`` (put in ``eval()`` for the trace).
+        example_inputs: a tensor or a tuple of positional inputs.
+        groups: the largest number of groups per dimension (a dimension of ``C`` channels gets the
+            largest divisor of ``C`` not above it, and of every ``GroupNorm``'s group count on it).
+        kept: leading groups always kept (reduced to ``groups - 1`` where a dimension has fewer).
+        exclude: module names or ``fnmatch`` patterns whose channels are never ordered.
+        heads: order ``nn.MultiheadAttention`` heads (in groups of whole heads).
+
+    Dimensions that cannot be ordered exactly are listed in ``structure.unordered`` with a reason:
+    the classifier's outputs, LayerNorm / attention embedding widths, grouped convolutions,
+    unsupported modules, excluded modules.
+    """
+    import torch_pruning as tp  # optional at import time: only nestify needs it
+
+    was_training = model.training
+    model.eval()
+    names = {id(m): n for n, m in model.named_modules()}
+    modules = dict(model.named_modules())
+    classifier = last_weight_layer(model, example_inputs)
+    structure = WidthStructure()
+    try:
+        with torch.enable_grad():  # the dependency graph is traced through autograd
+            dg = tp.DependencyGraph().build_dependency(
+                model, example_inputs=as_tuple(example_inputs), verbose=False
+            )
+        seen: set[tuple[str, str]] = set()
+        for group in dg.get_all_groups(root_module_types=(nn.Linear, *_CONV)):
+            root_dep = group[0].dep
+            root = root_dep.target.module
+            rname = names.get(id(root))
+            if rname is None or (rname, "out") in seen or (rname, "depthwise") in seen:
+                continue
+            items = []
+            for it in group:
+                m = it.dep.target.module
+                n = names.get(id(m))
+                if n is None:  # an operation node (add, cat, reshape ...), not a module
+                    continue
+                role = _role(m, it.dep.handler.__name__)
+                items.append((n, m, role))
+                if role in ("out", "depthwise"):
+                    seen.add((n, role))
+            size = len(group[0].idxs)
+            reason = _dim_reason(items, classifier, exclude)
+            if reason is not None:
+                structure.unordered[rname] = reason
+                continue
+            dim, reason = _dimension(dg, rname, group, size, groups, kept, names)
+            if dim is None:
+                structure.unordered[rname] = reason
+                continue
+            structure.dims.append(dim)
+        for m in modules.values():
+            node = dg.module2node.get(m) if isinstance(m, _NORM) else None
+            for inp in node.inputs if node is not None else []:
+                if isinstance(inp.module, (nn.Linear, *_CONV)) and id(inp.module) in names:
+                    structure.followed_by_norm.append(names[id(inp.module)])
+        if heads:
+            for name, m in modules.items():
+                if isinstance(m, nn.MultiheadAttention):
+                    _add_heads(structure, name, m, groups, kept, exclude)
+    finally:
+        model.train(was_training)
+    return structure
+
+
+def _dim_reason(items, classifier: str | None, exclude: Sequence[str]) -> str | None:
+    if not any(r == "in" for _, _, r in items):
+        return "no layer consumes it (it reaches the model's output)"
+    for n, m, r in items:
+        if n == classifier and r in ("out", "depthwise"):
+            return f"{n}: the classifier's outputs are never sliced"
+        if r != "in" and _matches(n, exclude):  # excluding a layer keeps its outputs whole
+            return f"{n}: excluded"
+        reason = _reason(m, n, r)
+        if reason is not None:
+            return reason
+    return None
+
+
+def _dimension(dg, rname, group, size, groups, kept, names) -> tuple[ChannelDim | None, str]:
+    """Partition a Torch-Pruning group into ordered groups; ``(None, reason)`` if it cannot be.
+
+    The slices of a concatenation share one width: each producer's channels (an *atom*: the
+    smallest producer coverage of a channel) are split into the same number of groups, and group
+    ``k`` of the dimension is group ``k`` of every slice. Without a concatenation there is one atom.
+    """
+    rows = []  # (name, role, module, plain idxs, root idxs)
+    for it in group:
+        m = it.dep.target.module
+        n = names.get(id(m))
+        if n is None:
+            continue
+        role = _role(m, it.dep.handler.__name__)
+        rows.append((n, role, m, [int(i) for i in it.idxs], [int(r) for r in it.root_idxs]))
+    atom = torch.full((size,), size + 1, dtype=torch.long)  # smallest producer covering each index
+    owner = torch.full((size,), -1, dtype=torch.long)
+    for k, (_, role, _, _, roots) in enumerate(rows):
+        if role in ("out", "depthwise"):
+            cover = sorted(set(roots))
+            for r in cover:
+                if len(cover) < atom[r]:
+                    atom[r], owner[r] = len(cover), k
+    if (owner < 0).any():
+        return None, "channels with no producing layer"
+    sizes = {int(atom[r]) for r in range(size)}
+    limit = math.gcd(*sizes)
+    gns = [m for _, _, m, _, _ in rows if isinstance(m, nn.GroupNorm)]
+    if gns and len(sizes | {size}) > 1:
+        return None, "GroupNorm over a concatenation"
+    for gn in gns:  # ordered groups must be unions of whole GroupNorm groups
+        limit = math.gcd(limit, gn.num_groups)
+    g = largest_divisor(limit, groups)
+    if g < 2:
+        return None, f"{size} channels cannot be split into >= 2 equal groups"
+    root_group = torch.empty(size, dtype=torch.long)
+    for k in set(owner.tolist()):
+        idx = (owner == k).nonzero().flatten()  # this slice's channels, in order
+        root_group[idx] = torch.arange(len(idx)) * g // len(idx)
+    dim = ChannelDim(rname, size, g, min(kept, g - 1), root=rname, root_group=root_group)
+    done: set[tuple[str, str]] = set()
+    for n, role, m, idxs, roots in rows:
+        if (n, role) in done or (role == "depthwise" and any(x.module == n for x in dim.members)):
+            continue
+        done.add((n, role))
+        member = Member(
+            n,
+            role,
+            torch.tensor(idxs, dtype=torch.long),
+            root_group[torch.tensor(roots, dtype=torch.long)],
+            type(m).__name__,
+        )  # type: ignore[arg-type]
+        if role == "norm":  # the layer whose output this norm takes directly, if any
+            node = dg.module2node.get(m)
+            for inp in node.inputs if node is not None else []:
+                if isinstance(inp.module, (nn.Linear, *_CONV)) and id(inp.module) in names:
+                    member.follows = names[id(inp.module)]
+        dim.members.append(member)
+    order = {
+        n: i for i, n in enumerate(names.values())
+    }  # named after its first-registered producer
+    dim.name = min(dim.modules("out", "depthwise"), key=order.__getitem__)
+    return dim, ""
+
+
+def _add_heads(structure, name, m: nn.MultiheadAttention, groups, kept, exclude) -> None:
+    if _matches(name, exclude):
+        structure.unordered[f"{name}.heads"] = f"{name}: excluded"
+        return
+    if not m._qkv_same_embed_dim:
+        structure.unordered[f"{name}.heads"] = f"{name}: separate q/k/v projections (kdim/vdim)"
+        return
+    h = m.num_heads
+    g = largest_divisor(h, groups)
+    if g < 2:
+        structure.unordered[f"{name}.heads"] = f"{name}: {h} head(s) cannot be split into groups"
+        return
+    group = torch.arange(h) // (h // g)
+    dim = ChannelDim(f"{name}.heads", h, g, min(kept, g - 1), kind="heads")
+    dim.members = [Member(name, "heads", torch.arange(h), group, type(m).__name__)]
+    structure.dims.append(dim)

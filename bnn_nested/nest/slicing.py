@@ -1,0 +1,140 @@
+"""The physically smaller network a nestified model computes at one width.
+
+A copy of the wrapped network is turned back into plain PyTorch modules (Gaussian layers keep their
+means; nested batch norms take the statistics calibrated for the width), then every ordered
+dimension is cut to its kept groups with Torch-Pruning (``DependencyGraph.get_pruning_group(...)
+.prune()``, which removes the channels from every coupled module at once), and attention heads are
+cut by :class:`~bnn_nested.nest.attention.PrunedMultiheadAttention`. The result holds only plain
+modules and needs nothing of ours to run.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from bnn_nested.nest.analysis import as_tuple
+from bnn_nested.nest.attention import NestedMultiheadAttention, PrunedMultiheadAttention
+from bnn_nested.nest.nestify import NestifiedModel, _mask_input, _set_module
+from bnn_nested.nn.batchnorm import _NestedBatchNorm, width_key
+from bnn_nested.nn.model import Width
+from bnn_nested.nn.nested import NestedConv2d, NestedLinear
+
+
+def _plain(m: nn.Module, key: float) -> nn.Module | None:
+    """A plain copy of a nested module (``None`` when ``m`` is already plain)."""
+    if isinstance(m, NestedLinear):
+        new = nn.Linear(m.in_features, m.out_features, m.bias is not None)
+    elif isinstance(m, NestedConv2d):
+        new = nn.Conv2d(
+            m.in_channels,
+            m.out_channels,
+            m.kernel_size,
+            m.stride,
+            m.padding,
+            m.dilation,
+            m.groups,
+            m.bias is not None,
+            m.padding_mode,
+        )
+    elif isinstance(m, _NestedBatchNorm):
+        cls = nn.BatchNorm1d if isinstance(m, nn.BatchNorm1d) else nn.BatchNorm2d
+        new = cls(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
+        if m.affine:
+            new.weight.data.copy_(m.weight)
+            new.bias.data.copy_(m.bias)
+        if m.running_mean is not None:
+            hit = ((m.calib_channels == m.num_features) & (m.calib_width == key)).nonzero()
+            mean, var = (
+                (m.calib_mean[hit[0, 0]], m.calib_var[hit[0, 0]])
+                if len(hit)
+                else (m.running_mean, m.running_var)
+            )
+            new.running_mean.copy_(mean)
+            new.running_var.copy_(var)
+        return new.to(m.weight.device if m.affine else m.running_mean.device)
+    elif isinstance(m, NestedMultiheadAttention):
+        new = nn.MultiheadAttention.__new__(nn.MultiheadAttention)
+        new.__dict__.update(m.__dict__)
+        new.__dict__.pop("head_mask", None)
+        return new
+    else:
+        return None
+    new.weight.data.copy_(m.weight)
+    if m.bias is not None:
+        new.bias.data.copy_(m.bias)
+    return new.to(m.weight.device)
+
+
+@torch.no_grad()
+def plain_copy(model: NestifiedModel, width: Width = 1.0) -> nn.Module:
+    """A deep copy of ``model.net`` made of plain modules, with the BN statistics of ``width``."""
+    key = width_key(width)
+    net = copy.deepcopy(model.net)
+    for name, m in list(net.named_modules()):
+        for k, hook in list(m._forward_pre_hooks.items()):
+            if hook is _mask_input:
+                del m._forward_pre_hooks[k]
+        m.__dict__.pop("_nest_mask", None)
+        new = _plain(m, key) if name else None
+        if new is not None:
+            new.train(m.training)
+            _set_module(net, name, new)
+    return net.eval()
+
+
+@torch.no_grad()
+def sliced_network(model: NestifiedModel, width: Width, example_inputs: Any) -> nn.Module:
+    """The plain network ``model`` computes at ``width`` in eval mode, physically sliced.
+
+    Example:
+        >>> small = sliced_network(nm, 0.25, x[:2])       # nn.Module, plain torch layers only
+        >>> torch.allclose(small(x), nm.eval()(x, width=0.25), atol=1e-5)
+    """
+    import torch_pruning as tp  # only conversion and slicing need it
+
+    with model.width(width):
+        active = model.active_groups()
+    net = plain_copy(model, width)
+    inputs = as_tuple(example_inputs)
+    cut = [d for d in model.structure if active[d.name] < d.groups]
+    channel_dims = [d for d in cut if d.kind == "channels"]
+    if channel_dims:
+        gn_size = {
+            n: m.num_channels // m.num_groups
+            for n, m in net.named_modules()
+            if isinstance(m, nn.GroupNorm)
+        }
+        with torch.enable_grad():  # the dependency graph is traced through autograd
+            dg = tp.DependencyGraph().build_dependency(net, example_inputs=inputs, verbose=False)
+        for d in channel_dims:
+            root = net.get_submodule(d.root)
+            fn = dg.get_pruner_of_module(root).prune_out_channels
+            drop = d.dropped(active[d.name])
+            dg.get_pruning_group(root, fn, idxs=drop).prune()
+        for n, m in net.named_modules():  # keep each GroupNorm group's size
+            if isinstance(m, nn.GroupNorm):
+                m.num_groups = m.num_channels // gn_size[n]
+    for d in cut:
+        if d.kind == "heads":
+            member = d.members[0]
+            mha = net.get_submodule(member.module)
+            keep = member.index[member.group < active[d.name]]
+            _set_module(net, member.module, PrunedMultiheadAttention.from_module(mha, keep).eval())
+    return net.eval()
+
+
+def sliced_cost(model: NestifiedModel, width: Width, example_inputs: Any) -> tuple[int, int]:
+    """``(FLOPs per example, parameters)`` of the sliced network (FLOPs = 2 x MACs, counted by
+    ``torch.utils.flop_counter`` on one example)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = sliced_network(model, width, example_inputs)
+    one = tuple(t[:1] if isinstance(t, torch.Tensor) else t for t in as_tuple(example_inputs))
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        net(*one)
+    return int(counter.get_total_flops()), sum(p.numel() for p in net.parameters())
