@@ -1,8 +1,9 @@
 """Bring your own model: the width structure of any network and ``nestify``."""
 
-from bnn_nested.nest.analysis import find_channel_dims
+from bnn_nested.nest.analysis import UnsupportedModelError, find_channel_dims
 from bnn_nested.nest.attention import NestedMultiheadAttention, PrunedMultiheadAttention
-from bnn_nested.nest.nestify import NestifiedModel, UnorderedDimensionWarning, nestify, verify
+from bnn_nested.nest.convert import UnorderedDimensionWarning, nestify, verify
+from bnn_nested.nest.model import NestifiedModel
 from bnn_nested.nest.slicing import plain_copy, sliced_cost, sliced_network
 from bnn_nested.nest.structure import ChannelDim, Member, WidthStructure
 
@@ -13,6 +14,7 @@ __all__ = [
     "NestifiedModel",
     "PrunedMultiheadAttention",
     "UnorderedDimensionWarning",
+    "UnsupportedModelError",
     "WidthStructure",
     "find_channel_dims",
     "nestify",

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch_pruning as tp
 from torch import nn
 
 from bnn_nested.nest.structure import ChannelDim, Member, WidthStructure
@@ -114,7 +116,6 @@ def find_channel_dims(
     the classifier's outputs, LayerNorm / attention embedding widths, grouped convolutions,
     unsupported modules, excluded modules.
     """
-    import torch_pruning as tp  # optional at import time: only nestify needs it
 
     was_training = model.training
     model.eval()
@@ -123,10 +124,7 @@ def find_channel_dims(
     classifier = last_weight_layer(model, example_inputs)
     structure = WidthStructure()
     try:
-        with torch.enable_grad():  # the dependency graph is traced through autograd
-            dg = tp.DependencyGraph().build_dependency(
-                model, example_inputs=as_tuple(example_inputs), verbose=False
-            )
+        dg = _dependency_graph(model, example_inputs)
         seen: set[tuple[str, str]] = set()
         for group in dg.get_all_groups(root_module_types=(nn.Linear, *_CONV)):
             root_dep = group[0].dep
@@ -166,6 +164,30 @@ def find_channel_dims(
     finally:
         model.train(was_training)
     return structure
+
+
+class UnsupportedModelError(ValueError):
+    """The network's channel dependencies could not be analysed (one line, naming where)."""
+
+
+def _dependency_graph(model: nn.Module, example_inputs: Any):
+    """Torch-Pruning's dependency graph of ``model``; its failures become one-line errors."""
+    try:
+        with torch.enable_grad():  # the graph is traced through autograd
+            return tp.DependencyGraph().build_dependency(
+                model, example_inputs=as_tuple(example_inputs), verbose=False
+            )
+    except Exception as e:  # noqa: BLE001 - any failure inside the tracer is reported alike
+        where = traceback.extract_tb(e.__traceback__)[-1].name
+        hint = (
+            " (a reshape that mixes channels, e.g. a channel shuffle?)"
+            if "reshape" in where
+            else ""
+        )
+        raise UnsupportedModelError(
+            f"nestify: cannot trace the channel dependencies of {type(model).__name__}: "
+            f"Torch-Pruning failed in {where} with {type(e).__name__}: {str(e)[:120]}{hint}"
+        ) from e
 
 
 def _dim_reason(items, classifier: str | None, exclude: Sequence[str]) -> str | None:

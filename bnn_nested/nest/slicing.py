@@ -14,11 +14,13 @@ import copy
 from typing import Any
 
 import torch
+import torch_pruning as tp
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from bnn_nested.nest.analysis import as_tuple
 from bnn_nested.nest.attention import NestedMultiheadAttention, PrunedMultiheadAttention
-from bnn_nested.nest.nestify import NestifiedModel, _mask_input, _set_module
+from bnn_nested.nest.model import NestifiedModel, _mask_input, _set_module
 from bnn_nested.nn.batchnorm import _NestedBatchNorm, width_key
 from bnn_nested.nn.model import Width
 from bnn_nested.nn.nested import NestedConv2d, NestedLinear
@@ -94,8 +96,6 @@ def sliced_network(model: NestifiedModel, width: Width, example_inputs: Any) -> 
         >>> small = sliced_network(nm, 0.25, x[:2])       # nn.Module, plain torch layers only
         >>> torch.allclose(small(x), nm.eval()(x, width=0.25), atol=1e-5)
     """
-    import torch_pruning as tp  # only conversion and slicing need it
-
     with model.width(width):
         active = model.active_groups()
     net = plain_copy(model, width)
@@ -130,8 +130,6 @@ def sliced_network(model: NestifiedModel, width: Width, example_inputs: Any) -> 
 def sliced_cost(model: NestifiedModel, width: Width, example_inputs: Any) -> tuple[int, int]:
     """``(FLOPs per example, parameters)`` of the sliced network (FLOPs = 2 x MACs, counted by
     ``torch.utils.flop_counter`` on one example)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     net = sliced_network(model, width, example_inputs)
     one = tuple(t[:1] if isinstance(t, torch.Tensor) else t for t in as_tuple(example_inputs))
     counter = FlopCounterMode(display=False)
