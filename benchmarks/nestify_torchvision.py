@@ -45,7 +45,9 @@ def _input_size(name: str) -> int:
 def _build(name: str) -> torch.nn.Module:
     import torchvision
 
-    kwargs = {"aux_logits": False, "init_weights": True} if name in ("inception_v3", "googlenet") else {}
+    kwargs = (
+        {"aux_logits": False, "init_weights": True} if name in ("inception_v3", "googlenet") else {}
+    )
     model = torchvision.models.get_model(name, weights=None, **kwargs).eval()
     with torch.no_grad():
         for p in model.parameters():
@@ -110,7 +112,11 @@ def table(path: Path) -> str:
         if "error" in r:
             lines.append(f"| {r['model']} | | | | | | | | | | | no: {r['error'][:120]} |")
             continue
-        verdict = "yes" if r["pass"] else ("no: no ordered dimension" if not r["dims"] else "no: difference > 1e-4")
+        verdict = (
+            "yes"
+            if r["pass"]
+            else ("no: no ordered dimension" if not r["dims"] else "no: difference > 1e-4")
+        )
         lines.append(
             f"| {r['model']} | {r['input']} | {r['convert_s']} | {r['dims']} | {r['unordered']} | "
             f"{f(r['full'])} | {f(r['slice25'])} | {f(r['slice50'])} | {f(r.get('export'))} | "
@@ -118,7 +124,9 @@ def table(path: Path) -> str:
         )
     n_pass = sum(1 for r in rows if r.get("pass"))
     lines.append("")
-    lines.append(f"{n_pass} of {len(rows)} converted and passed ({100 * n_pass / max(len(rows), 1):.0f}%).")
+    lines.append(
+        f"{n_pass} of {len(rows)} converted and passed ({100 * n_pass / max(len(rows), 1):.0f}%)."
+    )
     return "\n".join(lines)
 
 
@@ -139,7 +147,11 @@ def main() -> None:
         return
     import torchvision
 
-    names = a.models.split(",") if a.models else torchvision.models.list_models(module=torchvision.models)
+    names = (
+        a.models.split(",")
+        if a.models
+        else torchvision.models.list_models(module=torchvision.models)
+    )
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = set()

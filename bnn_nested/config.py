@@ -60,6 +60,17 @@ class ModelConfig(_Strict):
     order_first: bool = False
     order_classifier_input: bool = True
     init_log_alpha: float = Field(-8.0, le=0.0)
+    arch: str | None = Field(None, description="name: torchvision: the architecture, e.g. resnet18")
+    target: str | None = Field(
+        None, description="name: import: 'package.module:factory' (runs that code)"
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments of the torchvision / import / vit builder"
+    )
+    exclude: list[str] = Field(
+        default_factory=list, description="nestified models: module names whose outputs stay whole"
+    )
+    order_heads: bool = Field(True, description="nestified models: order attention heads")
 
     @field_validator("hidden")
     @classmethod
@@ -72,6 +83,18 @@ class ModelConfig(_Strict):
     def _groups_fit(self) -> ModelConfig:
         if self.frozen >= self.groups:
             raise ValueError(f"frozen must be < groups ({self.groups}), got {self.frozen}")
+        if self.name == "torchvision" and not self.arch:
+            raise ValueError("arch: name 'torchvision' needs an architecture, e.g. arch: resnet18")
+        if self.name == "import":
+            if not self.target or ":" not in self.target or "/" in self.target:
+                raise ValueError(
+                    "target: name 'import' needs 'package.module:factory' (a module path, not a "
+                    f"file path), got {self.target!r}"
+                )
+        if self.arch is not None and self.name != "torchvision":
+            raise ValueError(f"arch: only for name 'torchvision', not {self.name!r}")
+        if self.target is not None and self.name != "import":
+            raise ValueError(f"target: only for name 'import', not {self.name!r}")
         if self.name == "mlp":
             bad = [h for h in self.hidden if h % self.groups]
             if bad:

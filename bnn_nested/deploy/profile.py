@@ -33,6 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bnn_nested.deploy.runtime import inference_module
 from bnn_nested.io import atomic_write_json
 from bnn_nested.nest import NestifiedModel, sliced_network
+from bnn_nested.nest.slicing import counting_flops
 from bnn_nested.nn.model import NestedModel, Width
 from bnn_nested.nn.nested import NestedMixin, active_param_count
 from bnn_nested.nn.ordering_unit import OrderingUnit, active_groups
@@ -55,7 +56,7 @@ def count_flops(model: NestedModel, example: torch.Tensor, width: Width = 1.0) -
     """
     if isinstance(model, NestifiedModel):  # masked at run time: count the sliced network
         net = sliced_network(model, width, example)
-        with FlopCounterMode(display=False) as counter:
+        with counting_flops() as counter:
             net(example)
         return int(counter.get_total_flops())
     was_training = model.training
@@ -326,7 +327,13 @@ def profile_widths(
         try:
             xb = _expand(example, batch_size).to(device)
             for c in costs:
-                if mode == "sliced":
+                if mode == "sliced" and isinstance(model, NestifiedModel):
+                    fn = sliced_network(model, c.width, xb[:2])  # it masks; its slice is export's
+                elif mode == "sliced":
+
+                    def fn(x, w=c.width):
+                        return model(x, width=w)
+                elif mode == "masked" and isinstance(model, NestifiedModel):
 
                     def fn(x, w=c.width):
                         return model(x, width=w)

@@ -1,10 +1,14 @@
-"""Nested model zoo and the string registry used by configs (``mlp``, ``lenet``, ``vgg``, ``resnet``)."""
+"""Nested model zoo and the string registry used by configs (``mlp``, ``lenet``, ``vgg``, ``resnet``,
+``vit``, and any network through ``torchvision`` / ``import``)."""
 
 from bnn_nested.models.lenet import NestedLeNet
 from bnn_nested.models.mlp import NestedMLP
 from bnn_nested.models.registry import MODELS, build_model, register_model
 from bnn_nested.models.resnet import NestedResNet
 from bnn_nested.models.vgg import VGG_CONFIGS, NestedConvBlock, NestedVGG
+from bnn_nested.models.vit import ViT
+
+from bnn_nested.models.external import resolve_target, torchvision_archs  # isort: skip
 
 __all__ = [
     "MODELS",
@@ -14,6 +18,9 @@ __all__ = [
     "NestedMLP",
     "NestedResNet",
     "NestedVGG",
+    "ViT",
     "build_model",
     "register_model",
+    "resolve_target",
+    "torchvision_archs",
 ]

@@ -18,7 +18,7 @@ The mask costs a multiplication per consumer; the narrow network's speed comes f
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -117,6 +117,11 @@ class NestifiedModel(NestedModel):
                 del m._nest_mask
         self._install_hooks()
         self.set_width(1.0)
+
+    def ordering_units(self) -> Iterator[tuple[str, OrderingUnit]]:
+        """``(dimension name, unit)`` pairs (reports and allocations speak of dimensions)."""
+        for d in self.structure:
+            yield d.name, self.unit(d.name)
 
     def unit(self, dim: str) -> OrderingUnit:
         return self.units[_key(dim)]  # type: ignore[return-value]

@@ -11,12 +11,13 @@ modules and needs nothing of ours to run.
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 import torch_pruning as tp
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from bnn_nested.nest.analysis import as_tuple
 from bnn_nested.nest.attention import NestedMultiheadAttention, PrunedMultiheadAttention
@@ -127,12 +128,34 @@ def sliced_network(model: NestifiedModel, width: Width, example_inputs: Any) -> 
     return net.eval()
 
 
+def _sdpa_flops(q, k, v, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(q, k, v)  # QK^T and AV: 2 x MACs of both matmuls
+
+
+# CPU's attention kernel has no formula in FlopCounterMode (the CUDA kernels do)
+_CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops}
+
+
+@contextmanager
+def counting_flops():
+    """``FlopCounterMode`` that sees attention: PyTorch's fused Transformer fast path off (the
+    counter does not see inside ``torch._transformer_encoder_layer_fwd``) and CPU's attention
+    kernel counted like the CUDA ones."""
+    previous = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    counter = FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION)
+    try:
+        with counter, torch.no_grad():
+            yield counter
+    finally:
+        torch.backends.mha.set_fastpath_enabled(previous)
+
+
 def sliced_cost(model: NestifiedModel, width: Width, example_inputs: Any) -> tuple[int, int]:
     """``(FLOPs per example, parameters)`` of the sliced network (FLOPs = 2 x MACs, counted by
     ``torch.utils.flop_counter`` on one example)."""
     net = sliced_network(model, width, example_inputs)
     one = tuple(t[:1] if isinstance(t, torch.Tensor) else t for t in as_tuple(example_inputs))
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
+    with counting_flops() as counter:
         net(*one)
     return int(counter.get_total_flops()), sum(p.numel() for p in net.parameters())

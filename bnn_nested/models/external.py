@@ -1,0 +1,143 @@
+"""Models from outside the zoo, nested by :func:`~bnn_nested.nest.nestify`.
+
+Config forms (validated by ``bnn_nested.config.ModelConfig``):
+
+```yaml
+model: {name: torchvision, arch: resnet18}                 # any torchvision classification arch
+model: {name: import, target: "my_pkg.models:build_net", kwargs: {depth: 4}}
+model: {name: vit, hidden: [64, 128], variant: "4x4"}     # the small ViT of bnn_nested.models.vit
+```
+
+``import`` calls the named factory (``module:callable``, resolved with ``importlib`` from what is
+installed / on ``sys.path``; no file paths) with ``kwargs`` and ``num_classes``, so a config that
+names it runs that code, as Hydra's ``_target_`` does: only use configs you trust.
+
+Every builder receives the data's input shape. Models are built on the meta device when a config is
+validated (no memory, no conversion), and converted for real otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import torch
+from torch import nn
+
+from bnn_nested.models.registry import register_model
+from bnn_nested.models.vgg import image_shape
+from bnn_nested.nest import NestifiedModel, WidthStructure, nestify
+
+
+def torchvision_archs() -> list[str]:
+    """Classification architectures of ``torchvision.models``."""
+    import torchvision  # heavy; only these builders need it
+
+    return list(torchvision.models.list_models(module=torchvision.models))
+
+
+def _on_meta() -> bool:
+    return torch.empty(0).device.type == "meta"
+
+
+def _adapt_input_channels(net: nn.Module, channels: int) -> None:
+    """Replace the first ``Conv2d`` if it expects another number of input channels (random init)."""
+    for name, m in net.named_modules():
+        if isinstance(m, nn.Conv2d):
+            if m.in_channels != channels and m.groups == 1:
+                new = nn.Conv2d(
+                    channels,
+                    m.out_channels,
+                    m.kernel_size,
+                    m.stride,
+                    m.padding,
+                    m.dilation,
+                    1,
+                    m.bias is not None,
+                    m.padding_mode,
+                )
+                parent, _, attr = name.rpartition(".")
+                setattr(net.get_submodule(parent) if parent else net, attr, new)
+            return
+
+
+def nest_plain(
+    cfg: Any, ordering: dict[str, Any], net: nn.Module, input_shape: tuple[int, ...]
+) -> NestifiedModel:
+    """Nest a plain network built from a config (or, on the meta device, wrap it unconverted)."""
+    if _on_meta():
+        return NestifiedModel(net, WidthStructure(), ordering)
+    example = torch.randn(2, *input_shape)
+    try:
+        return nestify(
+            net.eval(),
+            example,
+            groups=cfg.groups,
+            kept=cfg.frozen,
+            weights=cfg.weights,
+            init_log_alpha=cfg.init_log_alpha,
+            exclude=tuple(cfg.exclude),
+            heads=cfg.order_heads,
+            ordering=ordering,
+        ).train()
+    except RuntimeError as err:  # shape errors of the user's network on this data
+        first = str(err).splitlines()[0][:200]
+        raise ValueError(
+            f"model: cannot run on inputs of shape {tuple(input_shape)}: {first}"
+        ) from None
+
+
+@register_model("torchvision")
+def _build_torchvision(cfg, ordering, input_shape, num_classes) -> NestifiedModel:
+    import torchvision
+
+    archs = torchvision_archs()
+    if cfg.arch not in archs:
+        raise ValueError(
+            f"model.arch: unknown torchvision architecture {cfg.arch!r}; known: {', '.join(archs)}"
+        )
+    kwargs = dict(cfg.kwargs)
+    kwargs.setdefault("num_classes", num_classes)
+    if cfg.arch in ("googlenet", "inception_v3"):
+        kwargs.setdefault("aux_logits", False)
+        kwargs.setdefault("init_weights", True)
+    try:
+        net = torchvision.models.get_model(cfg.arch, weights=None, **kwargs)
+    except TypeError as err:
+        raise ValueError(f"model.kwargs: {err}") from None
+    shape = image_shape(input_shape)
+    _adapt_input_channels(net, shape[0])
+    return nest_plain(cfg, ordering, net, shape)
+
+
+def resolve_target(target: str):
+    """``"package.module:attribute"`` -> the attribute (one-line error otherwise)."""
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"model.target: cannot import module {module_name!r} ({err})") from None
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"model.target: module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ValueError(f"model.target: {target!r} is not callable")
+    return obj
+
+
+@register_model("import")
+def _build_import(cfg, ordering, input_shape, num_classes) -> NestifiedModel:
+    factory = resolve_target(cfg.target)
+    kwargs = dict(cfg.kwargs)
+    kwargs.setdefault("num_classes", num_classes)
+    try:
+        net = factory(**kwargs)
+    except TypeError as err:
+        raise ValueError(f"model.kwargs: {cfg.target}: {err}") from None
+    if not isinstance(net, nn.Module):
+        raise ValueError(
+            f"model.target: {cfg.target!r} returned {type(net).__name__}, not an nn.Module"
+        )
+    return nest_plain(cfg, ordering, net, tuple(input_shape))
