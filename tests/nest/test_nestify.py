@@ -305,17 +305,11 @@ def test_attention_flops_match_hand_count_with_the_fused_fast_path_on():
     x = torch.randn(2, 5, 6)
     nm = _nest(Attn(), x, groups=4, kept=0)
     t, e, d, ff = 5, 16, 4, 32
-    hand = lambda heads, hidden: (
-        2
-        * (  # noqa: E731
-            t * 6 * e
-            + t * e * 3 * heads * d
-            + 2 * heads * t * t * d
-            + t * heads * d * e
-            + t * e * hidden
-            + t * hidden * e
-            + e * 3
-        )
-    )
+
+    def hand(heads: int, hidden: int) -> int:
+        embed, qkv = t * 6 * e, t * e * 3 * heads * d
+        attention, out = 2 * heads * t * t * d, t * heads * d * e
+        return 2 * (embed + qkv + attention + out + 2 * t * e * hidden + e * 3)
+
     assert sliced_cost(nm, 1.0, x)[0] == hand(4, ff)
     assert sliced_cost(nm, 0.5, x)[0] == hand(2, ff // 2)
