@@ -65,7 +65,8 @@ class ModelConfig(_Strict):
         None, description="name: import: 'package.module:factory' (runs that code)"
     )
     kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="keyword arguments of the torchvision / import / vit builder"
+        default_factory=dict,
+        description="keyword arguments of the torchvision / import / vit builder",
     )
     exclude: list[str] = Field(
         default_factory=list, description="nestified models: module names whose outputs stay whole"

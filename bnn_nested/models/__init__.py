@@ -9,9 +9,14 @@ from bnn_nested.models.vgg import VGG_CONFIGS, NestedConvBlock, NestedVGG
 from bnn_nested.models.vit import ViT
 
 from bnn_nested.models.external import resolve_target, torchvision_archs  # isort: skip
+from bnn_nested.models.plain import MLP, VGG, LeNet, ResNet  # isort: skip
 
 __all__ = [
+    "MLP",
     "MODELS",
+    "VGG",
+    "LeNet",
+    "ResNet",
     "VGG_CONFIGS",
     "NestedConvBlock",
     "NestedLeNet",

@@ -7,7 +7,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from bnn_nested.models.registry import conv_model_kwargs, register_model
 from bnn_nested.models.vgg import NestedConvBlock, check_norm, image_shape
 from bnn_nested.nn import NestedBatchNorm1d, NestedLinear, NestedModel, OrderingUnit
 
@@ -115,18 +114,3 @@ class NestedLeNet(NestedModel):
         if self.fc_bn is None:
             return []
         return ["conv1.conv", "conv2.conv", "fc"]
-
-
-@register_model("lenet")
-def _build_lenet(cfg, ordering, input_shape, num_classes) -> NestedLeNet:
-    if len(cfg.hidden) != 3:
-        raise ValueError(
-            f"model.hidden: lenet takes [conv1, conv2, fc] widths, e.g. {list(LENET_DEFAULT)}; "
-            f"got {list(cfg.hidden)}"
-        )
-    return NestedLeNet(
-        input_shape,
-        num_classes,
-        channels=tuple(cfg.hidden),  # type: ignore[arg-type]
-        **conv_model_kwargs(cfg, ordering),
-    )

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import nn
 
-from bnn_nested.models.registry import register_model
 from bnn_nested.nn import NestedBatchNorm1d, NestedLinear, NestedModel, OrderingUnit
 
 
@@ -74,19 +72,3 @@ class NestedMLP(NestedModel):
     def weight_kl_pairs(self):
         pairs = [(self.features[i], self.features[j]) for i, j in self.pairs]
         return pairs + [(self.classifier, None)]
-
-
-@register_model("mlp")
-def _build_mlp(cfg, ordering, input_shape, num_classes) -> NestedMLP:
-    return NestedMLP(
-        math.prod(input_shape),
-        num_classes,
-        hidden=list(cfg.hidden),
-        groups=cfg.groups,
-        frozen=cfg.frozen,
-        ordering=ordering,
-        norm=cfg.norm,
-        dropout=cfg.dropout,
-        weights=cfg.weights,
-        init_log_alpha=cfg.init_log_alpha,
-    )

@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnn_nested.models.registry import conv_model_kwargs, register_model
 from bnn_nested.models.vgg import NestedConvBlock, check_norm, image_shape
 from bnn_nested.nn import NestedBatchNorm2d, NestedConv2d, NestedLinear, NestedModel, OrderingUnit
 
@@ -231,13 +230,3 @@ class NestedResNet(NestedModel):
             if b.shortcut_conv is not None:
                 names.append(f"{n}.shortcut_conv")
         return names
-
-
-@register_model("resnet")
-def _build_resnet(cfg, ordering, input_shape, num_classes) -> NestedResNet:
-    return NestedResNet(
-        cfg.variant or "20",
-        image_shape(input_shape),
-        num_classes,
-        **conv_model_kwargs(cfg, ordering),
-    )

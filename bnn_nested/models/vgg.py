@@ -11,7 +11,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from bnn_nested.models.registry import conv_model_kwargs, register_model
 from bnn_nested.nn import NestedBatchNorm2d, NestedConv2d, NestedLinear, NestedModel, OrderingUnit
 
 #: Layer plans: channel counts, ``"M"`` = 2x2 max pool.
@@ -187,13 +186,3 @@ class NestedVGG(NestedModel):
 
     def norm_followed_weights(self) -> list[str]:
         return [f"{n}.conv" for n, b in zip(self.block_names, self.blocks()) if b.bn is not None]
-
-
-@register_model("vgg")
-def _build_vgg(cfg, ordering, input_shape, num_classes) -> NestedVGG:
-    return NestedVGG(
-        cfg.variant or "11",
-        image_shape(input_shape),
-        num_classes,
-        **conv_model_kwargs(cfg, ordering),
-    )

@@ -163,6 +163,8 @@ def find_channel_dims(
                     _add_heads(structure, name, m, groups, kept, exclude)
     finally:
         model.train(was_training)
+    order = {n: i for i, n in enumerate(modules)}  # registration order of the naming module
+    structure.dims.sort(key=lambda d: order[d.members[0].module if d.kind == "heads" else d.name])
     return structure
 
 

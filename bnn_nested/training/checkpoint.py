@@ -22,7 +22,10 @@ import torch
 
 from bnn_nested.io import atomic_write
 
-FORMAT_VERSION = 1
+#: 2: the zoo is built by ``nestify`` (model weights under ``net.``, one ordering unit per channel
+#: dimension). Format 1 runs were hand-nested models; they cannot be loaded (retrain them, or
+#: build ``bnn_nested.models.NestedMLP`` & co. and load their ``model`` state yourself).
+FORMAT_VERSION = 2
 
 
 class CheckpointError(RuntimeError):
@@ -68,6 +71,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         ) from None
     if not isinstance(state, dict) or "format_version" not in state:
         raise CheckpointError(f"{path}: not a bnn_nested checkpoint")
+    if state["format_version"] == 1:
+        raise CheckpointError(
+            f"{path}: checkpoint format 1 holds a hand-nested model from before the zoo was built "
+            f"by nestify (this version reads {FORMAT_VERSION}); retrain the run"
+        )
     if state["format_version"] != FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: checkpoint format {state['format_version']} is not supported "

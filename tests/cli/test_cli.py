@@ -103,11 +103,11 @@ def test_bad_input_exits_2_with_one_line(argv, needle, capsys, tmp_path, monkeyp
     [
         (
             ["model.name=lenet", "model.hidden=[16,30,256]", "data.name=mnist5k"],
-            "divide the channel count 30",
+            "model.groups: 16 must divide every ordered width, not [30]",
         ),
         (
             ["model.name=vgg", "model.groups=7", "data.name=cifar10", "data.root=/nowhere"],
-            "model: groups",
+            "model.groups: 7 must divide",
         ),
         (["model.name=lenet", "model.hidden=[16,32]", "data.name=mnist5k"], "model.hidden"),
     ],

@@ -1,12 +1,12 @@
 """LeNet / VGG / ResNet: shapes at several widths, slicing == zeroing in eval, registry, hooks."""
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
-from bnn_nested.models import NestedLeNet, NestedResNet, NestedVGG, build_model
+from bnn_nested.config import ModelConfig
+from bnn_nested.models import VGG, LeNet, NestedLeNet, NestedResNet, NestedVGG, ResNet, build_model
 from bnn_nested.models.resnet import add_at_width
+from bnn_nested.nest import NestifiedModel
 from bnn_nested.nn import calibrate_bn
 from tests.nn.test_nested import _zeroing_hooks
 
@@ -30,7 +30,7 @@ def _cfg(**kw):
         init_log_alpha=-8.0,
     )
     base.update(kw)
-    return SimpleNamespace(**base)
+    return ModelConfig(**base)
 
 
 def _models():
@@ -111,19 +111,47 @@ def test_vgg11_wide_channels_and_resnet18_builds():
     assert r.classifier.in_features == 512 and len(r.blocks) == 8
 
 
-def test_registry_builds_by_name_and_lists_known_names():
+def test_registry_builds_the_zoo_as_plain_networks_nested_by_nestify():
     m = build_model(_cfg(), {}, (1, 28, 28), 10)
-    assert isinstance(m, NestedLeNet)
-    assert isinstance(build_model(_cfg(name="vgg", variant="11"), {}, (3, 32, 32), 10), NestedVGG)
-    assert isinstance(
-        build_model(_cfg(name="resnet", variant="20"), {}, (3, 8, 8), 10), NestedResNet
-    )
+    assert isinstance(m, NestifiedModel) and isinstance(m.net, LeNet)
+    # conv1 is not ordered (order_first false); conv2 and fc are; the classifier never
+    assert m.dims() == ["conv2.0", "fc.0"]
+    assert isinstance(build_model(_cfg(name="vgg", variant="11"), {}, (3, 32, 32), 10).net, VGG)
+    r = build_model(_cfg(name="resnet", variant="20"), {}, (3, 8, 8), 10)
+    assert isinstance(r.net, ResNet)
+    # stage 1's residual stream starts at the stem (not ordered); stages 2 and 3 are one
+    # dimension each, shared by every block of the stage and its shortcut
+    streams = {d.name: sorted(d.modules("out")) for d in r.structure.residual_dims()}
+    assert len(streams) == 2
+    assert "blocks.3.shortcut.0" in streams["blocks.3.conv2"]
+    assert {"blocks.4.conv2", "blocks.5.conv2"} <= set(streams["blocks.3.conv2"])
     with pytest.raises(ValueError, match="known models: .*lenet.*mlp.*resnet.*vgg"):
         build_model(_cfg(name="alexnet"), {}, (1, 28, 28), 10)
     with pytest.raises(ValueError, match="variant must be one of"):
         build_model(_cfg(name="vgg", variant="13"), {}, (3, 32, 32), 10)
     with pytest.raises(ValueError, match="model.hidden: lenet"):
         build_model(_cfg(hidden=[256, 256]), {}, (1, 28, 28), 10)
+
+
+@torch.no_grad()
+def test_nestified_lenet_computes_what_the_hand_nested_lenet_computes():
+    """The zoo rebuilt by nestify equals the hand-nested NestedLeNet with the same weights at every
+    width (eval, no norm)."""
+    torch.manual_seed(0)
+    old = NestedLeNet((1, 28, 28), 10, (8, 16, 32), groups=4, frozen=1, norm="none").eval()
+    new = build_model(_cfg(norm="none"), {}, (1, 28, 28), 10).eval()
+    names = {
+        "conv1.0": "conv1.conv",
+        "conv2.0": "conv2.conv",
+        "fc.0": "fc",
+        "classifier": "classifier",
+    }
+    for n_new, n_old in names.items():
+        new.net.get_submodule(n_new).weight.copy_(old.get_submodule(n_old).weight)
+        new.net.get_submodule(n_new).bias.copy_(old.get_submodule(n_old).bias)
+    x = torch.randn(3, 1, 28, 28)
+    for w in (0.25, 0.5, 0.75, 1.0):
+        torch.testing.assert_close(new(x, width=w), old(x, width=w), rtol=1e-5, atol=1e-5)
 
 
 def test_calibrate_bn_on_resnet_and_gaussian_kl_finite():

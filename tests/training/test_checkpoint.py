@@ -154,6 +154,7 @@ def _edit(run, fn):
     "edit, needle",
     [
         (lambda s: s.update(format_version=99), "format 99 is not supported"),
+        (lambda s: s.update(format_version=1), "format 1 holds a hand-nested model"),
         (lambda s: s.pop("format_version"), "not a bnn_nested checkpoint"),
         (lambda s: s.pop("rng"), "missing rng"),
         (lambda s: s["model"].update({"features.0.weight": torch.zeros(3, 3)}), "incompatible"),
