@@ -74,4 +74,6 @@ def test_resnet_allocation_cuts_main_branch_and_shortcut_together():
     with torch.no_grad():
         model(torch.randn(2, 3, 32, 32), width=alloc)
     conv2, short = model.blocks[3].conv2, model.blocks[3].shortcut_conv
-    assert conv2.last_active[0] == short.last_active[0] == alloc["blocks.3.conv2"] * conv2.group_size
+    assert (
+        conv2.last_active[0] == short.last_active[0] == alloc["blocks.3.conv2"] * conv2.group_size
+    )
