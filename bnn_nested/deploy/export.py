@@ -240,6 +240,11 @@ def export_width(
     """
     if isinstance(model, NestifiedModel):  # any network: Torch-Pruning slices a plain copy
         out = sliced_network(model, width, example)
+        if fold_batchnorm:
+            try:
+                out = _fold_all(fx.symbolic_trace(out))
+            except (fx.proxy.TraceError, TypeError, NotImplementedError):
+                pass  # control flow FX cannot trace: keep the batch norms unfolded
     else:
         out = _export_zoo(model, width, example, fold_batchnorm)
     out.eval()

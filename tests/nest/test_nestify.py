@@ -297,6 +297,11 @@ def test_torchvision_resnet18_converts_exactly():
         )
     # one residual stream per stage: each is one dimension with several producers
     assert len(nm.structure.residual_dims()) == 4
+    from bnn_nested.deploy.export import export_width
+
+    small = export_width(nm, 0.25, x)  # sliced, BN folded into the convolutions
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in small.modules())
+    torch.testing.assert_close(small(x), nm(x, width=0.25), rtol=1e-4, atol=1e-4)
 
 
 def test_attention_flops_match_hand_count_with_the_fused_fast_path_on():
