@@ -143,7 +143,7 @@ def find_channel_dims(
                 if role in ("out", "depthwise"):
                     seen.add((n, role))
             size = len(group[0].idxs)
-            reason = _dim_reason(items, classifier, exclude)
+            reason = _unresolved(group) or _dim_reason(items, classifier, exclude)
             if reason is not None:
                 structure.unordered[rname] = reason
                 continue
@@ -190,6 +190,16 @@ def _dependency_graph(model: nn.Module, example_inputs: Any):
             f"nestify: cannot trace the channel dependencies of {type(model).__name__}: "
             f"Torch-Pruning failed in {where} with {type(e).__name__}: {str(e)[:120]}{hint}"
         ) from e
+
+
+def _unresolved(group) -> str | None:
+    """A concatenation / split whose channel offsets Torch-Pruning could not infer (it then couples
+    the slices one-to-one, which is wrong; seen with ``cat -> pool -> flatten -> Linear``)."""
+    for it in group:
+        op = it.dep.target.module
+        if type(op).__name__ in ("_ConcatOp", "_SplitOp") and getattr(op, "offsets", None) is None:
+            return f"{it.dep.target.name}: channel offsets of a concatenation / split unknown to the graph"
+    return None
 
 
 def _dim_reason(items, classifier: str | None, exclude: Sequence[str]) -> str | None:

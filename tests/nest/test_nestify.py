@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import warnings
 
 import pytest
 import torch
@@ -318,3 +319,95 @@ def test_attention_flops_match_hand_count_with_the_fused_fast_path_on():
 
     assert sliced_cost(nm, 1.0, x)[0] == hand(4, ff)
     assert sliced_cost(nm, 0.5, x)[0] == hand(2, ff // 2)
+
+
+class _Res(nn.Module):
+    def __init__(self, c: int, hidden: int) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(c, hidden, 3, padding=1), nn.Conv2d(hidden, c, 1)
+        self.bn = nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        return F.relu(x + self.bn(self.b(F.relu(self.a(x)))))
+
+
+class _Cat(nn.Module):
+    def __init__(self, c: int, left: int, right: int) -> None:
+        super().__init__()
+        self.l, self.r = nn.Conv2d(c, left, 1), nn.Conv2d(c, right, 3, padding=1)
+
+    def forward(self, x):
+        return torch.cat([F.relu(self.l(x)), F.relu(self.r(x))], 1)
+
+
+class _Sep(nn.Module):  # depthwise + pointwise
+    def __init__(self, c: int, out: int) -> None:
+        super().__init__()
+        self.dw, self.pw = nn.Conv2d(c, c, 3, padding=1, groups=c), nn.Conv2d(c, out, 1)
+
+    def forward(self, x):
+        return F.relu(self.pw(F.relu(self.dw(x))))
+
+
+class _Tokens(nn.Module):  # conv features -> attention over positions -> pooled features
+    def __init__(self, c: int, heads: int) -> None:
+        super().__init__()
+        self.attn = nn.TransformerEncoderLayer(c, heads, 2 * c, dropout=0.0, batch_first=True)
+
+    def forward(self, x):
+        return self.attn(x.flatten(2).transpose(1, 2)).mean(1)
+
+
+def _random_graph(rng: random.Random) -> nn.Module:
+    c = 4 * rng.randint(2, 4)
+    layers: list[nn.Module] = [nn.Conv2d(3, c, 3, padding=1), nn.ReLU()]
+    for _ in range(rng.randint(2, 4)):
+        kind = rng.choice(["res", "cat", "sep"])
+        if kind == "res":
+            layers.append(_Res(c, 4 * rng.randint(1, 4)))
+        elif kind == "cat":
+            left, right = 4 * rng.randint(1, 3), 4 * rng.randint(1, 3)
+            layers.append(_Cat(c, left, right))
+            c = left + right
+        else:
+            out = 4 * rng.randint(1, 4)
+            layers.append(_Sep(c, out))
+            c = out
+    if rng.random() < 0.5:
+        layers.append(_Tokens(c, 2 if c % 4 else 4))
+    else:
+        layers += [nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4 * c, 8), nn.ReLU()]
+        c = 8
+    return nn.Sequential(*layers, nn.Linear(c, 3))
+
+
+@torch.no_grad()
+def test_property_random_graphs_sliced_equals_masked_at_random_widths():
+    """20 random graphs of residual / concatenation / depthwise / attention blocks, each at random
+    global widths and per-dimension allocations: the sliced network equals the masked one, and
+    every member of a dimension keeps the same fraction of its channels. The structure found must
+    be right without the conversion check's help (its warning is an error here)."""
+    rng = random.Random(1)
+    for _ in range(20):
+        torch.manual_seed(rng.randint(0, 10_000))
+        net = _random_graph(rng).eval()
+        x = torch.randn(2, 3, 6, 6)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UnorderedDimensionWarning)
+            nm = nestify(net, x, groups=4, kept=rng.randint(0, 1)).eval()
+        assert len(nm.structure) > 0
+        for trial in range(3):
+            if trial == 2:
+                width = {d.name: rng.randint(1, d.groups) for d in nm.structure}
+            else:
+                width = rng.choice([0.2, 0.5, 0.8])
+            torch.testing.assert_close(
+                sliced_network(nm, width, x)(x), nm(x, width=width), rtol=1e-5, atol=1e-5
+            )
+            with nm.width(width):
+                active = nm.active_groups()
+            for d in nm.structure:
+                for m in d.members:
+                    assert int((m.group < active[d.name]).sum()) * d.groups == active[d.name] * len(
+                        m.group
+                    )
