@@ -143,6 +143,12 @@ def find_channel_dims(
                 if role in ("out", "depthwise"):
                     seen.add((n, role))
             size = len(group[0].idxs)
+            structure.links.append(
+                (
+                    sorted({n for n, _, r in items if r == "out"}),
+                    sorted({n for n, _, r in items if r == "in"}),
+                )
+            )
             reason = _unresolved(group) or _dim_reason(items, classifier, exclude)
             if reason is not None:
                 structure.unordered[rname] = reason

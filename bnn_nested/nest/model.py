@@ -251,5 +251,5 @@ class NestifiedModel(NestedModel):
         return [f"net.{n}" for n in self.structure.norm_followed()]
 
     def residual_blocks(self) -> list[list[str]]:
-        """For the invariant regularizer: the producers of each residual dimension, one per branch."""
-        return [[f"net.{n}"] for d in self.structure.residual_dims() for n in d.modules("out")]
+        """The layers of each residual branch, in order (for the invariant regularizer)."""
+        return [[f"net.{n}" for n in chain] for chain in self.structure.residual_branches()]

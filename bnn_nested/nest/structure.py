@@ -122,6 +122,8 @@ class WidthStructure:
     dims: list[ChannelDim] = field(default_factory=list)
     unordered: dict[str, str] = field(default_factory=dict)  # dimension name -> reason
     followed_by_norm: list[str] = field(default_factory=list)  # see norm_followed()
+    #: (producers, consumers) of every coupled group, ordered or not (see residual_branches())
+    links: list[tuple[list[str], list[str]]] = field(default_factory=list)
 
     def __iter__(self) -> Iterator[ChannelDim]:
         return iter(self.dims)
@@ -163,6 +165,30 @@ class WidthStructure:
     def residual_dims(self) -> list[ChannelDim]:
         """Dimensions joined by a residual addition (more than one producer)."""
         return [d for d in self.dims if len(d.modules("out", "depthwise")) > 1]
+
+    def residual_branches(self, max_depth: int = 8) -> list[list[str]]:
+        """The linear / conv layers on each residual branch, in order: for every layer whose output
+        joins an addition (a group with several producers), the chain back through single-producer
+        groups to the layer that reads a residual stream (or the input). Chains of one layer (a 1x1
+        shortcut) are left out."""
+        consumed_in: dict[str, int] = {}
+        for i, (_, consumers) in enumerate(self.links):
+            for c in consumers:
+                consumed_in.setdefault(c, i)
+        branches = []
+        for producers, _ in self.links:
+            if len(producers) < 2:
+                continue
+            for p in producers:
+                chain = [p]
+                for _ in range(max_depth):
+                    g = consumed_in.get(chain[0])
+                    if g is None or len(self.links[g][0]) != 1:
+                        break
+                    chain.insert(0, self.links[g][0][0])
+                if len(chain) >= 2:
+                    branches.append(chain)
+        return branches
 
     def to_dict(self) -> dict:
         return {"dims": [d.to_dict() for d in self.dims], "unordered": dict(self.unordered)}

@@ -411,3 +411,16 @@ def test_property_random_graphs_sliced_equals_masked_at_random_widths():
                     assert int((m.group < active[d.name]).sum()) * d.groups == active[d.name] * len(
                         m.group
                     )
+
+
+def test_residual_branches_and_norm_followed_of_the_zoo_resnet_read_from_the_structure():
+    from bnn_nested.config import ModelConfig
+    from bnn_nested.models import build_model
+
+    cfg = ModelConfig(name="resnet", variant="20", groups=4, frozen=1, norm="batch")
+    model = build_model(cfg, {}, (3, 8, 8), 10)
+    expected = [[f"net.blocks.{i}.block1.0", f"net.blocks.{i}.conv2"] for i in range(9)]
+    assert sorted(model.residual_blocks()) == sorted(expected)  # every block, shortcuts left out
+    followed = set(model.norm_followed_weights())
+    assert {"net.stem.0", "net.blocks.3.shortcut.0", "net.blocks.8.conv2"} <= followed
+    assert "net.classifier" not in followed
