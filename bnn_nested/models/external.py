@@ -67,7 +67,8 @@ def nest_plain(
     """Nest a plain network built from a config (or, on the meta device, wrap it unconverted)."""
     if _on_meta():
         return NestifiedModel(net, WidthStructure(), ordering)
-    example = torch.randn(2, *input_shape)
+    # a private generator: converting must not move the global random stream (a run's masks)
+    example = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
     try:
         return nestify(
             net.eval(),
