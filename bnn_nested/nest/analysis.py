@@ -262,6 +262,7 @@ def _dimension(dg, rname, group, size, groups, kept, names) -> tuple[ChannelDim 
         idx = (owner == k).nonzero().flatten()  # this slice's channels, in order
         root_group[idx] = torch.arange(len(idx)) * g // len(idx)
     dim = ChannelDim(rname, size, g, min(kept, g - 1), root=rname, root_group=root_group)
+    dim.root_slice = owner.clone()
     done: set[tuple[str, str]] = set()
     for n, role, m, idxs, roots in rows:
         if (n, role) in done or (role == "depthwise" and any(x.module == n for x in dim.members)):
@@ -273,6 +274,7 @@ def _dimension(dg, rname, group, size, groups, kept, names) -> tuple[ChannelDim 
             torch.tensor(idxs, dtype=torch.long),
             root_group[torch.tensor(roots, dtype=torch.long)],
             type(m).__name__,
+            root=torch.tensor(roots, dtype=torch.long),
         )  # type: ignore[arg-type]
         if role == "norm":  # the layer whose output this norm takes directly, if any
             node = dg.module2node.get(m)
@@ -301,5 +303,7 @@ def _add_heads(structure, name, m: nn.MultiheadAttention, groups, kept, exclude)
         return
     group = torch.arange(h) // (h // g)
     dim = ChannelDim(f"{name}.heads", h, g, min(kept, g - 1), kind="heads")
-    dim.members = [Member(name, "heads", torch.arange(h), group, type(m).__name__)]
+    dim.members = [
+        Member(name, "heads", torch.arange(h), group, type(m).__name__, root=torch.arange(h))
+    ]
     structure.dims.append(dim)

@@ -133,6 +133,7 @@ class PrunedMultiheadAttention(nn.Module):
         cols = (keep[:, None] * d + torch.arange(d)[None]).flatten()
         bias = m.in_proj_bias is not None
         new = cls(e, len(keep), d, bias, m.batch_first, m.dropout)
+        new = new.to(device=m.in_proj_weight.device, dtype=m.in_proj_weight.dtype)
         for i, proj in enumerate((new.q_proj, new.k_proj, new.v_proj)):
             proj.weight.copy_(m.in_proj_weight[i * e : (i + 1) * e][cols])
             if bias:

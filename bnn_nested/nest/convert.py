@@ -12,6 +12,7 @@ from torch import nn
 
 from bnn_nested.nest.analysis import as_tuple, find_channel_dims
 from bnn_nested.nest.attention import NestedMultiheadAttention
+from bnn_nested.nest.importance import order_by_importance
 from bnn_nested.nest.model import NestifiedModel, _set_module
 from bnn_nested.nest.slicing import sliced_network
 from bnn_nested.nn.batchnorm import NestedBatchNorm1d, NestedBatchNorm2d
@@ -85,6 +86,9 @@ def nestify(
     heads: bool = True,
     ordering: dict[str, Any] | None = None,
     check: bool = True,
+    order: str = "none",
+    importance: str = "l1",
+    data: Any = None,
 ) -> NestifiedModel:
     """Make ``model`` nested: every coupled channel dimension ordered by a variational ordering unit.
 
@@ -99,6 +103,10 @@ def nestify(
         ordering: keyword arguments of every :class:`~bnn_nested.nn.OrderingUnit`.
         check: compare the masked model with the sliced network at width 0.5 on ``example_inputs``
             and leave any dimension where they differ unordered (with a warning).
+        order: ``"none"`` (keep the channel order) or ``"importance"``: permute every dimension so
+            its most important channels come first (:mod:`bnn_nested.nest.importance`; the function
+            at full width is unchanged).
+        importance: ``"l1"``, ``"bn_gamma"`` or ``"taylor"`` (needs ``data``: batches ``(x, y)``).
 
     Returns:
         A :class:`NestifiedModel`: ``model(x, width=r)``, ``with model.width(r)``, per-dimension
@@ -120,6 +128,10 @@ def nestify(
     nested = NestifiedModel(model, structure, ordering)
     if check and len(structure):
         verify(nested, example_inputs)
+    if order == "importance":
+        nested.group_importance = order_by_importance(nested, importance, data)  # type: ignore[arg-type]
+    elif order != "none":
+        raise ValueError(f"order must be one of ('none', 'importance'), got {order!r}")
     return nested
 
 

@@ -58,7 +58,8 @@ def _plain(m: nn.Module, key: float) -> nn.Module | None:
             )
             new.running_mean.copy_(mean)
             new.running_var.copy_(var)
-        return new.to(m.weight.device if m.affine else m.running_mean.device)
+        ref = m.weight if m.affine else m.running_mean
+        return new.to(device=ref.device, dtype=ref.dtype)
     elif isinstance(m, NestedMultiheadAttention):
         new = nn.MultiheadAttention.__new__(nn.MultiheadAttention)
         new.__dict__.update(m.__dict__)
@@ -69,7 +70,7 @@ def _plain(m: nn.Module, key: float) -> nn.Module | None:
     new.weight.data.copy_(m.weight)
     if m.bias is not None:
         new.bias.data.copy_(m.bias)
-    return new.to(m.weight.device)
+    return new.to(device=m.weight.device, dtype=m.weight.dtype)
 
 
 @torch.no_grad()

@@ -46,6 +46,9 @@ class Member:
     group: torch.Tensor
     kind: str = ""  # module class name (for reports)
     follows: str | None = None  # norms: the linear / conv layer whose output they take directly
+    root: torch.Tensor | None = (
+        None  # root-layer channel of each entry (``index[j]`` <- ``root[j]``)
+    )
 
     def group_values(self, group_mask: torch.Tensor, length: int) -> torch.Tensor:
         """Spread per-group values ``(..., G)`` over this member's axis of ``length`` entries
@@ -80,6 +83,8 @@ class ChannelDim:
     #: concatenation, a layer that sees every slice) and the group of each of its channels
     root: str = ""
     root_group: torch.Tensor | None = None
+    #: which slice of a concatenation each root channel belongs to (one value without one)
+    root_slice: torch.Tensor | None = None
 
     def dropped(self, n: int) -> list[int]:
         """Root-layer channel indices dropped when ``n`` groups are kept."""
