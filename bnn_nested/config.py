@@ -72,6 +72,19 @@ class ModelConfig(_Strict):
         default_factory=list, description="nestified models: module names whose outputs stay whole"
     )
     order_heads: bool = Field(True, description="nestified models: order attention heads")
+    init_from: str | None = Field(
+        None, description="plain network state dict to start from (weights-only), see --init-from"
+    )
+    order: Literal["none", "importance"] = Field(
+        "none", description="importance: permute channels, most important first (from init_from)"
+    )
+    importance: Literal["l1", "bn_gamma", "taylor"] = "l1"
+    moped_delta: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="MOPED: Gaussian weights with std delta * |w| (log_alpha = 2 ln delta)",
+    )
 
     @field_validator("hidden")
     @classmethod
@@ -113,7 +126,7 @@ class OrderingConfig(_Strict):
     anneal_rate: float = Field(0.05, ge=0.0, description="per epoch, exponential schedule")
     prior: Literal["geometric", "uniform"] = "geometric"
     prior_pi: float = Field(0.95, gt=0.0, lt=1.0)
-    init: float | Literal["prior"] = 3.0
+    init: float | Literal["prior", "importance"] = 3.0
     hard: bool = False
     per_example: bool = False
     kl_weight: float = Field(1.0, ge=0.0)
@@ -149,6 +162,14 @@ class TrainConfig(_Strict):
     checkpoint_every_steps: int = Field(
         0, ge=0, description="optimisation steps between checkpoints (0: none)"
     )
+    teacher: str | None = Field(
+        None,
+        description="in-place distillation to every sampled width from 'original' (the network "
+        "of model.init_from) or a plain state-dict path",
+    )
+    distill_weight: float = Field(1.0, ge=0.0)
+    distill_temperature: float = Field(2.0, gt=0.0)
+    distill_loss: Literal["kl", "soft_ce"] = "kl"
 
     @model_validator(mode="after")
     def _precision_fits_device(self) -> TrainConfig:
@@ -181,6 +202,24 @@ class Config(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     regularization: RegularizationConfig = Field(default_factory=RegularizationConfig)
+
+    @model_validator(mode="after")
+    def _from_trained(self) -> Config:
+        if self.train.teacher == "original" and not self.model.init_from:
+            raise ValueError(
+                "train.teacher: 'original' distils from the network of model.init_from "
+                "(--init-from PATH); set it, or name a state-dict path"
+            )
+        if (self.model.order == "importance" or self.ordering.init == "importance") and not (
+            self.model.init_from
+        ):
+            raise ValueError(
+                "model.order / ordering.init 'importance' need trained weights: set "
+                "model.init_from (--init-from PATH)"
+            )
+        if self.ordering.init == "importance" and self.model.order != "importance":
+            raise ValueError("ordering.init: 'importance' needs model.order: importance")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, re-validatable dict of the resolved config (what runs store)."""

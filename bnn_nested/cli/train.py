@@ -7,6 +7,7 @@ Run on several processes with ``torchrun --nproc_per_node=N -m bnn_nested train 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from bnn_nested.cli.common import UsageError
 
@@ -34,6 +35,11 @@ def add_parser(sub) -> None:
         choices=("cpu", "cuda", "auto"),
         help="override train.device (auto: CUDA when available)",
     )
+    t.add_argument(
+        "--init-from",
+        metavar="PATH",
+        help="start from a trained plain network's state dict (weights-only; sets model.init_from)",
+    )
     t.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     t.add_argument("--quiet", action="store_true", help="no progress output")
 
@@ -52,6 +58,7 @@ def run(args) -> int:
                 ("--out", args.out),
                 ("--set", args.overrides),
                 ("--overwrite", args.overwrite),
+                ("--init-from", args.init_from),
             )
             if v
         ]
@@ -67,6 +74,10 @@ def run(args) -> int:
     overrides = list(args.overrides)
     if args.device is not None:
         overrides.append(f"train.device={args.device}")
+    if args.init_from is not None:
+        if not Path(args.init_from).is_file():
+            raise UsageError(f"--init-from: no such file {args.init_from}")
+        overrides.append(f"model.init_from={Path(args.init_from).resolve()}")
     cfg = load_config(args.config, overrides)
     out = train_run(cfg, args.out, quiet=args.quiet, overwrite=args.overwrite)
     _report(out)

@@ -19,6 +19,7 @@ validated (no memory, no conversion), and converted for real otherwise.
 from __future__ import annotations
 
 import importlib
+import math
 from typing import Any
 
 import torch
@@ -76,7 +77,8 @@ def nest_plain(
             groups=cfg.groups,
             kept=cfg.frozen,
             weights=cfg.weights,
-            init_log_alpha=cfg.init_log_alpha,
+            # MOPED (Krishnan et al. 2020): std = delta |w|, i.e. alpha = delta^2 in N(w, alpha w^2)
+            init_log_alpha=2 * math.log(cfg.moped_delta) if cfg.moped_delta else cfg.init_log_alpha,
             exclude=tuple(cfg.exclude),
             heads=cfg.order_heads,
             ordering=ordering,

@@ -277,27 +277,35 @@ def init_ordering_from_importance(
         u.r.data.copy_(r.to(u.r))
 
 
-def load_plain_weights(nested: NestifiedModel, path: str) -> None:
-    """Load a plain network's ``state_dict`` (``torch.save(model.state_dict(), path)``, or a dict
-    with a ``"model"`` / ``"state_dict"`` entry) into the nestified copy, ``weights_only``.
+def read_plain_state(path: str) -> dict[str, torch.Tensor]:
+    """A plain network's ``state_dict`` from ``path`` (``torch.save(model.state_dict(), path)``, or
+    a dict with a ``"model"`` / ``"state_dict"`` entry), loaded ``weights_only`` (no code runs).
 
     Raises:
-        ValueError: one line naming the file and the first missing / unexpected / mis-shaped tensor.
+        ValueError: one line naming the file.
     """
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise ValueError(f"init_from: no such file {path}") from None
+        raise ValueError(f"model.init_from: no such file {path}") from None
     except Exception as err:  # noqa: BLE001 - unpickling errors of every kind
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
-        raise ValueError(f"init_from: {path} is not a weights-only state dict ({first})") from None
+        raise ValueError(
+            f"model.init_from: {path} is not a weights-only state dict ({first})"
+        ) from None
     if isinstance(state, dict):
         for key in ("model", "state_dict"):
             if isinstance(state.get(key), dict):
                 state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"init_from: {path} does not hold a state dict of tensors")
-    own = nested.net.state_dict()
+        raise ValueError(f"model.init_from: {path} does not hold a state dict of tensors")
+    return state
+
+
+def check_plain_state(
+    state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], path: str
+) -> None:
+    """One-line ``ValueError`` naming the first missing / unexpected / mis-shaped tensor."""
     nested_only = ("log_alpha", "calib_channels", "calib_width", "calib_mean", "calib_var")
     missing = [k for k in own if k not in state and not k.endswith(nested_only)]
     unexpected = [k for k in state if k not in own]
@@ -305,12 +313,23 @@ def load_plain_weights(nested: NestifiedModel, path: str) -> None:
         what = (
             f"missing tensor {missing[0]!r}" if missing else f"unexpected tensor {unexpected[0]!r}"
         )
-        raise ValueError(f"init_from: {path} does not fit the model: {what}")
+        raise ValueError(f"model.init_from: {path} does not fit the model: {what}")
     for k, v in state.items():
         if own[k].shape != v.shape:
             raise ValueError(
-                f"init_from: {path}: tensor {k!r} has shape {tuple(v.shape)}, the model needs {tuple(own[k].shape)}"
+                f"model.init_from: {path}: tensor {k!r} has shape {tuple(v.shape)}, "
+                f"the model needs {tuple(own[k].shape)}"
             )
+
+
+def load_plain_weights(nested: NestifiedModel, path: str) -> None:
+    """Load a plain network's weights (see :func:`read_plain_state`) into the nestified copy.
+
+    Raises:
+        ValueError: one line naming the file and the first missing / unexpected / mis-shaped tensor.
+    """
+    state = read_plain_state(path)
+    check_plain_state(state, nested.net.state_dict(), path)
     nested.net.load_state_dict(state, strict=False)
 
 
@@ -319,7 +338,9 @@ __all__ = [
     "as_tuple",
     "importance_scores",
     "init_ordering_from_importance",
+    "check_plain_state",
     "load_plain_weights",
+    "read_plain_state",
     "order_by_importance",
     "permute_dimension",
 ]

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import io
 import random
 import shutil
 from dataclasses import dataclass
@@ -15,13 +16,23 @@ from typing import Any
 
 import torch
 import yaml
+from torch import nn
 from torch.utils.data import DataLoader
 
 from bnn_nested.config import Config, ConfigError, build_config
 from bnn_nested.data import DataSplits, load_dataset
 from bnn_nested.evaluation.ordering import write_ordering_report
-from bnn_nested.io import atomic_write_json, atomic_write_text
+from bnn_nested.io import atomic_write, atomic_write_json, atomic_write_text
 from bnn_nested.models import build_model
+from bnn_nested.nest import (
+    NestifiedModel,
+    check_plain_state,
+    init_ordering_from_importance,
+    load_plain_weights,
+    order_by_importance,
+    plain_copy,
+    read_plain_state,
+)
 from bnn_nested.nn.batchnorm import calibrate_bn, nested_norms
 from bnn_nested.nn.model import NestedModel
 from bnn_nested.regularization.config import build_regularizer
@@ -161,7 +172,10 @@ def validate_run(cfg: Config) -> torch.device:
         try:
             with torch.device("meta"):
                 kw = build_sampler(cfg.ordering).ordering_kwargs()
-                build_model(cfg.model, kw, shape, n_classes)
+                meta = build_model(cfg.model, kw, shape, n_classes)
+            if cfg.model.init_from and isinstance(meta, NestifiedModel):  # shapes, no memory
+                path = cfg.model.init_from
+                check_plain_state(read_plain_state(path), meta.net.state_dict(), path)
         except ValueError as err:
             msg = str(err)
             raise ValueError(msg if msg.startswith("model") else f"model: {msg}") from None
@@ -265,6 +279,10 @@ def _train(
             save_run_checkpoint(out, trainer, cfg, splits, complete=False)
         return out / CHECKPOINT
 
+    if resume is None:
+        teacher = prepare_from_trained(cfg, model, splits, train_loader, out, ctx)
+    else:
+        teacher = load_teacher(cfg, model, out)
     trainer = Trainer(
         model,
         cfg,
@@ -274,6 +292,7 @@ def _train(
         quiet=quiet,
         dist=ctx,
         checkpointer=checkpointer,
+        teacher=teacher,
     )
     if resume is not None:
         path, state = resume
@@ -298,6 +317,68 @@ def _train(
         atomic_write_json(out / "history.json", trainer.history)
         write_ordering_report(model, out)
     return out
+
+
+#: Batches of the training split used for Taylor importance (Molchanov et al. 2019 use a few
+#: hundred examples; 20 batches of 64 is 1,280).
+TAYLOR_BATCHES = 20
+TEACHER_FILE = "teacher.pt"
+
+
+def _teacher_copy(cfg: Config, model: NestedModel, path: str | None) -> nn.Module:
+    """The plain network (mean weights, full-width BN statistics), loaded from ``path`` if given."""
+    teacher = plain_copy(model)  # type: ignore[arg-type]
+    if path is not None:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            teacher.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+        except FileNotFoundError:
+            raise ValueError(f"train.teacher: no such file {path}") from None
+        except Exception as err:  # noqa: BLE001 - unpickling and shape errors alike
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise ValueError(f"train.teacher: cannot load {path} ({first})") from None
+    return teacher
+
+
+def prepare_from_trained(
+    cfg: Config, model: NestedModel, splits: DataSplits, loader, out: Path, ctx: DistContext
+) -> nn.Module | None:
+    """From trained weights (issue: "from a trained network"): load ``model.init_from``, keep the
+    teacher, order channels by importance, start the ordering posteriors at the importance profile,
+    calibrate BN per width. Returns the teacher (or ``None``)."""
+    if not isinstance(model, NestifiedModel) and (cfg.model.init_from or cfg.train.teacher):
+        raise ValueError(
+            f"model.init_from / train.teacher: need a nestified model, not {cfg.model.name!r}"
+        )
+    if cfg.model.init_from:
+        load_plain_weights(model, cfg.model.init_from)  # type: ignore[arg-type]
+    teacher = None
+    if cfg.train.teacher:
+        path = None if cfg.train.teacher == "original" else cfg.train.teacher
+        teacher = _teacher_copy(cfg, model, path)
+        if ctx.is_main:  # kept in the run, so --resume needs nothing outside it
+            buf = io.BytesIO()
+            torch.save(teacher.state_dict(), buf)
+            atomic_write(out / TEACHER_FILE, lambda f: f.write(buf.getvalue()))
+    if cfg.model.order == "importance":
+        batches = TAYLOR_BATCHES if cfg.model.importance == "taylor" else None
+        data = loader if cfg.model.importance == "taylor" else None
+        profile = order_by_importance(model, cfg.model.importance, data, batches)  # type: ignore[arg-type]
+        if cfg.ordering.init == "importance":
+            init_ordering_from_importance(model, profile)  # type: ignore[arg-type]
+    if cfg.model.init_from:
+        calibrate_widths(model, splits, cfg.eval.widths, cfg.data.eval_batch_size, ctx.device)
+    return teacher
+
+
+def load_teacher(cfg: Config, model: NestedModel, out: Path) -> nn.Module | None:
+    """The teacher a run kept in ``teacher.pt`` (resume)."""
+    if not cfg.train.teacher:
+        return None
+    path = out / TEACHER_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: the run's teacher is missing; cannot resume distillation")
+    return _teacher_copy(cfg, model, str(path))
 
 
 def calibrate_widths(

@@ -54,7 +54,9 @@ class VOUSampler(WidthSampler):
 
     def ordering_kwargs(self) -> dict[str, Any]:
         kw = super().ordering_kwargs()
-        kw.update(init=self.cfg.init, learn=True, hard=self.cfg.hard)
+        # "importance": start at the prior; the run sets the importance profile after ordering
+        init = "prior" if self.cfg.init == "importance" else self.cfg.init
+        kw.update(init=init, learn=True, hard=self.cfg.hard)
         return kw
 
     def passes(self, step, generator):

@@ -83,6 +83,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, cfg: Any) -> torch.Tensor:
+    """``distill_weight * T^2 * KL(softmax(t / T) || softmax(s / T))`` (Hinton et al. 2015), or the
+    soft cross-entropy ``- sum softmax(t / T) log softmax(s / T)`` (same gradient, offset by the
+    teacher's entropy) with ``distill_loss: soft_ce``; averaged over the batch."""
+    t = cfg.distill_temperature
+    log_p = F.log_softmax(student / t, -1)
+    q = F.softmax(teacher / t, -1)
+    per = -(q * log_p).sum(-1)
+    if cfg.distill_loss == "kl":
+        per = per + (q * F.log_softmax(teacher / t, -1)).sum(-1)
+    return cfg.distill_weight * t * t * per.mean()
+
+
 class Trainer:
     """Trains a :class:`~bnn_nested.nn.NestedModel` by minimising the per-example negative ELBO
 
@@ -107,12 +120,17 @@ class Trainer:
         quiet: bool = False,
         dist: DistContext | None = None,
         checkpointer: Checkpointer | None = None,
+        teacher: nn.Module | None = None,
     ) -> None:
         if n_train < 1:
             raise ValueError(f"n_train must be >= 1, got {n_train}")
         self.cfg = cfg
         self.device = torch.device(device)
         self.model = model.to(self.device)
+        self.teacher = teacher.to(self.device).eval() if teacher is not None else None
+        if self.teacher is not None:
+            for p in self.teacher.parameters():
+                p.requires_grad_(False)
         self.n_train = n_train
         self.sampler = sampler or build_sampler(cfg.ordering)
         self.regularizer = regularizer or Regularizer()
@@ -151,11 +169,18 @@ class Trainer:
         """The step's loss and its parts (``data``, ``kl``, ``penalty``)."""
         model = self.model
         data = x.new_zeros(())
+        distill = x.new_zeros(())
         teacher: torch.Tensor | None = None
+        original = None
+        if self.teacher is not None:
+            with torch.no_grad(), self._autocast():
+                original = self.teacher(x).float()
         for i, p in enumerate(self.sampler.passes(self.step, self.generator)):
             with model.width(p.width), model.masking(p.mask), self._autocast():
                 logits = model(x)
             logits = logits.float()
+            if original is not None:
+                distill = distill + distillation_loss(logits, original, self.cfg.train)
             if p.distill and teacher is not None:
                 data = data + torch.sum(-teacher * F.log_softmax(logits, -1), -1).mean()
             else:
@@ -165,8 +190,10 @@ class Trainer:
         kl_w = kl_weight_at(self.cfg.ordering, self.epoch)
         kl = model.kl() * (kl_w / self.n_train)
         penalty = self.regularizer.penalty(model)
-        loss = data + kl + penalty
+        loss = data + kl + penalty + distill
         parts = {"loss": loss, "data": data, "kl": kl, "penalty": penalty}
+        if self.teacher is not None:
+            parts["distill"] = distill
         return loss, {k: float(torch.as_tensor(v).detach()) for k, v in parts.items()}
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:

@@ -147,7 +147,7 @@ def test_load_plain_weights_one_line_errors(tmp_path):
     with pytest.raises(ValueError, match="missing tensor '2.bias'"):
         torch.save({k: v for k, v in net.state_dict().items() if k != "2.bias"}, bad)
         load_plain_weights(nm, str(bad))
-    with pytest.raises(ValueError, match="no such file"):
+    with pytest.raises(ValueError, match="model.init_from: no such file"):
         load_plain_weights(nm, str(tmp_path / "nope.pt"))
 
     class Payload:
