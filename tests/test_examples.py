@@ -23,3 +23,11 @@ def test_bring_your_own_model_example(tmp_path, monkeypatch, capsys):
     assert "cls/acc" in out
     diff = float(out.split("max |difference| ")[1].split(";")[0])
     assert diff < 1e-4
+
+
+@pytest.mark.slow
+def test_from_trained_example(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["x", "--epochs", "2", "--finetune", "1"])
+    runpy.run_path("examples/from_trained.py", run_name="__main__")
+    out = capsys.readouterr().out
+    assert "converted, importance order" in out and "+ 1 epochs distillation" in out
