@@ -28,6 +28,8 @@ from torch import nn
 from bnn_nested.models.registry import register_model
 from bnn_nested.models.vgg import image_shape
 from bnn_nested.nest import NestifiedModel, WidthStructure, nestify
+from bnn_nested.nest.model import replace_module
+from bnn_nested.nn.utils import conv_args
 
 
 def torchvision_archs() -> list[str]:
@@ -46,19 +48,7 @@ def _adapt_input_channels(net: nn.Module, channels: int) -> None:
     for name, m in net.named_modules():
         if isinstance(m, nn.Conv2d):
             if m.in_channels != channels and m.groups == 1:
-                new = nn.Conv2d(
-                    channels,
-                    m.out_channels,
-                    m.kernel_size,
-                    m.stride,
-                    m.padding,
-                    m.dilation,
-                    1,
-                    m.bias is not None,
-                    m.padding_mode,
-                )
-                parent, _, attr = name.rpartition(".")
-                setattr(net.get_submodule(parent) if parent else net, attr, new)
+                replace_module(net, name, nn.Conv2d(**{**conv_args(m), "in_channels": channels}))
             return
 
 

@@ -13,11 +13,12 @@ from torch import nn
 from bnn_nested.nest.analysis import as_tuple, find_channel_dims
 from bnn_nested.nest.attention import NestedMultiheadAttention
 from bnn_nested.nest.importance import order_by_importance
-from bnn_nested.nest.model import NestifiedModel, _set_module
+from bnn_nested.nest.model import NestifiedModel, replace_module
 from bnn_nested.nest.slicing import sliced_network
 from bnn_nested.nn.batchnorm import NestedBatchNorm1d, NestedBatchNorm2d
 from bnn_nested.nn.model import Width
 from bnn_nested.nn.nested import DEFAULT_INIT_LOG_ALPHA, WEIGHT_KINDS, NestedConv2d, NestedLinear
+from bnn_nested.nn.utils import conv_args
 
 #: Relative tolerance of the conversion check (max |masked - sliced| / max |output|).
 CHECK_RTOL = 1e-4
@@ -52,18 +53,11 @@ def _convert_modules(net: nn.Module, weights: str, init_log_alpha: float) -> Non
                 init_log_alpha=init_log_alpha,
             )
         elif weights == "gaussian" and type(m) is nn.Conv2d and m.padding_mode == "zeros":
+            kw = conv_args(m)
+            kw["conv_groups"] = kw.pop("groups")
+            del kw["padding_mode"]
             new = NestedConv2d(
-                m.in_channels,
-                m.out_channels,
-                m.kernel_size,
-                m.stride,
-                m.padding,
-                m.dilation,
-                m.bias is not None,
-                ordered=False,
-                weights="gaussian",
-                init_log_alpha=init_log_alpha,
-                conv_groups=m.groups,
+                **kw, ordered=False, weights="gaussian", init_log_alpha=init_log_alpha
             )
         if new is None:
             continue
@@ -71,7 +65,7 @@ def _convert_modules(net: nn.Module, weights: str, init_log_alpha: float) -> Non
             new.weight, new.bias = m.weight, m.bias
             new.log_alpha = nn.Parameter(torch.full_like(m.weight, float(init_log_alpha)))
         new.train(m.training)
-        _set_module(net, name, new)
+        replace_module(net, name, new)
 
 
 def nestify(

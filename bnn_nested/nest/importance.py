@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnn_nested.nest.analysis import _CONV, as_tuple
+from bnn_nested.nest.analysis import _CONV
 from bnn_nested.nest.model import NestifiedModel
 from bnn_nested.nest.structure import ChannelDim, Member
 from bnn_nested.nn.batchnorm import _NestedBatchNorm
@@ -331,16 +331,3 @@ def load_plain_weights(nested: NestifiedModel, path: str) -> None:
     state = read_plain_state(path)
     check_plain_state(state, nested.net.state_dict(), path)
     nested.net.load_state_dict(state, strict=False)
-
-
-__all__ = [
-    "IMPORTANCES",
-    "as_tuple",
-    "importance_scores",
-    "init_ordering_from_importance",
-    "check_plain_state",
-    "load_plain_weights",
-    "read_plain_state",
-    "order_by_importance",
-    "permute_dimension",
-]

@@ -55,7 +55,7 @@ def _key(name: str) -> str:
     return name.replace(".", "__")
 
 
-def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
+def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
     parent, _, attr = name.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, attr, new)
 

@@ -21,10 +21,11 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from bnn_nested.nest.analysis import as_tuple
 from bnn_nested.nest.attention import NestedMultiheadAttention, PrunedMultiheadAttention
-from bnn_nested.nest.model import NestifiedModel, _mask_input, _set_module
+from bnn_nested.nest.model import NestifiedModel, _mask_input, replace_module
 from bnn_nested.nn.batchnorm import _NestedBatchNorm, width_key
 from bnn_nested.nn.model import Width
 from bnn_nested.nn.nested import NestedConv2d, NestedLinear
+from bnn_nested.nn.utils import conv_args
 
 
 def _plain(m: nn.Module, key: float) -> nn.Module | None:
@@ -32,17 +33,7 @@ def _plain(m: nn.Module, key: float) -> nn.Module | None:
     if isinstance(m, NestedLinear):
         new = nn.Linear(m.in_features, m.out_features, m.bias is not None)
     elif isinstance(m, NestedConv2d):
-        new = nn.Conv2d(
-            m.in_channels,
-            m.out_channels,
-            m.kernel_size,
-            m.stride,
-            m.padding,
-            m.dilation,
-            m.groups,
-            m.bias is not None,
-            m.padding_mode,
-        )
+        new = nn.Conv2d(**conv_args(m))
     elif isinstance(m, _NestedBatchNorm):
         cls = nn.BatchNorm1d if isinstance(m, nn.BatchNorm1d) else nn.BatchNorm2d
         new = cls(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
@@ -86,7 +77,7 @@ def plain_copy(model: NestifiedModel, width: Width = 1.0) -> nn.Module:
         new = _plain(m, key) if name else None
         if new is not None:
             new.train(m.training)
-            _set_module(net, name, new)
+            replace_module(net, name, new)
     return net.eval()
 
 
@@ -125,7 +116,7 @@ def sliced_network(model: NestifiedModel, width: Width, example_inputs: Any) -> 
             member = d.members[0]
             mha = net.get_submodule(member.module)
             keep = member.index[member.group < active[d.name]]
-            _set_module(net, member.module, PrunedMultiheadAttention.from_module(mha, keep).eval())
+            replace_module(net, member.module, PrunedMultiheadAttention.from_module(mha, keep).eval())
     return net.eval()
 
 
