@@ -16,6 +16,7 @@ import fnmatch
 import math
 import traceback
 from collections.abc import Sequence
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
@@ -123,10 +124,12 @@ def find_channel_dims(
     modules = dict(model.named_modules())
     classifier = last_weight_layer(model, example_inputs)
     structure = WidthStructure()
+    tolerant = ExitStack()  # Torch-Pruning re-maps indices on every group query, not only at build
+    tolerant.enter_context(_tolerant_reshapes())
     try:
         dg = _dependency_graph(model, example_inputs)
         seen: set[tuple[str, str]] = set()
-        for group in dg.get_all_groups(root_module_types=(nn.Linear, *_CONV)):
+        for group in _groups(dg, names, structure):
             root_dep = group[0].dep
             root = root_dep.target.module
             rname = names.get(id(root))
@@ -168,33 +171,77 @@ def find_channel_dims(
                 if isinstance(m, nn.MultiheadAttention):
                     _add_heads(structure, name, m, groups, kept, exclude)
     finally:
+        tolerant.close()
         model.train(was_training)
     order = {n: i for i, n in enumerate(modules)}  # registration order of the naming module
     structure.dims.sort(key=lambda d: order[d.members[0].module if d.kind == "heads" else d.name])
     return structure
 
 
+def _groups(dg, names: dict[int, str], structure: WidthStructure):
+    """Torch-Pruning's ``get_all_groups`` (one group per unvisited Linear / Conv output), except that
+    a group whose index mapping fails is recorded as unordered instead of ending the analysis."""
+    visited: set[int] = set()
+    for m in list(dg.module2node):
+        if not isinstance(m, (nn.Linear, *_CONV)) or id(m) in visited:
+            continue
+        pruner = dg.get_pruner_of_module(m)
+        channels = pruner.get_out_channels(m) if pruner is not None else None
+        if channels is None:
+            continue
+        try:
+            group = dg.get_pruning_group(m, pruner.prune_out_channels, list(range(channels)))
+        except Exception as e:  # noqa: BLE001 - Torch-Pruning's index mapping failed here
+            structure.unordered[names.get(id(m), str(m))] = (
+                f"the graph could not map its channels ({type(e).__name__} in Torch-Pruning)"
+            )
+            visited.add(id(m))
+            continue
+        for dep, _ in group:
+            if dg.is_out_channel_pruning_fn(dep.handler):
+                visited.add(id(dep.target.module))
+        yield group
+
+
 class UnsupportedModelError(ValueError):
     """The network's channel dependencies could not be analysed (one line, naming where)."""
+
+
+@contextmanager
+def _tolerant_reshapes():
+    """Torch-Pruning maps channel indices through reshapes by inferring channel counts; where that
+    inference fails (a channel shuffle, Swin's window partition) it raises and the whole graph is
+    lost. Inside this block a failing reshape is only marked unresolved: every dimension through it
+    is then refused (:func:`_unresolved`), the rest of the graph is kept."""
+    mapping = tp.dependency.index_mapping
+    original = mapping.update_reshape_index_mapping
+
+    def tolerant(graph, node):
+        try:
+            return original(graph, node)
+        except Exception:  # noqa: BLE001 - any failure of the inference means "unknown"
+            node.module.bnn_unresolved = True
+            return None
+
+    mapping.update_reshape_index_mapping = tolerant
+    try:
+        yield
+    finally:
+        mapping.update_reshape_index_mapping = original
 
 
 def _dependency_graph(model: nn.Module, example_inputs: Any):
     """Torch-Pruning's dependency graph of ``model``; its failures become one-line errors."""
     try:
-        with torch.enable_grad():  # the graph is traced through autograd
+        with torch.enable_grad(), _tolerant_reshapes():  # the graph is traced through autograd
             return tp.DependencyGraph().build_dependency(
                 model, example_inputs=as_tuple(example_inputs), verbose=False
             )
     except Exception as e:  # noqa: BLE001 - any failure inside the tracer is reported alike
         where = traceback.extract_tb(e.__traceback__)[-1].name
-        hint = (
-            " (a reshape that mixes channels, e.g. a channel shuffle?)"
-            if "reshape" in where
-            else ""
-        )
         raise UnsupportedModelError(
             f"nestify: cannot trace the channel dependencies of {type(model).__name__}: "
-            f"Torch-Pruning failed in {where} with {type(e).__name__}: {str(e)[:120]}{hint}"
+            f"Torch-Pruning failed in {where} with {type(e).__name__}: {str(e)[:120]}"
         ) from e
 
 
@@ -205,6 +252,8 @@ def _unresolved(group) -> str | None:
         op = it.dep.target.module
         if type(op).__name__ in ("_ConcatOp", "_SplitOp") and getattr(op, "offsets", None) is None:
             return f"{it.dep.target.name}: channel offsets of a concatenation / split unknown to the graph"
+        if getattr(op, "bnn_unresolved", False):
+            return f"{it.dep.target.name}: a reshape whose channel mapping is unknown to the graph"
     return None
 
 

@@ -19,7 +19,7 @@ import torch_pruning as tp
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from bnn_nested.nest.analysis import as_tuple
+from bnn_nested.nest.analysis import _tolerant_reshapes, as_tuple
 from bnn_nested.nest.attention import NestedMultiheadAttention, PrunedMultiheadAttention
 from bnn_nested.nest.model import NestifiedModel, _mask_input, replace_module
 from bnn_nested.nn.batchnorm import _NestedBatchNorm, width_key
@@ -101,13 +101,16 @@ def sliced_network(model: NestifiedModel, width: Width, example_inputs: Any) -> 
             for n, m in net.named_modules()
             if isinstance(m, nn.GroupNorm)
         }
-        with torch.enable_grad():  # the dependency graph is traced through autograd
-            dg = tp.DependencyGraph().build_dependency(net, example_inputs=inputs, verbose=False)
-        for d in channel_dims:
-            root = net.get_submodule(d.root)
-            fn = dg.get_pruner_of_module(root).prune_out_channels
-            drop = d.dropped(active[d.name])
-            dg.get_pruning_group(root, fn, idxs=drop).prune()
+        with _tolerant_reshapes():
+            with torch.enable_grad():  # the dependency graph is traced through autograd
+                dg = tp.DependencyGraph().build_dependency(
+                    net, example_inputs=inputs, verbose=False
+                )
+            for d in channel_dims:
+                root = net.get_submodule(d.root)
+                fn = dg.get_pruner_of_module(root).prune_out_channels
+                drop = d.dropped(active[d.name])
+                dg.get_pruning_group(root, fn, idxs=drop).prune()
         for n, m in net.named_modules():  # keep each GroupNorm group's size
             if isinstance(m, nn.GroupNorm):
                 m.num_groups = m.num_channels // gn_size[n]
@@ -116,7 +119,9 @@ def sliced_network(model: NestifiedModel, width: Width, example_inputs: Any) -> 
             member = d.members[0]
             mha = net.get_submodule(member.module)
             keep = member.index[member.group < active[d.name]]
-            replace_module(net, member.module, PrunedMultiheadAttention.from_module(mha, keep).eval())
+            replace_module(
+                net, member.module, PrunedMultiheadAttention.from_module(mha, keep).eval()
+            )
     return net.eval()
 
 
