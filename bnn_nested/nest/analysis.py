@@ -207,6 +207,12 @@ class UnsupportedModelError(ValueError):
     """The network's channel dependencies could not be analysed (one line, naming where)."""
 
 
+#: Refuse a flatten index mapping larger than this (a consumer after ``flatten`` has ``C x H x W``
+#: inputs: 2M covers e.g. 512 x 64 x 64; Swin's mis-inferred window reshapes exceed it and ran out
+#: of memory).
+MAX_MAPPED_INDICES = 1 << 21
+
+
 @contextmanager
 def _tolerant_reshapes():
     """Torch-Pruning maps channel indices through reshapes by inferring channel counts; where that
@@ -223,11 +229,20 @@ def _tolerant_reshapes():
             node.module.bnn_unresolved = True
             return None
 
+    flatten = mapping._FlattenIndexMapping.__call__
+
+    def bounded(self, idxs):  # a mis-inferred reshape can expand indices without bound
+        if not self.reverse and len(idxs) * self._stride > MAX_MAPPED_INDICES:
+            raise IndexError(f"index mapping expands to {len(idxs) * self._stride} indices")
+        return flatten(self, idxs)
+
     mapping.update_reshape_index_mapping = tolerant
+    mapping._FlattenIndexMapping.__call__ = bounded
     try:
         yield
     finally:
         mapping.update_reshape_index_mapping = original
+        mapping._FlattenIndexMapping.__call__ = flatten
 
 
 def _dependency_graph(model: nn.Module, example_inputs: Any):
