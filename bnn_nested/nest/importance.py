@@ -12,8 +12,10 @@ function at full width. Scores, per channel of a dimension:
 - ``"bn_gamma"``: ``|gamma|`` of the norm layers on the dimension (Liu et al., *Learning Efficient
   Convolutional Networks through Network Slimming*, ICCV 2017); ``"l1"`` where there is no norm;
 - ``"taylor"``: first-order Taylor importance (Molchanov et al., *Importance Estimation for Neural
-  Network Pruning*, CVPR 2019, eq. 8): ``sum_batches (sum_{s in channel} g_s w_s)^2`` over the
-  producers' weights and biases (heads: the output-projection columns), on labelled data.
+  Network Pruning*, CVPR 2019, eq. 8): ``sum_batches (sum_{s in channel} g_s w_s)^2``; on a
+  dimension with an affine norm, of a gate after it (``g_gamma gamma + g_beta beta``, the paper's
+  choice for BN networks: a producer followed by BN is scale-invariant, so its ``g . w`` carries no
+  signal), else over the producers' weights and biases (heads: the output-projection columns).
 
 Channels are sorted within each slice of a concatenation (slices keep their channels); a dimension
 with a GroupNorm is permuted in whole ordered groups (GroupNorm statistics stay intact). Groups keep
@@ -90,6 +92,11 @@ def _score(
     return sum(_producer_l1(net.get_submodule(m.module), m, dim.size) for m in producers)
 
 
+def _affine(net: nn.Module, member: Member) -> bool:
+    mod = net.get_submodule(member.module)
+    return getattr(mod, "weight", None) is not None and getattr(mod, "bias", None) is not None
+
+
 def _taylor(
     nested: NestifiedModel, data: Iterable, max_batches: int | None
 ) -> dict[str, torch.Tensor]:
@@ -113,7 +120,14 @@ def _taylor(
                     scores[d.name] += _heads_cols(mha, gw).double().pow(2)
                     continue
                 per = torch.zeros(d.size, dtype=torch.float64)
-                for m in d.members:
+                norms = [m for m in d.members if m.role == "norm" and _affine(net, m)]
+                for m in (
+                    norms
+                ):  # a gate after BN: d/dz z (gamma x + beta) = g_gamma gamma + g_beta beta
+                    mod = net.get_submodule(m.module)
+                    gz = mod.weight.grad * mod.weight.detach() + mod.bias.grad * mod.bias.detach()
+                    per += _rows(m, d.size, gz[m.index])
+                for m in d.members if not norms else []:
                     if m.role not in ("out", "depthwise"):
                         continue
                     mod = net.get_submodule(m.module)

@@ -98,12 +98,24 @@ def test_scores_equal_hand_computed_values_on_a_tiny_network():
     torch.testing.assert_close(l1, torch.tensor([3.0, 0.5, 5.0, 0.25], dtype=torch.float64))
     gamma = importance_scores(nm, "bn_gamma")["0"]
     torch.testing.assert_close(gamma, torch.tensor([0.1, 4.0, 2.0, 0.5], dtype=torch.float64))
-    # Taylor (Molchanov et al. 2019): (sum over the channel's weights and bias of grad * weight)^2
+    # Taylor (Molchanov et al. 2019) with BN on the dimension: the gate after BN,
+    # (g_gamma * gamma + g_beta * beta)^2
     ref = nn.Sequential(*[m for m in net]).eval()
     ref.zero_grad()
     F.cross_entropy(ref(x), y).backward()
-    hand = ((ref[0].weight.grad * ref[0].weight).sum(1) + ref[0].bias.grad * ref[0].bias) ** 2
+    bn = ref[1]
+    hand = (bn.weight.grad * bn.weight + bn.bias.grad * bn.bias) ** 2
     taylor = importance_scores(nm, "taylor", data=[(x, y)])["0"]
+    torch.testing.assert_close(taylor, hand.double().detach(), rtol=1e-5, atol=1e-9)
+    # without a norm: (sum over the channel's weights and bias of grad * weight)^2
+    plain = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+    nm2 = nestify(plain, x, groups=4, kept=0).eval()
+    plain.zero_grad()
+    F.cross_entropy(plain(x), y).backward()
+    hand = (
+        (plain[0].weight.grad * plain[0].weight).sum(1) + plain[0].bias.grad * plain[0].bias
+    ) ** 2
+    taylor = importance_scores(nm2, "taylor", data=[(x, y)])["0"]
     torch.testing.assert_close(taylor, hand.double().detach(), rtol=1e-5, atol=1e-9)
     # ordering by l1 puts channel 2 (5.0) first, then 0 (3.0), 1 (0.5), 3 (0.25)
     order_by_importance(nm, "l1")

@@ -430,7 +430,9 @@ def test_residual_branches_and_norm_followed_of_the_zoo_resnet_read_from_the_str
 def test_torchvision_vision_transformer_heads_and_mlp_ordered_exactly():
     vt = pytest.importorskip("torchvision.models.vision_transformer")
     torch.manual_seed(0)
-    net = vt.VisionTransformer(32, 8, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64, num_classes=5)
+    net = vt.VisionTransformer(
+        32, 8, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64, num_classes=5
+    )
     net.heads.head.weight.normal_(0, 0.02)  # zero-initialised head: give the output a scale
     x = torch.randn(2, 3, 32, 32)
     ref = net.eval()(x)
@@ -439,4 +441,6 @@ def test_torchvision_vision_transformer_heads_and_mlp_ordered_exactly():
     assert kinds == [("channels", 4)] * 2 + [("heads", 4)] * 2  # MLP hidden + heads per layer
     torch.testing.assert_close(nm(x), ref)
     for w in (0.25, 0.5):
-        torch.testing.assert_close(sliced_network(nm, w, x)(x), nm(x, width=w), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            sliced_network(nm, w, x)(x), nm(x, width=w), rtol=1e-4, atol=1e-5
+        )
