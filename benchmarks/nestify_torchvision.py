@@ -18,6 +18,9 @@ A model *passes* when it converts with at least one ordered dimension and every 
 first, so that the output scale is not 0. Each model runs in its own process (``--timeout``
 seconds), results are appended to a JSON-lines file, and ``--table`` prints the Markdown table.
 
+``--permute a,b`` instead orders every dimension of each model by importance (``l1``) and prints
+the relative change of the full-width output (``perm``; the permutation must not change it).
+
 Usage: ``OMP_NUM_THREADS=2 .venv/bin/python benchmarks/nestify_torchvision.py [--models a,b]
 [--out runs/bench/nestify_torchvision.jsonl] [--timeout 900] [--no-export]``;
 ``... --table runs/bench/nestify_torchvision.jsonl``.
@@ -97,6 +100,22 @@ def run_one(name: str, export: bool) -> dict:
     return row
 
 
+def permute_one(name: str) -> dict:
+    """Importance ordering (``l1``) of every dimension: max |ordered(x) - original(x)| / max |original(x)|
+    at full width (the permutation must not change the function)."""
+    from bnn_nested.nest import nestify
+
+    torch.manual_seed(0)
+    model = _build(name)
+    s = _input_size(name)
+    x = torch.randn(2, 3, s, s)
+    with torch.no_grad():
+        ref = model(x)
+    nm = nestify(model, x, order="importance", importance="l1").eval()
+    with torch.no_grad():
+        return {"model": name, "dims": len(nm.structure), "perm": _rel(nm(x), ref)}
+
+
 def table(path: Path) -> str:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     lines = [
@@ -137,6 +156,7 @@ def main() -> None:
     p.add_argument("--timeout", type=int, default=900)
     p.add_argument("--no-export", action="store_true")
     p.add_argument("--one", help=argparse.SUPPRESS)
+    p.add_argument("--permute", help="comma list: check importance ordering is exact at full width")
     p.add_argument("--table", help="print the Markdown table of a results file")
     a = p.parse_args()
     if a.table:
@@ -144,6 +164,10 @@ def main() -> None:
         return
     if a.one:
         print(json.dumps(run_one(a.one, not a.no_export)))
+        return
+    if a.permute:
+        for name in a.permute.split(","):
+            print(json.dumps(permute_one(name)), flush=True)
         return
     import torchvision
 
