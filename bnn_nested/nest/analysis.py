@@ -215,19 +215,28 @@ MAX_MAPPED_INDICES = 1 << 21
 
 @contextmanager
 def _tolerant_reshapes():
-    """Torch-Pruning maps channel indices through reshapes by inferring channel counts; where that
-    inference fails (a channel shuffle, Swin's window partition) it raises and the whole graph is
-    lost. Inside this block a failing reshape is only marked unresolved: every dimension through it
-    is then refused (:func:`_unresolved`), the rest of the graph is kept."""
+    """Torch-Pruning maps channel indices through reshapes, concatenations and splits by inferring
+    channel counts; where that inference fails (a channel shuffle, Swin's window partition and patch
+    merging) it raises and the whole graph is lost. Inside this block a failing node is only marked
+    unresolved: every dimension through it is then refused (:func:`_unresolved`), the rest of the
+    graph is kept."""
     mapping = tp.dependency.index_mapping
-    original = mapping.update_reshape_index_mapping
+    names = (
+        "update_reshape_index_mapping",
+        "update_concat_index_mapping",
+        "update_split_index_mapping",
+    )
+    originals = {n: getattr(mapping, n) for n in names}
 
-    def tolerant(graph, node):
-        try:
-            return original(graph, node)
-        except Exception:  # noqa: BLE001 - any failure of the inference means "unknown"
-            node.module.bnn_unresolved = True
-            return None
+    def tolerant(fn):
+        def call(graph, node):
+            try:
+                return fn(graph, node)
+            except Exception:  # noqa: BLE001 - any failure of the inference means "unknown"
+                node.module.bnn_unresolved = True
+                return None
+
+        return call
 
     flatten = mapping._FlattenIndexMapping.__call__
 
@@ -236,12 +245,14 @@ def _tolerant_reshapes():
             raise IndexError(f"index mapping expands to {len(idxs) * self._stride} indices")
         return flatten(self, idxs)
 
-    mapping.update_reshape_index_mapping = tolerant
+    for n, fn in originals.items():
+        setattr(mapping, n, tolerant(fn))
     mapping._FlattenIndexMapping.__call__ = bounded
     try:
         yield
     finally:
-        mapping.update_reshape_index_mapping = original
+        for n, fn in originals.items():
+            setattr(mapping, n, fn)
         mapping._FlattenIndexMapping.__call__ = flatten
 
 
@@ -268,7 +279,7 @@ def _unresolved(group) -> str | None:
         if type(op).__name__ in ("_ConcatOp", "_SplitOp") and getattr(op, "offsets", None) is None:
             return f"{it.dep.target.name}: channel offsets of a concatenation / split unknown to the graph"
         if getattr(op, "bnn_unresolved", False):
-            return f"{it.dep.target.name}: a reshape whose channel mapping is unknown to the graph"
+            return f"{it.dep.target.name}: a reshape / concatenation whose channel mapping is unknown to the graph"
     return None
 
 
