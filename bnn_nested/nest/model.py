@@ -56,6 +56,7 @@ def _key(name: str) -> str:
 
 
 def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` where ``root.get_submodule(name)`` is (``name`` dotted, non-empty)."""
     parent, _, attr = name.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, attr, new)
 
