@@ -56,7 +56,8 @@ class NestedMultiheadAttention(nn.MultiheadAttention):
             )
         d = self.head_dim
         channel_mask = mask.repeat_interleave(d, dim=-1)  # (E,) or (N, E)
-        if self.batch_first:
+        batched = query.dim() == 3
+        if self.batch_first and batched:
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
         per_example = channel_mask.dim() == 2
         if per_example:  # concatenated heads first (identity projection), then mask, project
@@ -90,7 +91,7 @@ class NestedMultiheadAttention(nn.MultiheadAttention):
             out = F.linear(
                 out * channel_mask.to(out.dtype)[None], self.out_proj.weight, self.out_proj.bias
             )
-        if self.batch_first:
+        if self.batch_first and batched:
             out = out.transpose(0, 1)
         return out, weights
 

@@ -194,11 +194,18 @@ def _permute_member(net: nn.Module, member: Member, perm: torch.Tensor) -> None:
         _take(mod.out_proj.weight, 1, cols)
         return
     axis = 1 if member.role == "in" else 0
-    length = (
-        mod.weight.shape[axis] if getattr(mod, "weight", None) is not None else mod.num_features
-    )
-    if member.role == "in" and isinstance(mod, _CONV):
-        length = mod.in_channels
+    if member.role in ("out", "in", "depthwise"):
+        length = (
+            mod.in_channels
+            if member.role == "in" and isinstance(mod, _CONV)
+            else mod.weight.shape[axis]
+        )
+    else:  # norms (BatchNorm: num_features, GroupNorm: num_channels) and PReLU
+        length = getattr(mod, "num_features", None) or getattr(mod, "num_channels", None)
+        if length is None:
+            length = mod.weight.numel() if getattr(mod, "weight", None) is not None else 0
+        if length <= int(member.index.max()):
+            return  # nothing per channel (e.g. PReLU with one shared slope)
     src = _source(member, perm, length)
     if member.role in ("out", "in", "depthwise"):
         _take(mod.weight, axis, src)

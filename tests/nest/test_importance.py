@@ -183,3 +183,31 @@ def test_ordering_moves_dead_channels_to_the_end_so_half_width_is_exact():
     assert (plain(x, width=0.5) - full).abs().max() > 1e-3  # dead units among the first half
     ordered = nestify(net, x, groups=4, kept=0, order="importance", importance="l1").eval()
     torch.testing.assert_close(ordered(x, width=0.5), full)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: nn.Sequential(
+            nn.Conv2d(3, 8, 3), nn.GroupNorm(8, 8, affine=False), nn.ReLU(), nn.Conv2d(8, 4, 1)
+        ),
+        lambda: nn.Sequential(
+            nn.Conv2d(3, 8, 3), nn.PReLU(), nn.Conv2d(8, 4, 1)
+        ),  # one shared slope
+        lambda: nn.Sequential(nn.Conv2d(3, 8, 3), nn.PReLU(8), nn.Conv2d(8, 4, 1)),
+        lambda: nn.Sequential(
+            nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8, affine=False), nn.ReLU(), nn.Conv2d(8, 4, 1)
+        ),
+    ],
+)
+def test_permutation_of_norms_without_affine_and_prelu_is_exact(make):
+    """Regression (review): a GroupNorm without affine and a one-slope PReLU made it crash."""
+    torch.manual_seed(0)
+    net = make().double().eval()
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    ref = net(x).detach()
+    nm = nestify(net, x, groups=4, kept=0).eval()
+    assert len(nm.structure) == 1
+    permute_dimension(nm, nm.structure.dims[0], torch.randperm(8))
+    with torch.no_grad():
+        assert (nm(x) - ref).abs().max() <= 1e-10

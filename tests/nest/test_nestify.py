@@ -444,3 +444,15 @@ def test_torchvision_vision_transformer_heads_and_mlp_ordered_exactly():
         torch.testing.assert_close(
             sliced_network(nm, w, x)(x), nm(x, width=w), rtol=1e-4, atol=1e-5
         )
+
+
+@torch.no_grad()
+def test_head_mask_on_unbatched_input_matches_batched():
+    """Regression (review): a 2-D (L, E) query was transposed like a batch-first 3-D one."""
+    from bnn_nested.nest import NestedMultiheadAttention
+
+    torch.manual_seed(0)
+    mha = NestedMultiheadAttention.from_module(nn.MultiheadAttention(8, 4, batch_first=True).eval())
+    mha.head_mask = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    q = torch.randn(5, 8)
+    torch.testing.assert_close(mha(q, q, q)[0], mha(q[None], q[None], q[None])[0][0])
