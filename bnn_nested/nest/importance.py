@@ -298,33 +298,34 @@ def init_ordering_from_importance(
         u.r.data.copy_(r.to(u.r))
 
 
-def read_plain_state(path: str) -> dict[str, torch.Tensor]:
+def read_plain_state(path: str, field: str = "model.init_from") -> dict[str, torch.Tensor]:
     """A plain network's ``state_dict`` from ``path`` (``torch.save(model.state_dict(), path)``, or
     a dict with a ``"model"`` / ``"state_dict"`` entry), loaded ``weights_only`` (no code runs).
 
     Raises:
-        ValueError: one line naming the file.
+        ValueError: one line naming ``field`` and the file.
     """
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise ValueError(f"model.init_from: no such file {path}") from None
+        raise ValueError(f"{field}: no such file {path}") from None
     except Exception as err:  # noqa: BLE001 - unpickling errors of every kind
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
-        raise ValueError(
-            f"model.init_from: {path} is not a weights-only state dict ({first})"
-        ) from None
+        raise ValueError(f"{field}: {path} is not a weights-only state dict ({first})") from None
     if isinstance(state, dict):
         for key in ("model", "state_dict"):
             if isinstance(state.get(key), dict):
                 state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"model.init_from: {path} does not hold a state dict of tensors")
+        raise ValueError(f"{field}: {path} does not hold a state dict of tensors")
     return state
 
 
 def check_plain_state(
-    state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], path: str
+    state: dict[str, torch.Tensor],
+    own: dict[str, torch.Tensor],
+    path: str,
+    field: str = "model.init_from",
 ) -> None:
     """One-line ``ValueError`` naming the first missing / unexpected / mis-shaped tensor."""
     nested_only = ("log_alpha", "calib_channels", "calib_width", "calib_mean", "calib_var")
@@ -334,11 +335,11 @@ def check_plain_state(
         what = (
             f"missing tensor {missing[0]!r}" if missing else f"unexpected tensor {unexpected[0]!r}"
         )
-        raise ValueError(f"model.init_from: {path} does not fit the model: {what}")
+        raise ValueError(f"{field}: {path} does not fit the model: {what}")
     for k, v in state.items():
         if own[k].shape != v.shape:
             raise ValueError(
-                f"model.init_from: {path}: tensor {k!r} has shape {tuple(v.shape)}, "
+                f"{field}: {path}: tensor {k!r} has shape {tuple(v.shape)}, "
                 f"the model needs {tuple(own[k].shape)}"
             )
 

@@ -325,18 +325,13 @@ TAYLOR_BATCHES = 20
 TEACHER_FILE = "teacher.pt"
 
 
-def _teacher_copy(cfg: Config, model: NestedModel, path: str | None) -> nn.Module:
+def _teacher_copy(model: NestedModel, path: str | None) -> nn.Module:
     """The plain network (mean weights, full-width BN statistics), loaded from ``path`` if given."""
     teacher = plain_copy(model)  # type: ignore[arg-type]
     if path is not None:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            teacher.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
-        except FileNotFoundError:
-            raise ValueError(f"train.teacher: no such file {path}") from None
-        except Exception as err:  # noqa: BLE001 - unpickling and shape errors alike
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-            raise ValueError(f"train.teacher: cannot load {path} ({first})") from None
+        state = read_plain_state(path, "train.teacher")
+        check_plain_state(state, teacher.state_dict(), path, "train.teacher")
+        teacher.load_state_dict(state)
     return teacher
 
 
@@ -355,7 +350,7 @@ def prepare_from_trained(
     teacher = None
     if cfg.train.teacher:
         path = None if cfg.train.teacher == "original" else cfg.train.teacher
-        teacher = _teacher_copy(cfg, model, path)
+        teacher = _teacher_copy(model, path)
         if ctx.is_main:  # kept in the run, so --resume needs nothing outside it
             buf = io.BytesIO()
             torch.save(teacher.state_dict(), buf)
@@ -378,7 +373,7 @@ def load_teacher(cfg: Config, model: NestedModel, out: Path) -> nn.Module | None
     path = out / TEACHER_FILE
     if not path.is_file():
         raise CheckpointError(f"{path}: the run's teacher is missing; cannot resume distillation")
-    return _teacher_copy(cfg, model, str(path))
+    return _teacher_copy(model, str(path))
 
 
 def calibrate_widths(
