@@ -94,25 +94,17 @@ class NestifiedModel(NestedModel):
 
     # -- structure -----------------------------------------------------------------------------
     def _install_hooks(self) -> None:
-        """Hook every consumer, and list, once, what each forward pass writes masks to:
-        ``_consumers`` (module, input length, ``[(dim index, member)]``) and ``_heads``
-        (dim index, attention module, head -> group)."""
         for h in self._hooks:
             h.remove()
         self._hooks = []
-        self._consumers = []
-        for name, uses in self.structure.consumers().items():
+        for name in self.structure.consumers():
             m = self.net.get_submodule(name)
             m._nest_mask = None
             self._hooks.append(m.register_forward_pre_hook(_mask_input))
-            length = m.in_channels if isinstance(m, _CONV) else m.in_features
-            self._consumers.append((m, length, uses))
-        self._heads = []
-        for i, d in enumerate(self.structure):  # a hook (no-op here) keeps nn.TransformerEncoder-
-            if d.kind == "heads":  # Layer off its fused fast path, which would bypass the head mask
+        for d in self.structure:  # a hook (no-op here) keeps nn.TransformerEncoderLayer off its
+            if d.kind == "heads":  # fused fast path, which would bypass the head mask
                 m = self.net.get_submodule(d.members[0].module)
                 self._hooks.append(m.register_forward_pre_hook(_mask_input))
-                self._heads.append((i, m, d.members[0].group))
 
     def leave_unordered(self, names: Sequence[str], reason: str) -> None:
         """Stop ordering the dimensions ``names`` (recorded in ``structure.unordered``)."""
@@ -121,8 +113,9 @@ class NestifiedModel(NestedModel):
             del self.units[_key(n)]
         self.structure.dims = [d for d in self.structure.dims if d.name not in names]
         self._active = [d.groups for d in self.structure]
-        for m, _, _ in self._consumers:
-            del m._nest_mask  # consumers that remain get it back below
+        for name, m in self.net.named_modules():
+            if hasattr(m, "_nest_mask") and name not in self.structure.consumers():
+                del m._nest_mask
         self._install_hooks()
         self.set_width(1.0)
 
@@ -186,22 +179,26 @@ class NestifiedModel(NestedModel):
         return masks
 
     def _apply_masks(self, masks: list[torch.Tensor | None]) -> None:
-        for mod, length, uses in self._consumers:
+        for name, uses in self.structure.consumers().items():
+            mod = self.net.get_submodule(name)
+            length = mod.in_channels if isinstance(mod, _CONV) else mod.in_features
             vec = None
             for i, member in uses:
                 if masks[i] is not None:
                     v = member.group_values(masks[i], length)
                     vec = v if vec is None else vec * v
             mod._nest_mask = vec
-        for i, mha, group in self._heads:
-            m = masks[i]
-            mha.head_mask = None if m is None else m[..., group.to(m.device)]
+        for d, m in zip(self.structure, masks):
+            if d.kind == "heads":
+                mha = self.net.get_submodule(d.members[0].module)
+                mha.head_mask = None if m is None else m[..., d.members[0].group.to(m.device)]
 
     def _clear_masks(self) -> None:
-        for mod, _, _ in self._consumers:
-            mod._nest_mask = None
-        for _, mha, _ in self._heads:
-            mha.head_mask = None
+        for name in self.structure.consumers():
+            self.net.get_submodule(name)._nest_mask = None
+        for d in self.structure:
+            if d.kind == "heads":
+                self.net.get_submodule(d.members[0].module).head_mask = None
 
     def forward(self, *inputs: Any, width: Width | None = None, **kwargs: Any) -> Any:
         if width is not None:
