@@ -33,7 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bnn_nested.deploy.runtime import inference_module
 from bnn_nested.io import atomic_write_json
 from bnn_nested.nest import NestifiedModel, sliced_network
-from bnn_nested.nest.slicing import counting_flops
+from bnn_nested.nest.slicing import network_flops, sliced_cost
 from bnn_nested.nn.model import NestedModel, Width
 from bnn_nested.nn.nested import NestedMixin, active_param_count
 from bnn_nested.nn.ordering_unit import OrderingUnit, active_groups
@@ -55,10 +55,7 @@ def count_flops(model: NestedModel, example: torch.Tensor, width: Width = 1.0) -
         >>> count_flops(model, torch.zeros(1, 64), width=0.5)
     """
     if isinstance(model, NestifiedModel):  # masked at run time: count the sliced network
-        net = sliced_network(model, width, example)
-        with counting_flops() as counter:
-            net(example)
-        return int(counter.get_total_flops())
+        return network_flops(sliced_network(model, width, example), example)
     was_training = model.training
     model.eval()
     try:
@@ -309,11 +306,15 @@ def profile_widths(
     costs = []
     x1 = example[:1]
     for w in widths:
+        if isinstance(model, NestifiedModel):  # one sliced network for both counts
+            flops, params = sliced_cost(model, float(w), x1)
+        else:
+            flops, params = count_flops(model, x1, float(w)), count_params(model, x1, float(w))
         costs.append(
             WidthCost(
                 float(w),
-                count_params(model, x1, float(w)),
-                count_flops(model, x1, float(w)),
+                params,
+                flops,
                 batch_size=batch_size,
                 threads=threads,
                 device=str(device),

@@ -156,7 +156,7 @@ def find_channel_dims(
             if reason is not None:
                 structure.unordered[rname] = reason
                 continue
-            dim, reason = _dimension(dg, rname, group, size, groups, kept, names)
+            dim, reason = _dimension(rname, group, size, groups, kept, names)
             if dim is None:
                 structure.unordered[rname] = reason
                 continue
@@ -297,7 +297,7 @@ def _dim_reason(items, classifier: str | None, exclude: Sequence[str]) -> str | 
     return None
 
 
-def _dimension(dg, rname, group, size, groups, kept, names) -> tuple[ChannelDim | None, str]:
+def _dimension(rname, group, size, groups, kept, names) -> tuple[ChannelDim | None, str]:
     """Partition a Torch-Pruning group into ordered groups; ``(None, reason)`` if it cannot be.
 
     The slices of a concatenation share one width: each producer's channels (an *atom*: the
@@ -343,20 +343,17 @@ def _dimension(dg, rname, group, size, groups, kept, names) -> tuple[ChannelDim 
         if (n, role) in done or (role == "depthwise" and any(x.module == n for x in dim.members)):
             continue
         done.add((n, role))
-        member = Member(
-            n,
-            role,
-            torch.tensor(idxs, dtype=torch.long),
-            root_group[torch.tensor(roots, dtype=torch.long)],
-            type(m).__name__,
-            root=torch.tensor(roots, dtype=torch.long),
-        )  # type: ignore[arg-type]
-        if role == "norm":  # the layer whose output this norm takes directly, if any
-            node = dg.module2node.get(m)
-            for inp in node.inputs if node is not None else []:
-                if isinstance(inp.module, (nn.Linear, *_CONV)) and id(inp.module) in names:
-                    member.follows = names[id(inp.module)]
-        dim.members.append(member)
+        roots_t = torch.tensor(roots, dtype=torch.long)
+        dim.members.append(
+            Member(
+                n,
+                role,
+                torch.tensor(idxs, dtype=torch.long),
+                root_group[roots_t],
+                type(m).__name__,
+                root=roots_t,
+            )  # type: ignore[arg-type]
+        )
     order = {
         n: i for i, n in enumerate(names.values())
     }  # named after its first-registered producer

@@ -148,11 +148,16 @@ def counting_flops():
         torch.backends.mha.set_fastpath_enabled(previous)
 
 
+def network_flops(net: nn.Module, example_inputs: Any) -> int:
+    """FLOPs (= 2 x MACs) of one forward pass of ``net`` on ``example_inputs`` (whole batch)."""
+    with counting_flops() as counter:
+        net(*as_tuple(example_inputs))
+    return int(counter.get_total_flops())
+
+
 def sliced_cost(model: NestifiedModel, width: Width, example_inputs: Any) -> tuple[int, int]:
     """``(FLOPs per example, parameters)`` of the sliced network (FLOPs = 2 x MACs, counted by
     ``torch.utils.flop_counter`` on one example)."""
     net = sliced_network(model, width, example_inputs)
     one = tuple(t[:1] if isinstance(t, torch.Tensor) else t for t in as_tuple(example_inputs))
-    with counting_flops() as counter:
-        net(*one)
-    return int(counter.get_total_flops()), sum(p.numel() for p in net.parameters())
+    return network_flops(net, one), sum(p.numel() for p in net.parameters())

@@ -45,7 +45,6 @@ class Member:
     index: torch.Tensor
     group: torch.Tensor
     kind: str = ""  # module class name (for reports)
-    follows: str | None = None  # norms: the linear / conv layer whose output they take directly
     root: torch.Tensor | None = (
         None  # root-layer channel of each entry (``index[j]`` <- ``root[j]``)
     )
