@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -59,7 +59,7 @@ class ModelConfig(_Strict):
     variant: str | None = None
     order_first: bool = False
     order_classifier_input: bool = True
-    init_log_alpha: float = Field(-8.0, le=0.0)
+    init_log_alpha: float = Field(-8.0, ge=-12.0, le=0.0)
     arch: str | None = Field(None, description="name: torchvision: the architecture, e.g. resnet18")
     target: str | None = Field(
         None, description="name: import: 'package.module:factory' (runs that code)"
@@ -126,7 +126,7 @@ class OrderingConfig(_Strict):
     anneal_rate: float = Field(0.05, ge=0.0, description="per epoch, exponential schedule")
     prior: Literal["geometric", "uniform"] = "geometric"
     prior_pi: float = Field(0.95, gt=0.0, lt=1.0)
-    init: float | Literal["prior", "importance"] = 3.0
+    init: Annotated[float, Field(ge=-5.0, le=5.0)] | Literal["prior", "importance"] = 3.0
     hard: bool = False
     per_example: bool = False
     kl_weight: float = Field(1.0, ge=0.0)

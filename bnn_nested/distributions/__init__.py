@@ -2,7 +2,10 @@
 
 from bnn_nested.distributions.downhill import (
     Downhill,
+    concrete_log_density,
+    concrete_log_ratio,
     downhill,
+    downhill_kl_mc,
     downhill_rsample,
     masks_to_simplex,
     simplex_to_masks,
@@ -24,7 +27,10 @@ __all__ = [
     "LOGIT_CLIP",
     "Downhill",
     "categorical_kl",
+    "concrete_log_density",
+    "concrete_log_ratio",
     "downhill",
+    "downhill_kl_mc",
     "downhill_rsample",
     "keep_probs_from_logits",
     "masks_to_simplex",

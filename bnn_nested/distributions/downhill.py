@@ -8,6 +8,19 @@ the mask ``m_k = sum_{j >= k} s_j`` for ``k = 1..K``. The mask is non-increasing
 
 The map ``s -> m`` is affine with a unit-triangular Jacobian, so the density of ``m`` equals the Concrete
 density of its successive differences ``s = (1 - m_1, m_1 - m_2, .., m_{K-1} - m_K, m_K)``.
+
+Which KL belongs in the ELBO (docs/METHODS.md, "The ordering term of the objective"):
+
+* **hard masks** (straight-through): the likelihood sees the discrete truncation ``b``, so the exact
+  KL is the one between the truncation categoricals, ``KL(q(b) || p(b))`` (registered for two hard
+  Downhills);
+* **relaxed masks**: the latent the likelihood sees is the relaxed mask itself. The KL between two
+  Concrete (hence two Downhill) distributions of equal temperature has no closed form and is
+  ``>=`` the categorical KL (data processing), so the categorical KL is *not* an upper bound of the
+  negative ELBO there. Use the Monte-Carlo estimate ``log q(m) - log p(m)`` on the sampled mask
+  (:func:`downhill_kl_mc`; Maddison, Mnih & Teh, *The Concrete Distribution*, ICLR 2017, §C). The
+  registered KL refuses (``NotImplementedError``), so Pyro's ``TraceMeanField_ELBO`` falls back to
+  the same estimate.
 """
 
 from __future__ import annotations
@@ -64,19 +77,85 @@ def downhill_rsample(
     ``1[k <= argmax s]`` with the straight-through gradient of the relaxed mask. ``temperature`` must
     broadcast against ``logits``. The sampler behind :meth:`Downhill.rsample` (no validation, no
     distribution object: the training hot path of :class:`~bnn_nested.nn.OrderingUnit`).
+
+    The sample carries the log of its simplex point as ``sample._log_simplex`` (computed by
+    ``log_softmax``, exact where the successive differences of ``m`` have lost their digits), which
+    :meth:`Downhill.log_prob` and :func:`downhill_kl_mc` use. The mask is clamped to ``[0, 1]``: in
+    float32 the softmax can sum to ``1 + 1 ulp``, which would put ``m_1`` outside the support.
     """
     tiny = torch.finfo(logits.dtype).tiny
     u = torch.rand(logits.shape, dtype=logits.dtype, device=logits.device).clamp(tiny, 1.0 - 1e-7)
     gumbel = -torch.log(-torch.log(u))
-    s = torch.softmax((logits + gumbel) / temperature, dim=-1)
-    soft = simplex_to_masks(s)
+    log_s = torch.log_softmax((logits + gumbel) / temperature, dim=-1)
+    s = log_s.exp()
+    soft = simplex_to_masks(s).clamp(0.0, 1.0)
+    soft._log_simplex = log_s
     if not hard:
         return soft
     b = s.argmax(-1, keepdim=True)
     k = torch.arange(1, s.shape[-1], device=s.device)
     out = (k <= b).to(s.dtype) - soft.detach() + soft
     out._unquantize = soft  # log_prob scores the relaxed sample (straight-through convention)
+    out._log_simplex = log_s
     return out
+
+
+def _log_simplex(value: torch.Tensor) -> torch.Tensor:
+    """``log s`` of a mask: stored by the sampler, else from its successive differences."""
+    stored = getattr(value, "_log_simplex", None)
+    if stored is not None:
+        return stored
+    s = masks_to_simplex(value).clamp_min(torch.finfo(value.dtype).tiny)
+    return s.log()
+
+
+def concrete_log_density(
+    logits: torch.Tensor, log_s: torch.Tensor, tau: torch.Tensor
+) -> torch.Tensor:
+    r"""Concrete log-density at the simplex point ``exp(log_s)`` (Maddison et al. 2017, Def. 1).
+
+    ``log p(s) = log (n-1)! + (n-1) log tau + sum_i (l_i - (tau + 1) log s_i)
+    - n logsumexp_i(l_i - tau log s_i)``, ``l`` normalised logits ``(..., n)``, ``tau`` broadcast to
+    the batch shape with a trailing dimension of 1."""
+    n = logits.shape[-1]
+    return (
+        math.lgamma(n)
+        + (n - 1) * torch.log(tau.squeeze(-1) if tau.dim() else tau)
+        + (logits - (tau + 1) * log_s).sum(-1)
+        - n * torch.logsumexp(logits - tau * log_s, dim=-1)
+    )
+
+
+def downhill_kl_mc(q: Downhill, p: Downhill, value: torch.Tensor) -> torch.Tensor:
+    r"""Monte-Carlo estimate of ``KL(q || p)`` between relaxed Downhills: ``log q(m) - log p(m)``.
+
+    ``value`` is a sample of ``q`` (one estimate per sample; average them). Unbiased for the relaxed
+    KL, and differentiable in ``q``'s logits both directly and through a reparameterised sample
+    (Maddison et al. 2017, §C). The ``(tau + 1) log s`` terms of the two densities cancel, so only
+    ``sum_i (lq_i - lp_i) - n [logsumexp(lq - tau log s) - logsumexp(lp - tau log s)]`` is computed.
+
+    Example:
+        >>> m = q.rsample()
+        >>> kl = downhill_kl_mc(q, p, m)    # one-sample estimate, shape q.batch_shape
+    """
+    if q.K != p.K:
+        raise ValueError(f"downhill_kl_mc needs equal K, got {q.K} and {p.K}")
+    log_s = _log_simplex(getattr(value, "_unquantize", value))
+    return concrete_log_ratio(q.logits, p.logits, log_s, q._tau())
+
+
+def concrete_log_ratio(
+    q_logits: torch.Tensor, p_logits: torch.Tensor, log_s: torch.Tensor, tau: torch.Tensor | float
+) -> torch.Tensor:
+    """``log q(s) - log p(s)`` of two Concretes of equal temperature at ``exp(log_s)``.
+
+    ``q_logits, p_logits`` normalised ``(..., n)``; ``tau`` scalar or ``(..., 1)``. The functional
+    core of :func:`downhill_kl_mc` (used by :class:`~bnn_nested.nn.OrderingUnit` on its hot path)."""
+    n = q_logits.shape[-1]
+    return (q_logits - p_logits).sum(-1) - n * (
+        torch.logsumexp(q_logits - tau * log_s, dim=-1)
+        - torch.logsumexp(p_logits - tau * log_s, dim=-1)
+    )
 
 
 class Downhill(TorchDistribution):
@@ -178,21 +257,17 @@ class Downhill(TorchDistribution):
 
         ``log p(s) = log (n-1)! + (n-1) log tau + sum_i (logit_i - (tau + 1) log s_i)
         - n logsumexp_i(logit_i - tau log s_i)`` with ``n = K + 1`` (Maddison et al. 2017, Def. 1).
+
+        A sample of :meth:`rsample` is scored from the ``log s`` the sampler computed (accurate at
+        any temperature). Any other value is scored from its successive differences
+        ``m_k - m_{k+1}``: at ``tau <= 0.5`` these are often below float32 resolution next to
+        ``m_k ~ 1``, and the log-density can then be off by hundreds of nats; score such values in
+        float64.
         """
         value = getattr(value, "_unquantize", value)
         if self._validate_args:
             self._validate_sample(value)
-        s = masks_to_simplex(value).clamp_min(torch.finfo(value.dtype).tiny)
-        log_s = s.log()
-        tau = self._tau()
-        n = self.K + 1
-        logits = self.logits
-        return (
-            math.lgamma(n)
-            + (n - 1) * torch.log(self.temperature)
-            + (logits - (tau + 1) * log_s).sum(-1)
-            - n * torch.logsumexp(logits - tau * log_s, dim=-1)
-        )
+        return concrete_log_density(self.logits, _log_simplex(value), self._tau())
 
     def entropy_of_truncation(self) -> torch.Tensor:
         """Entropy of the truncation categorical ``q(b)``."""
@@ -201,11 +276,18 @@ class Downhill(TorchDistribution):
 
 @register_kl(Downhill, Downhill)
 def _kl_downhill_downhill(q: Downhill, p: Downhill) -> torch.Tensor:
-    """KL between the truncation categoricals ``KL(q(b) || p(b))`` (the ELBO's analytic ordering term).
+    """``KL(q(b) || p(b))`` between the truncation categoricals, for two *hard* Downhills.
 
-    Defined for equal ``K`` and equal temperatures; it is the ``tau -> 0`` limit of the KL between the
-    relaxed masks and the term used in the BNNN objective (methods.md §1).
+    Exact when the masks are hard (the likelihood sees the discrete truncation). Between relaxed
+    Downhills the KL has no closed form (and is ``>=`` this one): raises ``NotImplementedError``;
+    use :func:`downhill_kl_mc` (Pyro's ``TraceMeanField_ELBO`` falls back to that estimate).
+    Needs equal ``K`` and equal temperatures (docs/METHODS.md, "The ordering term of the objective").
     """
+    if not (q.hard and p.hard):
+        raise NotImplementedError(
+            "KL between relaxed Downhill distributions has no closed form (it is >= the "
+            "categorical KL); use downhill_kl_mc(q, p, q.rsample()) or hard=True"
+        )
     if q.K != p.K:
         raise ValueError(f"KL(Downhill || Downhill) needs equal K, got {q.K} and {p.K}")
     tq, tp = broadcast_all(q.temperature, p.temperature)

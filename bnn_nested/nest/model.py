@@ -227,22 +227,23 @@ class NestifiedModel(NestedModel):
         """Keep probability of each of the dimension's groups (kept groups: 1), shape ``(G,)``."""
         return self.unit(dim).channel_keep_probs()
 
-    def kl(self) -> torch.Tensor:
-        """Ordering KL plus the weight KL, each output channel weighted by its keep probability
-        (read from the width structure: the dimension the layer produces)."""
+    def kl(self, keep: str | float = "posterior") -> torch.Tensor:
+        """Ordering KL plus the weight KL, each output channel weighted as ``keep`` says (see
+        :meth:`NestedModel.kl`; the channel's dimension is read from the width structure)."""
         total = next(self.parameters()).new_zeros(())
         for _, u in self.ordering_units():
             total = total + u.kl()
         for name, layer in self.net.named_modules():
             if not (isinstance(layer, NestedMixin) and layer.bayesian):
                 continue
-            keep = None
+            channel = None
             found = self.structure.output_dim(name)
             if found is not None:
                 i, member = found
-                g = self.group_keep(self.structure.dims[i].name)
-                keep = member.group_values(g, layer.weight.shape[0])
-            total = total + layer.weight_kl(keep)
+                g = self.unit(self.structure.dims[i].name).channel_keep(keep)
+                if g is not None:
+                    channel = member.group_values(g, layer.weight.shape[0])
+            total = total + layer.weight_kl(channel)
         return total
 
     def weight_kl_pairs(self):  # the structure replaces hand-written pairs

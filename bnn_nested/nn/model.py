@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from bnn_nested.nn.batchnorm import _NestedBatchNorm, width_key
+from bnn_nested.nn.bayes import LOG_ALPHA_MAX, LOG_ALPHA_MIN
 from bnn_nested.nn.nested import NestedMixin
 from bnn_nested.nn.ordering_unit import OrderingUnit, active_groups
 
@@ -153,14 +154,32 @@ class NestedModel(nn.Module):
         """(layer, ordering unit of its outputs) pairs for the weight KL; override in subclasses."""
         return [(m, None) for _, m in self.nested_layers()]
 
-    def kl(self) -> torch.Tensor:
-        """Ordering KL plus keep-probability-weighted weight KL (0 for point weights)."""
+    def kl(self, keep: str | float = "posterior") -> torch.Tensor:
+        """Ordering KL plus the weight KL, each output channel's weight KL weighted by ``keep``.
+
+        ``keep`` says which channels the training objective uses (see
+        :meth:`~bnn_nested.nn.OrderingUnit.channel_keep`): ``"posterior"`` (masked training, the
+        keep probability), ``"all"`` (every channel, weight 1), or a width ``r`` (the channels of a
+        network trained at the fixed width ``r``: 1 inside, 0 beyond). Each width sampler names its
+        own (:attr:`~bnn_nested.training.samplers.WidthSampler.kl_keep`).
+        """
         total = next(self.parameters()).new_zeros(())
         for _, u in self.ordering_units():
             total = total + u.kl()
         for layer, unit in self.weight_kl_pairs():
             if not getattr(layer, "bayesian", False):
                 continue  # point weights: no weight KL
-            keep = unit.channel_keep_probs() if unit is not None else None
-            total = total + layer.weight_kl(keep)
+            ck = unit.channel_keep(keep) if unit is not None else None
+            total = total + layer.weight_kl(ck)
         return total
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Put constrained parameters back into their ranges after an optimiser step: continuation
+        logits into ``[-5, 5]``, Gaussian ``log_alpha`` into ``[LOG_ALPHA_MIN, LOG_ALPHA_MAX]``
+        (clipping inside the forward pass instead would stop their gradients outside the range)."""
+        for _, u in self.ordering_units():
+            u.project_()
+        for m in self.modules():
+            if isinstance(m, NestedMixin) and m.bayesian:
+                m.log_alpha.clamp_(LOG_ALPHA_MIN, LOG_ALPHA_MAX)

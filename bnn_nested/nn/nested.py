@@ -15,7 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnn_nested.nn.bayes import lrt_conv2d, lrt_linear, sparse_vd_kl
+from bnn_nested.nn.bayes import (
+    LOG_ALPHA_MAX,
+    LOG_ALPHA_MIN,
+    lrt_conv2d,
+    lrt_linear,
+    sparse_vd_kl,
+)
 from bnn_nested.nn.ordering_unit import active_groups, group_size
 
 WeightKind = Literal["point", "gaussian"]
@@ -57,6 +63,11 @@ class NestedMixin:
             raise ValueError(f"weights must be one of {WEIGHT_KINDS}, got {weights!r}")
         self.weights = weights
         if weights == "gaussian":
+            if not LOG_ALPHA_MIN <= float(init_log_alpha) <= LOG_ALPHA_MAX:
+                raise ValueError(
+                    f"init_log_alpha must be in [{LOG_ALPHA_MIN}, {LOG_ALPHA_MAX}] (the range "
+                    f"log_alpha is kept in), got {init_log_alpha!r}"
+                )
             w = self.weight  # type: ignore[attr-defined]
             self.log_alpha = nn.Parameter(torch.full_like(w, float(init_log_alpha)))
         else:

@@ -14,6 +14,7 @@ from bnn_nested.distributions import (
     LOGIT_CLIP,
     Downhill,
     categorical_kl,
+    concrete_log_ratio,
     downhill_rsample,
     keep_probs_from_logits,
     stick_breaking_logits,
@@ -79,9 +80,15 @@ class OrderingUnit(nn.Module):
         frozen: always-kept leading groups ``F`` (``0 <= F < G``).
         temperature: Downhill temperature ``tau > 0`` (a buffer, changed by schedules).
         prior: ``"geometric"`` (truncated geometric with ``prior_pi``) or ``"uniform"``.
-        init: initial continuation logit (reference 3.0), or ``"prior"`` to start at the prior.
+        init: initial continuation logit in ``[-5, 5]`` (reference 3.0), or ``"prior"`` to start at
+            the prior (a learned posterior is clipped to ``[-5, 5]``, so a prior with
+            ``pi > sigmoid(5) = 0.9933`` starts at the clip; a fixed one is used exactly).
         learn: if ``False`` the posterior stays fixed (nested dropout) and ``kl()`` is 0.
-        hard: straight-through 0/1 masks instead of relaxed ones.
+        hard: straight-through 0/1 masks instead of relaxed ones. Decides the KL (:meth:`kl`).
+
+    Learned continuation logits stay in ``[-5, 5]`` (the reference's range) by projection after
+    each optimiser step (:meth:`project_`), not by clipping in the forward pass, whose gradient would
+    be 0 outside the range.
 
     Example:
         >>> ou = OrderingUnit(channels=64, groups=16, frozen=2)
@@ -117,11 +124,14 @@ class OrderingUnit(nn.Module):
         if init == "prior":
             r0 = continuation_logits_matching(self.prior_logits)
         else:
+            if not -LOGIT_CLIP <= float(init) <= LOGIT_CLIP:
+                raise ValueError(
+                    f"init must be in [-{LOGIT_CLIP}, {LOGIT_CLIP}] or 'prior', got {init!r}"
+                )
             r0 = torch.full((self.K,), float(init))
-        r0 = r0.clamp(-LOGIT_CLIP, LOGIT_CLIP)
         self.learn = learn
         if learn:
-            self.r = nn.Parameter(r0)
+            self.r = nn.Parameter(r0.clamp(-LOGIT_CLIP, LOGIT_CLIP))
         else:
             self.register_buffer("r", r0)
         self.prior_kind = prior
@@ -129,6 +139,7 @@ class OrderingUnit(nn.Module):
         self.per_example = per_example
         self.keep_scaling = keep_scaling
         self.sampling = True
+        self._last_sample: torch.Tensor | None = None  # the mask of the last forward (for kl())
 
     def extra_repr(self) -> str:
         return (
@@ -137,22 +148,62 @@ class OrderingUnit(nn.Module):
         )
 
     def logits(self) -> torch.Tensor:
-        """Posterior truncation logits ``log q(b)``, shape ``(K + 1,)`` (``r`` clipped to ±5)."""
-        return stick_breaking_logits(self.r.clamp(-LOGIT_CLIP, LOGIT_CLIP))
+        """Posterior truncation logits ``log q(b)``, shape ``(K + 1,)``."""
+        return stick_breaking_logits(self.r)
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Put learned continuation logits back into ``[-5, 5]`` (call after an optimiser step)."""
+        if self.learn:
+            self.r.clamp_(-LOGIT_CLIP, LOGIT_CLIP)
 
     def posterior(self) -> Downhill:
         return Downhill(self.logits(), self.temperature, hard=self.hard)
 
     def prior(self) -> Downhill:
-        return Downhill(self.prior_logits, self.temperature)
+        return Downhill(self.prior_logits, self.temperature, hard=self.hard)
 
     def kl(self) -> torch.Tensor:
-        """``KL(q(b) || p(b))`` (analytic, categorical); 0 when the ordering is not learned."""
+        """The ordering term of the negative ELBO; 0 when the ordering is not learned.
+
+        * hard masks: ``KL(q(b) || p(b))`` between the truncation categoricals, exact (the
+          likelihood sees the discrete truncation);
+        * relaxed masks: the Monte-Carlo estimate ``log q(m) - log p(m)`` on the mask the last
+          forward pass sampled (averaged over per-example masks; Maddison et al. 2017, §C), an
+          unbiased estimate of the relaxed KL, which has no closed form and is ``>=`` the
+          categorical KL. The sample is consumed; without one (no forward pass in training since
+          the last call) a fresh mask is drawn.
+
+        See docs/METHODS.md, "The ordering term of the objective".
+        """
         if not self.learn:
             return self.r.new_zeros(())
-        # == kl_divergence(self.posterior(), self.prior()) (registered analytic KL), without
-        # building two distribution objects on every training step
-        return categorical_kl(self.logits(), self.prior_logits)
+        logits = self.logits()
+        if self.hard:
+            # == kl_divergence(self.posterior(), self.prior()), without two distribution objects
+            return categorical_kl(logits, self.prior_logits)
+        m, self._last_sample = self._last_sample, None
+        if m is None or getattr(m, "_log_simplex", None) is None:
+            m = downhill_rsample(logits, self.temperature)
+        ratio = concrete_log_ratio(logits, self.prior_logits, m._log_simplex, self.temperature)
+        return ratio.mean()
+
+    def channel_keep(self, keep: str | float = "posterior") -> torch.Tensor | None:
+        """Per-channel weights of the weight KL, ``(channels,)``, by what the training uses:
+
+        ``"posterior"``: the keep probabilities ``P(c kept)`` (masked training: ``vou``,
+        ``nested_dropout``); ``"all"``: ``None``, every channel counts fully (``sandwich``, which
+        always trains the full width too); a width ``r``: 1 for the channels kept at ``r`` and 0
+        beyond (``fixed``: the channels beyond never enter the likelihood, their posterior is the
+        prior).
+        """
+        if keep == "posterior":
+            return self.channel_keep_probs()
+        if keep == "all":
+            return None
+        n = active_groups(float(keep), self.groups, self.frozen) - self.frozen
+        ordered = (torch.arange(self.K, device=self.r.device) < n).to(self.r.dtype)
+        return self.expand_groups(ordered)
 
     def keep_probs(self) -> torch.Tensor:
         """``P(b >= k)`` for the ``K`` ordered groups."""
@@ -173,6 +224,7 @@ class OrderingUnit(nn.Module):
         if batch is not None:
             logits = logits.expand(batch, -1)
         m = downhill_rsample(logits, self.temperature, self.hard)  # == self.posterior().rsample()
+        self._last_sample = m
         return self.expand_groups(m)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

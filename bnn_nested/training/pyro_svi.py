@@ -6,8 +6,10 @@ Generative model (per ordering unit ``u`` and data point ``n``)::
     y_n ~ Categorical(logits = f(x_n; W, {m_u}))         # under pyro.plate, scaled to N
 
 Guide: ``m_u ~ Downhill(posterior logits of u, tau)`` (the unit's learned ``q(b)``). With
-:class:`pyro.infer.TraceMeanField_ELBO` the ordering KL is analytic (the ``kl_divergence`` registered
-for :class:`~bnn_nested.distributions.Downhill` is the categorical KL between truncations). Gaussian
+:class:`pyro.infer.TraceMeanField_ELBO` the ordering KL is analytic for hard masks (the
+``kl_divergence`` registered for two hard :class:`~bnn_nested.distributions.Downhill` is the
+categorical KL between truncations); for relaxed masks it has no closed form and Pyro falls back to
+``log q(m) - log p(m)`` at the sampled mask, the estimate the trainer uses. Gaussian
 weights keep their local-reparameterisation noise inside the forward pass; their keep-probability-
 weighted KL enters the model as ``pyro.factor("weight_kl", -KL)``. Divided by ``N``, the SVI loss is
 the built-in trainer's per-example loss with the ``vou`` sampler (``kl_weight = 1``, no regularizer).
@@ -95,7 +97,8 @@ class PyroNestedModel:
         self.net.train()
         masks = {}
         for name, u in self._units():
-            masks[name] = pyro.sample(site_name(name), Downhill(u.prior_logits, u.temperature))
+            prior = Downhill(u.prior_logits, u.temperature, hard=u.hard)
+            masks[name] = pyro.sample(site_name(name), prior)
         with fixed_masks(self.net, masks):
             logits = self.net(x)
         pyro.factor("weight_kl", -weight_kl(self.net))

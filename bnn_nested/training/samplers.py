@@ -26,9 +26,16 @@ class Pass:
 
 
 class WidthSampler:
-    """Base class. ``ordering_kwargs`` configures the model's ordering units; ``passes`` plans a step."""
+    """Base class. ``ordering_kwargs`` configures the model's ordering units; ``passes`` plans a step.
+
+    ``kl_keep`` is how the sampler's own ELBO weights each channel's weight KL (passed to
+    :meth:`~bnn_nested.nn.NestedModel.kl`): ``"posterior"`` for masked training (the keep
+    probability under the masks it samples), ``"all"`` when every channel is always trained,
+    or the width of a network trained at one fixed width.
+    """
 
     name = "base"
+    kl_keep: str | float = "posterior"
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -72,6 +79,7 @@ class NestedDropoutSampler(WidthSampler):
 
 class SandwichSampler(WidthSampler):
     name = "sandwich"
+    kl_keep = "all"  # the full width is trained at every step: every channel is in the model
 
     def passes(self, step, generator):
         lo = self.cfg.min_width
@@ -85,6 +93,10 @@ class SandwichSampler(WidthSampler):
 
 class FixedSampler(WidthSampler):
     name = "fixed"
+
+    @property
+    def kl_keep(self) -> float:  # channels beyond the width never enter the likelihood
+        return self.cfg.fixed_width
 
     def passes(self, step, generator):
         return [Pass(self.cfg.fixed_width, mask=False)]

@@ -188,7 +188,7 @@ class Trainer:
             if i == 0:
                 teacher = F.softmax(logits, -1).detach()
         kl_w = kl_weight_at(self.cfg.ordering, self.epoch)
-        kl = model.kl() * (kl_w / self.n_train)
+        kl = model.kl(keep=self.sampler.kl_keep) * (kl_w / self.n_train)
         penalty = self.regularizer.penalty(model)
         loss = data + kl + penalty + distill
         parts = {"loss": loss, "data": data, "kl": kl, "penalty": penalty}
@@ -230,6 +230,7 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
+        self.model.project_()
         self.step += 1
         self.regularizer.after_step(self.model, self.step)
         return parts

@@ -97,9 +97,13 @@ def test_log_prob_equals_concrete_density_of_differences(tau):
     d = Downhill(logits, temperature=tau)
     m = d.rsample((7,))
     ref = RelaxedOneHotCategorical(torch.tensor(tau, dtype=torch.float64), logits=logits)
+    plain = m.detach().clone()  # no stored log-simplex: scored from the successive differences
     torch.testing.assert_close(
-        d.log_prob(m), ref.log_prob(masks_to_simplex(m)), rtol=1e-9, atol=1e-9
+        d.log_prob(plain), ref.log_prob(masks_to_simplex(plain)), rtol=1e-9, atol=1e-9
     )
+    # a sample of rsample is scored at the simplex point the sampler drew
+    s = m._log_simplex.exp()
+    torch.testing.assert_close(d.log_prob(m), ref.log_prob(s), rtol=1e-9, atol=1e-9)
 
 
 def test_log_prob_hand_formula_k1():
@@ -173,30 +177,30 @@ def test_hard_log_prob_scores_relaxed_sample():
 def test_kl_matches_monte_carlo_over_categoricals():
     q_logits = stick_breaking_logits(torch.tensor([2.0, 0.5, -1.0, 1.0]))
     p_logits = truncated_geometric_logits(0.8, 4)
-    kl = kl_divergence(Downhill(q_logits, 1.0), Downhill(p_logits, 1.0))
+    kl = kl_divergence(Downhill(q_logits, 1.0, hard=True), Downhill(p_logits, 1.0, hard=True))
     torch.manual_seed(0)
     b = torch.distributions.Categorical(logits=q_logits).sample((200_000,))
     terms = q_logits[b] - p_logits[b]
     se = terms.std() / math.sqrt(len(terms))
     assert abs(kl - terms.mean()) < 4 * se
     assert kl.item() == pytest.approx(categorical_kl(q_logits, p_logits).item())
-    assert kl_divergence(Downhill(q_logits, 1.0), Downhill(q_logits, 1.0)).item() == pytest.approx(
-        0, abs=1e-6
-    )
+    same = kl_divergence(Downhill(q_logits, 1.0, hard=True), Downhill(q_logits, 1.0, hard=True))
+    assert same.item() == pytest.approx(0, abs=1e-6)
 
 
 def test_pyro_kl_dispatch():
     from pyro.distributions.kl import kl_divergence as pyro_kl
 
-    q, p = Downhill(torch.randn(3, 5), 1.0), Downhill(torch.randn(3, 5), 1.0)
+    q = Downhill(torch.randn(3, 5), 1.0, hard=True)
+    p = Downhill(torch.randn(3, 5), 1.0, hard=True)
     torch.testing.assert_close(pyro_kl(q, p), categorical_kl(q.logits, p.logits))
 
 
 def test_kl_errors_on_mismatch():
     with pytest.raises(ValueError, match="equal K"):
-        kl_divergence(Downhill(torch.randn(4), 1.0), Downhill(torch.randn(5), 1.0))
+        kl_divergence(Downhill(torch.randn(4), 1.0, True), Downhill(torch.randn(5), 1.0, True))
     with pytest.raises(ValueError, match="temperatures"):
-        kl_divergence(Downhill(torch.randn(4), 1.0), Downhill(torch.randn(4), 2.0))
+        kl_divergence(Downhill(torch.randn(4), 1.0, True), Downhill(torch.randn(4), 2.0, True))
 
 
 def test_low_temperature_approaches_binary_masks():

@@ -105,6 +105,7 @@ def test_model_kl_uses_ordering_unit_keep_probs():
     lin = NestedLinear(5, 8, groups=4, frozen=1, weights="gaussian", init_log_alpha=-2.0)
     model.features[0] = lin
     unit: OrderingUnit = model.features[model.pairs[0][1]]
+    unit.hard = True  # exact categorical ordering KL: deterministic, so the sum can be compared
     with torch.no_grad():
         unit.r.copy_(torch.tensor([4.0, 0.0, -4.0]))
     expected = unit.kl() + (sparse_vd_kl(lin.log_alpha).sum(1) * unit.channel_keep_probs()).sum()
