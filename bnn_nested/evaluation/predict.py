@@ -27,11 +27,13 @@ def predict(
 ) -> torch.Tensor:
     """Predictive probabilities at ``width``: shape ``(S, B, C)``.
 
-    With ``samples > 1`` the model runs in Monte-Carlo mode (weights sampled, dropout active); with
-    ``samples == 1`` it is the deterministic mean network. The ``S`` samples run batched in one
-    forward pass of ``S * B`` inputs, ``chunk`` samples at a time (``None``: all at once). Batch norm
-    is in eval mode, so samples are independent per input and chunking does not change the
-    distribution (nor the values, for a model without weight noise or dropout).
+    With ``samples > 1`` the model runs in Monte-Carlo mode (dropout active; each Bayesian layer
+    draws one weight tensor from ``q(W)`` per sample, shared by the batch and every location: the
+    ``S`` outputs are those of ``S`` networks drawn from the posterior); with ``samples == 1`` it is
+    the deterministic mean network. The ``S`` samples run batched in one forward pass of ``S * B``
+    inputs, ``chunk`` samples at a time (``None``: all at once). Batch norm is in eval mode, so
+    chunking does not change the distribution (nor the values, for a model without weight noise or
+    dropout).
 
     Args:
         x: ``(B, ...)`` inputs. ``keep_scaling``: scale kept channels by their keep probability.
@@ -52,14 +54,10 @@ def predict(
                 return torch.softmax(model(x), -1).unsqueeze(0)
             chunk = chunk or samples
             out = []
-            with model.stochastic(True):
-                for start in range(0, samples, chunk):
-                    s = min(chunk, samples - start)
-                    xs = (
-                        x.unsqueeze(0)
-                        .expand((s,) + x.shape)
-                        .reshape((s * x.shape[0],) + x.shape[1:])
-                    )
+            for start in range(0, samples, chunk):
+                s = min(chunk, samples - start)
+                xs = x.unsqueeze(0).expand((s,) + x.shape).reshape((s * x.shape[0],) + x.shape[1:])
+                with model.stochastic(True, samples=s):
                     out.append(torch.softmax(model(xs), -1).view(s, x.shape[0], -1))
             return torch.cat(out, 0)
     finally:

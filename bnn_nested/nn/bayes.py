@@ -9,6 +9,12 @@ Ashukha & Vetrov, *Variational Dropout Sparsifies Deep Neural Networks*, ICML 20
 
 ``-KL(q || p) ~= k1 * sigmoid(k2 + k3 * log_alpha) - 0.5 * log1p(exp(-log_alpha)) - k1``.
 
+Training uses the LRT (lower-variance gradients, Kingma et al. 2015). Monte-Carlo *prediction* must
+draw networks from ``q(W)``: per-element noise is not such a draw (a globally pooled output gets the
+wrong variance; two equal inputs disagree). :func:`sampled_linear` and :func:`sampled_conv2d` draw
+one weight tensor per Monte-Carlo sample, shared by the sample's inputs and locations, and run one
+matrix product / convolution per sample instead of the LRT's two.
+
 Example:
     >>> out = lrt_linear(x, theta, log_alpha, bias)          # (B, out)
     >>> kl = sparse_vd_kl(log_alpha).sum()
@@ -85,3 +91,53 @@ def lrt_conv2d(
     w_var = torch.exp(clip_log_alpha(log_alpha)) * theta * theta
     var = F.conv2d(x * x, w_var, None, stride, padding, dilation, groups)
     return mean + torch.sqrt(var + VAR_EPS) * torch.randn_like(mean)
+
+
+def weight_samples(theta: torch.Tensor, log_alpha: torch.Tensor, samples: int) -> torch.Tensor:
+    """``samples`` draws of ``w ~ N(theta, alpha theta^2)``: ``theta (1 + sqrt(alpha) eps)``,
+    shape ``(samples, *theta.shape)``."""
+    eps = torch.randn((samples,) + theta.shape, dtype=theta.dtype, device=theta.device)
+    return theta * (1.0 + torch.exp(0.5 * clip_log_alpha(log_alpha)) * eps)
+
+
+def sampled_linear(
+    x: torch.Tensor,
+    theta: torch.Tensor,
+    log_alpha: torch.Tensor,
+    bias: torch.Tensor | None,
+    samples: int = 1,
+) -> torch.Tensor:
+    """``x w_s^T + b`` with one weight sample ``w_s ~ q(w)`` per block of ``x``'s first dimension.
+
+    ``x (S * B, ..., in)`` is sample-major (rows ``s B .. (s + 1) B - 1`` use ``w_s``); ``samples``
+    must divide ``x.shape[0]``. Returns ``(S * B, ..., out)``.
+    """
+    if x.shape[0] % samples:
+        raise ValueError(f"samples={samples} must divide the batch {x.shape[0]}")
+    w = weight_samples(theta, log_alpha, samples)  # (S, out, in)
+    xs = x.reshape(samples, -1, x.shape[-1])
+    out = torch.bmm(xs, w.transpose(1, 2))
+    if bias is not None:
+        out = out + bias
+    return out.reshape(x.shape[:-1] + (theta.shape[0],))
+
+
+def sampled_conv2d(
+    x: torch.Tensor,
+    theta: torch.Tensor,
+    log_alpha: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride,
+    padding,
+    dilation,
+    groups: int = 1,
+    samples: int = 1,
+) -> torch.Tensor:
+    """``conv2d(x, w_s) + b`` with one weight sample per block of ``x``'s batch (sample-major, as
+    :func:`sampled_linear`): one convolution per sample, shared by every location."""
+    if x.shape[0] % samples:
+        raise ValueError(f"samples={samples} must divide the batch {x.shape[0]}")
+    w = weight_samples(theta, log_alpha, samples)
+    blocks = x.chunk(samples, 0) if samples > 1 else (x,)
+    outs = [F.conv2d(xb, ws, bias, stride, padding, dilation, groups) for xb, ws in zip(blocks, w)]
+    return torch.cat(outs, 0) if samples > 1 else outs[0]

@@ -121,22 +121,28 @@ class NestedModel(nn.Module):
         return self.unit_flag("sampling", enabled)
 
     @contextmanager
-    def stochastic(self, enabled: bool = True):
+    def stochastic(self, enabled: bool = True, samples: int | None = None):
         """Monte-Carlo mode inside the block: Bayesian layers sample their weights and dropout
-        layers stay active even in ``eval()`` (used by :func:`~bnn_nested.evaluation.predict`)."""
+        layers stay active even in ``eval()`` (used by :func:`~bnn_nested.evaluation.predict`).
+
+        In ``eval()`` each Bayesian layer draws whole weight tensors from ``q(W)``: one per forward
+        pass, or with ``samples = S`` one per sample-major block of ``batch / S`` inputs (``S``
+        networks run in one batched forward pass)."""
         layers = [m for _, m in self.nested_layers()]
         drops = [m for m in self.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
-        prev_layers = [m.stochastic for m in layers]
+        prev_layers = [(m.stochastic, m.mc_samples) for m in layers]
         prev_drops = [m.training for m in drops]
         for m in layers:
             m.stochastic = enabled
+            m.mc_samples = samples
         for m in drops:
             m.train(enabled or m.training)
         try:
             yield self
         finally:
-            for m, p in zip(layers, prev_layers):
+            for m, (p, s) in zip(layers, prev_layers):
                 m.stochastic = p
+                m.mc_samples = s
             for m, p in zip(drops, prev_drops):
                 m.train(p)
 

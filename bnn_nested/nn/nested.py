@@ -20,6 +20,8 @@ from bnn_nested.nn.bayes import (
     LOG_ALPHA_MIN,
     lrt_conv2d,
     lrt_linear,
+    sampled_conv2d,
+    sampled_linear,
     sparse_vd_kl,
 )
 from bnn_nested.nn.ordering_unit import active_groups, group_size
@@ -53,9 +55,10 @@ class NestedMixin:
         self.ordered = ordered
         self.active_out_groups = None
         self.last_active: tuple[int, int] | None = None
-        self.stochastic = (
-            False  # sample weights in eval (Bayesian layers; see NestedModel.stochastic)
-        )
+        # Monte-Carlo prediction (eval, see NestedModel.stochastic): sample whole weight tensors,
+        # ``mc_samples`` of them over sample-major blocks of the batch (None: one per forward)
+        self.stochastic = False
+        self.mc_samples: int | None = None
 
     def _init_weights_kind(self, weights: str, init_log_alpha: float) -> None:
         """``weights="gaussian"`` adds ``log_alpha`` (same shape as ``weight``, which stays theta)."""
@@ -166,7 +169,10 @@ class NestedLinear(NestedMixin, nn.Linear):
         w = self.weight[:n_out, :n_in]
         b = self.bias[:n_out] if self.bias is not None else None
         if self._sampling_weights():
-            return lrt_linear(x, w, self.log_alpha[:n_out, :n_in], b)
+            la = self.log_alpha[:n_out, :n_in]
+            if self.training:  # local reparameterisation: the training gradient's estimator
+                return lrt_linear(x, w, la, b)
+            return sampled_linear(x, w, la, b, self.mc_samples or 1)
         return F.linear(x, w, b)
 
 
@@ -227,7 +233,10 @@ class NestedConv2d(NestedMixin, nn.Conv2d):
         b = self.bias[:n_out] if self.bias is not None else None
         if self._sampling_weights():
             la = self.log_alpha[:n_out, :n_in]
-            return lrt_conv2d(x, w, la, b, self.stride, self.padding, self.dilation, self.groups)
+            conv = (self.stride, self.padding, self.dilation, self.groups)
+            if self.training:  # local reparameterisation: the training gradient's estimator
+                return lrt_conv2d(x, w, la, b, *conv)
+            return sampled_conv2d(x, w, la, b, *conv, samples=self.mc_samples or 1)
         return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
 
 
