@@ -138,6 +138,17 @@ class OrderingConfig(_Strict):
     min_width: float = Field(0.25, gt=0.0, le=1.0, description="sampler 'sandwich'")
     sandwich_random: int = Field(2, ge=0)
     distill: bool = True
+    vou_distill: bool = Field(
+        False,
+        description="sampler 'vou': also run the unmasked full width each step and train the "
+        "masked pass on its (detached) predictive distribution (in-place distillation)",
+    )
+    weight_kl: Literal["keep", "all"] = Field(
+        "keep",
+        description="sampler 'vou': weight each channel's weight KL by its keep probability "
+        "(q(W|b) = prior for dropped channels, the seed paper) or count every channel (q(W) "
+        "independent of b)",
+    )
 
     @model_validator(mode="after")
     def _schedule_range(self) -> OrderingConfig:

@@ -12,6 +12,7 @@ not depend on ``r``) share one entry.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -208,6 +209,7 @@ def calibrate_bn(
     widths: Sequence[float],
     num_batches: int | None = None,
     device: str | torch.device | None = None,
+    stochastic: bool = False,
 ) -> dict[float, int]:
     """Re-estimate batch-norm statistics at each width and store them per width.
 
@@ -215,8 +217,11 @@ def calibrate_bn(
     one epoch as in the reference) in eval mode except for its nested norm layers, which normalise
     with batch statistics (as in training) and accumulate exact per-channel sums; the stored statistics
     are the cumulative mean and unbiased variance over all those batches (equivalent to BN's
-    ``momentum=None`` cumulative average, without its per-batch variance bias). Ordering masks,
-    weight noise and dropout are off (mean network). Other widths' statistics are left untouched.
+    ``momentum=None`` cumulative average, without its per-batch variance bias). Ordering masks are
+    off; weight noise and dropout are off (the mean network, as the deterministic prediction and
+    export run) unless ``stochastic``: then each batch runs a network drawn from the posterior (as
+    Monte-Carlo prediction runs), so the statistics include the weight noise. Other widths'
+    statistics are left untouched.
 
     Args:
         model: a :class:`~bnn_nested.nn.NestedModel` (anything with ``model.width(r)``).
@@ -248,7 +253,8 @@ def calibrate_bn(
                 bn.train()
                 bn.start_calibration()
             n = 0
-            with model.width(r):  # type: ignore[attr-defined]
+            noise = model.stochastic(True) if stochastic else contextlib.nullcontext()  # type: ignore
+            with model.width(r), noise:  # type: ignore[attr-defined]
                 for batch in loader:
                     if num_batches is not None and n >= num_batches:
                         break

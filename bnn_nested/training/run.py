@@ -306,7 +306,8 @@ def _train(
             raise CheckpointError(f"{path}: incompatible checkpoint ({first})") from None
         trainer.last_checkpoint = (path, trainer.step)
     try:
-        trainer.fit(train_loader, val_loader)
+        bn_loader = DataLoader(splits.train, batch_size=cfg.data.eval_batch_size)
+        trainer.fit(train_loader, val_loader, bn_loader=bn_loader if ctx.is_main else None)
     except TrainingInterrupted as err:
         raise TrainingInterrupted(
             f"{err}; resume with: bnn-nested train --resume {out}", err.checkpoint

@@ -66,7 +66,13 @@ class VOUSampler(WidthSampler):
         kw.update(init=init, learn=True, hard=self.cfg.hard)
         return kw
 
+    @property
+    def kl_keep(self) -> str:
+        return "posterior" if self.cfg.weight_kl == "keep" else "all"
+
     def passes(self, step, generator):
+        if self.cfg.vou_distill:  # the unmasked full width teaches the masked pass
+            return [Pass(1.0, mask=False), Pass(1.0, mask=True, distill=True)]
         return [Pass(1.0, mask=True)]
 
 

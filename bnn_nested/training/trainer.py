@@ -10,6 +10,7 @@ and gradient averaging across ranks (:mod:`bnn_nested.training.distributed`).
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import signal
 import sys
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bnn_nested.nn.batchnorm import calibrate_bn, nested_norms
 from bnn_nested.nn.model import NestedModel
 from bnn_nested.regularization.base import Regularizer
 from bnn_nested.training.checkpoint import capture_rng_state, restore_rng_state
@@ -353,6 +355,21 @@ class Trainer:
             total += len(y)
         return correct / max(total, 1)
 
+    @torch.no_grad()
+    def validation_accuracy(self, val_loader, bn_loader=None) -> float:
+        """Full-width accuracy; with ``bn_loader``, under batch-norm statistics re-estimated at full
+        width on it (the model's norm layers are restored afterwards, so training is unchanged)."""
+        norms = nested_norms(self.model)
+        if bn_loader is None or not norms:
+            return self.accuracy(val_loader)
+        saved = [copy.deepcopy(bn.state_dict()) for bn in norms]
+        try:
+            calibrate_bn(self.model, bn_loader, [1.0], device=self.device)
+            return self.accuracy(val_loader)
+        finally:
+            for bn, state in zip(norms, saved):
+                bn.load_state_dict(state)
+
     def setup(self, example_loader) -> None:
         """Let the regularizer inspect the model on a small batch (once, before training)."""
         if not self._setup_done:
@@ -366,6 +383,7 @@ class Trainer:
         val_loader=None,
         epochs: int | None = None,
         on_epoch_end: Callable[[Trainer, dict[str, float]], None] | None = None,
+        bn_loader=None,
     ) -> list[dict[str, float]]:
         """Train until ``epochs`` (default ``cfg.train.epochs``); resumes from ``self.epoch``.
 
@@ -373,6 +391,11 @@ class Trainer:
         ``train.checkpoint_every_steps`` steps, and on SIGINT (then raises
         :class:`TrainingInterrupted`). A NaN/Inf loss raises :class:`NonFiniteLossError` naming the
         step and the last good checkpoint.
+
+        ``val_acc`` in the history is the full-width accuracy of the mean network on ``val_loader``;
+        with ``bn_loader`` (training data, unshuffled) batch norm is first re-estimated at full width
+        on it, as the final report does, and restored afterwards (without it the running statistics
+        of masked training are used, which can be far from what the report will say).
         """
         self.setup(train_loader)
         end = epochs if epochs is not None else self.cfg.train.epochs
@@ -381,7 +404,7 @@ class Trainer:
             while self.epoch < end:
                 record = {"epoch": self.epoch + 1, **self.train_epoch(train_loader)}
                 if val_loader is not None:
-                    record["val_acc"] = self.accuracy(val_loader)
+                    record["val_acc"] = self.validation_accuracy(val_loader, bn_loader)
                 self.history.append(record)
                 if not self.quiet and self.dist.is_main:
                     extra = f" val_acc {record['val_acc']:.4f}" if "val_acc" in record else ""

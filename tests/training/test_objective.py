@@ -153,3 +153,28 @@ def test_out_of_range_initial_values_are_refused():
         build_config({"model": {"init_log_alpha": -15.0}})
     with pytest.raises(ConfigError, match="ordering.init"):
         build_config({"ordering": {"init": 9.0}})
+
+
+def test_logged_val_acc_is_the_accuracy_the_report_gives(tmp_path):
+    """The per-epoch ``val_acc`` re-estimates batch norm at full width as the final report does, so
+    the last epoch's value equals the full-width validation accuracy of the finished run (before,
+    it used the running statistics of masked training)."""
+    from bnn_nested.evaluation.predict import predict_loader
+    from bnn_nested.training.run import load_run, train_run
+
+    cfg = build_config(
+        {
+            "data": {"name": "digits", "batch_size": 64},
+            "model": {"name": "mlp", "hidden": [64], "groups": 8, "frozen": 1, "norm": "batch"},
+            "ordering": {"sampler": "nested_dropout", "prior_pi": 0.5},
+            "train": {"epochs": 2, "lr": 0.01},
+            "eval": {"widths": [0.25, 1.0]},
+            "regularization": {"kind": "none"},
+        }
+    )
+    out = train_run(cfg, tmp_path / "run", quiet=True)
+    run = load_run(out)
+    probs, y = predict_loader(run.model, torch.utils.data.DataLoader(run.splits.val, 256), 1.0)
+    acc = (probs[0].argmax(-1) == y).float().mean().item()
+    history = __import__("json").loads((out / "history.json").read_text())
+    assert history[-1]["val_acc"] == pytest.approx(acc, abs=1e-6)
