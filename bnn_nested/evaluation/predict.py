@@ -22,7 +22,7 @@ def predict(
     x: torch.Tensor,
     width: Width = 1.0,
     samples: int = 1,
-    chunk: int | None = None,
+    chunk: int | None = 1,
     keep_scaling: bool = False,
 ) -> torch.Tensor:
     """Predictive probabilities at ``width``: shape ``(S, B, C)``.
@@ -30,10 +30,12 @@ def predict(
     With ``samples > 1`` the model runs in Monte-Carlo mode (dropout active; each Bayesian layer
     draws one weight tensor from ``q(W)`` per sample, shared by the batch and every location: the
     ``S`` outputs are those of ``S`` networks drawn from the posterior); with ``samples == 1`` it is
-    the deterministic mean network. The ``S`` samples run batched in one forward pass of ``S * B``
-    inputs, ``chunk`` samples at a time (``None``: all at once). Batch norm is in eval mode, so
-    chunking does not change the distribution (nor the values, for a model without weight noise or
-    dropout).
+    the deterministic mean network. The samples run ``chunk`` at a time, batched into one forward
+    pass of ``chunk * B`` inputs (``None``: all ``S`` at once). The default, one sample per forward
+    pass, was the fastest on the CPU (docs/RESULTS.md, "Monte-Carlo prediction time"): with whole
+    weight draws nothing is gained by batching samples, and large batches cost memory traffic.
+    Batch norm is in eval mode, so chunking does not change the distribution (nor the values, for a
+    model without weight noise or dropout).
 
     Args:
         x: ``(B, ...)`` inputs. ``keep_scaling``: scale kept channels by their keep probability.

@@ -42,12 +42,12 @@ def test_chunking_equals_no_chunking():
     torch.manual_seed(3)
     a = predict(model, x, samples=4, chunk=4)
     torch.manual_seed(3)
-    b = predict(model, x, samples=4)  # chunk None == one chunk of 4: same draws
+    b = predict(model, x, samples=4, chunk=None)  # None == one chunk of 4: same draws
     torch.testing.assert_close(a, b)
     torch.manual_seed(3)
     c = predict(model, x, samples=400, chunk=100)
     torch.manual_seed(4)
-    d = predict(model, x, samples=400)
+    d = predict(model, x, samples=400)  # default: one sample per forward pass
     torch.testing.assert_close(c.mean(0), d.mean(0), atol=0.03, rtol=0)  # same distribution
 
 
