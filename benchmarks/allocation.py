@@ -6,6 +6,7 @@ evaluated sub-network on the training split. FLOPs = 2 x MACs per example.
 
     .venv/bin/python benchmarks/allocation.py                 # trains configs/mnist5k_lenet.yaml (~1-2 min)
     .venv/bin/python benchmarks/allocation.py --run runs/NAME # reuse a trained run
+    .venv/bin/python benchmarks/allocation.py --set model.name=resnet --set model.variant=20 ...
 """
 
 from __future__ import annotations
@@ -31,12 +32,16 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--run", default=None, help="trained run directory (default: train one)")
     ap.add_argument("--config", default="configs/mnist5k_lenet.yaml")
     ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="config override"
+    )
     ap.add_argument("--plot", default="docs/results/allocation.png")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = args.run
         if run_dir is None:
             over = [f"train.epochs={args.epochs}"] if args.epochs else []
+            over += args.set
             run_dir = train_run(load_config(args.config, over), Path(tmp) / "run", quiet=True)
         run = load_run(run_dir)
     model, splits = run.model, run.splits
