@@ -66,6 +66,7 @@ VARIANTS: dict[str, dict] = {
     "hard+uniform": {"ordering": {"hard": True, "prior": "uniform"}},
     "hard+uniform+distill": {"ordering": {"hard": True, "prior": "uniform", "vou_distill": True}},
     "hard+uniform+kl_all": {"ordering": {"hard": True, "prior": "uniform", "weight_kl": "all"}},
+    "hard+olr": {"ordering": {"hard": True, "lr": 0.02}},  # ordering learning rate 10-20x
     # baselines, each with its own objective (Gaussian weights unless said)
     "nested_dropout": {"ordering": {"sampler": "nested_dropout"}},
     "sandwich": {"ordering": {"sampler": "sandwich"}},
@@ -136,11 +137,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--default", default=DEFAULT, help="variant whose masks mc_dropout uses")
     p.add_argument("--bn-mc", action="store_true")
     p.add_argument("--out", default=None, help="write (and append to) this results JSON")
-    p.add_argument("--from-json", default=None)
+    p.add_argument(
+        "--from-json", default=None, help="print tables of saved JSONs (comma-separated)"
+    )
     args = p.parse_args(argv)
     globals()["DEFAULT"] = args.default
     if args.from_json:
-        results = _load(Path(args.from_json))
+        results = {}
+        for path in args.from_json.split(","):
+            results.update(_load(Path(path)))
         print(markdown(results))
         return results
     names = [v for v in args.variants.split(",") if v]
@@ -188,6 +193,19 @@ def _fmt(vals: list[float], digits: int = 3) -> str:
     return f"{statistics.mean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
 
 
+def selection(results: dict) -> list[tuple[float, float, str]]:
+    """``(mean val NLL, mean val accuracy, variant)`` over widths and seeds, best (lowest NLL) first;
+    ``fixed`` (a network per width, not a recipe for one network) is left out."""
+    out = []
+    for name, rows in results.items():
+        if name == "fixed" or not all("val/cls/nll" in rows.get(w, {}) for w in WIDTHS):
+            continue
+        nll = statistics.mean(v for w in WIDTHS for v in rows[w]["val/cls/nll"])
+        acc = statistics.mean(v for w in WIDTHS for v in rows[w]["val/cls/acc"])
+        out.append((nll, acc, name))
+    return sorted(out)
+
+
 def markdown(results: dict) -> str:
     keys = [
         "val/cls/acc",
@@ -208,6 +226,15 @@ def markdown(results: dict) -> str:
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += [
+        "**selection (validation split): mean over widths and seeds, lowest NLL first**",
+        "",
+        "| variant | val NLL | val accuracy |",
+        "|---|---|---|",
+    ]
+    for nll, acc, name in selection(results):
+        lines.append(f"| {name} | {nll:.4f} | {acc:.4f} |")
+    lines += [
+        "",
         "**training wall time per run (s), median over seeds**",
         "",
         "| variant | s |",
