@@ -386,3 +386,84 @@ def cascade_report(
         "n_test": len(yt),
     }
     return CascadeReport([float(w) for w in widths], choice, row, fixed, meta)
+
+
+def cascade_run(
+    run_dir,
+    widths: Sequence[float] | None = None,
+    samples: int | None = None,
+    target_accuracy: float | None = None,
+    max_flops: float | None = None,
+    score: CascadeScore = "msp",
+    alpha: float = 0.1,
+    temperature: bool = True,
+) -> CascadeReport:
+    """:func:`cascade_report` for a run directory (``bnn-nested cascade RUN``): widths default to
+    ``eval.widths``, samples to ``eval.samples``; the run's stored temperatures are applied when
+    ``temperature``; FLOPs per width from :func:`~bnn_nested.deploy.profile.count_flops`."""
+    from torch.utils.data import DataLoader
+
+    from bnn_nested.deploy.profile import count_flops
+    from bnn_nested.training.run import load_run
+
+    run = load_run(run_dir)
+    widths = sorted(float(w) for w in (widths or run.config.eval.widths))
+    samples = samples or run.config.eval.samples
+    if score == "mutual_information" and samples < 2:
+        raise ValueError("score 'mutual_information' needs samples > 1 (it is 0 for one sample)")
+    run.calibrate(widths)
+    temps = run.temperatures() if temperature else {}
+    bs = run.config.data.eval_batch_size
+    x0 = run.splits.val[0][0].unsqueeze(0)
+    flops = [float(count_flops(run.model, x0, w)) for w in widths]
+    rep = cascade_report(
+        run.model,
+        DataLoader(run.splits.val, batch_size=bs),
+        DataLoader(run.splits.test, batch_size=bs),
+        widths,
+        flops,
+        samples,
+        temps or None,
+        target_accuracy,
+        max_flops,
+        score,
+        alpha,
+        run.config.eval.ece_bins,
+    )
+    rep.meta["run"] = str(run_dir)
+    return rep
+
+
+def cascade_plot(reports: Mapping[str, CascadeReport] | CascadeReport, path, title: str = ""):
+    """Test accuracy against mean FLOPs per example: the fixed widths as one line, each cascade as
+    a marker; one legend."""
+    from matplotlib.figure import Figure
+
+    from bnn_nested.evaluation.plots import save_figure
+
+    if isinstance(reports, CascadeReport):
+        reports = {"cascade": reports}
+    first = next(iter(reports.values()))
+    fig = Figure(figsize=(5.5, 3.8), layout="constrained")
+    ax = fig.add_subplot()
+    xs = [r["cost/flops"] for r in first.fixed.values()]
+    ys = [r["cls/acc"] for r in first.fixed.values()]
+    ax.plot(xs, ys, marker="o", color="tab:blue", label="fixed widths")
+    for w, x, y in zip(first.fixed, xs, ys):
+        ax.annotate(f"{w:g}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    markers = "*^sDv<>"
+    for i, (name, rep) in enumerate(reports.items()):
+        ax.plot(
+            rep.cascade["cost/flops"],
+            rep.cascade["cls/acc"],
+            linestyle="none",
+            marker=markers[i % len(markers)],
+            markersize=10,
+            label=name,
+        )
+    ax.set_xlabel(f"mean FLOPs per example (2 x MACs, x {first.meta.get('samples', 1)} MC samples)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
