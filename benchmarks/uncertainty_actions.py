@@ -397,7 +397,9 @@ def markdown(results: dict, command: str) -> str:
             curve_saved[w] = [1 - c / f for c, f in zip(need, wf)]
             lines.append(
                 f"| {w:g} | {_ms(_w(seeds, w, 'acc'))} | {_ms(wf, '.4g')} | {_ms(need, '.4g')} | "
-                f"{_ms([100 * v for v in curve_saved[w]], '.1f')} % |"
+                f"{_ms([100 * v for v in curve_saved[w]], '.1f')} % (per seed "
+                + ", ".join(f"{100 * v:.1f}" for v in curve_saved[w])
+                + ") |"
             )
         saved, acc_c, acc_w = savings[(1.0, "calibrated")]
         lines += [
@@ -412,43 +414,49 @@ def markdown(results: dict, command: str) -> str:
 
 
 def plot(results: dict, out_dir: Path) -> list[Path]:
-    from bnn_nested.evaluation.plots import metric_vs_x
+    """Test accuracy vs mean FLOPs (log axis), mean over seeds: fixed widths and the threshold sweep
+    as lines, the validation-chosen cascades as markers; one legend."""
+    from matplotlib.figure import Figure
+
+    from bnn_nested.evaluation.plots import save_figure
 
     paths = []
     for data, seeds in results.items():
-        fixed = (
-            [statistics.mean(s["widths"][w]["flops"] for s in seeds) for w in WIDTHS],
-            [statistics.mean(s["widths"][w]["acc"] for s in seeds) for w in WIDTHS],
-        )
-        taus = list(seeds[0]["sweep"])
-        sweep = (
-            [statistics.mean(s["sweep"][t]["flops"] for s in seeds) for t in taus],
-            [statistics.mean(s["sweep"][t]["acc"] for s in seeds) for t in taus],
-        )
-        chosen = (
-            [
-                statistics.mean(s["cascade"][f"calibrated@{w:g}"]["cost/flops"] for s in seeds)
-                for w in WIDTHS[1:]
-            ],
-            [
-                statistics.mean(s["cascade"][f"calibrated@{w:g}"]["cls/acc"] for s in seeds)
-                for w in WIDTHS[1:]
-            ],
-        )
-        paths.append(
-            metric_vs_x(
-                {
-                    "fixed widths 0.25 / 0.5 / 0.75 / 1": fixed,
-                    "cascade, threshold sweep (calibrated msp)": sweep,
-                    "cascade, targets = fixed widths' val acc": chosen,
-                },
-                f"mean FLOPs per example (x {seeds[0]['samples']} MC samples)",
-                "test accuracy",
-                out_dir / f"uncertainty_{data}_cascade.png",
-                title=f"{LABEL.get(data, data)}: mean of {len(seeds)} seeds",
-                logx=True,
+
+        def mean(f, seeds=seeds):
+            return statistics.mean(f(s) for s in seeds)
+
+        fig = Figure(figsize=(6, 4), layout="constrained")
+        ax = fig.add_subplot()
+        fx = [mean(lambda s, w=w: s["widths"][w]["flops"]) for w in WIDTHS]
+        fy = [mean(lambda s, w=w: s["widths"][w]["acc"]) for w in WIDTHS]
+        ax.plot(fx, fy, marker="o", label="fixed widths 0.25 / 0.5 / 0.75 / 1")
+        for w, x, y in zip(WIDTHS, fx, fy):
+            ax.annotate(f"{w:g}", (x, y), textcoords="offset points", xytext=(4, -11), fontsize=8)
+        taus = sorted(seeds[0]["sweep"], reverse=True)
+        sx = [mean(lambda s, t=t: s["sweep"][t]["flops"]) for t in taus]
+        sy = [mean(lambda s, t=t: s["sweep"][t]["acc"]) for t in taus]
+        ax.plot(sx, sy, marker=".", label="cascade, shared threshold sweep (calibrated msp)")
+        for kind, marker in (("calibrated", "*"), ("raw", "x")):
+            cx = [
+                mean(lambda s, k=f"{kind}@{w:g}": s["cascade"][k]["cost/flops"]) for w in WIDTHS[1:]
+            ]
+            cy = [mean(lambda s, k=f"{kind}@{w:g}": s["cascade"][k]["cls/acc"]) for w in WIDTHS[1:]]
+            ax.plot(
+                cx,
+                cy,
+                linestyle="none",
+                marker=marker,
+                markersize=10,
+                label=f"cascade chosen on val ({kind} scores), targets = val acc of 0.5 / 0.75 / 1",
             )
-        )
+        ax.set_xscale("log")
+        ax.set_xlabel(f"mean FLOPs per example (2 x MACs, x {seeds[0]['samples']} MC samples)")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(f"{LABEL.get(data, data)}: mean of {len(seeds)} seeds", fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+        paths.append(save_figure(fig, out_dir / f"uncertainty_{data}_cascade.png"))
     return paths
 
 
