@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from matplotlib.image import imread
 
 from bnn_nested.cli.main import main
 from bnn_nested.data import load_digits
@@ -92,6 +93,9 @@ def test_cli_calibrate_then_everything_applies_it(tmp_path, capsys):
     report = json.loads((run / "report.json").read_text())["widths"]
     assert report["1"]["cal/temperature"] == pytest.approx(doc["widths"]["1"]["temperature"])
     assert "set/0.1/coverage" in report["1"] and "sel/aurc" in report["1"]
+    for name in ("risk_coverage", "set_coverage_vs_width", "set_size_vs_width"):
+        img = imread(run / "plots" / f"{name}.png")
+        assert img.ndim == 3 and img.shape[0] > 100 and img[..., :3].std() > 0.05  # not blank
     # LoadedRun.predict applies the stored temperature
     x = loaded.splits.test.tensors[0][:8]
     t = doc["widths"]["0.5"]["temperature"]
