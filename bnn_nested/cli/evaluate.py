@@ -1,12 +1,15 @@
-"""``bnn-nested evaluate RUN``: per-width report (classification, calibration, OOD, FLOPs).
+"""``bnn-nested evaluate RUN``: per-width report (classification, calibration, OOD, FLOPs, and
+temperature scaling / conformal sets / selective prediction: :mod:`bnn_nested.cli.uncertainty`).
 
-Writes ``RUN/report.json``, ``RUN/report.md`` and ``RUN/plots/*.png`` atomically.
+Writes ``RUN/report.json``, ``RUN/report.md`` and ``RUN/plots/*.png`` atomically
+(``--calibrate temperature`` also ``RUN/calibration/temperature.json``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from bnn_nested.cli import uncertainty
 from bnn_nested.cli.common import UsageError, parse_widths
 
 
@@ -33,6 +36,7 @@ def add_parser(sub) -> None:
     )
     e.add_argument("--split", choices=["test", "val"], default="test")
     e.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    uncertainty.add_arguments(e)
     e.set_defaults(handler=run)
 
 
@@ -47,12 +51,14 @@ def run(args) -> int:
     unknown = [s for s in scores if s not in SCORES]
     if unknown:
         raise UsageError(f"--scores: unknown {unknown}; accepted: {', '.join(SCORES)}")
+    uncertainty.check(args)
     run_dir = Path(args.run)
     loaded = load_run(run_dir)
     cfg = loaded.config
     widths = args.widths or cfg.eval.widths
     samples = args.samples or cfg.eval.samples
     loaded.calibrate(widths)
+    extra, notes = uncertainty.evaluate_kwargs(args, loaded, run_dir, widths, samples)
     report = evaluate(
         loaded.model,
         loaded.splits,
@@ -66,6 +72,7 @@ def run(args) -> int:
         progress=True,
         seed=cfg.seed,
         root=cfg.data.root,
+        **extra,
     )
     report.meta.update(
         run=str(run_dir),
@@ -79,6 +86,8 @@ def run(args) -> int:
         f"{cfg.data.name} {args.split} set, {cfg.model.name} / {cfg.ordering.sampler}, "
         f"{samples} sample(s)"
     )
+    for line in notes:
+        print(line)
     print(report.table())
     print(
         f"written: {written['json']}, {written['md']}"

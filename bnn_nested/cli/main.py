@@ -15,7 +15,7 @@ from bnn_nested.cli.common import Parser, UsageError
 from bnn_nested.config import ConfigError
 
 #: Command modules; each defines ``add_parser(subparsers)`` (setting ``handler``) and ``run(args)``.
-COMMAND_MODULES = ("train", "evaluate", "compare", "select")
+COMMAND_MODULES = ("train", "evaluate", "compare", "select", "cascade")
 
 
 def build_parser() -> Parser:

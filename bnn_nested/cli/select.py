@@ -35,6 +35,11 @@ def add_parser(sub) -> None:
         "mask) or exported (BN folded, channels-last, micro-batches tuned on CPU); given without "
         "--max-latency-ms, latency is still measured and shown",
     )
+    s.add_argument(
+        "--no-temperature",
+        action="store_true",
+        help="ignore the run's stored temperatures (fitted by `evaluate --calibrate temperature`)",
+    )
     s.add_argument("--json", action="store_true", help="print the result as JSON")
     s.set_defaults(handler=run)
 
@@ -63,6 +68,7 @@ def run(args) -> int:
         args.threads,
         latency=args.max_latency_ms is not None or args.latency_mode is not None,
         latency_mode=args.latency_mode or "sliced",
+        temperature=not args.no_temperature,
     )
     sel = select_width(cands, cons)
     if args.json:

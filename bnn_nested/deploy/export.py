@@ -62,6 +62,22 @@ class _LeafTracer(fx.Tracer):
         return _is_special_leaf(m) or super().is_leaf_module(m, qualname)
 
 
+class TemperatureScaled(nn.Module):
+    """``module(x) / temperature``: a fitted temperature (docs/METHODS.md, "Temperature scaling per
+    width") baked into an exported network as its final division; ``softmax`` of the output is the
+    calibrated probability."""
+
+    def __init__(self, module: nn.Module, temperature: float) -> None:
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.module = module
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x) / self.temperature
+
+
 class ChannelScale(nn.Module):
     """Multiply channel ``c`` (dimension 1) by ``scale[c]``: an ordering unit with keep-scaling."""
 
@@ -218,6 +234,7 @@ def export_width(
     example: torch.Tensor,
     fold_batchnorm: bool = True,
     channels_last: bool = False,
+    temperature: float | None = None,
 ) -> nn.Module:
     """The sub-network at ``width`` as a plain module with physically sliced weights.
 
@@ -227,6 +244,8 @@ def export_width(
         example: an input batch ``(B, ...)`` used for one forward pass at ``width``.
         fold_batchnorm: fold each BN into the linear/conv before it (default on).
         channels_last: store 4-D weights channels-last (feed channels-last inputs for speed).
+        temperature: a fitted temperature of this width (e.g. ``temperature_for(run.temperatures(),
+            width)``): the module returns ``logits / temperature`` (:class:`TemperatureScaled`).
 
     Returns:
         A ``torch.fx.GraphModule`` of ``nn.Linear``/``nn.Conv2d``/``nn.BatchNorm``/activation modules
@@ -252,6 +271,8 @@ def export_width(
         p.requires_grad_(False)
     if channels_last:
         out = out.to(memory_format=torch.channels_last)
+    if temperature is not None and temperature != 1.0:
+        out = TemperatureScaled(out, temperature).eval()
     return out
 
 

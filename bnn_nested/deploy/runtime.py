@@ -184,6 +184,7 @@ def inference_module(
     micro_batch: int | None | Literal["auto"] = 64,
     channels_last: bool = True,
     compile: bool = False,
+    temperature: float | None = None,
 ) -> nn.Module:
     """The sub-network at ``width`` prepared for fast inference.
 
@@ -206,6 +207,8 @@ def inference_module(
             The default 64 was the fastest for VGG-11 in that sweep; ``"auto"`` measures.
         channels_last: channels-last layout for 4-D inputs (eager only).
         compile: apply :func:`compile_for_inference` to the exported module.
+        temperature: a fitted temperature of ``width``, divided into the logits (see
+            :func:`~bnn_nested.deploy.export.export_width`).
 
     Example:
         >>> fast = inference_module(model, 0.25, x[:2])
@@ -213,7 +216,9 @@ def inference_module(
     """
     micro_batch = check_micro_batch(micro_batch, allow_auto=True)
     cl = channels_last and not compile and example.dim() == 4
-    module: nn.Module = export_width(model, width, example, channels_last=cl)
+    module: nn.Module = export_width(
+        model, width, example, channels_last=cl, temperature=temperature
+    )
     if micro_batch == "auto":  # tuned eagerly: compiling every candidate size would take minutes
         micro_batch = tune_micro_batch(module, example, channels_last=cl)
     if compile:

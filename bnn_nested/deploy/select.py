@@ -171,11 +171,14 @@ def run_candidates(
     latency: bool = True,
     repeats: int = 20,
     latency_mode: str = "sliced",
+    temperature: bool = True,
 ) -> list[Candidate]:
     """Candidates for a trained run: costs from :func:`~bnn_nested.deploy.profile.profile_widths`
     and validation accuracy/ECE from ``evaluate_widths`` on ``run.splits.val``; both cached in the
     run directory (``deploy/profile.json``, ``deploy/val_metrics.json``). ``latency_mode`` is
     ``profile_widths``'s ``mode`` (``"exported"`` times the module a deployment would run).
+    With ``temperature`` the run's stored temperatures (``calibration/temperature.json``) scale
+    the validation probabilities first (the ECE is then the calibrated one).
     """
     from bnn_nested.deploy.profile import LATENCY_MODES, profile_widths
     from bnn_nested.evaluation.evaluate import evaluate_widths
@@ -192,13 +195,22 @@ def run_candidates(
     run_dir = Path(run_dir)
     cache_path = run_dir / VAL_METRICS_FILE
     cache: dict[str, Any] = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    temps = run.temperatures() if temperature else {}
     key = f"samples={samples},bins={cfg.eval.ece_bins}"
+    if temps:
+        key += ",T=" + ",".join(f"{w:g}:{t:.6g}" for w, t in sorted(temps.items()))
     rows = cache.get(key, {})
     missing = [w for w in widths if f"{w:g}" not in rows]
     if missing:
         run.calibrate(missing)
         report = evaluate_widths(
-            run.model, run.splits.val, missing, samples, cfg.eval.ece_bins, cfg.data.eval_batch_size
+            run.model,
+            run.splits.val,
+            missing,
+            samples,
+            cfg.eval.ece_bins,
+            cfg.data.eval_batch_size,
+            temperatures=temps,
         )
         rows.update({f"{w:g}": m for w, m in report.rows.items()})
         cache[key] = rows

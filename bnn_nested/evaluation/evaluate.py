@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from bnn_nested.evaluation.metrics import classification_report, reliability_data
+from bnn_nested.evaluation.calibration import apply_temperature, temperature_for
+from bnn_nested.evaluation.metrics import classification_report, mean_probs, reliability_data
 from bnn_nested.evaluation.ood import compute_score, ood_metrics
 from bnn_nested.evaluation.predict import predict_loader
 from bnn_nested.io import atomic_write_json, atomic_write_text
@@ -37,12 +38,14 @@ DEFAULT_SCORES = ("entropy", "mutual_information", "msp")
 class Report:
     """Metrics per width: ``rows[width] = {"cls/acc": .., "cal/ece": .., "ood/patches/entropy/auroc": ..}``.
 
-    ``reliability[width]`` holds the reliability-diagram data of that width.
+    ``reliability[width]`` holds the reliability-diagram data of that width, ``risk_coverage[width]``
+    its risk-coverage curve ``(coverage, risk)``.
     """
 
     rows: dict[float, dict[str, float]] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     reliability: dict[float, Any] = field(default_factory=dict)
+    risk_coverage: dict[float, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"meta": self.meta, "widths": {f"{w:g}": m for w, m in sorted(self.rows.items())}}
@@ -58,12 +61,24 @@ class Report:
         return list(seen)
 
     def table(self, keys: Sequence[str] | None = None, markdown: bool = False) -> str:
-        """One row per width; default columns: accuracy, NLL, Brier, ECE and every OOD AUROC."""
+        """One row per width; default columns: accuracy, NLL, Brier, ECE (before temperature scaling
+        too, when applied), AURC, set coverage and size, and every OOD AUROC."""
         if keys is None:
             keys = [
                 k
                 for k in self.keys()
-                if k in ("cls/acc", "cls/nll", "cls/brier", "cal/ece")
+                if k
+                in (
+                    "cls/acc",
+                    "raw/cls/nll",
+                    "cls/nll",
+                    "cls/brier",
+                    "raw/cal/ece",
+                    "cal/ece",
+                    "cal/temperature",
+                    "sel/aurc",
+                )
+                or (k.startswith("set/") and k.endswith(("/coverage", "/size")))
                 or k.endswith(("/entropy/auroc", "/mutual_information/auroc"))
             ]
         keys = [k for k in keys if k in self.keys()]
@@ -82,7 +97,7 @@ class Report:
 
     def write(self, out_dir: str | Path, plots: bool = True) -> dict[str, Path]:
         """Write ``report.json``, ``report.md`` and (optionally) PNG plots atomically."""
-        from bnn_nested.evaluation.plots import metric_vs_x, reliability_diagram
+        from bnn_nested.evaluation.plots import metric_vs_x, reliability_diagram, risk_coverage_plot
 
         out = Path(out_dir)
         written = {
@@ -92,7 +107,7 @@ class Report:
         if not plots:
             return written
         widths = sorted(self.rows)
-        plot_keys = [k for k in ("cls/acc", "cls/nll", "cal/ece") if k in self.keys()]
+        plot_keys = [k for k in ("cls/acc", "cls/nll", "cal/ece", "sel/aurc") if k in self.keys()]
         plot_keys += [k for k in self.keys() if k.endswith("/auroc")]
         for key in plot_keys:
             ys = [self.rows[w].get(key, math.nan) for w in widths]
@@ -107,6 +122,23 @@ class Report:
                     "FLOPs per example (2 x MACs)",
                     key,
                     out / "plots" / f"{name}_vs_flops.png",
+                )
+        if self.risk_coverage:
+            written["risk_coverage"] = risk_coverage_plot(
+                self.risk_coverage, out / "plots" / "risk_coverage.png"
+            )
+        sets = sorted({k.rsplit("/", 1)[0] for k in self.keys() if k.startswith("set/")})
+        for kind in ("coverage", "size"):
+            series = {
+                name[4:]: (widths, [self.rows[w].get(f"{name}/{kind}", math.nan) for w in widths])
+                for name in sets
+            }
+            if series:
+                written[f"sets_{kind}"] = metric_vs_x(
+                    {f"alpha {k.replace('/nested', ' nested')}": v for k, v in series.items()},
+                    "width",
+                    "coverage" if kind == "coverage" else "mean set size",
+                    out / "plots" / f"set_{kind}_vs_width.png",
                 )
         for w, data in self.reliability.items():
             written[f"reliability_{w:g}"] = reliability_diagram(
@@ -194,9 +226,24 @@ def evaluate(
     ood_size: int | None = None,
     seed: int = 0,
     root: str | None = None,
+    temperatures: Mapping[float, float] | None = None,
+    alphas: Sequence[float] = (),
+    set_score: str = "thr",
+    nested_sets: bool = False,
+    selective: str | None = "msp",
 ) -> Report:
     """Per-width report: ``cls/*`` and ``cal/*`` metrics, OOD AUROC/AUPR/FPR95 per set and score,
-    and ``cost/flops`` (FLOPs = 2 x MACs per example).
+    ``cost/flops`` (FLOPs = 2 x MACs per example), and the issue-15 actions on uncertainty:
+
+    * ``temperatures`` (width -> ``T``, :mod:`~bnn_nested.evaluation.calibration`): every metric is
+      computed on the temperature-scaled probabilities; ``raw/cls/nll``, ``raw/cls/brier``,
+      ``raw/cal/ece`` are the values before, ``cal/temperature`` the ``T`` used.
+    * ``alphas``: split-conformal sets at level ``1 - alpha`` calibrated on ``splits.val``
+      (:mod:`~bnn_nested.evaluation.conformal`, score ``set_score``): ``set/<alpha>/coverage`` and
+      ``set/<alpha>/size``; with ``nested_sets`` also ``set/<alpha>/nested/...`` (sets nested
+      across the given widths). Needs ``split="test"``.
+    * ``selective``: uncertainty score (``msp``, ``entropy``, ``mutual_information``) of the
+      risk-coverage curve; ``sel/aurc`` and ``sel/eaurc`` (:mod:`~bnn_nested.evaluation.selective`).
 
     Args:
         model: a trained nested model.
@@ -207,7 +254,20 @@ def evaluate(
         scores: OOD score names from :data:`bnn_nested.evaluation.ood.SCORES`; higher = more OOD.
     """
     from bnn_nested.deploy.profile import count_flops
+    from bnn_nested.evaluation.selective import aurc, eaurc, risk_coverage, selective_score
 
+    alphas = [float(a) for a in alphas]
+    if alphas:
+        from bnn_nested.evaluation.conformal import SET_SCORES
+
+        if set_score not in SET_SCORES:
+            raise ValueError(f"set_score must be one of {', '.join(SET_SCORES)}; got {set_score!r}")
+        if any(not 0.0 < a < 1.0 for a in alphas):
+            raise ValueError(f"alpha must be in (0, 1), got {alphas}")
+        if split != "test" or not hasattr(splits, "val"):
+            raise ValueError("conformal sets are calibrated on the val split: need split='test'")
+        if nested_sets and list(widths) != sorted(widths):
+            raise ValueError(f"nested sets need increasing widths, got {list(widths)}")
     data = getattr(splits, split) if hasattr(splits, split) else splits
     if isinstance(ood, dict):
         ood_sets = dict(ood)
@@ -224,6 +284,14 @@ def evaluate(
             "scores": [s for s in scores if s != "mutual_information" or samples > 1],
         }
     )
+    if temperatures:
+        report.meta["temperatures"] = {f"{w:g}": temperature_for(temperatures, w) for w in widths}
+    if selective:
+        report.meta["selective_score"] = selective
+    if alphas:
+        report.meta.update(alphas=alphas, set_score=set_score, nested_sets=nested_sets)
+    set_probs: dict[str, list[torch.Tensor]] = {"val": [], "test": []}
+    targets_val = None
     if device is None:
         device = module_device(model)
     x0 = data[0][0].unsqueeze(0).to(device)
@@ -234,8 +302,28 @@ def evaluate(
         it = tqdm(widths, desc="widths", leave=False)
     for w in it:
         probs, targets = predict_loader(model, _loader(data, batch_size), w, samples, device)
-        row = classification_report(probs, targets, n_bins=n_bins)
+        t = temperature_for(temperatures, w)
+        row = {}
+        if temperatures:
+            raw = classification_report(probs, targets, n_bins=n_bins)
+            row.update({f"raw/{k}": raw[k] for k in ("cls/nll", "cls/brier", "cal/ece")})
+            probs = apply_temperature(probs, t)
+        row.update(classification_report(probs, targets, n_bins=n_bins))
+        if temperatures:
+            row["cal/temperature"] = t
         report.reliability[float(w)] = reliability_data(probs, targets, n_bins=n_bins)
+        if selective:
+            errors = mean_probs(probs).argmax(-1) != targets
+            unc = selective_score(probs, selective)
+            row["sel/aurc"] = aurc(errors, unc)
+            row["sel/eaurc"] = eaurc(errors, unc)
+            report.risk_coverage[float(w)] = risk_coverage(errors, unc)
+        if alphas:
+            pv, targets_val = predict_loader(
+                model, _loader(splits.val, batch_size), w, samples, device
+            )
+            set_probs["val"].append(mean_probs(apply_temperature(pv, t)))
+            set_probs["test"].append(mean_probs(probs))
         if ood_sets:
             in_scores = {s: compute_score(s, probs=probs) for s in report.meta["scores"]}
             for name, ds in ood_sets.items():
@@ -246,7 +334,23 @@ def evaluate(
                         row[f"ood/{name}/{s}/{k.split('/', 1)[1]}"] = v
         row["cost/flops"] = float(count_flops(model, x0, w))
         report.rows[float(w)] = row
+    if alphas:
+        _add_sets(
+            report, set_probs, targets_val, targets, widths, alphas, set_score, nested_sets, seed
+        )
     return report
+
+
+def _add_sets(report, probs, y_val, y_test, widths, alphas, score, nested, seed) -> None:
+    from bnn_nested.evaluation.conformal import conformal_sets, nested_conformal_sets
+
+    for a in alphas:
+        makers = [("", conformal_sets)] + ([("/nested", nested_conformal_sets)] if nested else [])
+        for suffix, make in makers:
+            res = make(probs["val"], y_val, probs["test"], widths, a, score, seed=seed)
+            for w, m in res.metrics(y_test).items():
+                report.rows[float(w)][f"set/{a:g}{suffix}/coverage"] = m["coverage"]
+                report.rows[float(w)][f"set/{a:g}{suffix}/size"] = m["size"]
 
 
 def evaluate_widths(
@@ -257,11 +361,14 @@ def evaluate_widths(
     n_bins: int = 15,
     batch_size: int = 512,
     device: str | torch.device | None = None,
+    temperatures: Mapping[float, float] | None = None,
 ) -> Report:
-    """Classification and calibration metrics only, on one dataset (no OOD, no FLOPs)."""
+    """Classification and calibration metrics only, on one dataset (no OOD, no FLOPs);
+    temperature-scaled per width when ``temperatures`` is given."""
     report = Report(meta={"samples": samples, "ece_bins": n_bins, "n": len(dataset)})
     for w in widths:
         probs, targets = predict_loader(model, _loader(dataset, batch_size), w, samples, device)
+        probs = apply_temperature(probs, temperature_for(temperatures, w))
         report.rows[float(w)] = classification_report(probs, targets, n_bins=n_bins)
     return report
 

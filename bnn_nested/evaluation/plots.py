@@ -26,7 +26,13 @@ from torch import Tensor
 from bnn_nested.evaluation.metrics import ReliabilityData
 from bnn_nested.io import atomic_write
 
-__all__ = ["reliability_diagram", "metric_vs_x", "keep_prob_plot", "save_figure"]
+__all__ = [
+    "reliability_diagram",
+    "metric_vs_x",
+    "keep_prob_plot",
+    "risk_coverage_plot",
+    "save_figure",
+]
 
 _DPI = 120
 
@@ -168,6 +174,40 @@ def metric_vs_x(
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def risk_coverage_plot(
+    curves: Mapping[float | str, tuple[Sequence[float] | Tensor, Sequence[float] | Tensor]],
+    path: str | os.PathLike[str],
+    title: str = "selective prediction: risk vs coverage",
+) -> Path:
+    """Risk-coverage curves (selective risk of the answered examples against the fraction
+    answered), one line per width, AURC in the legend.
+
+    Args:
+        curves: width (or label) -> ``(coverage, risk)`` from
+            :func:`bnn_nested.evaluation.selective.risk_coverage`.
+        path: output ``.png`` path (written atomically).
+
+    Example:
+        >>> risk_coverage_plot({1.0: risk_coverage(errors, 1 - conf)}, "rc.png")
+    """
+    if not curves:
+        raise ValueError("curves must map at least one width to (coverage, risk)")
+    fig = Figure(figsize=(5, 3.5), layout="constrained")
+    ax = fig.add_subplot()
+    for label, (cov, risk) in curves.items():
+        c, r = _to_numpy(cov), _to_numpy(risk)
+        name = f"width {label:g}" if isinstance(label, (int, float)) else str(label)
+        ax.plot(c, r, linewidth=1.5, label=f"{name} (AURC {float(np.mean(r)):.4f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("coverage (fraction of examples answered)")
+    ax.set_ylabel("selective risk (error rate of answered)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)

@@ -416,6 +416,26 @@ class LoadedRun:
     config: Config
     splits: DataSplits
     checkpoint: dict[str, Any]
+    run_dir: Path | None = None
+
+    def temperatures(self) -> dict[float, float]:
+        """Temperature per width stored in the run (``calibration/temperature.json``, fitted on
+        this checkpoint's step; ``{}`` if none); see :mod:`bnn_nested.evaluation.calibration`."""
+        from bnn_nested.evaluation.calibration import load_temperatures
+
+        if self.run_dir is None:
+            return {}
+        return load_temperatures(self.run_dir, self.checkpoint.get("step"))
+
+    def predict(
+        self, x: torch.Tensor, width: float, samples: int | None = None, calibrated: bool = True
+    ) -> torch.Tensor:
+        """``(S, B, C)`` probabilities at ``width`` (``samples`` default ``eval.samples``), with
+        the run's stored temperature of that width applied when ``calibrated``."""
+        from bnn_nested.evaluation.calibration import calibrated_predict, temperature_for
+
+        t = temperature_for(self.temperatures(), width) if calibrated else 1.0
+        return calibrated_predict(self.model, x, width, samples or self.config.eval.samples, t)
 
     def calibrate(self, widths: list[float]) -> list[float]:
         """Calibrate batch norm for the ``widths`` that training did not (those outside
@@ -448,4 +468,4 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
             f"{run_dir / CHECKPOINT}: incompatible checkpoint ({first})"
         ) from None
     model.to(device).eval()
-    return LoadedRun(model, cfg, splits, state)
+    return LoadedRun(model, cfg, splits, state, run_dir)
