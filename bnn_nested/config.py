@@ -107,7 +107,7 @@ class ModelConfig(_Strict):
     @classmethod
     def _positive(cls, v: list[int]) -> list[int]:
         if any(h < 1 or h > MAX_UNITS for h in v):
-            raise ValueError(f"hidden sizes must be in [1, {MAX_UNITS}], got {_short(v)}")
+            raise ValueError(f"hidden sizes must be in [1, {MAX_UNITS}]")
         return v
 
     @model_validator(mode="after")

@@ -27,8 +27,9 @@ from typing import Any
 
 import yaml
 
-#: Largest YAML document accepted (bytes); shipped configs are under 2 KiB.
-MAX_BYTES = 1 << 20
+#: Largest YAML document accepted (bytes; parsing that much takes under a second). Shipped
+#: configs are under 2 KiB.
+MAX_BYTES = 1 << 17
 #: Deepest nesting of mappings / sequences accepted.
 MAX_DEPTH = 64
 
@@ -89,8 +90,9 @@ def safe_load(text: str) -> Any:
     """
     if len(text) > MAX_BYTES:
         raise YamlError(f"document of {len(text)} characters; at most {MAX_BYTES} are read")
-    loader = _Loader(text)
+    loader = None
     try:
+        loader = _Loader(text)  # the reader refuses control characters here
         return loader.get_single_data()
     except YamlError:
         raise
@@ -102,7 +104,8 @@ def safe_load(text: str) -> Any:
     except RecursionError:  # pragma: no cover - MAX_DEPTH keeps well below the limit
         raise YamlError(f"nested deeper than {MAX_DEPTH} levels") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def read_text_file(path: str | Path, what: str = "file", limit: int = MAX_BYTES) -> str:

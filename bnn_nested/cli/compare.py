@@ -79,6 +79,11 @@ def run(args) -> int:
     from bnn_nested.evaluation.plots import metric_vs_x
     from bnn_nested.io import JsonFileError, atomic_write_json, atomic_write_text, read_json
 
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    if not metrics:
+        raise UsageError(
+            f"--metrics: no metric names in {args.metrics[:60]!r}; e.g. cls/acc,cls/nll,cal/ece"
+        )
     reports: dict[str, dict] = {}
     for r in args.runs:
         path = Path(r) / "report.json"
@@ -91,11 +96,6 @@ def run(args) -> int:
             reports[name] = check_report(path, read_json(path, "report"))
         except JsonFileError as err:
             raise UsageError(f"{err}; re-run `bnn-nested evaluate {r}`") from None
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    if not metrics:
-        raise UsageError(
-            f"--metrics: no metric names in {args.metrics[:60]!r}; e.g. cls/acc,cls/nll,cal/ece"
-        )
     available = {
         k
         for r in reports.values()
