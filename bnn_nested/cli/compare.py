@@ -65,7 +65,7 @@ def check_report(path: Path, report: Any) -> dict:
         if not isinstance(row, dict):
             raise UsageError(f"{what} (width {w[:40]}: metrics must be a mapping)")
         for k, v in row.items():
-            if not is_number(v) and not isinstance(v, (dict, list, str, type(None))):
+            if not is_number(v) and v is not None:
                 raise UsageError(f"{what} (width {w[:40]}, {k[:60]}: not a number)")
     return report
 
