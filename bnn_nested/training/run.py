@@ -1,8 +1,11 @@
 """A training run on disk: ``runs/NAME/{config.yaml, checkpoint.pt, history.json, keep_probs.json}``.
 
 ``checkpoint.pt`` is rewritten atomically every ``train.checkpoint_every`` epochs /
-``train.checkpoint_every_steps`` steps, on SIGINT and at the end (``complete: True``);
-:func:`resume_run` continues an unfinished run exactly where its checkpoint left it.
+``train.checkpoint_every_steps`` steps, on SIGINT, after the last epoch (before BN calibration
+and the other post-training steps) and at the end (``complete: True``); :func:`resume_run`
+continues an unfinished run exactly where its checkpoint left it, and starts a run that stopped
+before its first checkpoint over from its ``config.yaml``. Writers hold the run's lock and only
+replace recognisable runs (:mod:`bnn_nested.training.rundir`).
 """
 
 from __future__ import annotations
@@ -265,7 +268,7 @@ def resume_run(run_dir: str | Path, quiet: bool = False, device: str | None = No
     path = run_dir / CHECKPOINT
     lock = RunLock(run_dir)
     writable = is_run_dir(run_dir) or path.is_file()  # else: an error below, nothing written
-    if writable and os.environ.get("RANK", "0") == "0":  # rank 0 writes: it holds the lock
+    if writable and _rank_zero():  # rank 0 writes: it holds the lock
         lock.acquire()
     try:
         if lock.held:
@@ -304,6 +307,15 @@ def resume_run(run_dir: str | Path, quiet: bool = False, device: str | None = No
             ctx.close()
     finally:
         lock.release()
+
+
+def _rank_zero() -> bool:
+    """This process is rank 0 of its job (or the only one), before the context is set up."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _start_over(run_dir: Path, quiet: bool, device: str | None) -> Path:
