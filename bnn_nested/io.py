@@ -7,6 +7,7 @@ import errno
 import json
 import math
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Callable
@@ -95,3 +96,10 @@ def is_number(value: Any, finite: bool = False) -> bool:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
     return not finite or math.isfinite(value)
+
+
+def refused_code(err: BaseException) -> str | None:
+    """What ``torch.load(weights_only=True)`` refused when a file carries pickled code, e.g.
+    ``GLOBAL posix.system``; ``None`` when ``err`` is some other (corrupt-file) error."""
+    m = re.search(r"GLOBAL ([\w.<>]+)", str(err), flags=re.IGNORECASE)
+    return f"GLOBAL {m.group(1)[:100]}" if m else None

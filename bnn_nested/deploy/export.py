@@ -39,7 +39,6 @@ from __future__ import annotations
 import copy
 import inspect
 import io
-import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -50,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from bnn_nested.io import atomic_write
+from bnn_nested.io import atomic_write, refused_code
 from bnn_nested.nest import NestifiedModel, sliced_network
 from bnn_nested.nn.model import NestedModel, Width
 from bnn_nested.nn.nested import NestedMixin
@@ -510,11 +509,13 @@ def load_width_weights(path: str | Path, allow_import: bool = False) -> nn.Modul
         raise FileNotFoundError(f"{path}: no such file")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise UnsafeOrInvalidWeights(
-            f"{path}: holds code (pickled objects) that was refused; not a width-weights file"
-        ) from None
     except Exception as err:
+        refused = refused_code(err)  # weights_only refused a callable: the file carries code
+        if refused is not None:
+            raise UnsafeOrInvalidWeights(
+                f"{path}: holds code ({refused}) that was refused, never run; not a "
+                "width-weights file"
+            ) from None
         first = str(err).strip().splitlines()[0][:150] if str(err).strip() else type(err).__name__
         raise UnsafeOrInvalidWeights(
             f"{path}: corrupt or truncated weights file ({first})"

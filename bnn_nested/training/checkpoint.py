@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import io
-import pickle
 import random
-import re
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from bnn_nested.io import atomic_write
+from bnn_nested.io import atomic_write, refused_code
 
 #: 2: the zoo is built by ``nestify`` (model weights under ``net.``, one ordering unit per channel
 #: dimension). Format 1 runs were hand-nested models; they cannot be loaded (retrain them, or
@@ -79,13 +77,13 @@ def read_checkpoint(
         raise CheckpointError(f"{path}: corrupt checkpoint (CRC mismatch in record {bad})")
     try:
         state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:  # weights_only refuses anything but tensors and data
-        refused = _refused_global(err)
-        raise CheckpointError(
-            f"{path}: holds code ({refused}) that was refused; a bnn-nested checkpoint holds "
-            "only tensors and plain values, so load checkpoints only from sources you trust"
-        ) from None
-    except Exception as err:  # I/O and tensor errors alike: the file is bad
+    except Exception as err:  # unpickling, I/O and tensor errors alike: the file is bad
+        refused = refused_code(err)  # weights_only refused a callable: the file carries code
+        if refused is not None:
+            raise CheckpointError(
+                f"{path}: holds code ({refused}) that was refused, never run; a bnn-nested "
+                "checkpoint holds only tensors and plain values"
+            ) from None
         raise CheckpointError(
             f"{path}: corrupt or truncated checkpoint ({_first_line(err)})"
         ) from None
@@ -102,12 +100,6 @@ def read_checkpoint(
             f"(this version reads {FORMAT_VERSION})"
         )
     return state, digest
-
-
-def _refused_global(err: BaseException) -> str:
-    """What ``weights_only`` refused, e.g. ``GLOBAL posix.system``, from its long message."""
-    m = re.search(r"(Unsupported global: GLOBAL [\w.<>]+|Unsupported operand \d+)", str(err))
-    return m.group(1)[:120] if m else "pickled objects"
 
 
 def nonfinite_tensors(state: dict[str, Any], prefix: str = "") -> list[str]:

@@ -43,6 +43,7 @@ from bnn_nested.regularization.config import build_regularizer
 from bnn_nested.training.checkpoint import (
     CheckpointError,
     load_checkpoint,
+    nonfinite_tensors,
     read_checkpoint,
     require_finite,
     require_keys,
@@ -423,6 +424,12 @@ def _finish(
         calibrate_widths(model, splits, cfg.eval.widths, cfg.data.eval_batch_size, ctx.device)
         atomic_write_json(out / "history.json", trainer.history)
         write_ordering_report(model, out)
+        bad = nonfinite_tensors(model.state_dict())
+        if bad:  # never mark a run complete whose weights are NaN / Inf
+            raise FloatingPointError(
+                f"non-finite weights after training in {len(bad)} tensor(s) "
+                f"({', '.join(bad[:3])[:200]}); {path} (step {trainer.step}) kept, not complete"
+            )
         _save_or_explain(out, trainer, cfg, splits, complete=True)  # last: marks the run done
     except KeyboardInterrupt:
         raise TrainingInterrupted(

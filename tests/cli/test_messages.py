@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bnn_nested.cli.main import main
-from tests.runs import copy_run, train_tiny, tree_digest
+from tests.runs import copy_run, train_tiny, tree_digest, write_config
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +99,15 @@ def test_a_checkpoint_holding_code_is_refused_and_said_so(finished, tmp_path, ca
     assert "holds code" in line and "refused" in line and str(run / "checkpoint.pt") in line
     assert not marker.exists()
     assert tree_digest(run) == before
+
+
+def test_an_init_from_file_holding_code_is_refused_and_said_so(tmp_path, capsys):
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "plain.pt"
+    torch.save({"fc.weight": torch.zeros(2, 2), "x": _Payload(str(marker))}, path)
+    cfg = write_config(tmp_path / "cfg.yaml")
+    argv = ["train", "--config", str(cfg), "--out", str(tmp_path / "run"), "--init-from", str(path)]
+    assert main(argv) == 2
+    line = _one_line(capsys)
+    assert "holds code" in line and str(path) in line
+    assert not marker.exists() and not (tmp_path / "run").exists()
