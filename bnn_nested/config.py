@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -287,6 +288,19 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), parsed
 
 
+def _refuse_non_finite(node: Any, where: str = "") -> None:
+    """One-line :class:`ConfigError` at the first NaN / Inf anywhere in ``node`` (also inside
+    free-form sections such as ``model.kwargs``, which pydantic does not look into)."""
+    if isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{where or 'config'}: must be a finite number (got {node})")
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _refuse_non_finite(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(node, (list, tuple)):
+        for i, v in enumerate(node):
+            _refuse_non_finite(v, f"{where}.{i}")
+
+
 def build_config(raw: dict[str, Any] | None, overrides: list[str] | None = None) -> Config:
     """Validate a raw dict (plus ``key.sub=value`` overrides) into a :class:`Config`."""
     raw = copy.deepcopy(dict(raw or {}))  # never modify the caller's dicts
@@ -298,6 +312,7 @@ def build_config(raw: dict[str, Any] | None, overrides: list[str] | None = None)
             if not isinstance(node, dict):
                 raise ConfigError(f"override {_short(text)}: {_short(k, 60)} is not a section")
         node[keys[-1]] = value
+    _refuse_non_finite(raw)
     try:
         return Config.model_validate(raw)
     except ValidationError as err:

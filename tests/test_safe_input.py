@@ -115,6 +115,7 @@ def test_a_config_that_is_not_a_regular_file_is_refused(tmp_path, capsys):
         ("model: {init_log_alpha: -.inf}", "model.init_log_alpha"),
         ("eval: {widths: [.nan]}", "eval.widths"),
         ("regularization: {other_weight_decay: .nan}", "regularization.other_weight_decay"),
+        ("model: {kwargs: {scale: .inf}}", "model.kwargs.scale"),
     ],
 )
 @pytest.mark.parametrize("as_override", [False, True])
@@ -125,7 +126,7 @@ def test_non_finite_floats_are_refused(yaml_line, field, as_override, tmp_path, 
     key, raw = next(iter(value.items()))
     if as_override:
         cfg = write_config(tmp_path / "cfg.yaml")
-        text = yaml_line.split(": ", 2)[-1].rstrip("}")
+        text = yaml.safe_dump(raw, default_flow_style=True).strip().removesuffix("...").strip()
         argv = _train(cfg, tmp_path, "--set", f"{section}.{key}={text}")
     else:
         cfg = write_config(tmp_path / "cfg.yaml", **{section: value})

@@ -314,8 +314,9 @@ def read_plain_state(path: str, field: str = "model.init_from") -> dict[str, tor
         refused = refused_code(err)  # weights_only refused a callable: the file carries code
         if refused is not None:
             raise ValueError(
-                f"{field}: {path} holds code ({refused}) that was refused, never run; save the "
-                "network with torch.save(net.state_dict(), path)"
+                f"{field}: {path} is not a weights-only state dict: it holds code ({refused}) "
+                "that was refused, never run; save the network with torch.save(net.state_dict(), "
+                "path)"
             ) from None
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
         raise ValueError(f"{field}: {path} is not a weights-only state dict ({first})") from None
