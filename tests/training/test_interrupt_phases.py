@@ -226,3 +226,58 @@ def test_disk_full_names_the_file_and_the_kept_checkpoint(reference, tmp_path, m
     assert str(run / "checkpoint.pt") in err[0] and "No space left" in err[0]
     assert f"(step {kept['step']}) is kept" in err[0]
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+# A child running the real CLI; the named step of bnn_nested.training.run announces itself with a
+# file and then waits, so the parent can send a real SIGINT while the child is inside it.
+CHILD = """
+import sys, time
+from pathlib import Path
+import torch
+torch.set_num_threads(1)
+import bnn_nested.training.run as run_mod
+name, flag = sys.argv[1], Path(sys.argv[2])
+original = getattr(run_mod, name)
+def waiting(*args, **kwargs):
+    if not flag.exists():
+        flag.write_text("in")
+        time.sleep(60)
+    return original(*args, **kwargs)
+setattr(run_mod, name, waiting)
+from bnn_nested.cli.main import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("step", ["prepare_from_trained", "calibrate_widths"])
+def test_a_real_sigint_in_any_phase_leaves_a_resumable_run(reference, tmp_path, step):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    cfg, ref = reference
+    run, flag = tmp_path / "run", tmp_path / "flag"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    argv = ["train", "--config", str(cfg), "--out", str(run), "--quiet"]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, step, str(flag), *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    deadline = time.monotonic() + 60
+    while not flag.exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, "the child never reached the step"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and f"--resume {run}" in lines[0], err
+    assert _resume(run) == 0
+    _same(_final(run), _final(ref))
