@@ -71,8 +71,6 @@ from bnn_nested.training.trainer import Trainer, TrainingInterrupted, resolve_de
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.yaml"
 
-__all__ = ["RunExistsError", "load_run", "resume_run", "train_run"]
-
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -297,7 +295,9 @@ def resume_run(run_dir: str | Path, quiet: bool = False, device: str | None = No
         dev = validate_run(cfg)
         ctx = setup_distributed(dev)
         try:
-            saved_world = int(state.get("world_size", 1))
+            saved_world = state.get("world_size", 1)
+            if not isinstance(saved_world, int) or saved_world < 1:
+                raise CheckpointError(f"{path}: incompatible checkpoint (world_size)")
             if state.get("batch_in_epoch", 0) and saved_world != ctx.world_size:
                 raise CheckpointError(
                     f"{path}: saved mid-epoch by {saved_world} process(es); resume it with: "
@@ -612,5 +612,6 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
             f"{run_dir / CHECKPOINT}: incompatible checkpoint ({first})"
         ) from None
     model.to(device).eval()
-    ident = {"step": int(state.get("step", -1)), "sha256": digest}
+    step = state.get("step")
+    ident = {"step": step if isinstance(step, int) else -1, "sha256": digest}
     return LoadedRun(model, cfg, splits, state, ident)
