@@ -9,21 +9,39 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bnn_nested.regularization.config import RegularizationConfig
+from bnn_nested.safeyaml import YamlError, read_text_file, safe_load
 
 
 class ConfigError(ValueError):
     """A configuration problem, with a one-line message naming the key and the accepted values."""
 
 
+#: Upper bounds checked at validation, so a typo fails with the field named instead of an
+#: allocator error or a machine brought to a halt (e.g. ``batch_size: 1e21``).
+MAX_BATCH = 1 << 20
+MAX_WORKERS = 256
+MAX_UNITS = 1 << 16
+MAX_SAMPLES = 10_000
+MAX_BINS = 10_000
+#: Longest value echoed back in an error message.
+MAX_ECHO = 200
+
+
+def _short(value: Any, limit: int = MAX_ECHO) -> str:
+    """``repr(value)`` cut to ``limit`` characters (error messages stay one short line)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 DataName = Literal[
@@ -38,9 +56,9 @@ class DataConfig(_Strict):
     root: str | None = Field(None, description="local folder for torchvision data sets")
     val_fraction: float = Field(0.15, gt=0.0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0.0, lt=0.5, description="digits / mnist5k only")
-    batch_size: int = Field(64, ge=1)
-    eval_batch_size: int = Field(512, ge=1)
-    num_workers: int = Field(0, ge=0)
+    batch_size: int = Field(64, ge=1, le=MAX_BATCH)
+    eval_batch_size: int = Field(512, ge=1, le=MAX_BATCH)
+    num_workers: int = Field(0, ge=0, le=MAX_WORKERS)
     held_out_classes: list[int] = Field(
         default_factory=list, description="classes removed from training, used as OOD ('heldout')"
     )
@@ -51,7 +69,7 @@ class ModelConfig(_Strict):
 
     name: str = "mlp"
     hidden: list[int] = Field(default_factory=lambda: [256, 256], min_length=1)
-    groups: int = Field(16, ge=1)
+    groups: int = Field(16, ge=1, le=MAX_UNITS)
     frozen: int = Field(2, ge=0)
     weights: Literal["point", "gaussian"] = "point"
     norm: Literal["none", "batch"] = "none"
@@ -89,8 +107,8 @@ class ModelConfig(_Strict):
     @field_validator("hidden")
     @classmethod
     def _positive(cls, v: list[int]) -> list[int]:
-        if any(h < 1 for h in v):
-            raise ValueError(f"hidden sizes must be >= 1, got {v}")
+        if any(h < 1 or h > MAX_UNITS for h in v):
+            raise ValueError(f"hidden sizes must be in [1, {MAX_UNITS}]")
         return v
 
     @model_validator(mode="after")
@@ -191,8 +209,8 @@ class TrainConfig(_Strict):
 
 class EvalConfig(_Strict):
     widths: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0], min_length=1)
-    samples: int = Field(1, ge=1)
-    ece_bins: int = Field(15, ge=1)
+    samples: int = Field(1, ge=1, le=MAX_SAMPLES)
+    ece_bins: int = Field(15, ge=1, le=MAX_BINS)
 
     @field_validator("widths")
     @classmethod
@@ -262,9 +280,9 @@ def format_validation_error(err: ValidationError) -> str:
         hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
         tip = f"did you mean '{hint[0]}'?" if hint else f"known keys: {', '.join(known)}"
         return f"{where}: unknown key ({tip})"
-    msg = e["msg"].removeprefix("Value error, ")
+    msg = e["msg"].removeprefix("Value error, ")[:300]
     got = e.get("input")
-    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    shown = "" if isinstance(got, dict) else f" (got {_short(got)})"
     more = f" [+{len(err.errors()) - 1} more]" if len(err.errors()) > 1 else ""
     return f"{where}: {msg}{shown}{more}"
 
@@ -272,14 +290,26 @@ def format_validation_error(err: ValidationError) -> str:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"train.epochs=5"`` -> (``["train", "epochs"]``, 5); the value is parsed as YAML."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. train.epochs=5")
+        raise ConfigError(f"override {_short(text)}: expected KEY=VALUE, e.g. train.epochs=5")
     key, value = text.split("=", 1)
     try:
-        parsed = yaml.safe_load(value)
-    except yaml.YAMLError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "invalid YAML"
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({first})") from None
+        parsed = safe_load(value)
+    except YamlError as err:
+        raise ConfigError(f"override {_short(text)}: {err}") from None
     return key.strip().split("."), parsed
+
+
+def _refuse_non_finite(node: Any, where: str = "") -> None:
+    """One-line :class:`ConfigError` at the first NaN / Inf anywhere in ``node`` (also inside
+    free-form sections such as ``model.kwargs``, which pydantic does not look into)."""
+    if isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{where or 'config'}: must be a finite number (got {node})")
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _refuse_non_finite(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(node, (list, tuple)):
+        for i, v in enumerate(node):
+            _refuse_non_finite(v, f"{where}.{i}")
 
 
 def build_config(raw: dict[str, Any] | None, overrides: list[str] | None = None) -> Config:
@@ -291,8 +321,9 @@ def build_config(raw: dict[str, Any] | None, overrides: list[str] | None = None)
         for k in keys[:-1]:
             node = node.setdefault(k, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {text!r}: {k} is not a section")
+                raise ConfigError(f"override {_short(text)}: {_short(k, 60)} is not a section")
         node[keys[-1]] = value
+    _refuse_non_finite(raw)
     try:
         return Config.model_validate(raw)
     except ValidationError as err:
@@ -303,12 +334,13 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read a YAML file into a validated :class:`Config`."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = safe_load(read_text_file(path, "config file"))
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
-    except yaml.YAMLError as err:
+    except YamlError as err:
+        msg = str(err)
         raise ConfigError(
-            f"config file {path} is not valid YAML: {str(err).splitlines()[0]}"
+            msg if msg.startswith("config file") else f"config file {path}: {msg}"
         ) from None
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")

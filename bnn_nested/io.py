@@ -1,17 +1,38 @@
-"""Atomic file writes: a reader never sees a half-written checkpoint, report or plot."""
+"""Atomic file writes (a reader never sees a half-written checkpoint, report or plot) and careful
+JSON reads (a corrupt file is a one-line error naming it)."""
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
+import re
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+#: Largest JSON file read (reports, caches, profiles); ours are a few KiB.
+MAX_JSON_BYTES = 16 << 20
+
+
+class FileWriteError(OSError):
+    """A write failed (disk full, permissions); the message names the file and says what was kept."""
+
+
+class JsonFileError(ValueError):
+    """A JSON file that cannot be read or does not hold what it should (one line naming it)."""
+
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
-    """Call ``write(f)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``."""
+    """Call ``write(f)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
+
+    Raises:
+        FileWriteError: the write failed (e.g. no space left); ``path`` is left as it was and the
+            temporary file is removed; the message names ``path`` and whether an older one is kept.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -21,9 +42,13 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError) and not isinstance(err, FileWriteError):
+            kept = "the previous version is kept" if path.exists() else "nothing was written"
+            reason = err.strerror or os.strerror(err.errno or errno.EIO)
+            raise FileWriteError(err.errno, f"could not write {path} ({reason}); {kept}") from None
         raise
     return path
 
@@ -34,3 +59,47 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | Path, what: str = "file") -> Any:
+    """The JSON value in ``path`` (a regular file of at most :data:`MAX_JSON_BYTES`).
+
+    ``NaN`` / ``Infinity`` are accepted (Python writes them for undefined metrics).
+
+    Raises:
+        FileNotFoundError: no such file.
+        JsonFileError: not a regular file, too large, not UTF-8 or not valid JSON; the one-line
+            message names ``what`` and ``path``.
+    """
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path} not found") from None
+    if not stat.S_ISREG(mode):
+        raise JsonFileError(f"{what} {path} is not a regular file")
+    with open(path, "rb") as f:
+        data = f.read(MAX_JSON_BYTES + 1)
+    if len(data) > MAX_JSON_BYTES:
+        raise JsonFileError(f"{what} {path} is larger than {MAX_JSON_BYTES} bytes")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise JsonFileError(f"{what} {path} is not UTF-8 text (a binary file?)") from None
+    except (json.JSONDecodeError, RecursionError) as err:
+        detail = str(err).splitlines()[0][:120] if str(err) else "invalid"
+        raise JsonFileError(f"{what} {path} is not valid JSON ({detail})") from None
+
+
+def is_number(value: Any, finite: bool = False) -> bool:
+    """``value`` is an int or float (not a bool); with ``finite``, also not NaN or Inf."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return not finite or math.isfinite(value)
+
+
+def refused_code(err: BaseException) -> str | None:
+    """What ``torch.load(weights_only=True)`` refused when a file carries pickled code, e.g.
+    ``GLOBAL posix.system``; ``None`` when ``err`` is some other (corrupt-file) error."""
+    m = re.search(r"GLOBAL ([\w.<>]+)", str(err), flags=re.IGNORECASE)
+    return f"GLOBAL {m.group(1)[:100]}" if m else None

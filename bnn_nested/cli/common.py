@@ -16,12 +16,31 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def bounded_int(name: str, value: int | None, low: int, high: int) -> None:
+    """Refuse ``value`` (when given) outside ``[low, high]`` with one line naming ``name``."""
+    if value is not None and not low <= value <= high:
+        raise UsageError(f"{name} must be in [{low}, {high}], got {str(value)[:40]}")
+
+
+def note_unfinished(loaded, run_dir) -> None:
+    """Say on stderr (one line) when the run's checkpoint is not the final one."""
+    import sys
+
+    text = loaded.unfinished_note(run_dir)
+    if text:
+        print(f"bnn-nested: note: {text}", file=sys.stderr)
+
+
 def parse_widths(text: str) -> list[float]:
     """``"0.25,0.5 1"`` -> ``[0.25, 0.5, 1.0]``; every width in (0, 1]."""
     try:
         values = [float(t) for t in text.replace(",", " ").split()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers in (0, 1], got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected numbers in (0, 1], got {text[:100]!r}"
+        ) from None
     if not values or any(not 0.0 < v <= 1.0 for v in values):
-        raise argparse.ArgumentTypeError(f"every width must be in (0, 1], got {text!r}")
+        raise argparse.ArgumentTypeError(f"every width must be in (0, 1], got {text[:100]!r}")
+    if len(values) > 1000:
+        raise argparse.ArgumentTypeError(f"at most 1000 widths, got {len(values)}")
     return values

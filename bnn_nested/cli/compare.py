@@ -6,11 +6,12 @@ Each run must have been evaluated (``report.json``); writes ``compare.json``, ``
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
+from typing import Any
 
 from bnn_nested.cli.common import UsageError
+from bnn_nested.io import is_number
 
 
 def add_parser(sub) -> None:
@@ -31,9 +32,8 @@ def compare_reports(reports: dict[str, dict], metrics: list[str]) -> tuple[str, 
     data: dict[str, dict[str, dict[str, float]]] = {m: {} for m in metrics}
     for m in metrics:
         for name, r in reports.items():
-            data[m][name] = {
-                f"{w:g}": r["widths"].get(f"{w:g}", {}).get(m, math.nan) for w in widths
-            }
+            rows = {f"{float(k):g}": v for k, v in r["widths"].items()}
+            data[m][name] = {f"{w:g}": _metric(rows.get(f"{w:g}", {}), m) for w in widths}
     lines = []
     for m in metrics:
         lines += [
@@ -49,10 +49,41 @@ def compare_reports(reports: dict[str, dict], metrics: list[str]) -> tuple[str, 
     return "\n".join(lines), data
 
 
+def check_report(path: Path, report: Any) -> dict:
+    """``report`` as :meth:`Report.to_dict` writes it: ``{"widths": {width: {metric: number}}}``
+    with widths in (0, 1]; else a one-line :class:`UsageError` naming ``path``."""
+    what = f"{path}: malformed report"
+    if not isinstance(report, dict) or not isinstance(report.get("widths"), dict):
+        raise UsageError(f"{what} (needs a 'widths' mapping); re-run `bnn-nested evaluate`")
+    for w, row in report["widths"].items():
+        try:
+            ok = 0.0 < float(w) <= 1.0
+        except ValueError:
+            ok = False
+        if not ok:
+            raise UsageError(f"{what} (width {w[:40]!r} is not a number in (0, 1])")
+        if not isinstance(row, dict):
+            raise UsageError(f"{what} (width {w[:40]}: metrics must be a mapping)")
+        for k, v in row.items():
+            if not is_number(v) and v is not None:
+                raise UsageError(f"{what} (width {w[:40]}, {k[:60]}: not a number)")
+    return report
+
+
+def _metric(row: dict, m: str) -> float:
+    v = row.get(m, math.nan)
+    return float(v) if is_number(v) else math.nan
+
+
 def run(args) -> int:
     from bnn_nested.evaluation.plots import metric_vs_x
-    from bnn_nested.io import atomic_write_json, atomic_write_text
+    from bnn_nested.io import JsonFileError, atomic_write_json, atomic_write_text, read_json
 
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    if not metrics:
+        raise UsageError(
+            f"--metrics: no metric names in {args.metrics[:60]!r}; e.g. cls/acc,cls/nll,cal/ece"
+        )
     reports: dict[str, dict] = {}
     for r in args.runs:
         path = Path(r) / "report.json"
@@ -61,12 +92,21 @@ def run(args) -> int:
         name = Path(r).name
         if name in reports:
             name = str(Path(r))
-        reports[name] = json.loads(path.read_text())
-    metrics = [m for m in args.metrics.split(",") if m]
-    available = {k for r in reports.values() for row in r["widths"].values() for k in row}
+        try:
+            reports[name] = check_report(path, read_json(path, "report"))
+        except JsonFileError as err:
+            raise UsageError(f"{err}; re-run `bnn-nested evaluate {r}`") from None
+    available = {
+        k
+        for r in reports.values()
+        for row in r["widths"].values()
+        for k, v in row.items()
+        if is_number(v)
+    }
     missing = [m for m in metrics if m not in available]
     if missing:
-        raise UsageError(f"--metrics: {missing} not in the reports; available: {sorted(available)}")
+        shown = ", ".join(sorted(available))[:200]
+        raise UsageError(f"--metrics: {str(missing)[:100]} not in the reports; available: {shown}")
     md, data = compare_reports(reports, metrics)
     out = Path(args.out)
     atomic_write_json(out / "compare.json", data)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bnn_nested.cli import uncertainty
-from bnn_nested.cli.common import UsageError, parse_widths
+from bnn_nested.cli.common import UsageError, bounded_int, note_unfinished, parse_widths
 
 
 def _names(text: str) -> list[str]:
@@ -41,12 +41,12 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from bnn_nested.config import MAX_SAMPLES
     from bnn_nested.evaluation.evaluate import DEFAULT_SCORES, evaluate
     from bnn_nested.evaluation.ood import SCORES
     from bnn_nested.training.run import load_run
 
-    if args.samples is not None and args.samples < 1:
-        raise UsageError(f"--samples must be >= 1, got {args.samples}")
+    bounded_int("--samples", args.samples, 1, MAX_SAMPLES)
     scores = args.scores or list(DEFAULT_SCORES)
     unknown = [s for s in scores if s not in SCORES]
     if unknown:
@@ -54,6 +54,7 @@ def run(args) -> int:
     uncertainty.check(args)
     run_dir = Path(args.run)
     loaded = load_run(run_dir)
+    note_unfinished(loaded, run_dir)
     cfg = loaded.config
     widths = args.widths or cfg.eval.widths
     samples = args.samples or cfg.eval.samples

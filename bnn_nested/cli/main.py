@@ -1,7 +1,7 @@
 """Command line: ``bnn-nested <command>``; one module per command in this package.
 
-Errors in user input print one line (``bnn-nested: error: ...``) and exit with status 2; ``--debug``
-shows the traceback instead. A NaN/Inf loss during training exits with status 1 (one line naming the
+Errors in user input print one line (``bnn-nested: error: ...``, at most :data:`MAX_MESSAGE`
+characters) and exit with status 2; ``--debug`` shows the traceback instead. A NaN/Inf loss during training exits with status 1 (one line naming the
 step and the last good checkpoint); Ctrl-C (SIGINT) while training saves a checkpoint and exits with
 status 130.
 """
@@ -9,6 +9,7 @@ status 130.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from bnn_nested.cli.common import Parser, UsageError
@@ -16,6 +17,8 @@ from bnn_nested.config import ConfigError
 
 #: Command modules; each defines ``add_parser(subparsers)`` (setting ``handler``) and ``run(args)``.
 COMMAND_MODULES = ("train", "evaluate", "compare", "select", "cascade")
+#: Longest error line printed (a value echoed back never floods the terminal).
+MAX_MESSAGE = 500
 
 
 def build_parser() -> Parser:
@@ -40,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as err:
         if debug:
             raise
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else "interrupted"
+        if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 speaks for all ranks
+            return 130
+        detail = _one_line(err) if str(err).strip() else "interrupted"
         print(f"bnn-nested: {detail}", file=sys.stderr)
         return 130
     except FloatingPointError as err:  # NonFiniteLossError: not bad input, but one line too
@@ -57,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _one_line(err: BaseException) -> str:
     text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    line = text.splitlines()[0] if text else type(err).__name__
+    return line if len(line) <= MAX_MESSAGE else line[: MAX_MESSAGE - 3] + "..."
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from bnn_nested.cli.common import UsageError, parse_widths
+from bnn_nested.cli.common import UsageError, bounded_int, note_unfinished, parse_widths
 
 
 def add_parser(sub) -> None:
@@ -50,16 +50,30 @@ def run(args) -> int:
 
     if args.latency_mode is not None and args.latency_mode not in LATENCY_MODES:
         raise UsageError(
-            f"--latency-mode must be one of {LATENCY_MODES}, got {args.latency_mode!r}"
+            f"--latency-mode must be one of {LATENCY_MODES}, got {args.latency_mode[:60]!r}"
         )
 
-    if args.samples is not None and args.samples < 1:
-        raise UsageError(f"--samples must be >= 1, got {args.samples}")
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    from bnn_nested.config import MAX_BATCH, MAX_SAMPLES
+    from bnn_nested.training.run import load_run
+
+    bounded_int("--samples", args.samples, 1, MAX_SAMPLES)
+    bounded_int("--batch-size", args.batch_size, 1, MAX_BATCH)
+    bounded_int("--threads", args.threads, 1, 1024)
+    for flag, value in (("--min-accuracy", args.min_accuracy), ("--max-ece", args.max_ece)):
+        if value is not None and not 0.0 <= value <= 1.0:  # also refuses NaN
+            raise UsageError(f"{flag} must be in [0, 1], got {value}")
+    for flag, value in (
+        ("--max-flops", args.max_flops),
+        ("--max-latency-ms", args.max_latency_ms),
+        ("--max-params", args.max_params),
+    ):
+        if value is not None and not 0.0 <= value < float("inf"):
+            raise UsageError(f"{flag} must be a finite number >= 0, got {value}")
     cons = Constraints(
         args.max_flops, args.max_latency_ms, args.max_params, args.min_accuracy, args.max_ece
     )
+    loaded = load_run(args.run)
+    note_unfinished(loaded, args.run)
     cands = run_candidates(
         args.run,
         args.widths,
@@ -69,6 +83,7 @@ def run(args) -> int:
         latency=args.max_latency_ms is not None or args.latency_mode is not None,
         latency_mode=args.latency_mode or "sliced",
         temperature=not args.no_temperature,
+        loaded=loaded,
     )
     sel = select_width(cands, cons)
     if args.json:

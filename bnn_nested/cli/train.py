@@ -71,6 +71,8 @@ def run(args) -> int:
         return 0
     if args.config is None or args.out is None:
         raise UsageError("train needs --config FILE and --out RUN (or --resume RUN)")
+    if not args.out.strip():
+        raise UsageError("--out: empty path; name the run directory to create")
     overrides = list(args.overrides)
     if args.device is not None:
         overrides.append(f"train.device={args.device}")

@@ -30,8 +30,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from bnn_nested.deploy.cache import read_cache, write_cache
 from bnn_nested.deploy.runtime import inference_module
-from bnn_nested.io import atomic_write_json
+from bnn_nested.io import is_number
 from bnn_nested.nest import NestifiedModel, sliced_network
 from bnn_nested.nest.slicing import network_flops, sliced_cost
 from bnn_nested.nn.model import NestedModel, Width
@@ -252,6 +253,7 @@ def profile_widths(
     latency: bool = True,
     mode: LatencyMode = "sliced",
     cache_dir: str | Path | None = None,
+    checkpoint: dict[str, Any] | None = None,
 ) -> list[WidthCost]:
     """Parameters, FLOPs (= 2 x MACs, per example) and latency (per batch) at each width.
 
@@ -269,6 +271,8 @@ def profile_widths(
             (:func:`~bnn_nested.deploy.runtime.tune_micro_batch`), on CUDA whole; not compiled).
         cache_dir: if given, results are cached in ``cache_dir/deploy/profile.json`` keyed by all
             settings; a later call with the same settings reads them instead of measuring.
+        checkpoint: identity of the weights profiled (``LoadedRun.checkpoint_id``); cached
+            entries of another checkpoint are recomputed (:mod:`bnn_nested.deploy.cache`).
 
     Example:
         >>> costs = profile_widths(model, x[:1], [0.25, 1.0], batch_size=256, cache_dir="runs/demo")
@@ -297,8 +301,8 @@ def profile_widths(
     key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     cache_path = Path(cache_dir) / PROFILE_FILE if cache_dir is not None else None
     cache: dict[str, Any] = {}
-    if cache_path is not None and cache_path.is_file():
-        cache = json.loads(cache_path.read_text())
+    if cache_path is not None:
+        cache = read_cache(cache_path, checkpoint, _costs_valid)
         if key in cache:
             return [WidthCost(**d) for d in cache[key]["costs"]]
 
@@ -350,5 +354,20 @@ def profile_widths(
             model.to(home)
     if cache_path is not None:
         cache[key] = {"settings": settings, "costs": [c.to_dict() for c in costs]}
-        atomic_write_json(cache_path, cache)
+        write_cache(cache_path, checkpoint, cache)
     return costs
+
+
+def _costs_valid(entry: dict[str, Any]) -> bool:
+    """A cached profile entry has the shape :func:`profile_widths` writes (else: recomputed)."""
+    costs = entry["costs"]
+    if not isinstance(costs, list) or not costs:
+        return False
+    for d in costs:
+        c = WidthCost(**d)
+        numbers = (c.width, c.params, c.flops)
+        if not all(is_number(v, finite=True) and v >= 0 for v in numbers):
+            return False
+        if c.latency_ms is not None and not is_number(c.latency_ms, finite=True):
+            return False
+    return True

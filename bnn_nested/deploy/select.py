@@ -12,14 +12,14 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from bnn_nested.io import atomic_write_json
+from bnn_nested.deploy.cache import read_cache, write_cache
+from bnn_nested.io import is_number
 
 #: Validation-metric cache inside a run directory.
 VAL_METRICS_FILE = "deploy/val_metrics.json"
@@ -172,6 +172,7 @@ def run_candidates(
     repeats: int = 20,
     latency_mode: str = "sliced",
     temperature: bool = True,
+    loaded: Any = None,
 ) -> list[Candidate]:
     """Candidates for a trained run: costs from :func:`~bnn_nested.deploy.profile.profile_widths`
     and validation accuracy/ECE from ``evaluate_widths`` on ``run.splits.val``; both cached in the
@@ -179,6 +180,9 @@ def run_candidates(
     ``profile_widths``'s ``mode`` (``"exported"`` times the module a deployment would run).
     With ``temperature`` the run's stored temperatures (``calibration/temperature.json``) scale
     the validation probabilities first (the ECE is then the calibrated one).
+    Both caches are keyed by the run's checkpoint (:mod:`bnn_nested.deploy.cache`): after the run
+    changed (e.g. ``--resume`` finished it) they are recomputed. ``loaded``: the
+    :class:`~bnn_nested.training.run.LoadedRun` of ``run_dir`` if the caller has it already.
     """
     from bnn_nested.deploy.profile import LATENCY_MODES, profile_widths
     from bnn_nested.evaluation.evaluate import evaluate_widths
@@ -188,18 +192,18 @@ def run_candidates(
     if latency_mode not in LATENCY_MODES:
         raise ValueError(f"latency_mode must be one of {LATENCY_MODES}, got {latency_mode!r}")
 
-    run = load_run(run_dir)
+    run = loaded if loaded is not None else load_run(run_dir)
     cfg = run.config
     widths = list(widths or cfg.eval.widths)
     samples = samples or cfg.eval.samples
     run_dir = Path(run_dir)
     cache_path = run_dir / VAL_METRICS_FILE
-    cache: dict[str, Any] = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    cache = read_cache(cache_path, run.checkpoint_id, _rows_valid)
     temps = run.temperatures() if temperature else {}
     key = f"samples={samples},bins={cfg.eval.ece_bins}"
     if temps:
         key += ",T=" + ",".join(f"{w:g}:{t:.6g}" for w, t in sorted(temps.items()))
-    rows = cache.get(key, {})
+    rows = dict(cache.get(key, {}).get("rows", {}))
     missing = [w for w in widths if f"{w:g}" not in rows]
     if missing:
         run.calibrate(missing)
@@ -213,8 +217,8 @@ def run_candidates(
             temperatures=temps,
         )
         rows.update({f"{w:g}": m for w, m in report.rows.items()})
-        cache[key] = rows
-        atomic_write_json(cache_path, cache)
+        cache[key] = {"rows": rows}
+        write_cache(cache_path, run.checkpoint_id, cache)
     example = run.splits.val[0][0].unsqueeze(0)
     costs = profile_widths(
         run.model,
@@ -226,6 +230,7 @@ def run_candidates(
         repeats=repeats,
         mode=latency_mode,  # type: ignore[arg-type]
         cache_dir=run_dir,
+        checkpoint=run.checkpoint_id,
     )
     return [
         Candidate(
@@ -238,6 +243,17 @@ def run_candidates(
         )
         for c in costs
     ]
+
+
+def _rows_valid(entry: dict[str, Any]) -> bool:
+    """A cached validation entry: ``{"rows": {width: {"cls/acc": p, "cal/ece": e, ...}}}`` with
+    accuracy and ECE numbers in [0, 1] (else it is recomputed)."""
+    rows = entry["rows"]
+    return isinstance(rows, dict) and all(
+        isinstance(r, dict)
+        and all(is_number(r.get(k), finite=True) and 0 <= r[k] <= 1 for k in ("cls/acc", "cal/ece"))
+        for r in rows.values()
+    )
 
 
 def selection_dict(sel: Selection) -> dict[str, Any]:

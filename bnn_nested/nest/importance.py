@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bnn_nested.io import refused_code
 from bnn_nested.nest.analysis import _CONV
 from bnn_nested.nest.model import NestifiedModel
 from bnn_nested.nest.structure import ChannelDim, Member
@@ -310,6 +311,13 @@ def read_plain_state(path: str, field: str = "model.init_from") -> dict[str, tor
     except FileNotFoundError:
         raise ValueError(f"{field}: no such file {path}") from None
     except Exception as err:  # noqa: BLE001 - unpickling errors of every kind
+        refused = refused_code(err)  # weights_only refused a callable: the file carries code
+        if refused is not None:
+            raise ValueError(
+                f"{field}: {path} is not a weights-only state dict: it holds code ({refused}) "
+                "that was refused, never run; save the network with torch.save(net.state_dict(), "
+                "path)"
+            ) from None
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
         raise ValueError(f"{field}: {path} is not a weights-only state dict ({first})") from None
     if isinstance(state, dict):

@@ -63,7 +63,7 @@ _FIELDS_OF_KIND: dict[str, frozenset[str]] = {
 class RegularizationConfig(BaseModel):
     """Norm-control method and its options (methods.md §3-5); see the module table."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     kind: RegularizationKind = Field(
         "wrs", description="wrs | fixnorm | weight_decay | invariant | none"

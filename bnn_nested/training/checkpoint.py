@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import io
 import random
 import zipfile
@@ -20,7 +21,7 @@ from typing import Any
 
 import torch
 
-from bnn_nested.io import atomic_write
+from bnn_nested.io import atomic_write, refused_code
 
 #: 2: the zoo is built by ``nestify`` (model weights under ``net.``, one ordering unit per channel
 #: dimension). Format 1 runs were hand-nested models; they cannot be loaded (retrain them, or
@@ -49,13 +50,24 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Load a checkpoint written by :func:`save_checkpoint`; never modifies the file.
 
     Raises:
-        CheckpointError: missing, corrupt or truncated file, or an unsupported format version.
+        CheckpointError: missing, corrupt or truncated file, a file holding pickled code (refused,
+            never run), or an unsupported format version.
     """
+    return read_checkpoint(path, map_location)[0]
+
+
+def read_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[dict[str, Any], str]:
+    """:func:`load_checkpoint` plus the SHA-256 of the bytes that were loaded (the identity that
+    caches computed from this checkpoint are keyed by)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    data = path.read_bytes()  # read once: the digest is of exactly what is loaded
+    digest = hashlib.sha256(data).hexdigest()
     try:  # torch.save writes a zip archive with a CRC-32 per record: verify them all first
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
             bad = archive.testzip()
     except Exception as err:
         raise CheckpointError(
@@ -64,8 +76,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if bad is not None:
         raise CheckpointError(f"{path}: corrupt checkpoint (CRC mismatch in record {bad})")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as err:  # unpickling, I/O and tensor errors alike: the file is bad
+        refused = refused_code(err)  # weights_only refused a callable: the file carries code
+        if refused is not None:
+            raise CheckpointError(
+                f"{path}: holds code ({refused}) that was refused, never run; a bnn-nested "
+                "checkpoint holds only tensors and plain values"
+            ) from None
         raise CheckpointError(
             f"{path}: corrupt or truncated checkpoint ({_first_line(err)})"
         ) from None
@@ -78,10 +96,35 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         )
     if state["format_version"] != FORMAT_VERSION:
         raise CheckpointError(
-            f"{path}: checkpoint format {state['format_version']} is not supported "
+            f"{path}: checkpoint format {str(state['format_version'])[:40]} is not supported "
             f"(this version reads {FORMAT_VERSION})"
         )
-    return state
+    return state, digest
+
+
+def nonfinite_tensors(state: dict[str, Any], prefix: str = "") -> list[str]:
+    """Names of the floating-point tensors in a (nested) state dict holding NaN or Inf."""
+    bad = []
+    for k, v in state.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            if not bool(torch.isfinite(v).all()):
+                bad.append(name)
+        elif isinstance(v, dict):
+            bad += nonfinite_tensors(v, name + ".")
+    return bad
+
+
+def require_finite(path: str | Path, model_state: dict[str, Any]) -> None:
+    """Raise a one-line :class:`CheckpointError` naming the checkpoint and its non-finite tensors."""
+    bad = nonfinite_tensors(model_state)
+    if bad:
+        shown = ", ".join(bad[:4]) + (f" (+{len(bad) - 4} more)" if len(bad) > 4 else "")
+        raise CheckpointError(
+            f"{path}: non-finite weights (NaN/Inf) in {len(bad)} tensor(s): {shown[:240]}; the "
+            "run diverged before this checkpoint; retrain it (e.g. lower train.lr, set "
+            "train.grad_clip)"
+        )
 
 
 def require_keys(path: str | Path, state: dict[str, Any], keys: tuple[str, ...]) -> None:

@@ -1,13 +1,17 @@
 """A training run on disk: ``runs/NAME/{config.yaml, checkpoint.pt, history.json, keep_probs.json}``.
 
 ``checkpoint.pt`` is rewritten atomically every ``train.checkpoint_every`` epochs /
-``train.checkpoint_every_steps`` steps, on SIGINT and at the end (``complete: True``);
-:func:`resume_run` continues an unfinished run exactly where its checkpoint left it.
+``train.checkpoint_every_steps`` steps, on SIGINT, after the last epoch (before BN calibration
+and the other post-training steps) and at the end (``complete: True``); :func:`resume_run`
+continues an unfinished run exactly where its checkpoint left it, and starts a run that stopped
+before its first checkpoint over from its ``config.yaml``. Writers hold the run's lock and only
+replace recognisable runs (:mod:`bnn_nested.training.rundir`).
 """
 
 from __future__ import annotations
 
 import io
+import os
 import random
 import shutil
 from dataclasses import dataclass
@@ -39,6 +43,9 @@ from bnn_nested.regularization.config import build_regularizer
 from bnn_nested.training.checkpoint import (
     CheckpointError,
     load_checkpoint,
+    nonfinite_tensors,
+    read_checkpoint,
+    require_finite,
     require_keys,
     save_checkpoint,
 )
@@ -48,15 +55,21 @@ from bnn_nested.training.distributed import (
     env_world_size,
     setup_distributed,
 )
+from bnn_nested.training.rundir import (
+    RunExistsError,
+    RunLock,
+    check_replaceable,
+    clear_run,
+    is_empty,
+    is_run_dir,
+    remove_orphans,
+    write_marker,
+)
 from bnn_nested.training.samplers import build_sampler
 from bnn_nested.training.trainer import Trainer, TrainingInterrupted, resolve_device
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.yaml"
-
-
-class RunExistsError(FileExistsError):
-    """The run directory exists and ``overwrite`` was not given."""
 
 
 def seed_everything(seed: int) -> None:
@@ -118,22 +131,36 @@ def make_loaders(
 
 
 def check_run_dir(out: str | Path, overwrite: bool = False) -> None:
-    """Refuse an existing non-empty ``out`` unless ``overwrite`` (nothing is touched)."""
+    """Refuse an existing non-empty ``out`` unless ``overwrite`` and it is a bnn-nested run that
+    holds only files bnn-nested writes (:func:`~bnn_nested.training.rundir.check_replaceable`).
+    Nothing is touched."""
+    if str(out).strip() == "":
+        raise RunExistsError("--out: empty path; name the run directory to create")
     out = Path(out)
-    if out.exists() and not out.is_dir():
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise RunExistsError(f"{out} exists and is not a directory")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise RunExistsError(f"{out} already exists; pass --overwrite to replace it")
+    if out.exists() and not is_empty(out):
+        if not overwrite:
+            raise RunExistsError(f"{out} already exists; pass --overwrite to replace it")
+        check_replaceable(out)
 
 
 def prepare_run_dir(out: str | Path, overwrite: bool = False) -> Path:
-    """Create ``out``; refuse to touch an existing non-empty directory unless ``overwrite``."""
+    """Create ``out`` and mark it as a run; with ``overwrite`` replace a run that was there. Call
+    while holding the run's lock (:class:`~bnn_nested.training.rundir.RunLock`)."""
     out = Path(out)
     check_run_dir(out, overwrite)
-    if out.exists() and any(out.iterdir()):
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if not is_empty(out):
+        clear_run(out)
+    write_marker(out)
     return out
+
+
+def resume_command(out: str | Path, world_size: int = 1) -> str:
+    """The command that resumes ``out`` (with ``world_size`` processes under torchrun)."""
+    if world_size > 1:
+        return f"torchrun --nproc_per_node={world_size} -m bnn_nested train --resume {out}"
+    return f"bnn-nested train --resume {out}"
 
 
 #: Input shape and class count of the data sets whose shapes are known without reading them
@@ -199,23 +226,27 @@ def train_run(cfg: Config, out: str | Path, quiet: bool = False, overwrite: bool
         >>> out = train_run(load_config("configs/digits_mlp.yaml"), "runs/demo")
         >>> run = load_run(out); run.model, run.config, run.splits
     """
-    out = Path(out)
     device = validate_run(cfg)
     check_run_dir(out, overwrite)
+    out = Path(out)
     ctx = setup_distributed(device)
     created = False
+    lock = RunLock(out)
     try:
         ctx.barrier()  # every rank has checked ``out`` before rank 0 creates it
         if ctx.is_main:
             created = not out.exists()
-            prepare_run_dir(out, overwrite)
+            out.mkdir(parents=True, exist_ok=True)
+            lock.acquire()  # a second writer stops here, before anything is deleted
+            prepare_run_dir(out, overwrite)  # checked again under the lock
             atomic_write_text(out / CONFIG, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return _train(cfg, out, ctx, quiet)
     except Exception:
-        if ctx.is_main and created and not (out / CHECKPOINT).exists():
+        if ctx.is_main and created and lock.held and not (out / CHECKPOINT).exists():
             shutil.rmtree(out, ignore_errors=True)  # nothing worth keeping
         raise
     finally:
+        lock.release()
         ctx.close()
 
 
@@ -234,30 +265,79 @@ def resume_run(run_dir: str | Path, quiet: bool = False, device: str | None = No
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: run directory not found")
     path = run_dir / CHECKPOINT
-    state = load_checkpoint(path)
-    require_keys(path, state, ("config", "model", "optimizer", "generator", "step", "epoch", "rng"))
+    lock = RunLock(run_dir)
+    writable = is_run_dir(run_dir) or path.is_file()  # else: an error below, nothing written
+    if writable and _rank_zero():  # rank 0 writes: it holds the lock
+        lock.acquire()
     try:
-        raw = dict(state["config"])
-        if device is not None:
-            raw["train"] = {**raw.get("train", {}), "device": device}
-        cfg = build_config(raw)
-    except (ConfigError, TypeError) as err:
-        raise CheckpointError(f"{path}: incompatible checkpoint ({err})") from None
-    if state.get("complete", False):
-        raise ValueError(
-            f"{run_dir}: run already finished (epoch {state['epoch']}/{cfg.train.epochs}); "
-            "nothing to resume"
+        if lock.held:
+            remove_orphans(run_dir)  # temporary files of writes a kill interrupted
+        if not path.exists() and is_run_dir(run_dir) and (run_dir / CONFIG).is_file():
+            return _start_over(run_dir, quiet, device)  # stopped before its first checkpoint
+        state = load_checkpoint(path)
+        require_keys(
+            path, state, ("config", "model", "optimizer", "generator", "step", "epoch", "rng")
         )
+        try:
+            raw = dict(state["config"])
+            if device is not None:
+                raw["train"] = {**raw.get("train", {}), "device": device}
+            cfg = build_config(raw)
+        except (ConfigError, TypeError) as err:
+            raise CheckpointError(f"{path}: incompatible checkpoint ({err})") from None
+        if state.get("complete", False):
+            raise ValueError(
+                f"{run_dir}: run already finished (epoch {state['epoch']}/{cfg.train.epochs}); "
+                "nothing to resume"
+            )
+        if isinstance(state["model"], dict):
+            require_finite(path, state["model"])
+        dev = validate_run(cfg)
+        ctx = setup_distributed(dev)
+        try:
+            saved_world = state.get("world_size", 1)
+            if not isinstance(saved_world, int) or saved_world < 1:
+                raise CheckpointError(f"{path}: incompatible checkpoint (world_size)")
+            if state.get("batch_in_epoch", 0) and saved_world != ctx.world_size:
+                raise CheckpointError(
+                    f"{path}: saved mid-epoch by {saved_world} process(es); resume it with: "
+                    f"{resume_command(run_dir, saved_world)}"
+                )
+            return _train(cfg, run_dir, ctx, quiet, resume=(path, state))
+        finally:
+            ctx.close()
+    finally:
+        lock.release()
+
+
+def _rank_zero() -> bool:
+    """This process is rank 0 of its job (or the only one), before the context is set up."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _start_over(run_dir: Path, quiet: bool, device: str | None) -> Path:
+    """Train a run that stopped before its first checkpoint from the start, in place, from its
+    ``config.yaml`` (deterministic: the result is that of an uninterrupted run)."""
+    from bnn_nested.config import load_config
+
+    overrides = [f"train.device={device}"] if device is not None else []
+    try:
+        cfg = load_config(run_dir / CONFIG, overrides)
+    except ConfigError as err:
+        raise CheckpointError(
+            f"{run_dir}: stopped before its first checkpoint and its config.yaml is unusable "
+            f"({str(err)[:200]}); start it again with train --overwrite"
+        ) from None
     dev = validate_run(cfg)
     ctx = setup_distributed(dev)
     try:
-        saved_world = int(state.get("world_size", 1))
-        if state.get("batch_in_epoch", 0) and saved_world != ctx.world_size:
-            raise CheckpointError(
-                f"{path}: saved mid-epoch by {saved_world} process(es); resume it with the same "
-                f"number (now {ctx.world_size})"
-            )
-        return _train(cfg, run_dir, ctx, quiet, resume=(path, state))
+        if ctx.is_main:
+            (run_dir / TEACHER_FILE).unlink(missing_ok=True)  # rewritten from the config
+        return _train(cfg, run_dir, ctx, quiet)
     finally:
         ctx.close()
 
@@ -276,13 +356,21 @@ def _train(
 
     def checkpointer(trainer: Trainer, reason: str) -> Path:
         if ctx.is_main:
-            save_run_checkpoint(out, trainer, cfg, splits, complete=False)
+            _save_or_explain(out, trainer, cfg, splits, complete=False)
         return out / CHECKPOINT
 
-    if resume is None:
-        teacher = prepare_from_trained(cfg, model, splits, train_loader, out, ctx)
-    else:
-        teacher = load_teacher(cfg, model, out)
+    hint = resume_command(out, ctx.world_size)
+    try:
+        if resume is None:
+            teacher = prepare_from_trained(cfg, model, splits, train_loader, out, ctx)
+        else:
+            teacher = load_teacher(cfg, model, out)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(
+            f"interrupted before the first checkpoint; {hint} starts it over"
+            if resume is None
+            else f"interrupted while loading; checkpoint {resume[0]} is unchanged; {hint}"
+        ) from None
     trainer = Trainer(
         model,
         cfg,
@@ -309,15 +397,67 @@ def _train(
         bn_loader = DataLoader(splits.train, batch_size=cfg.data.eval_batch_size)
         trainer.fit(train_loader, val_loader, bn_loader=bn_loader if ctx.is_main else None)
     except TrainingInterrupted as err:
-        raise TrainingInterrupted(
-            f"{err}; resume with: bnn-nested train --resume {out}", err.checkpoint
-        ) from None
+        raise TrainingInterrupted(f"{err}; resume with: {hint}", err.checkpoint) from None
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before the guard was in place
+        last = trainer.last_checkpoint
+        kept = f"last checkpoint {last[0]} (step {last[1]}) kept" if last else "no checkpoint yet"
+        raise TrainingInterrupted(f"interrupted; {kept}; resume with: {hint}") from None
     if ctx.is_main:
+        _finish(out, trainer, cfg, splits, model, ctx, hint)
+    return out
+
+
+def _finish(
+    out: Path,
+    trainer: Trainer,
+    cfg: Config,
+    splits: DataSplits,
+    model: NestedModel,
+    ctx: DistContext,
+    hint: str,
+) -> None:
+    """The steps after the last epoch (rank 0): BN calibration, history, ordering report and the
+    final checkpoint marked ``complete``. The trained state is checkpointed first, so an interrupt
+    here loses nothing: ``--resume`` repeats these steps from that checkpoint (same result)."""
+    path = _save_or_explain(out, trainer, cfg, splits, complete=False)
+    trainer.last_checkpoint = (path, trainer.step)
+    try:
         calibrate_widths(model, splits, cfg.eval.widths, cfg.data.eval_batch_size, ctx.device)
-        save_run_checkpoint(out, trainer, cfg, splits, complete=True)
         atomic_write_json(out / "history.json", trainer.history)
         write_ordering_report(model, out)
-    return out
+        bad = nonfinite_tensors(model.state_dict())
+        if bad:  # never mark a run complete whose weights are NaN / Inf
+            raise FloatingPointError(
+                f"non-finite weights after training in {len(bad)} tensor(s) "
+                f"({', '.join(bad[:3])[:200]}); {path} (step {trainer.step}) kept, not complete"
+            )
+        _save_or_explain(out, trainer, cfg, splits, complete=True)  # last: marks the run done
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(
+            f"interrupted after training, during batch-norm calibration and the final save; "
+            f"checkpoint {path} (step {trainer.step}) kept; resume with: {hint}",
+            path,
+        ) from None
+
+
+def _save_or_explain(
+    out: Path, trainer: Trainer, cfg: Config, splits: DataSplits, complete: bool
+) -> Path:
+    """:func:`save_run_checkpoint`; a failed write (e.g. disk full) names the checkpoint kept."""
+    try:
+        return save_run_checkpoint(out, trainer, cfg, splits, complete=complete)
+    except OSError as err:
+        last = trainer.last_checkpoint
+        kept = (
+            f"the last checkpoint {last[0]} (step {last[1]}) is kept"
+            if last is not None and Path(last[0]).exists()
+            else "no earlier checkpoint exists"
+        )
+        reason = err.strerror or str(err)
+        raise type(err)(
+            err.errno,
+            f"could not write {out / CHECKPOINT} at step {trainer.step} ({reason}); {kept}",
+        ) from None
 
 
 #: Batches of the training split used for Taylor importance (Molchanov et al. 2019 use a few
@@ -417,6 +557,8 @@ class LoadedRun:
     splits: DataSplits
     checkpoint: dict[str, Any]
     run_dir: Path | None = None
+    #: ``{"step", "sha256"}`` of the checkpoint file: caches computed from the run are keyed by it
+    checkpoint_id: dict[str, Any] | None = None
 
     def temperatures(self) -> dict[float, float]:
         """Temperature per width stored in the run (``calibration/temperature.json``, fitted on
@@ -437,6 +579,22 @@ class LoadedRun:
         t = temperature_for(self.temperatures(), width) if calibrated else 1.0
         return calibrated_predict(self.model, x, width, samples or self.config.eval.samples, t)
 
+    @property
+    def complete(self) -> bool:
+        """The checkpoint is the final one of a finished run."""
+        return bool(self.checkpoint.get("complete", False))
+
+    def unfinished_note(self, run_dir: str | Path) -> str | None:
+        """One line saying the run is unfinished (``None`` for a finished run)."""
+        if self.complete:
+            return None
+        epoch, step = self.checkpoint.get("epoch", "?"), self.checkpoint.get("step", "?")
+        return (
+            f"{run_dir} is unfinished (checkpoint at epoch {epoch}/{self.config.train.epochs}, "
+            f"step {step}); these numbers are from that checkpoint; finish it with: "
+            f"bnn-nested train --resume {run_dir}"
+        )
+
     def calibrate(self, widths: list[float]) -> list[float]:
         """Calibrate batch norm for the ``widths`` that training did not (those outside
         ``eval.widths``); returns them."""
@@ -452,8 +610,15 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: run directory not found")
     path = run_dir / CHECKPOINT
-    state = load_checkpoint(path, map_location=device)
+    if not path.exists() and is_run_dir(run_dir):
+        raise CheckpointError(
+            f"{run_dir}: no checkpoint yet (the run stopped or is still before its first one); "
+            f"finish it with: bnn-nested train --resume {run_dir}"
+        )
+    state, digest = read_checkpoint(path, map_location=device)
     require_keys(path, state, ("config", "model"))
+    if isinstance(state["model"], dict):
+        require_finite(path, state["model"])
     try:
         cfg = build_config(state["config"])
     except (ConfigError, TypeError) as err:
@@ -468,4 +633,6 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
             f"{run_dir / CHECKPOINT}: incompatible checkpoint ({first})"
         ) from None
     model.to(device).eval()
-    return LoadedRun(model, cfg, splits, state, run_dir)
+    step = state.get("step")
+    ident = {"step": step if isinstance(step, int) else -1, "sha256": digest}
+    return LoadedRun(model, cfg, splits, state, run_dir, ident)
