@@ -58,7 +58,8 @@ SWEEP = [1.0, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1, 0.07, 0.05, 0.03, 0.02, 0.01,
 SWEEP += [0.001, 0.0005, 0.0002, 0.0001, 0.0]
 
 #: The training recipes, pinned here (the shipped configs' defaults may change): the
-#: ``configs/mnist5k_lenet.yaml`` and ``configs/digits_mlp.yaml`` recipes of this commit.
+#: ``configs/mnist5k_lenet.yaml`` and ``configs/digits_mlp.yaml`` recipes after issue 14 (hard
+#: straight-through masks with the exact categorical ordering KL; ``weight_kl: keep``).
 _ORDERING = {
     "sampler": "vou",
     "temperature": 1.0,
@@ -66,7 +67,8 @@ _ORDERING = {
     "prior": "geometric",
     "prior_pi": 0.95,
     "init": 3.0,
-    "hard": False,
+    "hard": True,
+    "weight_kl": "keep",
     "per_example": False,
     "kl_weight": 1.0,
     "kl_warmup_epochs": 0,
