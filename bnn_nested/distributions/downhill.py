@@ -9,7 +9,7 @@ the mask ``m_k = sum_{j >= k} s_j`` for ``k = 1..K``. The mask is non-increasing
 The map ``s -> m`` is affine with a unit-triangular Jacobian, so the density of ``m`` equals the Concrete
 density of its successive differences ``s = (1 - m_1, m_1 - m_2, .., m_{K-1} - m_K, m_K)``.
 
-Which KL belongs in the ELBO (docs/METHODS.md, "The ordering term of the objective"):
+Which KL belongs in the ELBO (docs/METHODS.md, "The objective: each width sampler's own negative ELBO"):
 
 * **hard masks** (straight-through): the likelihood sees the discrete truncation ``b``, so the exact
   KL is the one between the truncation categoricals, ``KL(q(b) || p(b))`` (registered for two hard
@@ -281,7 +281,7 @@ def _kl_downhill_downhill(q: Downhill, p: Downhill) -> torch.Tensor:
     Exact when the masks are hard (the likelihood sees the discrete truncation). Between relaxed
     Downhills the KL has no closed form (and is ``>=`` this one): raises ``NotImplementedError``;
     use :func:`downhill_kl_mc` (Pyro's ``TraceMeanField_ELBO`` falls back to that estimate).
-    Needs equal ``K`` and equal temperatures (docs/METHODS.md, "The ordering term of the objective").
+    Needs equal ``K`` and equal temperatures (docs/METHODS.md, "The objective: each width sampler's own negative ELBO").
     """
     if not (q.hard and p.hard):
         raise NotImplementedError(

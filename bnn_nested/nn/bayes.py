@@ -38,7 +38,11 @@ VAR_EPS = 1e-16
 
 
 def clip_log_alpha(log_alpha: torch.Tensor) -> torch.Tensor:
-    return log_alpha.clamp(LOG_ALPHA_MIN, LOG_ALPHA_MAX)
+    """``log_alpha`` limited to ``[LOG_ALPHA_MIN, LOG_ALPHA_MAX]`` in value, with the gradient of the
+    identity (straight-through): a parameter at or beyond a bound still gets its gradient and can
+    come back (``torch.clamp``'s own gradient is 0 there, even exactly at the bound). Training keeps
+    the parameters inside the range by projection (:meth:`~bnn_nested.nn.NestedModel.project_`)."""
+    return log_alpha + (log_alpha.clamp(LOG_ALPHA_MIN, LOG_ALPHA_MAX) - log_alpha).detach()
 
 
 def sparse_vd_kl(log_alpha: torch.Tensor) -> torch.Tensor:

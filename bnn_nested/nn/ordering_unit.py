@@ -171,18 +171,19 @@ class OrderingUnit(nn.Module):
         * relaxed masks: the Monte-Carlo estimate ``log q(m) - log p(m)`` on the mask the last
           forward pass sampled (averaged over per-example masks; Maddison et al. 2017, §C), an
           unbiased estimate of the relaxed KL, which has no closed form and is ``>=`` the
-          categorical KL. The sample is consumed; without one (no forward pass in training since
-          the last call) a fresh mask is drawn.
+          categorical KL. The sample is consumed (and dropped by ``train()``/``eval()``); without
+          one (no forward pass with gradients in training since the last call) a fresh mask is
+          drawn. Call ``kl()`` after the forward pass and before ``backward()`` of the same step.
 
-        See docs/METHODS.md, "The ordering term of the objective".
+        See docs/METHODS.md, "The objective: each width sampler's own negative ELBO".
         """
+        m, self._last_sample = self._last_sample, None
         if not self.learn:
             return self.r.new_zeros(())
         logits = self.logits()
         if self.hard:
             # == kl_divergence(self.posterior(), self.prior()), without two distribution objects
             return categorical_kl(logits, self.prior_logits)
-        m, self._last_sample = self._last_sample, None
         if m is None or getattr(m, "_log_simplex", None) is None:
             m = downhill_rsample(logits, self.temperature)
         ratio = concrete_log_ratio(logits, self.prior_logits, m._log_simplex, self.temperature)
@@ -224,8 +225,18 @@ class OrderingUnit(nn.Module):
         if batch is not None:
             logits = logits.expand(batch, -1)
         m = downhill_rsample(logits, self.temperature, self.hard)  # == self.posterior().rsample()
-        self._last_sample = m
+        if self.learn and not self.hard and torch.is_grad_enabled():
+            self._last_sample = m  # for kl(): the relaxed term is estimated at this mask
         return self.expand_groups(m)
+
+    def train(self, mode: bool = True) -> OrderingUnit:
+        self._last_sample = None  # a sample belongs to the training step that drew it
+        return super().train(mode)
+
+    def __getstate__(self) -> dict:
+        state = dict(super().__getstate__())
+        state["_last_sample"] = None  # a non-leaf tensor: not copied, pickled or deep-copied
+        return state
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = x.shape[1]

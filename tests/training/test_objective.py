@@ -178,3 +178,34 @@ def test_logged_val_acc_is_the_accuracy_the_report_gives(tmp_path):
     acc = (probs[0].argmax(-1) == y).float().mean().item()
     history = __import__("json").loads((out / "history.json").read_text())
     assert history[-1]["val_acc"] == pytest.approx(acc, abs=1e-6)
+
+
+def test_log_alpha_exactly_at_a_bound_still_gets_its_gradient():
+    """After projection a parameter sits exactly at the bound; ``torch.clamp``'s gradient is 0 there,
+    so the clip inside the forward pass and the KL must pass the gradient straight through."""
+    torch.manual_seed(0)
+    for bound in (-12.0, 8.0):
+        lin = NestedLinear(4, 3, ordered=False, weights="gaussian", init_log_alpha=-3.0)
+        with torch.no_grad():
+            lin.log_alpha.fill_(bound)
+        lin.train()
+        (lin(torch.randn(5, 4)).pow(2).sum() + lin.weight_kl()).backward()
+        assert (lin.log_alpha.grad.abs() > 0).all(), bound
+
+
+def test_units_hold_no_sample_after_kl_or_eval_and_deep_copy():
+    """The stored mask is consumed by ``kl()`` and dropped by ``eval()``; a unit that holds one can
+    still be deep-copied (export and EMA copy models)."""
+    import copy
+
+    for hard in (False, True):
+        u = OrderingUnit(8, 4, 0, hard=hard)
+        u.train()
+        u(torch.ones(2, 8)).sum().backward()
+        copy.deepcopy(u)  # raised for a held non-leaf sample before
+        u(torch.ones(2, 8))
+        u.kl()
+        assert u._last_sample is None
+        u(torch.ones(2, 8))
+        u.eval()
+        assert u._last_sample is None
