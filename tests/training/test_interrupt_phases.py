@@ -231,8 +231,10 @@ def test_disk_full_names_the_file_and_the_kept_checkpoint(reference, tmp_path, m
 # A child running the real CLI; the named step of bnn_nested.training.run announces itself with a
 # file and then waits, so the parent can send a real SIGINT while the child is inside it.
 CHILD = """
-import sys, time
+import signal, sys, time
 from pathlib import Path
+# a background job of a non-interactive shell starts with SIGINT ignored; a user's terminal does not
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import torch
 torch.set_num_threads(1)
 import bnn_nested.training.run as run_mod
