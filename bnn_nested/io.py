@@ -61,6 +61,33 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def read_regular_file(
+    path: str | Path,
+    what: str,
+    limit: int,
+    error: type[Exception],
+    missing: str = "does not exist",
+) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes (never blocks on a FIFO or a device).
+
+    Raises:
+        FileNotFoundError: no such file (``"{what} {path} {missing}"``).
+        error: not a regular file, or larger than ``limit`` (one line naming ``what`` and ``path``).
+    """
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path} {missing}") from None
+    if not stat.S_ISREG(mode):
+        raise error(f"{what} {path} is not a regular file")
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise error(f"{what} {path} is larger than {limit} bytes")
+    return data
+
+
 def read_json(path: str | Path, what: str = "file") -> Any:
     """The JSON value in ``path`` (a regular file of at most :data:`MAX_JSON_BYTES`).
 
@@ -72,16 +99,7 @@ def read_json(path: str | Path, what: str = "file") -> Any:
             message names ``what`` and ``path``.
     """
     path = Path(path)
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{what} {path} not found") from None
-    if not stat.S_ISREG(mode):
-        raise JsonFileError(f"{what} {path} is not a regular file")
-    with open(path, "rb") as f:
-        data = f.read(MAX_JSON_BYTES + 1)
-    if len(data) > MAX_JSON_BYTES:
-        raise JsonFileError(f"{what} {path} is larger than {MAX_JSON_BYTES} bytes")
+    data = read_regular_file(path, what, MAX_JSON_BYTES, JsonFileError, missing="not found")
     try:
         return json.loads(data.decode("utf-8"))
     except UnicodeDecodeError:

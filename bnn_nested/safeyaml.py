@@ -20,12 +20,12 @@ Example:
 
 from __future__ import annotations
 
-import os
-import stat
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from bnn_nested.io import read_regular_file
 
 #: Largest YAML document accepted (bytes; parsing that much takes under a second). Shipped
 #: configs are under 2 KiB.
@@ -116,16 +116,7 @@ def read_text_file(path: str | Path, what: str = "file", limit: int = MAX_BYTES)
         YamlError: not a regular file, too large, or not UTF-8 text (one line naming ``path``).
     """
     path = Path(path)
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{what} {path} does not exist") from None
-    if not stat.S_ISREG(mode):
-        raise YamlError(f"{what} {path} is not a regular file")
-    with open(path, "rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise YamlError(f"{what} {path} is larger than {limit} bytes")
+    data = read_regular_file(path, what, limit, YamlError)
     if b"\x00" in data:
         raise YamlError(f"{what} {path} is a binary file, not YAML text")
     try:
