@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import tempfile
@@ -32,6 +31,9 @@ import time
 from pathlib import Path
 
 import torch
+
+# the method comparison's model table and helpers (run as a script: benchmarks/ is on sys.path)
+from methods import MODEL, _fmt, _merge
 from torch.utils.data import DataLoader
 
 from bnn_nested.config import build_config
@@ -40,16 +42,6 @@ from bnn_nested.nn.batchnorm import calibrate_bn, nested_norms
 from bnn_nested.training.run import load_run, train_run
 
 WIDTHS = [0.25, 0.5, 0.75, 1.0]
-MODEL = {
-    "digits": {"name": "mlp", "hidden": [256, 256], "groups": 16, "frozen": 1},
-    "mnist5k": {
-        "name": "lenet",
-        "hidden": [16, 32, 256],
-        "groups": 16,
-        "frozen": 2,
-        "norm": "batch",
-    },
-}
 LR = {"digits": 1e-3, "mnist5k": 2e-3}
 GAUSS = {"model": {"weights": "gaussian", "init_log_alpha": -8.0}}
 ANNEAL = {"schedule": "exponential", "temperature": 1.0, "temperature_min": 0.2, "anneal_rate": 0.3}
@@ -77,13 +69,6 @@ VARIANTS: dict[str, dict] = {
 DEFAULT = "paper"
 VAL_KEYS = ["cls/acc", "cls/nll", "cal/ece"]
 TEST_KEYS = ["cls/acc", "cls/nll", "cal/ece", "ood/heldout/entropy/auroc"]
-
-
-def _merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _merge(out.get(k, {}), v) if isinstance(v, dict) else v
-    return out
 
 
 def config(data: str, variant: str, seed: int, epochs: int, width: float | None):
@@ -182,15 +167,6 @@ def _save(path: Path, results: dict) -> None:
 def _load(path: Path) -> dict:
     saved = json.loads(path.read_text())
     return {m: {float(w): r for w, r in v.items()} for m, v in saved.items()}
-
-
-def _fmt(vals: list[float], digits: int = 3) -> str:
-    vals = [v for v in vals if not math.isnan(v)]
-    if not vals:
-        return "n/a"
-    if len(vals) == 1:
-        return f"{vals[0]:.{digits}f}"
-    return f"{statistics.mean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
 
 
 def selection(results: dict) -> list[tuple[float, float, str]]:

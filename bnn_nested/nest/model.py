@@ -223,10 +223,6 @@ class NestifiedModel(NestedModel):
         """``P(b >= k)`` of each ordered group, keyed by dimension name."""
         return {d.name: self.unit(d.name).keep_probs().detach() for d in self.structure}
 
-    def group_keep(self, dim: str) -> torch.Tensor:
-        """Keep probability of each of the dimension's groups (kept groups: 1), shape ``(G,)``."""
-        return self.unit(dim).channel_keep_probs()
-
     def kl(self, keep: str | float = "posterior") -> torch.Tensor:
         """Ordering KL plus the weight KL, each output channel weighted as ``keep`` says (see
         :meth:`NestedModel.kl`; the channel's dimension is read from the width structure)."""

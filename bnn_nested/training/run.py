@@ -394,8 +394,8 @@ def _train(
             raise CheckpointError(f"{path}: incompatible checkpoint ({first})") from None
         trainer.last_checkpoint = (path, trainer.step)
     try:
-        bn_loader = DataLoader(splits.train, batch_size=cfg.data.eval_batch_size)
-        trainer.fit(train_loader, val_loader, bn_loader=bn_loader if ctx.is_main else None)
+        bn_loader = calibration_loader(splits, cfg.data.eval_batch_size) if ctx.is_main else None
+        trainer.fit(train_loader, val_loader, bn_loader=bn_loader)
     except TrainingInterrupted as err:
         raise TrainingInterrupted(f"{err}; resume with: {hint}", err.checkpoint) from None
     except KeyboardInterrupt:  # a second Ctrl-C, or one before the guard was in place
@@ -528,9 +528,14 @@ def calibrate_widths(
     methods.md §1). Returns ``False`` (and does nothing) for models without nested batch norm."""
     if not nested_norms(model):
         return False
-    loader = DataLoader(splits.train, batch_size=batch_size)
-    calibrate_bn(model, loader, widths, device=device)
+    calibrate_bn(model, calibration_loader(splits, batch_size), widths, device=device)
     return True
+
+
+def calibration_loader(splits: DataSplits, batch_size: int) -> DataLoader:
+    """The training split, unshuffled: what batch norm is re-estimated on, at the end of training
+    (:func:`calibrate_widths`) and before each epoch's ``val_acc`` (so the two agree)."""
+    return DataLoader(splits.train, batch_size=batch_size)
 
 
 def save_run_checkpoint(
