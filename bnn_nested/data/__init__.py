@@ -7,6 +7,8 @@ from typing import Any
 
 from bnn_nested.data.base import DataSplits, hold_out_classes, stratified_split
 from bnn_nested.data.digits import load_digits
+from bnn_nested.data.mnist5k import load_mnist5k
+from bnn_nested.data.vision import load_torchvision
 
 TORCHVISION_SETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "imagefolder")
 
@@ -30,12 +32,8 @@ def _load(cfg: Any, seed: int, flatten: bool) -> DataSplits:
     if cfg.name == "digits":
         return load_digits(cfg.val_fraction, cfg.test_fraction, seed, flatten=flatten)
     if cfg.name == "mnist5k":
-        from bnn_nested.data.mnist5k import load_mnist5k
-
         return load_mnist5k(cfg.val_fraction, cfg.test_fraction, seed, flatten=flatten)
     if cfg.name in TORCHVISION_SETS:
-        from bnn_nested.data.vision import load_torchvision
-
         if cfg.root is None:
             raise ValueError(f"data.root: data set {cfg.name!r} needs a local root folder")
         return load_torchvision(cfg.name, cfg.root, val_fraction=cfg.val_fraction, seed=seed)

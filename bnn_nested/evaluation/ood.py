@@ -290,7 +290,11 @@ def ood_metrics(
         >>> ood_metrics(torch.tensor([0.1, 0.2]), torch.tensor([0.8, 0.9]))["ood/auroc"]
         1.0
     """
-    from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+    from sklearn.metrics import (  # deferred: heavy (sklearn), only this path needs it
+        average_precision_score,
+        roc_auc_score,
+        roc_curve,
+    )
 
     s_in, s_out = _as_scores(scores_in, "scores_in"), _as_scores(scores_out, "scores_out")
     scores = np.concatenate([s_in, s_out])

@@ -22,9 +22,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
-from bnn_nested.nn.batchnorm import calibrate_bn, nested_norms
+from bnn_nested.nn.batchnorm import nested_norms, recalibrate_bn
 from bnn_nested.nn.model import NestedModel
+from bnn_nested.nn.ordering_unit import OrderingUnit
 from bnn_nested.regularization.base import Regularizer
 from bnn_nested.training.checkpoint import capture_rng_state, restore_rng_state
 from bnn_nested.training.distributed import (
@@ -57,7 +59,6 @@ def make_optimizer(
 ) -> torch.optim.Optimizer:
     """Optimizer from a :class:`~bnn_nested.config.TrainConfig` (no built-in weight decay: the
     regularizer owns norm control). Ordering parameters form their own group with ``ordering_lr``."""
-    from bnn_nested.nn.ordering_unit import OrderingUnit
 
     ordering_ids = {
         id(p) for m in model.modules() if isinstance(m, OrderingUnit) for p in m.parameters()
@@ -295,7 +296,6 @@ class Trainer:
     def _progress(self, it: Iterable, total: int | None, desc: str, initial: int = 0):
         if self.quiet or not self.dist.is_main or not sys.stderr.isatty():
             return it
-        from tqdm.auto import tqdm
 
         return tqdm(it, total=total, desc=desc, leave=False, initial=initial)
 
@@ -364,7 +364,7 @@ class Trainer:
             return self.accuracy(val_loader)
         saved = [copy.deepcopy(bn.state_dict()) for bn in norms]
         try:
-            calibrate_bn(self.model, bn_loader, [1.0], device=self.device)
+            recalibrate_bn(self.model, bn_loader, [1.0], device=self.device)
             return self.accuracy(val_loader)
         finally:
             for bn, state in zip(norms, saved):

@@ -5,7 +5,7 @@
 and the other post-training steps) and at the end (``complete: True``); :func:`resume_run`
 continues an unfinished run exactly where its checkpoint left it, and starts a run that stopped
 before its first checkpoint over from its ``config.yaml``. Writers hold the run's lock and only
-replace recognisable runs (:mod:`bnn_nested.training.rundir`).
+replace recognisable runs (:mod:`bnn_nested.runs.rundir`).
 """
 
 from __future__ import annotations
@@ -18,16 +18,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import torch.distributed as dist
 import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
-from bnn_nested.config import Config, ConfigError, build_config
+from bnn_nested.config import Config, ConfigError, build_config, load_config
 from bnn_nested.data import DataSplits, load_dataset
+from bnn_nested.evaluation.calibration import calibrated_predict, load_temperatures, temperature_for
 from bnn_nested.evaluation.ordering import write_ordering_report
 from bnn_nested.io import atomic_write, atomic_write_json, atomic_write_text
 from bnn_nested.models import build_model
+from bnn_nested.models.registry import MODELS
 from bnn_nested.nest import (
     NestifiedModel,
     check_plain_state,
@@ -37,9 +41,19 @@ from bnn_nested.nest import (
     plain_copy,
     read_plain_state,
 )
-from bnn_nested.nn.batchnorm import calibrate_bn, nested_norms
+from bnn_nested.nn.batchnorm import nested_norms, recalibrate_bn
 from bnn_nested.nn.model import NestedModel
 from bnn_nested.regularization.config import build_regularizer
+from bnn_nested.runs.rundir import (
+    RunExistsError,
+    RunLock,
+    check_replaceable,
+    clear_run,
+    is_empty,
+    is_run_dir,
+    remove_orphans,
+    write_marker,
+)
 from bnn_nested.training.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -55,16 +69,6 @@ from bnn_nested.training.distributed import (
     env_world_size,
     setup_distributed,
 )
-from bnn_nested.training.rundir import (
-    RunExistsError,
-    RunLock,
-    check_replaceable,
-    clear_run,
-    is_empty,
-    is_run_dir,
-    remove_orphans,
-    write_marker,
-)
 from bnn_nested.training.samplers import build_sampler
 from bnn_nested.training.trainer import Trainer, TrainingInterrupted, resolve_device
 
@@ -76,8 +80,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
     try:
-        import numpy as np
-
         np.random.seed(seed % 2**32)
     except ImportError:  # pragma: no cover
         pass
@@ -132,7 +134,7 @@ def make_loaders(
 
 def check_run_dir(out: str | Path, overwrite: bool = False) -> None:
     """Refuse an existing non-empty ``out`` unless ``overwrite`` and it is a bnn-nested run that
-    holds only files bnn-nested writes (:func:`~bnn_nested.training.rundir.check_replaceable`).
+    holds only files bnn-nested writes (:func:`~bnn_nested.runs.rundir.check_replaceable`).
     Nothing is touched."""
     if str(out).strip() == "":
         raise RunExistsError("--out: empty path; name the run directory to create")
@@ -147,7 +149,7 @@ def check_run_dir(out: str | Path, overwrite: bool = False) -> None:
 
 def prepare_run_dir(out: str | Path, overwrite: bool = False) -> Path:
     """Create ``out`` and mark it as a run; with ``overwrite`` replace a run that was there. Call
-    while holding the run's lock (:class:`~bnn_nested.training.rundir.RunLock`)."""
+    while holding the run's lock (:class:`~bnn_nested.runs.rundir.RunLock`)."""
     out = Path(out)
     check_run_dir(out, overwrite)
     if not is_empty(out):
@@ -187,7 +189,6 @@ KNOWN_NUM_CLASSES: dict[str, int] = {
 
 def validate_run(cfg: Config) -> torch.device:
     """Checks that need no data (run before anything is written or loaded); returns the device."""
-    from bnn_nested.models.registry import MODELS
 
     if cfg.model.name not in MODELS:
         raise ValueError(
@@ -312,7 +313,6 @@ def resume_run(run_dir: str | Path, quiet: bool = False, device: str | None = No
 
 def _rank_zero() -> bool:
     """This process is rank 0 of its job (or the only one), before the context is set up."""
-    import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank() == 0
@@ -322,7 +322,6 @@ def _rank_zero() -> bool:
 def _start_over(run_dir: Path, quiet: bool, device: str | None) -> Path:
     """Train a run that stopped before its first checkpoint from the start, in place, from its
     ``config.yaml`` (deterministic: the result is that of an uninterrupted run)."""
-    from bnn_nested.config import load_config
 
     overrides = [f"train.device={device}"] if device is not None else []
     try:
@@ -422,7 +421,7 @@ def _finish(
     path = _save_or_explain(out, trainer, cfg, splits, complete=False)
     trainer.last_checkpoint = (path, trainer.step)
     try:
-        calibrate_widths(model, splits, cfg.eval.widths, cfg.data.eval_batch_size, ctx.device)
+        recalibrate_bn_widths(model, splits, cfg.eval.widths, cfg.data.eval_batch_size, ctx.device)
         atomic_write_json(out / "history.json", trainer.history)
         write_ordering_report(model, out)
         bad = nonfinite_tensors(model.state_dict())
@@ -503,7 +502,7 @@ def prepare_from_trained(
         if cfg.ordering.init == "importance":
             init_ordering_from_importance(model, profile)  # type: ignore[arg-type]
     if cfg.model.init_from:
-        calibrate_widths(model, splits, cfg.eval.widths, cfg.data.eval_batch_size, ctx.device)
+        recalibrate_bn_widths(model, splits, cfg.eval.widths, cfg.data.eval_batch_size, ctx.device)
     return teacher
 
 
@@ -517,24 +516,25 @@ def load_teacher(cfg: Config, model: NestedModel, out: Path) -> nn.Module | None
     return _teacher_copy(model, str(path))
 
 
-def calibrate_widths(
+def recalibrate_bn_widths(
     model: NestedModel,
     splits: DataSplits,
     widths: list[float],
     batch_size: int = 512,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
 ) -> bool:
     """Re-estimate batch-norm statistics of ``widths`` on the training split (one pass, per width;
-    methods.md §1). Returns ``False`` (and does nothing) for models without nested batch norm."""
+    docs/METHODS.md#batch-norm-per-width), on ``device`` (``None``: the model's). Returns ``False``
+    (and does nothing) for models without nested batch norm."""
     if not nested_norms(model):
         return False
-    calibrate_bn(model, calibration_loader(splits, batch_size), widths, device=device)
+    recalibrate_bn(model, calibration_loader(splits, batch_size), widths, device=device)
     return True
 
 
 def calibration_loader(splits: DataSplits, batch_size: int) -> DataLoader:
     """The training split, unshuffled: what batch norm is re-estimated on, at the end of training
-    (:func:`calibrate_widths`) and before each epoch's ``val_acc`` (so the two agree)."""
+    (:func:`recalibrate_bn_widths`) and before each epoch's ``val_acc`` (so the two agree)."""
     return DataLoader(splits.train, batch_size=batch_size)
 
 
@@ -568,7 +568,6 @@ class LoadedRun:
     def temperatures(self) -> dict[float, float]:
         """Temperature per width stored in the run (``calibration/temperature.json``, fitted on
         this checkpoint's step; ``{}`` if none); see :mod:`bnn_nested.evaluation.calibration`."""
-        from bnn_nested.evaluation.calibration import load_temperatures
 
         if self.run_dir is None:
             return {}
@@ -579,7 +578,6 @@ class LoadedRun:
     ) -> torch.Tensor:
         """``(S, B, C)`` probabilities at ``width`` (``samples`` default ``eval.samples``), with
         the run's stored temperature of that width applied when ``calibrated``."""
-        from bnn_nested.evaluation.calibration import calibrated_predict, temperature_for
 
         t = temperature_for(self.temperatures(), width) if calibrated else 1.0
         return calibrated_predict(self.model, x, width, samples or self.config.eval.samples, t)
@@ -600,12 +598,12 @@ class LoadedRun:
             f"bnn-nested train --resume {run_dir}"
         )
 
-    def calibrate(self, widths: list[float]) -> list[float]:
+    def recalibrate_bn(self, widths: list[float]) -> list[float]:
         """Calibrate batch norm for the ``widths`` that training did not (those outside
         ``eval.widths``); returns them."""
         new = [w for w in widths if w not in self.config.eval.widths]
         if new:
-            calibrate_widths(self.model, self.splits, new, self.config.data.eval_batch_size)
+            recalibrate_bn_widths(self.model, self.splits, new, self.config.data.eval_batch_size)
         return new
 
 
