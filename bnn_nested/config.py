@@ -28,7 +28,7 @@ SET_SCORES: tuple[str, ...] = ("thr", "aps", "raps")
 #: Selective-prediction scores (:mod:`bnn_nested.evaluation.selective`).
 SELECTIVE_SCORES: tuple[str, ...] = ("msp", "entropy", "mutual_information")
 #: How a width is realised when timing it (:mod:`bnn_nested.deploy.profile`).
-LATENCY_MODES: tuple[str, ...] = ("sliced", "masked", "exported")
+LATENCY_MODES: tuple[str, ...] = ("sliced", "masked", "exported", "onnxruntime")
 
 
 # --------------------------------------------------------------------------- regularization

@@ -33,8 +33,9 @@ def add_parser(sub) -> None:
         "--latency-mode",
         default=None,
         help="what is timed: sliced (the nested model, default), masked (the full model with a "
-        "mask) or exported (BN folded, channels-last, micro-batches tuned on CPU); given without "
-        "--max-latency-ms, latency is still measured and shown",
+        "mask), exported (BN folded, channels-last, micro-batches tuned on CPU) or onnxruntime "
+        "(the exported width as ONNX under ONNX Runtime, CPU; needs bnn-nested[onnx]); given "
+        "without --max-latency-ms, latency is still measured and shown",
     )
     s.add_argument(
         "--no-temperature",
@@ -62,6 +63,13 @@ def run(args) -> int:
     from bnn_nested.runs.run import (
         load_run,  # deferred: imports torch; --help and usage errors stay fast
     )
+
+    if args.latency_mode == "onnxruntime":
+        from bnn_nested.deploy.onnx import (
+            require_onnx,  # deferred: imports torch; --help and usage errors stay fast
+        )
+
+        require_onnx()  # before anything is loaded or cached
 
     bounded_int("--samples", args.samples, 1, MAX_SAMPLES)
     bounded_int("--batch-size", args.batch_size, 1, MAX_BATCH)

@@ -39,8 +39,11 @@ from bnn_nested.nn.model import NestedModel, Width
 from bnn_nested.nn.nested import NestedMixin
 from bnn_nested.nn.ordering_unit import OrderingUnit
 
-ExportFormat = Literal["export", "torchscript"]
-EXPORT_FORMATS: tuple[str, ...] = ("export", "torchscript")
+#: How :func:`~bnn_nested.deploy.serialize.save_exported` writes an exported width: ``"export"``
+#: (``torch.export``, ``.pt2``), ``"onnx"`` (:mod:`bnn_nested.deploy.onnx`, optional extra) or
+#: ``"torchscript"`` (deprecated upstream; a ``DeprecationWarning`` when used).
+ExportFormat = Literal["export", "onnx", "torchscript"]
+EXPORT_FORMATS: tuple[str, ...] = ("export", "onnx", "torchscript")
 
 _BN = nn.modules.batchnorm._BatchNorm
 

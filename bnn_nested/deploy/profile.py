@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -21,6 +22,7 @@ import torch
 from bnn_nested.config import LATENCY_MODES
 from bnn_nested.cost import count_flops, count_params
 from bnn_nested.deploy.cache import read_cache, write_cache
+from bnn_nested.deploy.onnx import onnx_width, require_onnx
 from bnn_nested.deploy.runtime import inference_module
 from bnn_nested.deploy.timing import measure_latency, num_threads
 from bnn_nested.io import is_number
@@ -30,7 +32,7 @@ from bnn_nested.nn.model import NestedModel
 from bnn_nested.nn.ordering_unit import active_groups
 
 #: How the width is realised when measuring latency.
-LatencyMode = Literal["sliced", "masked", "exported"]
+LatencyMode = Literal["sliced", "masked", "exported", "onnxruntime"]
 #: Micro-batch of the ``"exported"`` latency mode on CPU (none on CUDA): tuned per width.
 EXPORTED_MICRO_BATCH = "auto"
 #: File name of the cost cache inside a run directory.
@@ -122,7 +124,11 @@ def profile_widths(
             :func:`masked_forward`) or ``"exported"`` (the module a deployment runs:
             :func:`~bnn_nested.deploy.runtime.inference_module`, i.e. exported with BN folded,
             channels-last, on CPU in micro-batches of the size that was fastest for this batch
-            (:func:`~bnn_nested.deploy.runtime.tune_micro_batch`), on CUDA whole; not compiled).
+            (:func:`~bnn_nested.deploy.runtime.tune_micro_batch`), on CUDA whole; not compiled)
+            or ``"onnxruntime"`` (the exported module with BN folded, as ONNX under ONNX Runtime's
+            CPU execution provider with ``threads`` intra-op threads, checked against the nested
+            model within 1e-4 first: :func:`~bnn_nested.deploy.onnx.onnx_width`; CPU only, needs
+            the optional extra ``[onnx]``).
         cache_dir: if given, results are cached in ``cache_dir/deploy/profile.json`` keyed by all
             settings; a later call with the same settings reads them instead of measuring.
         checkpoint: identity of the weights profiled (``LoadedRun.checkpoint_id``); cached
@@ -137,6 +143,12 @@ def profile_widths(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     for w in widths:
         active_groups(float(w), 2, 0)  # validates (0, 1]
+    if mode == "onnxruntime" and latency:
+        require_onnx()
+        if torch.device(device).type != "cpu":
+            raise ValueError(
+                f"device: the 'onnxruntime' latency mode runs on the CPU, got {str(device)!r}"
+            )
     settings = {
         "widths": [float(w) for w in widths],
         "batch_size": batch_size,
@@ -152,6 +164,8 @@ def profile_widths(
     micro_batch = None if torch.device(device).type == "cuda" else EXPORTED_MICRO_BATCH
     if mode == "exported":
         settings["exported"] = {"micro_batch": micro_batch, "channels_last": True}
+    if mode == "onnxruntime" and latency:
+        settings["onnxruntime"] = {"version": _version("onnxruntime"), "provider": "CPU"}
     key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     cache_path = Path(cache_dir) / PROFILE_FILE if cache_dir is not None else None
     cache: dict[str, Any] = {}
@@ -200,6 +214,8 @@ def profile_widths(
                     with num_threads(threads):  # tune under the thread count that is timed
                         fn = inference_module(model, c.width, xb, micro_batch=micro_batch)
                     c.micro_batch = getattr(fn, "micro_batch", None)
+                elif mode == "onnxruntime":
+                    fn = onnx_width(model, c.width, xb[:2], threads=threads)
                 else:
                     fn = masked_forward(model, c.width)
                 t = measure_latency(fn, xb, warmup, repeats, threads)
@@ -210,6 +226,13 @@ def profile_widths(
         cache[key] = {"settings": settings, "costs": [c.to_dict() for c in costs]}
         write_cache(cache_path, checkpoint, cache)
     return costs
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _costs_valid(entry: dict[str, Any]) -> bool:

@@ -1,8 +1,11 @@
 """Saving an exported width, and the safe weights-only format for sharing.
 
 Saving uses **``torch.export``** (``.pt2``, batch dimension dynamic); ``torch.export.load(path)
-.module()`` runs it with nothing but torch installed. ``format="torchscript"`` (``torch.jit.trace``)
-is **deprecated upstream** and kept only for existing users.
+.module()`` runs it with nothing but torch installed. ``format="onnx"`` writes an ONNX model
+(``torch.onnx.export(..., dynamo=True)``, batch dimension dynamic), checked under ONNX Runtime before
+it is written (:mod:`bnn_nested.deploy.onnx`; optional extra ``[onnx]``); it runs in any ONNX
+runtime and loading it runs no Python code. ``format="torchscript"`` (``torch.jit.trace``) is
+**deprecated upstream** and kept only for existing users (a ``DeprecationWarning`` says so).
 
 **Loading a ``.pt2`` (or TorchScript) file runs code from it**: ``torch.export.load`` unpickles
 with ``weights_only=False`` inside, so a crafted file executes whatever it likes. Load those only
@@ -14,6 +17,7 @@ import``, which would import a module, are refused unless ``allow_import=True``)
 
 Example:
     >>> save_exported(plain, x[:1], "w050.pt2"); m = load_exported("w050.pt2")   # trusted files
+    >>> save_exported(plain, x[:2], "w050.onnx", format="onnx")                 # ONNX Runtime
     >>> save_width_weights(model, cfg, 0.5, x[:2], "w050.pt")                   # to share
     >>> m = load_width_weights("w050.pt")                                        # from anyone
 """
@@ -21,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +34,7 @@ from torch import nn
 
 from bnn_nested.config import ConfigError, build_config
 from bnn_nested.deploy.export import EXPORT_FORMATS, ExportFormat, export_width
+from bnn_nested.deploy.onnx import ONNX_ATOL, OrtModule, check_inputs, onnx_bytes, verify_onnx
 from bnn_nested.deploy.runtime import MicroBatched
 from bnn_nested.io import atomic_write, refused_code
 from bnn_nested.models import build_model
@@ -54,18 +60,30 @@ def save_exported(
     """Save ``module`` so that :func:`load_exported` (torch only) can run it; written atomically.
 
     ``format="export"``: ``torch.export.export`` + ``torch.export.save`` (``.pt2``), batch dimension
-    dynamic when ``dynamic_batch`` (``example`` needs batch >= 2 then). ``"torchscript"``:
-    ``torch.jit.trace`` + ``torch.jit.save``. A :class:`~bnn_nested.deploy.runtime.MicroBatched`
-    wrapper is not saved, only the module inside it (wrap the loaded module again).
+    dynamic when ``dynamic_batch`` (``example`` needs batch >= 2 then). ``"onnx"``:
+    ``torch.onnx.export(..., dynamo=True)`` (:func:`~bnn_nested.deploy.onnx.onnx_bytes`), run under
+    ONNX Runtime on ``example`` (and on a batch one row longer when ``dynamic_batch``) and written
+    only if its outputs equal ``module``'s within ``ONNX_ATOL`` (else
+    :class:`~bnn_nested.deploy.onnx.OnnxMismatch`, nothing written). ``"torchscript"``:
+    ``torch.jit.trace`` + ``torch.jit.save``, deprecated (``DeprecationWarning``). A
+    :class:`~bnn_nested.deploy.runtime.MicroBatched` wrapper is not saved, only the module inside it
+    (wrap the loaded module again).
     """
     if format not in EXPORT_FORMATS:
         raise ValueError(f"format must be one of {EXPORT_FORMATS}, got {format!r}")
+    if format == "torchscript":
+        _warn_torchscript()
     while isinstance(module, MicroBatched):
         module = module.module
     module = module.eval()
     buf = io.BytesIO()
     with torch.no_grad():
-        if format == "export":
+        if format == "onnx":
+            data = onnx_bytes(module, example, dynamic_batch=dynamic_batch)
+            runtime = OrtModule(data)
+            verify_onnx(module, runtime, check_inputs(example, dynamic_batch), ONNX_ATOL)
+            buf.write(data)
+        elif format == "export":
             if dynamic_batch and example.shape[0] < 2:
                 example = example.expand((2,) + tuple(example.shape[1:])).contiguous()
             shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
@@ -80,17 +98,33 @@ def load_exported(path: str | Path, format: ExportFormat = "export") -> nn.Modul
     """Load a module written by :func:`save_exported` (needs only torch).
 
     Equivalent torch-only code: ``torch.export.load(path).module()`` or ``torch.jit.load(path)``.
+    ``format="onnx"`` returns an :class:`~bnn_nested.deploy.onnx.OrtModule` (ONNX Runtime, CPU;
+    tensors in, tensors out); elsewhere ``onnxruntime.InferenceSession(path)`` runs the file.
 
     Warning:
-        This **runs code stored in the file**: ``torch.export.load`` unpickles with
-        ``weights_only=False`` (and TorchScript files hold code by design). Load only files you
-        made or trust; for files from others use :func:`load_width_weights` (tensors only).
+        For ``"export"`` and ``"torchscript"`` this **runs code stored in the file**:
+        ``torch.export.load`` unpickles with ``weights_only=False`` (and TorchScript files hold code
+        by design). Load only files you made or trust; for files from others use
+        :func:`load_width_weights` (tensors only) or ONNX (a graph of standard operators).
     """
     if format not in EXPORT_FORMATS:
         raise ValueError(f"format must be one of {EXPORT_FORMATS}, got {format!r}")
+    if format == "onnx":
+        return OrtModule(Path(path))  # type: ignore[return-value]
+    if format == "torchscript":
+        _warn_torchscript()
     if format == "export":
         return torch.export.load(str(path)).module()
     return torch.jit.load(str(path))
+
+
+def _warn_torchscript() -> None:
+    warnings.warn(
+        'format="torchscript" is deprecated (TorchScript is deprecated upstream); use "export" '
+        '(torch.export, .pt2) or "onnx"',
+        DeprecationWarning,
+        stacklevel=3,
+    )
 
 
 # --------------------------------------------------------------------------- safe weights
