@@ -16,7 +16,7 @@ from bnn_nested.cli.common import Parser, UsageError
 from bnn_nested.config import ConfigError
 
 #: Command modules; each defines ``add_parser(subparsers)`` (setting ``handler``) and ``run(args)``.
-COMMAND_MODULES = ("train", "evaluate", "compare", "select", "cascade")
+COMMAND_MODULES = ("train", "evaluate", "compare", "select", "cascade", "export_weights")
 #: Longest error line printed (a value echoed back never floods the terminal).
 MAX_MESSAGE = 500
 
