@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import os
 import statistics
 import time
 import warnings
@@ -65,7 +66,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(
         f"threads={args.threads} batch={args.batch} rounds={args.rounds} torch={torch.__version__} "
-        f"onnxruntime={importlib.metadata.version('onnxruntime')}"
+        f"onnxruntime={importlib.metadata.version('onnxruntime')} "
+        f"cpus={os.cpu_count()} load average (1 min) at start={os.getloadavg()[0]:.1f}"
     )
     start = time.perf_counter()
     for key, name, model, shape in models():
@@ -100,7 +102,10 @@ def main() -> None:
                 f"{o / lat[('onnxruntime', 1.0)]:.3f} | {e:.2f} | {o:.2f} | {o / e:.3f} |",
                 flush=True,
             )
-    print(f"\ntotal {time.perf_counter() - start:.0f} s")
+    print(
+        f"\ntotal {time.perf_counter() - start:.0f} s; load average (1 min) at end="
+        f"{os.getloadavg()[0]:.1f} (above the CPU count, other processes shared the cores)"
+    )
 
 
 if __name__ == "__main__":

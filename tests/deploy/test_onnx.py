@@ -5,6 +5,7 @@ line saying what to install."""
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import pytest
 import torch
@@ -177,3 +178,29 @@ def test_without_the_extra_one_line_says_what_to_install(tmp_path, monkeypatch):
     with pytest.raises(OnnxUnavailable):
         save_exported(export_width(model, 0.5, x), x[:2], tmp_path / "m.onnx", format="onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.slow
+def test_select_times_widths_under_onnxruntime(tmp_path, capsys, monkeypatch):
+    from bnn_nested.cli.main import main
+    from tests.trained_runs import train_tiny, tree_digest
+
+    run = tmp_path / "run"
+    assert train_tiny(run) == 0
+    capsys.readouterr()
+    argv = ["select", str(run), "--latency-mode", "onnxruntime", "--threads", "1", "--json"]
+    assert main(argv + ["--batch-size", "4"]) in (0, 1)
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["chosen"]["latency_ms"] > 0
+    # without the extra: one line, exit 2, the run directory untouched
+    before = tree_digest(run)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        onnx_mod.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "onnxruntime" else real(name, *a),
+    )
+    assert main(argv + ["--batch-size", "8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bnn-nested: error:") and "bnn-nested[onnx]" in err and "\n" not in err
+    assert tree_digest(run) == before
