@@ -69,8 +69,9 @@ from bnn_nested.training.distributed import (
     env_world_size,
     setup_distributed,
 )
+from bnn_nested.training.optim import Precision, resolve_device
 from bnn_nested.training.samplers import build_sampler
-from bnn_nested.training.trainer import Trainer, TrainingInterrupted, resolve_device
+from bnn_nested.training.trainer import Trainer, TrainingInterrupted
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.yaml"
@@ -208,8 +209,7 @@ def validate_run(cfg: Config) -> torch.device:
             msg = str(err)
             raise ValueError(msg if msg.startswith("model") else f"model: {msg}") from None
     device = resolve_device(cfg.train.device)
-    if cfg.train.precision == "fp16" and device.type != "cuda":
-        raise ValueError("train.precision: 'fp16' needs CUDA; use 'bf16' or 'fp32' on CPU")
+    Precision(cfg.train.precision, device)  # fp16 needs CUDA: refused before any file is written
     world = env_world_size()
     if cfg.data.batch_size % world:
         raise ValueError(
