@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import importlib
 import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -148,16 +149,38 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
-DataName = Literal[
-    "digits", "mnist5k", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "imagefolder"
-]
+#: Initial ``log alpha`` of Gaussian weights (``q(w) = N(theta, alpha theta^2)``): nearly point
+#: weights at the start. The one source of this default (models, layers and the config read it).
+DEFAULT_INIT_LOG_ALPHA = -8.0
+#: A dotted module path (``my_pkg.models``), not a file path.
+MODULE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+#: Data sets bnn-nested ships; others come from modules named in the config's ``imports``.
+BUILTIN_DATA: tuple[str, ...] = (
+    "digits",
+    "mnist5k",
+    "mnist",
+    "fashion_mnist",
+    "cifar10",
+    "cifar100",
+    "svhn",
+    "imagefolder",
+)
 
 
 class DataConfig(_Strict):
     """Which data set and how to split and batch it."""
 
-    name: DataName = "digits"
+    name: str = Field(
+        "digits",
+        description=f"{' | '.join(BUILTIN_DATA)}, or a name registered by a module in 'imports'",
+    )
     root: str | None = Field(None, description="local folder for torchvision data sets")
+    augment: bool = Field(
+        False, description="torchvision sets: random crop (padding 4) and horizontal flip"
+    )
+    image_size: int | None = Field(
+        None, ge=8, le=1024, description="torchvision sets: resize images to this side"
+    )
     val_fraction: float = Field(0.15, gt=0.0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0.0, lt=0.5, description="digits / mnist5k only")
     batch_size: int = Field(64, ge=1, le=MAX_BATCH)
@@ -181,7 +204,7 @@ class ModelConfig(_Strict):
     variant: str | None = None
     order_first: bool = False
     order_classifier_input: bool = True
-    init_log_alpha: float = Field(-8.0, ge=-12.0, le=0.0)
+    init_log_alpha: float = Field(DEFAULT_INIT_LOG_ALPHA, ge=-12.0, le=0.0)
     arch: str | None = Field(None, description="name: torchvision: the architecture, e.g. resnet18")
     target: str | None = Field(
         None, description="name: import: 'package.module:factory' (runs that code)"
@@ -335,6 +358,21 @@ class Config(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     regularization: RegularizationConfig = Field(default_factory=RegularizationConfig)
+    imports: list[Annotated[str, Field(pattern=MODULE_PATTERN)]] = Field(
+        default_factory=list,
+        max_length=32,
+        description="modules imported before building (they register models / data sets with "
+        "register_model / register_dataset); importing runs their code: trusted configs only",
+    )
+
+    @model_validator(mode="after")
+    def _names_known(self) -> Config:
+        if self.data.name not in BUILTIN_DATA and not self.imports:
+            raise ValueError(
+                f"data.name: unknown data set {self.data.name[:80]!r}; accepted: "
+                f"{', '.join(BUILTIN_DATA)} (or list the module that registers it in 'imports')"
+            )
+        return self
 
     @model_validator(mode="after")
     def _from_trained(self) -> Config:
@@ -357,6 +395,16 @@ class Config(_Strict):
     def to_dict(self) -> dict[str, Any]:
         """Plain, re-validatable dict of the resolved config (what runs store)."""
         return self.model_dump(mode="json")
+
+
+def import_modules(cfg: Config) -> None:
+    """Import the modules of ``cfg.imports`` (so their ``register_model`` / ``register_dataset``
+    calls run). A missing module is a one-line ``ConfigError``."""
+    for name in cfg.imports:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise ConfigError(f"imports: cannot import {name!r} ({str(err)[:150]})") from None
 
 
 def _fields_at(loc: tuple[Any, ...]) -> list[str]:

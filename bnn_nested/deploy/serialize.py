@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bnn_nested.config import ConfigError, build_config
+from bnn_nested.config import ConfigError, build_config, import_modules
 from bnn_nested.deploy.export import EXPORT_FORMATS, ExportFormat, export_width
 from bnn_nested.deploy.runtime import MicroBatched
 from bnn_nested.io import atomic_write, refused_code
@@ -193,6 +193,12 @@ def load_width_weights(path: str | Path, allow_import: bool = False) -> nn.Modul
             f"{path}: its config imports {cfg.model.target!r} (model.name: import runs that "
             "code); pass allow_import=True only for files you trust"
         )
+    if cfg.imports and not allow_import:
+        raise UnsafeOrInvalidWeights(
+            f"{path}: its config imports {cfg.imports[:3]!r} (imports run code); pass "
+            "allow_import=True only for files you trust"
+        )
+    import_modules(cfg)
     with torch.random.fork_rng():  # building a model draws random initial weights
         model = build_model(
             cfg.model, build_sampler(cfg.ordering).ordering_kwargs(), shape, num_classes

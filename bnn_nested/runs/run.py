@@ -25,8 +25,8 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
-from bnn_nested.config import Config, ConfigError, build_config, load_config
-from bnn_nested.data import DataSplits, load_dataset
+from bnn_nested.config import Config, ConfigError, build_config, import_modules, load_config
+from bnn_nested.data import DATASETS, DataSplits, load_dataset
 from bnn_nested.evaluation.calibration import calibrated_predict, load_temperatures, temperature_for
 from bnn_nested.evaluation.ordering import write_ordering_report
 from bnn_nested.io import atomic_write, atomic_write_json, atomic_write_text
@@ -191,10 +191,9 @@ KNOWN_NUM_CLASSES: dict[str, int] = {
 def validate_run(cfg: Config) -> torch.device:
     """Checks that need no data (run before anything is written or loaded); returns the device."""
 
-    if cfg.model.name not in MODELS:
-        raise ValueError(
-            f"model.name: unknown model {cfg.model.name!r}; known models: {', '.join(sorted(MODELS))}"
-        )
+    import_modules(cfg)  # the config's ``imports``: user modules that register models / data
+    MODELS[cfg.model.name]  # unknown names: one line listing the accepted ones
+    DATASETS[cfg.data.name]
     shape = KNOWN_INPUT_SHAPES.get(cfg.data.name)
     if shape is not None:  # build the model without memory: groups, hidden sizes, variants
         n_classes = KNOWN_NUM_CLASSES[cfg.data.name] - len(cfg.data.held_out_classes)
@@ -626,6 +625,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
         cfg = build_config(state["config"])
     except (ConfigError, TypeError) as err:
         raise CheckpointError(f"{path}: incompatible checkpoint ({err})") from None
+    import_modules(cfg)
     splits = load_dataset(cfg.data, seed=cfg.seed)
     model = build_model_for(cfg, splits)
     try:
