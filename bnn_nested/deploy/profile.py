@@ -46,7 +46,7 @@ def masked_forward(model: NestedModel, width: float) -> Callable[[torch.Tensor],
     units = [u for _, u in model.ordering_units()]
     masks = {}
     for u in units:
-        keep = active_groups(width, u.groups, u.frozen) * u.group_size
+        keep = active_groups(width, u.groups, u.kept) * u.group_size
         m = torch.zeros(u.channels, device=next(model.parameters()).device)
         m[:keep] = 1.0
         masks[u] = m

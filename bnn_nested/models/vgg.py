@@ -34,7 +34,7 @@ class NestedConvBlock(nn.Module):
     mask computes the sliced network (methods.md §7). Shapes: ``(B, C_in', H, W) -> (B, C_out', H', W')``.
 
     Example:
-        >>> block = NestedConvBlock(3, 64, groups=16, frozen=2, norm="batch")
+        >>> block = NestedConvBlock(3, 64, groups=16, kept=2, norm="batch")
         >>> h = block(x)
     """
 
@@ -46,7 +46,7 @@ class NestedConvBlock(nn.Module):
         stride: int = 1,
         padding: int = 1,
         groups: int = 16,
-        frozen: int = 2,
+        kept: int = 2,
         ordered: bool = True,
         norm: str = "batch",
         dropout: float = 0.0,
@@ -63,17 +63,15 @@ class NestedConvBlock(nn.Module):
             stride,
             padding,
             bias=norm == "none",
-            groups=groups if ordered else 1,
-            frozen=frozen if ordered else 0,
+            order_groups=groups if ordered else 1,
+            kept=kept if ordered else 0,
             ordered=ordered,
             weights=weights,
             init_log_alpha=init_log_alpha,  # type: ignore[arg-type]
         )
         self.bn = NestedBatchNorm2d(out_channels) if norm == "batch" else None
         self.drop = nn.Dropout(dropout) if dropout > 0 else None
-        self.ou = (
-            OrderingUnit(out_channels, groups, frozen, **(ordering or {})) if ordered else None
-        )
+        self.ou = OrderingUnit(out_channels, groups, kept, **(ordering or {})) if ordered else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv(x)
@@ -109,7 +107,7 @@ class NestedVGG(NestedModel):
         input_shape: ``(C, H, W)``.
 
     Example:
-        >>> model = NestedVGG("11-wide", (3, 32, 32), 10, groups=32, frozen=2, norm="batch")
+        >>> model = NestedVGG("11-wide", (3, 32, 32), 10, groups=32, kept=2, norm="batch")
         >>> logits = model(x, width=0.25)
     """
 
@@ -119,7 +117,7 @@ class NestedVGG(NestedModel):
         input_shape: tuple[int, ...],
         num_classes: int,
         groups: int = 32,
-        frozen: int = 2,
+        kept: int = 2,
         norm: str = "batch",
         dropout: float = 0.0,
         weights: str = "point",
@@ -154,7 +152,7 @@ class NestedVGG(NestedModel):
                     1,
                     1,
                     groups,
-                    frozen,
+                    kept,
                     ordered,
                     norm,
                     dropout,

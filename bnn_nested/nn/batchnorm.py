@@ -5,7 +5,7 @@ A sub-network at width ``r`` sees different feature statistics than the full net
 statistics learnt in training are wrong for it (Yu et al., *Slimmable Neural Networks*, 2019, and
 *Universally Slimmable Networks*, 2019: "BN calibration"; methods.md §1: the reference re-estimates
 them for each width on training data). Calibrated statistics are stored per *active channel count*
-``c`` of each norm layer: in a model whose ordered layers share ``groups``/``frozen`` a global width
+``c`` of each norm layer: in a model whose ordered layers share ``groups``/``kept`` a global width
 ``r`` fixes ``c`` in every layer, so this is storage per width, and unordered layers (whose inputs do
 not depend on ``r``) share one entry.
 """
