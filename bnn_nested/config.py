@@ -33,6 +33,12 @@ SELECTIVE_SCORES: tuple[str, ...] = ("msp", "entropy", "mutual_information")
 LATENCY_MODES: tuple[str, ...] = ("sliced", "masked", "exported")
 
 
+def check_choice(field: str, value: Any, accepted: tuple[str, ...]) -> None:
+    """Refuse ``value`` outside ``accepted`` with one line naming ``field`` and the choices."""
+    if value not in accepted:
+        raise ValueError(f"{field} must be one of {', '.join(accepted)}; got {_short(value, 60)}")
+
+
 # --------------------------------------------------------------------------- regularization
 
 RegularizationKind = Literal["wrs", "fixnorm", "weight_decay", "invariant", "none"]
