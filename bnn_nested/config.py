@@ -43,7 +43,7 @@ def check_choice(field: str, value: Any, accepted: tuple[str, ...]) -> None:
 
 RegularizationKind = Literal["wrs", "fixnorm", "weight_decay", "invariant", "none"]
 
-_FIELDS_OF_KIND: dict[str, frozenset[str]] = {
+FIELDS_OF_KIND: dict[str, frozenset[str]] = {
     "wrs": frozenset(
         {"granularity", "target", "every", "other_weight_decay", "include", "exclude"}
     ),
@@ -121,7 +121,7 @@ class RegularizationConfig(BaseModel):
         fields = type(self).model_fields
         stray = sorted(
             f
-            for f in self.model_fields_set - _FIELDS_OF_KIND[self.kind] - {"kind"}
+            for f in self.model_fields_set - FIELDS_OF_KIND[self.kind] - {"kind"}
             if getattr(self, f) != fields[f].get_default(call_default_factory=True)
         )
         if stray:
