@@ -29,6 +29,17 @@ CASCADE_SCORES: tuple[str, ...] = ("msp", "entropy", "mutual_information")
 SET_SCORES: tuple[str, ...] = ("thr", "aps", "raps")
 #: Selective-prediction scores (:mod:`bnn_nested.evaluation.selective`).
 SELECTIVE_SCORES: tuple[str, ...] = ("msp", "entropy", "mutual_information")
+#: Out-of-distribution scores (:mod:`bnn_nested.evaluation.ood`), and those ``evaluate`` reports
+#: by default.
+OOD_SCORES: tuple[str, ...] = (
+    "msp",
+    "max_logit",
+    "energy",
+    "entropy",
+    "mutual_information",
+    "expected_entropy",
+)
+DEFAULT_OOD_SCORES: tuple[str, ...] = ("entropy", "mutual_information", "msp")
 #: How a width is realised when timing it (:mod:`bnn_nested.deploy.profile`).
 LATENCY_MODES: tuple[str, ...] = ("sliced", "masked", "exported")
 
