@@ -152,7 +152,7 @@ def make_config(
 
 def build_model(cfg: Config) -> NormsCNN:
     ordering = build_sampler(cfg.ordering).ordering_kwargs()
-    return NormsCNN(groups=cfg.model.groups, frozen=cfg.model.frozen, ordering=ordering)
+    return NormsCNN(groups=cfg.model.groups, kept=cfg.model.kept, ordering=ordering)
 
 
 # -- evaluation ---------------------------------------------------------------------------------
@@ -277,7 +277,7 @@ def step_overhead(
         trainers[m] = Trainer(
             build_model(cfg),
             cfg,
-            n_train,
+            n_train=n_train,
             regularizer=build_regularizer(cfg.regularization),
             quiet=True,
         )

@@ -114,6 +114,11 @@ class Trainer:
     ) -> None:
         if isinstance(train, Config):
             train, ordering, seed = train.train, ordering or train.ordering, train.seed
+        if ordering is not None and not isinstance(ordering, OrderingConfig):
+            raise TypeError(
+                f"ordering: expected an OrderingConfig, got {type(ordering).__name__} "
+                "(pass n_train= by keyword)"
+            )
         self.train_cfg: TrainConfig = train or TrainConfig()
         self.ordering_cfg: OrderingConfig = ordering or OrderingConfig()
         if n_train is not None and n_train < 1:

@@ -146,7 +146,7 @@ MUTATIONS = st.one_of(
     st.builds(_set, st.just("train.grad_clip"), nonpositive),
     st.builds(_set, st.just("train.checkpoint_every"), st.integers(max_value=-1)),
     st.builds(_set, st.just("seed"), st.integers(max_value=-1)),
-    st.builds(_set, st.just("model.frozen"), st.integers(8, 100)),
+    st.builds(_set, st.just("model.kept"), st.integers(8, 100)),
     st.builds(_set, st.just("model.hidden"), st.just([])),
     st.builds(_set, st.sampled_from(["train.epochs", "data.batch_size", "model.groups"]), junk),
     st.builds(_set, st.sampled_from(["data", "model", "train"]), st.integers() | st.text()),
