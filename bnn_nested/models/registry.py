@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bnn_nested.nn.model import NestedModel
+from bnn_nested.nn.nested import set_weight_noise
 
 #: name -> builder(model_cfg, ordering_kwargs, input_shape, num_classes) -> NestedModel
 MODELS: dict[str, Callable[..., NestedModel]] = {}
@@ -48,4 +49,5 @@ def build_model(
         raise ValueError(
             f"model.name: unknown model {model_cfg.name!r}; known models: {', '.join(sorted(MODELS))}"
         ) from None
-    return builder(model_cfg, ordering, tuple(input_shape), num_classes)
+    model = builder(model_cfg, ordering, tuple(input_shape), num_classes)
+    return set_weight_noise(model, getattr(model_cfg, "weight_noise", "lrt"))
