@@ -375,6 +375,42 @@ def gradient_variance(run_dir: str, draws: int, batch: int) -> str:
     return "\n".join(lines)
 
 
+def accuracy_table(run_dirs: list[str]) -> str:
+    """Test accuracy / NLL / ECE at every width (``bnn-nested evaluate``'s ``report.json``), mean
+    ± std over the runs of each ``model.weight_noise``, and the mean learned ``log_alpha``."""
+    import json
+    from pathlib import Path
+
+    from bnn_nested.training.checkpoint import read_checkpoint
+
+    groups: dict[str, list[dict]] = {}
+    for d in run_dirs:
+        report = json.loads((Path(d) / "report.json").read_text())
+        state, _ = read_checkpoint(Path(d) / "checkpoint.pt", map_location="cpu")
+        wn = state["config"]["model"].get("weight_noise", "lrt")
+        las = [v.flatten() for k, v in state["model"].items() if k.endswith("log_alpha")]
+        row = {"log_alpha": torch.cat(las).mean().item()}
+        for w, m in report["widths"].items():
+            for k in ("cls/acc", "cls/nll", "cal/ece"):
+                row[f"{k}@{w}"] = m[k]
+        groups.setdefault(wn, []).append(row)
+    keys = list(next(iter(groups.values()))[0])
+
+    def fmt(vals: list[float]) -> str:
+        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        return f"{statistics.mean(vals):.4f} ± {sd:.4f}"
+
+    lines = [
+        "| quantity | " + " | ".join(f"{wn} ({len(rs)} runs)" for wn, rs in groups.items()) + " |",
+        "|---|" + "---|" * len(groups),
+    ]
+    for k in keys:
+        lines.append(
+            f"| {k} | " + " | ".join(fmt([r[k] for r in rs]) for rs in groups.values()) + " |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> str:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--archs", default="lenet,vgg11,vgg11-wide")
@@ -390,7 +426,12 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--gradvar", metavar="RUN", help="only the gradient variance of a trained run")
     ap.add_argument("--draws", type=int, default=64)
     ap.add_argument("--gradvar-batch", type=int, default=128)
+    ap.add_argument("--accuracy", nargs="+", metavar="RUN", help="only summarise evaluated runs")
     args = ap.parse_args(argv)
+    if args.accuracy:
+        out = accuracy_table(args.accuracy)
+        print(out)
+        return out
     if args.gradvar:
         out = gradient_variance(args.gradvar, args.draws, args.gradvar_batch)
         print(out)
