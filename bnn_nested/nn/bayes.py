@@ -156,8 +156,13 @@ def lrt_conv2d_moments(
 def weight_samples(theta: torch.Tensor, log_alpha: torch.Tensor, samples: int) -> torch.Tensor:
     """``samples`` draws of ``w ~ N(theta, alpha theta^2)``: ``theta (1 + sqrt(alpha) eps)``,
     shape ``(samples, *theta.shape)``."""
+    if torch.is_grad_enabled() and log_alpha.requires_grad:
+        la = clip_log_alpha(log_alpha)
+    else:  # no gradient: the plain clamp (fewer passes over the weights in Monte-Carlo prediction)
+        la = log_alpha.clamp(LOG_ALPHA_MIN, LOG_ALPHA_MAX)
+    std = theta * torch.exp(0.5 * la)
     eps = torch.randn((samples,) + theta.shape, dtype=theta.dtype, device=theta.device)
-    return theta * (1.0 + torch.exp(0.5 * clip_log_alpha(log_alpha)) * eps)
+    return torch.addcmul(theta, std, eps)
 
 
 def sampled_linear(
