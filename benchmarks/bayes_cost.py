@@ -34,8 +34,8 @@ forward pass, the default ``chunk=1``), the same with the 8 samples batched into
 (``bnn-nested train`` output), ``lrt`` against ``shared``, over ``--draws`` noise draws.
 
 Usage:
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bayes_cost.py                  # everything
-    .venv/bin/python benchmarks/bayes_cost.py --archs lenet --batches 128 --rounds 3 --quick
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bayes_cost.py --compile       # the RESULTS run
+    .venv/bin/python benchmarks/bayes_cost.py --archs lenet --batches 8 --predict-batch 8 --quick
     .venv/bin/python benchmarks/bayes_cost.py --gradvar runs/wn_lrt_s0
 """
 
@@ -414,7 +414,10 @@ def accuracy_table(run_dirs: list[str]) -> str:
 def main(argv: list[str] | None = None) -> str:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--archs", default="lenet,vgg11,vgg11-wide")
-    ap.add_argument("--batches", default="128,256")
+    ap.add_argument("--batches", default="128,256", help="training batches of LeNet")
+    ap.add_argument("--vgg-batches", default="128", help="training batches of the VGGs")
+    ap.add_argument("--predict-batch", type=int, default=256)
+    ap.add_argument("--predict-archs", default="lenet,vgg11")
     ap.add_argument("--rounds", type=int, default=5, help="rounds for LeNet (VGG: --vgg-rounds)")
     ap.add_argument("--vgg-rounds", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
@@ -444,12 +447,13 @@ def main(argv: list[str] | None = None) -> str:
     if unknown:
         ap.error(f"--archs: unknown {unknown}; known: {', '.join(ARCHS)}")
     batches = [int(b) for b in args.batches.split(",")]
+    vgg_batches = [int(b) for b in args.vgg_batches.split(",")]
     parts = []
     t0 = time.perf_counter()
     if not args.skip_train:
         for arch in archs:
             rounds = args.rounds if arch == "lenet" else args.vgg_rounds
-            for b in batches:
+            for b in batches if arch == "lenet" else vgg_batches:
                 compile_ = args.compile and arch == "lenet"
                 parts.append(train_table(arch, b, rounds, args.warmup, compile_))
                 print(parts[-1] + "\n", flush=True)
@@ -462,11 +466,10 @@ def main(argv: list[str] | None = None) -> str:
             "(default) | S samples batched in one pass | default / plain | batched / plain |",
             "|---|---|---|---|---|---|---|",
         ]
-        for arch in archs:
+        for arch in [a for a in args.predict_archs.split(",") if a in archs]:
             rounds = args.rounds if arch == "lenet" else args.vgg_rounds
-            for b in batches:
-                rows.append(predict_table(arch, b, args.samples, rounds))
-                print(rows[-1], flush=True)
+            rows.append(predict_table(arch, args.predict_batch, args.samples, rounds))
+            print(rows[-1], flush=True)
         parts.append("\n".join(rows))
     parts.append(f"total wall time {time.perf_counter() - t0:.0f} s")
     out = "\n\n".join(parts)

@@ -64,7 +64,7 @@ def test_fused_context_restores_the_two_convolution_path():
 
 
 def test_quick_run_prints_every_variant():
-    out = bayes_cost.main(["--archs", "lenet", "--batches", "4", "--quick"])
+    out = bayes_cost.main(["--archs", "lenet", "--batches", "4", "--predict-batch", "4", "--quick"])
     for name in ("| point |", "| lrt |", "| lrt fused |", "| shared |", "| reference |"):
         assert name in out
     assert "| lenet | 4 |" in out
