@@ -262,11 +262,14 @@ def train_cases(arch: str, batch: int, compile_: bool) -> tuple[dict[str, Callab
     if compile_:
         for name, wn in (("compile lrt", "lrt"), ("compile shared", "shared")):
             tr = make_trainer(arch, "gaussian", wn)
-            compiled = torch.compile(tr.model.forward)
-            tr.model.forward = compiled  # type: ignore[method-assign]
+            tr.model.forward = torch.compile(tr.model.forward)  # type: ignore[method-assign]
             t0 = time.perf_counter()
-            tr.train_step(x, y)
-            tr.train_step(x, y)
+            try:
+                tr.train_step(x, y)
+                tr.train_step(x, y)
+            except Exception as err:  # noqa: BLE001 - reported, the other variants still run
+                print(f"{name}: torch.compile failed ({type(err).__name__}: {err})"[:300])
+                continue
             notes[name] = time.perf_counter() - t0
             cases[name] = partial(tr.train_step, x, y)
     return cases, notes
