@@ -227,6 +227,11 @@ class ModelConfig(_Strict):
     order_first: bool = False
     order_classifier_input: bool = True
     init_log_alpha: float = Field(DEFAULT_INIT_LOG_ALPHA, ge=-12.0, le=0.0)
+    weight_noise: Literal["lrt", "shared"] = Field(
+        "lrt",
+        description="Gaussian weights' training estimator: lrt (local reparameterisation, two "
+        "convolutions per layer) or shared (one weight draw per mini-batch, one convolution)",
+    )
     arch: str | None = Field(None, description="name: torchvision: the architecture, e.g. resnet18")
     target: str | None = Field(
         None, description="name: import: 'package.module:factory' (runs that code)"

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bnn_nested.nn.model import NestedModel
+from bnn_nested.nn.nested import set_weight_noise
 from bnn_nested.registry import Registry
 
 #: name -> builder(model_cfg, ordering_kwargs, input_shape, num_classes) -> NestedModel
@@ -41,5 +42,5 @@ def build_model(
     model_cfg: Any, ordering: dict[str, Any], input_shape: tuple[int, ...], num_classes: int
 ) -> NestedModel:
     """Build the model named ``model_cfg.name``; unknown names list the known ones."""
-    builder = MODELS[model_cfg.name]
-    return builder(model_cfg, ordering, tuple(input_shape), num_classes)
+    model = MODELS[model_cfg.name](model_cfg, ordering, tuple(input_shape), num_classes)
+    return set_weight_noise(model, getattr(model_cfg, "weight_noise", "lrt"))

@@ -19,6 +19,7 @@ from bnn_nested.config import DEFAULT_INIT_LOG_ALPHA
 from bnn_nested.nn.bayes import (
     LOG_ALPHA_MAX,
     LOG_ALPHA_MIN,
+    check_weight_noise,
     lrt_conv2d,
     lrt_linear,
     sampled_conv2d,
@@ -44,6 +45,8 @@ class NestedMixin:
     kept: int
     ordered: bool
     active_out_groups: int | None
+    #: Training estimator of Gaussian weights (class default, so every nested layer has one).
+    weight_noise: str = "lrt"
 
     def _init_nested(self, out_channels: int, order_groups: int, kept: int, ordered: bool) -> None:
         self.group_size = group_size(out_channels, order_groups)
@@ -59,11 +62,15 @@ class NestedMixin:
         self.stochastic = False
         self.mc_samples: int | None = None
 
-    def _init_weights_kind(self, weights: str, init_log_alpha: float) -> None:
-        """``weights="gaussian"`` adds ``log_alpha`` (same shape as ``weight``, which stays theta)."""
+    def _init_weights_kind(
+        self, weights: str, init_log_alpha: float, weight_noise: str = "lrt"
+    ) -> None:
+        """``weights="gaussian"`` adds ``log_alpha`` (same shape as ``weight``, which stays theta);
+        ``weight_noise`` is its training estimator (:data:`~bnn_nested.nn.bayes.WEIGHT_NOISE`)."""
         if weights not in WEIGHT_KINDS:
             raise ValueError(f"weights must be one of {WEIGHT_KINDS}, got {weights!r}")
         self.weights = weights
+        self.weight_noise = check_weight_noise(weight_noise)
         if weights == "gaussian":
             if not LOG_ALPHA_MIN <= float(init_log_alpha) <= LOG_ALPHA_MAX:
                 raise ValueError(
@@ -85,7 +92,7 @@ class NestedMixin:
     def extra_repr(self) -> str:
         nested = f"order_groups={self.order_groups}, kept={self.kept}, ordered={self.ordered}"
         if getattr(self, "weights", "point") != "point":
-            nested += f", weights={self.weights}"
+            nested += f", weights={self.weights}, weight_noise={self.weight_noise}"
         return f"{super().extra_repr()}, {nested}"  # type: ignore[misc]
 
     def set_width(self, width: float) -> None:
@@ -136,6 +143,10 @@ class NestedLinear(NestedMixin, nn.Linear):
         in_features, out_features, bias: as ``nn.Linear``.
         groups: output groups ``G`` (divides ``out_features``); ``kept``: always-kept groups.
         ordered: ``False`` for layers whose outputs are never truncated (e.g. the classifier).
+        weights: ``"point"`` or ``"gaussian"`` (``q(w) = N(theta, alpha theta^2)``, initial
+            ``log_alpha = init_log_alpha``); ``weight_noise``: the Gaussian weights' training
+            estimator, ``"lrt"`` or ``"shared"`` (:mod:`bnn_nested.nn.bayes`; see also
+            :func:`set_weight_noise`).
 
     Example:
         >>> layer = NestedLinear(64, 128, order_groups=16, kept=2)
@@ -154,10 +165,11 @@ class NestedLinear(NestedMixin, nn.Linear):
         ordered: bool = True,
         weights: WeightKind = "point",
         init_log_alpha: float = DEFAULT_INIT_LOG_ALPHA,
+        weight_noise: str = "lrt",
     ) -> None:
         super().__init__(in_features, out_features, bias=bias)
         self._init_nested(out_features, order_groups, kept, ordered)
-        self._init_weights_kind(weights, init_log_alpha)
+        self._init_weights_kind(weights, init_log_alpha, weight_noise)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n_in = x.shape[-1]
@@ -169,9 +181,11 @@ class NestedLinear(NestedMixin, nn.Linear):
         b = self.bias[:n_out] if self.bias is not None else None
         if self._sampling_weights():
             la = self.log_alpha[:n_out, :n_in]
-            if self.training:  # local reparameterisation: the training gradient's estimator
-                return lrt_linear(x, w, la, b)
-            return sampled_linear(x, w, la, b, self.mc_samples or 1)
+            if not self.training:  # Monte-Carlo prediction: whole weight draws
+                return sampled_linear(x, w, la, b, self.mc_samples or 1)
+            if self.weight_noise == "shared":  # one weight draw for the whole batch
+                return sampled_linear(x, w, la, b, 1)
+            return lrt_linear(x, w, la, b)  # local reparameterisation
         return F.linear(x, w, b)
 
 
@@ -179,8 +193,8 @@ class NestedConv2d(NestedMixin, nn.Conv2d):
     """``nn.Conv2d`` that runs at any width by slicing ``weight[:out_active, :in_active]``.
 
     ``order_groups`` is the number of *channel groups for ordering*; ``groups`` is the
-    convolution's own grouping, as in ``nn.Conv2d``, which must be 1 for an ordered (sliced) layer. ``weights`` and
-    ``init_log_alpha`` as in :class:`NestedLinear`.
+    convolution's own grouping, as in ``nn.Conv2d``, which must be 1 for an ordered (sliced) layer.
+    ``weights``, ``init_log_alpha`` and ``weight_noise`` as in :class:`NestedLinear`.
 
     Example:
         >>> conv = NestedConv2d(3, 64, 3, padding=1, order_groups=16, kept=2)
@@ -202,6 +216,7 @@ class NestedConv2d(NestedMixin, nn.Conv2d):
         weights: WeightKind = "point",
         init_log_alpha: float = DEFAULT_INIT_LOG_ALPHA,
         groups: int = 1,
+        weight_noise: str = "lrt",
     ) -> None:
         super().__init__(
             in_channels,
@@ -219,7 +234,7 @@ class NestedConv2d(NestedMixin, nn.Conv2d):
                 "slicing; use ordered=False (nestify masks its channels instead)"
             )
         self._init_nested(out_channels, order_groups, kept, ordered)
-        self._init_weights_kind(weights, init_log_alpha)
+        self._init_weights_kind(weights, init_log_alpha, weight_noise)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n_in = x.shape[1]
@@ -232,10 +247,26 @@ class NestedConv2d(NestedMixin, nn.Conv2d):
         if self._sampling_weights():
             la = self.log_alpha[:n_out, :n_in]
             conv = (self.stride, self.padding, self.dilation, self.groups)
-            if self.training:  # local reparameterisation: the training gradient's estimator
-                return lrt_conv2d(x, w, la, b, *conv)
-            return sampled_conv2d(x, w, la, b, *conv, samples=self.mc_samples or 1)
+            if not self.training:  # Monte-Carlo prediction: whole weight draws
+                return sampled_conv2d(x, w, la, b, *conv, samples=self.mc_samples or 1)
+            if self.weight_noise == "shared":  # one weight draw for the whole batch
+                return sampled_conv2d(x, w, la, b, *conv, samples=1)
+            return lrt_conv2d(x, w, la, b, *conv)  # local reparameterisation
         return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+
+
+def set_weight_noise(model: nn.Module, weight_noise: str) -> nn.Module:
+    """Give every nested layer of ``model`` the training estimator ``weight_noise`` (``"lrt"`` or
+    ``"shared"``, :mod:`bnn_nested.nn.bayes`); point-weight layers keep it but never use it.
+
+    Example:
+        >>> set_weight_noise(model, "shared")   # one weight draw per mini-batch and layer
+    """
+    check_weight_noise(weight_noise)
+    for m in model.modules():
+        if isinstance(m, NestedMixin):
+            m.weight_noise = weight_noise
+    return model
 
 
 def active_param_count(layer: nn.Module) -> int:
