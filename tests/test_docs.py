@@ -154,6 +154,13 @@ def test_every_cited_anchor_resolves():
     assert not dangling, f"anchors with no heading in docs/METHODS.md: {dangling}"
 
 
+def test_links_inside_the_page_resolve():
+    known = set(anchors())
+    links = re.findall(r"\]\(#([^)]+)\)", METHODS.read_text(encoding="utf-8"))
+    assert links, "the page's contents list links its sections"
+    assert not sorted(set(links) - known)
+
+
 @pytest.mark.parametrize("author, year", PAPERS)
 def test_page_names_each_source(author, year):
     paragraphs = re.split(r"\n\s*\n", METHODS.read_text(encoding="utf-8"))
