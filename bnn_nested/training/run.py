@@ -525,7 +525,8 @@ def calibrate_widths(
     device: str | torch.device = "cpu",
 ) -> bool:
     """Re-estimate batch-norm statistics of ``widths`` on the training split (one pass, per width;
-    methods.md §1). Returns ``False`` (and does nothing) for models without nested batch norm."""
+    docs/METHODS.md#bn-re-estimation). Returns ``False`` (and does nothing) for models without
+    nested batch norm."""
     if not nested_norms(model):
         return False
     calibrate_bn(model, calibration_loader(splits, batch_size), widths, device=device)

@@ -1,6 +1,6 @@
 """Training loop: negative ELBO = cross-entropy + KL / N_train, one loop for every width sampler.
 
-Reliability features (issue 6): periodic and on-SIGINT checkpoints through a ``checkpointer``
+Reliability features: periodic and on-SIGINT checkpoints through a ``checkpointer``
 callback, exact mid-epoch resume (with :class:`~bnn_nested.training.distributed.EpochSampler`),
 RNG states in :meth:`Trainer.state_dict`, a non-finite loss stops training naming the step and the
 last good checkpoint, gradient clipping, ``bf16``/``fp16`` autocast (GradScaler for fp16 on CUDA),
@@ -103,8 +103,8 @@ class Trainer:
 
     ``sum_passes CE(model_r(x), y) + kl_weight * KL / N_train + penalty``,
 
-    where the passes of a step come from the width sampler (methods.md §1; the KL is the ordering
-    KL plus the keep-probability-weighted weight KL).
+    where the passes of a step come from the width sampler; the KL is the ordering KL plus the
+    keep-weighted weight KL (docs/METHODS.md#the-objective-each-width-samplers-own-negative-elbo).
 
     Example:
         >>> trainer = Trainer(model, cfg, n_train=len(train_set))
