@@ -9,6 +9,7 @@ or the tracker (``issue N``) instead of the page, and when the page drops a sour
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -159,6 +160,30 @@ def test_links_inside_the_page_resolve():
     links = re.findall(r"\]\(#([^)]+)\)", METHODS.read_text(encoding="utf-8"))
     assert links, "the page's contents list links its sections"
     assert not sorted(set(links) - known)
+
+
+def config_commands() -> list[tuple[str, str]]:
+    """``bnn-nested ...`` command lines in the comments of configs/*.yaml (continuations joined)."""
+    out = []
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        comments = [
+            ln.lstrip("#").strip() for ln in path.read_text().splitlines() if ln.startswith("#")
+        ]
+        text = "\n".join(comments).replace("\\\n", " ")
+        out += [(path.name, ln) for ln in text.splitlines() if ln.startswith("bnn-nested ")]
+    return out
+
+
+def test_config_comments_show_commands_the_cli_accepts():
+    from bnn_nested.cli.main import build_parser
+
+    commands = config_commands()
+    assert any(name == "cifar10_vgg11wide.yaml" for name, _ in commands)
+    for name, line in commands:
+        argv = shlex.split(line)[1:]
+        args = build_parser().parse_args(argv)  # UsageError (one line) on a wrong syntax
+        if getattr(args, "config", None):
+            assert (ROOT / args.config).is_file(), f"{name}: {line}"
 
 
 @pytest.mark.parametrize("author, year", PAPERS)
