@@ -36,7 +36,7 @@ from bnn_nested.config import build_config
 from bnn_nested.evaluation.evaluate import evaluate, evaluate_widths
 from bnn_nested.models import build_model
 from bnn_nested.nest import load_plain_weights, order_by_importance, plain_copy
-from bnn_nested.training.run import calibrate_widths, load_run, train_run
+from bnn_nested.runs.run import load_run, recalibrate_bn_widths, train_run
 from bnn_nested.training.samplers import build_sampler
 
 WIDTHS = [0.25, 0.5, 0.75, 1.0]
@@ -86,7 +86,7 @@ def converted(plain_path: Path, seed: int, epochs: int, splits, order: str | Non
     if order is not None:
         loader = torch.utils.data.DataLoader(splits.train, batch_size=64, shuffle=False)
         order_by_importance(model, order, loader if order == "taylor" else None, max_batches=20)
-    calibrate_widths(model, splits, WIDTHS)
+    recalibrate_bn_widths(model, splits, WIDTHS)
     return model.eval()
 
 

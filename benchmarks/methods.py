@@ -25,7 +25,7 @@ import torch
 
 from bnn_nested.config import build_config
 from bnn_nested.evaluation.evaluate import evaluate
-from bnn_nested.training.run import load_run, train_run
+from bnn_nested.runs.run import load_run, train_run
 
 WIDTHS = [0.25, 0.5, 0.75, 1.0]
 MODEL = {

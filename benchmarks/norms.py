@@ -5,7 +5,7 @@ A small nested batch-norm CNN (:class:`NormsCNN`) is trained on mnist5k with the
 :mod:`bnn_nested.regularization`, with SGD-momentum and with Adam, over several seeds. Reported:
 
 * test accuracy at widths 0.25 / 0.5 / 1.0 (batch-norm statistics re-estimated per width on the
-  training split with the library's ``calibrate_bn``, no masks; the accuracy with the
+  training split with the library's ``recalibrate_bn``, no masks; the accuracy with the
   training-time running statistics is kept in the JSON as ``acc_raw``), mean +- sample std over
   seeds;
 * at width 1.0: the mean per-example input-gradient norm ``||d CE(f(x_i), y_i) / d x_i||_2`` and
@@ -47,7 +47,7 @@ from bnn_nested.nn import (
     NestedModel,
     OrderingUnit,
 )
-from bnn_nested.nn.batchnorm import UncalibratedWidthWarning, calibrate_bn
+from bnn_nested.nn.batchnorm import UncalibratedWidthWarning, recalibrate_bn
 from bnn_nested.regularization import build_regularizer
 from bnn_nested.training.samplers import build_sampler
 from bnn_nested.training.trainer import Trainer
@@ -234,7 +234,7 @@ def run_one(
         raw = evaluate_widths(model, data["test"], list(WIDTHS))
     # then the library's per-width BN calibration on the training split (exact cumulative mean and
     # unbiased variance over all its batches, masks off)
-    calibrate_bn(model, x_tr.split(256), list(WIDTHS))
+    recalibrate_bn(model, x_tr.split(256), list(WIDTHS))
     calibrated = evaluate_widths(model, data["test"], list(WIDTHS))
     for w in WIDTHS:
         acc[w] = calibrated.rows[w]["cls/acc"]

@@ -12,7 +12,7 @@ weight KL: the seed paper's recipe with the corrected KL) and one ingredient cha
 combinations; baselines ``nested_dropout``, ``sandwich``, ``fixed`` (one network per width) with
 Gaussian weights, and ``mc_dropout`` (point weights, dropout 0.2 kept at test time, the ``default``
 variant's masks). ``--bn-mc`` also re-estimates batch norm under the Monte-Carlo forward
-(``calibrate_bn(stochastic=True)``) and reports test metrics under ``bnmc/``.
+(``recalibrate_bn(stochastic=True)``) and reports test metrics under ``bnmc/``.
 
     .venv/bin/python benchmarks/recipe.py --data digits --seeds 3 --out docs/results/recipe_digits.json
     .venv/bin/python benchmarks/recipe.py --data mnist5k --seeds 3 --epochs 8 --bn-mc \
@@ -38,8 +38,8 @@ from torch.utils.data import DataLoader
 
 from bnn_nested.config import build_config
 from bnn_nested.evaluation.evaluate import evaluate
-from bnn_nested.nn.batchnorm import calibrate_bn, nested_norms
-from bnn_nested.training.run import load_run, train_run
+from bnn_nested.nn.batchnorm import nested_norms, recalibrate_bn
+from bnn_nested.runs.run import load_run, train_run
 
 WIDTHS = [0.25, 0.5, 0.75, 1.0]
 LR = {"digits": 1e-3, "mnist5k": 2e-3}
@@ -106,7 +106,7 @@ def run_one(data, variant, seed, epochs, width, tmp: Path, bn_mc: bool) -> dict:
     if bn_mc and nested_norms(run.model) and cfg.model.weights == "gaussian":
         loader = DataLoader(run.splits.train, batch_size=cfg.data.eval_batch_size)
         torch.manual_seed(seed)
-        calibrate_bn(run.model, loader, widths, stochastic=True)
+        recalibrate_bn(run.model, loader, widths, stochastic=True)
         again = evaluate(run.model, run.splits, widths, samples=8, seed=seed)
         for w in widths:
             rows[w].update({f"bnmc/{k}": again.rows[w][k] for k in VAL_KEYS})

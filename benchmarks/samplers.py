@@ -2,7 +2,7 @@
 
 Trains ``vou``, ``nested_dropout``, ``sandwich`` (one run each per seed) and ``fixed`` (one run per
 width per seed) through the Python API (``train_run`` / ``load_run``), re-estimates batch-norm
-statistics at every evaluated width (``calibrate_bn``, one pass over the training set) and evaluates
+statistics at every evaluated width (``recalibrate_bn``, one pass over the training set) and evaluates
 on the test split with ``evaluate_widths``. Prints a markdown table (mean ± std over seeds).
 
 Usage:
@@ -24,8 +24,8 @@ from torch.utils.data import DataLoader
 
 from bnn_nested.config import load_config
 from bnn_nested.evaluation.evaluate import evaluate_widths
-from bnn_nested.nn import calibrate_bn
-from bnn_nested.training.run import load_run, train_run
+from bnn_nested.nn import recalibrate_bn
+from bnn_nested.runs.run import load_run, train_run
 
 WIDTHS = [0.25, 0.5, 0.75, 1.0]
 SAMPLERS = ["vou", "nested_dropout", "sandwich", "fixed"]
@@ -37,7 +37,7 @@ def run_one(config: str, overrides: list[str], out: Path, widths: list[float], s
     train_run(cfg, out, quiet=True, overwrite=True)
     loaded = load_run(out)
     loader = DataLoader(loaded.splits.train, batch_size=256)
-    calibrate_bn(loaded.model, loader, widths)
+    recalibrate_bn(loaded.model, loader, widths)
     report = evaluate_widths(loaded.model, loaded.splits.test, widths, samples=samples)
     keep = {k: [round(float(p), 3) for p in v] for k, v in loaded.model.keep_probs().items()}
     return {w: report.rows[w]["cls/acc"] for w in widths}, time.perf_counter() - t0, keep

@@ -35,8 +35,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from bnn_nested.config import build_config
+from bnn_nested.cost import count_flops
 from bnn_nested.deploy.cascade import cascade_metrics, choose_threshold
-from bnn_nested.deploy.profile import count_flops
 from bnn_nested.evaluation.calibration import apply_temperature, fit_temperature, save_temperatures
 from bnn_nested.evaluation.conformal import (
     conformal_sets,
@@ -47,7 +47,7 @@ from bnn_nested.evaluation.conformal import (
 from bnn_nested.evaluation.metrics import classification_report, mean_probs
 from bnn_nested.evaluation.predict import predict_loader
 from bnn_nested.evaluation.selective import aurc, selective_score
-from bnn_nested.training.run import CHECKPOINT, load_run, train_run
+from bnn_nested.runs.run import CHECKPOINT, load_run, train_run
 
 WIDTHS = [0.25, 0.5, 0.75, 1.0]
 ALPHAS = [0.05, 0.1]
@@ -158,7 +158,7 @@ def one_run(data: str, seed: int, runs: Path, epochs: int | None) -> dict:
     run = load_run(out)
     cfg = run.config
     samples = cfg.eval.samples
-    run.calibrate(WIDTHS)
+    run.recalibrate_bn(WIDTHS)
     bs = cfg.data.eval_batch_size
     val_loader = DataLoader(run.splits.val, batch_size=bs)
     test_loader = DataLoader(run.splits.test, batch_size=bs)

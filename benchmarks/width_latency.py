@@ -30,9 +30,11 @@ import warnings
 import torch
 from torch import nn
 
+from bnn_nested.cost import count_flops
 from bnn_nested.deploy.export import export_width
-from bnn_nested.deploy.profile import count_flops, masked_forward, measure_latency
+from bnn_nested.deploy.profile import masked_forward
 from bnn_nested.deploy.runtime import MicroBatched, compile_for_inference
+from bnn_nested.deploy.timing import measure_latency
 from bnn_nested.models import NestedLeNet, NestedVGG
 from bnn_nested.nn.batchnorm import UncalibratedWidthWarning
 

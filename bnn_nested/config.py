@@ -9,14 +9,119 @@ from __future__ import annotations
 
 import copy
 import difflib
+import importlib
 import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from bnn_nested.regularization.config import RegularizationConfig
 from bnn_nested.safeyaml import YamlError, read_text_file, safe_load
+
+# --------------------------------------------------------------------------- accepted names
+# Choices the command line offers, kept here (no torch) so that ``--help`` and usage errors come
+# before torch is imported; the modules that implement them import these names.
+
+#: Uncertainty scores a cascade escalates on (:mod:`bnn_nested.deploy.cascade`).
+CASCADE_SCORES: tuple[str, ...] = ("msp", "entropy", "mutual_information")
+#: Conformal non-conformity scores (:mod:`bnn_nested.evaluation.conformal`).
+SET_SCORES: tuple[str, ...] = ("thr", "aps", "raps")
+#: Selective-prediction scores (:mod:`bnn_nested.evaluation.selective`).
+SELECTIVE_SCORES: tuple[str, ...] = ("msp", "entropy", "mutual_information")
+#: How a width is realised when timing it (:mod:`bnn_nested.deploy.profile`).
+LATENCY_MODES: tuple[str, ...] = ("sliced", "masked", "exported")
+
+
+# --------------------------------------------------------------------------- regularization
+
+RegularizationKind = Literal["wrs", "fixnorm", "weight_decay", "invariant", "none"]
+
+_FIELDS_OF_KIND: dict[str, frozenset[str]] = {
+    "wrs": frozenset(
+        {"granularity", "target", "every", "other_weight_decay", "include", "exclude"}
+    ),
+    "fixnorm": frozenset(
+        {
+            "granularity",
+            "classifier_norm",
+            "classifier_granularity",
+            "classifier",
+            "other_weight_decay",
+            "include",
+            "exclude",
+        }
+    ),
+    "weight_decay": frozenset({"weight_decay", "mode", "exclude_bias_and_norm", "exclude"}),
+    "invariant": frozenset({"coefficient", "variant", "blocks", "include", "exclude"}),
+    "none": frozenset(),
+}
+
+
+class RegularizationConfig(BaseModel):
+    """Norm-control method and its options (docs/METHODS.md#norm-control); see the module table."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    kind: RegularizationKind = Field(
+        "wrs", description="wrs | fixnorm | weight_decay | invariant | none"
+    )
+    # wrs / fixnorm
+    granularity: Literal["filter", "layer"] = Field(
+        "filter", description="norm per output filter or per whole weight tensor (wrs, fixnorm)"
+    )
+    target: Literal["unit", "initial"] = Field(
+        "unit", description="wrs: rescale to norm 1 or to the norms recorded at setup"
+    )
+    every: int = Field(1, ge=1, description="wrs: rescale after steps that are multiples of this")
+    other_weight_decay: float = Field(
+        5e-4,
+        ge=0,
+        description="wrs/fixnorm: coupled decay of weights not followed by normalization",
+    )
+    classifier_norm: float = Field(1.0, gt=0, description="fixnorm: fixed classifier norm")
+    classifier_granularity: Literal["per_class", "matrix"] = Field(
+        "per_class", description="fixnorm: norm of each class row or of the whole matrix"
+    )
+    classifier: str | None = Field(
+        None, description="fixnorm: classifier module name (default: last nn.Linear)"
+    )
+    # weight_decay
+    weight_decay: float = Field(5e-4, ge=0, description="weight_decay: coefficient wd")
+    mode: Literal["coupled", "decoupled"] = Field(
+        "coupled", description="weight_decay: L2 gradient (SGD) or AdamW-style decoupled"
+    )
+    exclude_bias_and_norm: bool = Field(
+        True, description="weight_decay: skip biases and normalization affine parameters"
+    )
+    # invariant
+    coefficient: float = Field(1e-4, ge=0, description="invariant: penalty coefficient")
+    variant: Literal["chain", "residual"] = Field(
+        "chain", description="invariant: chain of layers or product over residual blocks"
+    )
+    blocks: list[list[str]] | None = Field(
+        None, description="invariant/residual: module names per block (default: model hook)"
+    )
+    # shared
+    include: list[str] = Field(
+        default_factory=list, description="fnmatch patterns of module names to add / select"
+    )
+    exclude: list[str] = Field(
+        default_factory=list, description="fnmatch patterns of module names to leave alone"
+    )
+
+    @model_validator(mode="after")
+    def _only_fields_of_kind(self) -> RegularizationConfig:
+        fields = type(self).model_fields
+        stray = sorted(
+            f
+            for f in self.model_fields_set - _FIELDS_OF_KIND[self.kind] - {"kind"}
+            if getattr(self, f) != fields[f].get_default(call_default_factory=True)
+        )
+        if stray:
+            raise ValueError(f"fields {stray} do not apply to kind={self.kind!r}")
+        if self.blocks is not None and any(len(b) == 0 for b in self.blocks):
+            raise ValueError("blocks: every block needs at least one module name")
+        return self
 
 
 class ConfigError(ValueError):
@@ -44,16 +149,38 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
-DataName = Literal[
-    "digits", "mnist5k", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "imagefolder"
-]
+#: Initial ``log alpha`` of Gaussian weights (``q(w) = N(theta, alpha theta^2)``): nearly point
+#: weights at the start. The one source of this default (models, layers and the config read it).
+DEFAULT_INIT_LOG_ALPHA = -8.0
+#: A dotted module path (``my_pkg.models``), not a file path.
+MODULE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+#: Data sets bnn-nested ships; others come from modules named in the config's ``imports``.
+BUILTIN_DATA: tuple[str, ...] = (
+    "digits",
+    "mnist5k",
+    "mnist",
+    "fashion_mnist",
+    "cifar10",
+    "cifar100",
+    "svhn",
+    "imagefolder",
+)
 
 
 class DataConfig(_Strict):
     """Which data set and how to split and batch it."""
 
-    name: DataName = "digits"
+    name: str = Field(
+        "digits",
+        description=f"{' | '.join(BUILTIN_DATA)}, or a name registered by a module in 'imports'",
+    )
     root: str | None = Field(None, description="local folder for torchvision data sets")
+    augment: bool = Field(
+        False, description="torchvision sets: random crop (padding 4) and horizontal flip"
+    )
+    image_size: int | None = Field(
+        None, ge=8, le=1024, description="torchvision sets: resize images to this side"
+    )
     val_fraction: float = Field(0.15, gt=0.0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0.0, lt=0.5, description="digits / mnist5k only")
     batch_size: int = Field(64, ge=1, le=MAX_BATCH)
@@ -77,7 +204,7 @@ class ModelConfig(_Strict):
     variant: str | None = None
     order_first: bool = False
     order_classifier_input: bool = True
-    init_log_alpha: float = Field(-8.0, ge=-12.0, le=0.0)
+    init_log_alpha: float = Field(DEFAULT_INIT_LOG_ALPHA, ge=-12.0, le=0.0)
     arch: str | None = Field(None, description="name: torchvision: the architecture, e.g. resnet18")
     target: str | None = Field(
         None, description="name: import: 'package.module:factory' (runs that code)"
@@ -231,6 +358,21 @@ class Config(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     regularization: RegularizationConfig = Field(default_factory=RegularizationConfig)
+    imports: list[Annotated[str, Field(pattern=MODULE_PATTERN)]] = Field(
+        default_factory=list,
+        max_length=32,
+        description="modules imported before building (they register models / data sets with "
+        "register_model / register_dataset); importing runs their code: trusted configs only",
+    )
+
+    @model_validator(mode="after")
+    def _names_known(self) -> Config:
+        if self.data.name not in BUILTIN_DATA and not self.imports:
+            raise ValueError(
+                f"data.name: unknown data set {self.data.name[:80]!r}; accepted: "
+                f"{', '.join(BUILTIN_DATA)} (or list the module that registers it in 'imports')"
+            )
+        return self
 
     @model_validator(mode="after")
     def _from_trained(self) -> Config:
@@ -253,6 +395,16 @@ class Config(_Strict):
     def to_dict(self) -> dict[str, Any]:
         """Plain, re-validatable dict of the resolved config (what runs store)."""
         return self.model_dump(mode="json")
+
+
+def import_modules(cfg: Config) -> None:
+    """Import the modules of ``cfg.imports`` (so their ``register_model`` / ``register_dataset``
+    calls run). A missing module is a one-line ``ConfigError``."""
+    for name in cfg.imports:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise ConfigError(f"imports: cannot import {name!r} ({str(err)[:150]})") from None
 
 
 def _fields_at(loc: tuple[Any, ...]) -> list[str]:

@@ -18,7 +18,7 @@ from bnn_nested.data import load_dataset
 from bnn_nested.deploy.export import export_width
 from bnn_nested.evaluation.evaluate import evaluate
 from bnn_nested.nest import nestify, sliced_cost
-from bnn_nested.nn import calibrate_bn
+from bnn_nested.nn import recalibrate_bn
 from bnn_nested.training.trainer import Trainer
 
 
@@ -70,7 +70,7 @@ def main() -> None:
     loader = torch.utils.data.DataLoader(splits.train, batch_size=64, shuffle=True)
     trainer.fit(loader, epochs=a.epochs)
     widths = [0.25, 0.5, 0.75, 1.0]
-    calibrate_bn(model, torch.utils.data.DataLoader(splits.train, batch_size=256), widths)
+    recalibrate_bn(model, torch.utils.data.DataLoader(splits.train, batch_size=256), widths)
     report = evaluate(model, splits, widths=widths, samples=1)
     print(report.table())
     report.write(a.out)

@@ -15,12 +15,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from bnn_nested.config import load_config
+from bnn_nested.cost import count_flops
 from bnn_nested.deploy.cascade import calibrate_thresholds, cascade_metrics, stage_probs
-from bnn_nested.deploy.export import export_width, load_exported, save_exported
-from bnn_nested.deploy.profile import count_flops
+from bnn_nested.deploy.export import export_width
 from bnn_nested.deploy.runtime import MicroBatched
-from bnn_nested.deploy.select import Constraints, run_candidates, select_width
-from bnn_nested.training.run import load_run, train_run
+from bnn_nested.deploy.select import Constraints, select_width
+from bnn_nested.deploy.serialize import load_exported, save_exported
+from bnn_nested.runs.deployment import run_candidates
+from bnn_nested.runs.run import load_run, train_run
 
 warnings.filterwarnings("ignore", message="batch norm: no statistics calibrated")
 CONFIG = Path(__file__).parents[1] / "configs" / "digits_mlp.yaml"

@@ -23,7 +23,7 @@ from bnn_nested.config import build_config
 from bnn_nested.data import load_dataset
 from bnn_nested.evaluation.evaluate import evaluate_widths
 from bnn_nested.models import build_model
-from bnn_nested.nn import calibrate_bn
+from bnn_nested.nn import recalibrate_bn
 from bnn_nested.training.pyro_svi import PyroNestedModel
 from bnn_nested.training.samplers import build_sampler
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.steps is not None and step >= args.steps:
             break
     widths = [0.25, 0.5, 1.0]
-    calibrate_bn(net, DataLoader(splits.train, batch_size=256), widths)
+    recalibrate_bn(net, DataLoader(splits.train, batch_size=256), widths)
     print(evaluate_widths(net, splits.test, widths).table())
     return 0
 

@@ -90,8 +90,8 @@ def test_cuda_training_step(precision):
 @needs_cuda
 def test_cuda_run_uses_pinned_memory_and_resumes(tmp_path):
     from bnn_nested.data import load_dataset
+    from bnn_nested.runs.run import make_loaders, resume_run, train_run
     from bnn_nested.training.checkpoint import load_checkpoint, save_checkpoint
-    from bnn_nested.training.run import make_loaders, resume_run, train_run
 
     cfg = build_config({**TINY, "train": {"epochs": 2, "device": "cuda", "precision": "bf16"}})
     train, _, _ = make_loaders(cfg, load_dataset(cfg.data), device="cuda")

@@ -13,14 +13,14 @@ import pytest
 from bnn_nested.cli.main import main
 from bnn_nested.config import ConfigError, load_config
 from bnn_nested.safeyaml import MAX_BYTES, YamlError, safe_load
-from tests.runs import write_config
+from tests.trained_runs import write_config
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _imported():
     """Time the refusal, not the first import of the training modules."""
     import bnn_nested.deploy.select  # noqa: F401
-    import bnn_nested.training.run  # noqa: F401
+    import bnn_nested.runs.run  # noqa: F401
 
 
 def _refused(argv: list[str], tmp: Path, capsys, needle: str, seconds: float = 2.0) -> str:

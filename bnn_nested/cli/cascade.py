@@ -14,11 +14,11 @@ import math
 from pathlib import Path
 
 from bnn_nested.cli.common import UsageError, parse_widths
+from bnn_nested.config import CASCADE_SCORES
+from bnn_nested.io import atomic_write_json
 
 
 def add_parser(sub) -> None:
-    from bnn_nested.deploy.cascade import CASCADE_SCORES
-
     c = sub.add_parser(
         "cascade",
         help="width cascade on calibrated scores, thresholds from a target accuracy or FLOPs budget",
@@ -46,8 +46,12 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from bnn_nested.deploy.cascade import cascade_plot, cascade_run
-    from bnn_nested.io import atomic_write_json
+    from bnn_nested.deploy.cascade import (
+        cascade_plot,  # deferred: imports torch; --help and usage errors stay fast
+    )
+    from bnn_nested.runs.deployment import (
+        cascade_run,  # deferred: imports torch; --help and usage errors stay fast
+    )
 
     if (args.target_accuracy is None) == (args.max_flops is None):
         raise UsageError("give exactly one of --target-accuracy and --max-flops")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 class UsageError(Exception):
@@ -24,8 +25,6 @@ def bounded_int(name: str, value: int | None, low: int, high: int) -> None:
 
 def note_unfinished(loaded, run_dir) -> None:
     """Say on stderr (one line) when the run's checkpoint is not the final one."""
-    import sys
-
     text = loaded.unfinished_note(run_dir)
     if text:
         print(f"bnn-nested: note: {text}", file=sys.stderr)

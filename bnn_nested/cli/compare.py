@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bnn_nested.cli.common import UsageError
-from bnn_nested.io import is_number
+from bnn_nested.io import JsonFileError, atomic_write_json, atomic_write_text, is_number, read_json
 
 
 def add_parser(sub) -> None:
@@ -76,8 +76,7 @@ def _metric(row: dict, m: str) -> float:
 
 
 def run(args) -> int:
-    from bnn_nested.evaluation.plots import metric_vs_x
-    from bnn_nested.io import JsonFileError, atomic_write_json, atomic_write_text, read_json
+    from bnn_nested.evaluation.plots import metric_vs_x  # deferred: imports torch and matplotlib
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     if not metrics:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from bnn_nested.cli import uncertainty
 from bnn_nested.cli.common import UsageError, bounded_int, note_unfinished, parse_widths
+from bnn_nested.config import MAX_SAMPLES
 
 
 def _names(text: str) -> list[str]:
@@ -41,10 +42,16 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from bnn_nested.config import MAX_SAMPLES
-    from bnn_nested.evaluation.evaluate import DEFAULT_SCORES, evaluate
-    from bnn_nested.evaluation.ood import SCORES
-    from bnn_nested.training.run import load_run
+    from bnn_nested.evaluation.evaluate import (  # deferred: imports torch; --help and usage errors stay fast
+        DEFAULT_SCORES,
+        evaluate,
+    )
+    from bnn_nested.evaluation.ood import (
+        SCORES,  # deferred: imports torch; --help and usage errors stay fast
+    )
+    from bnn_nested.runs.run import (
+        load_run,  # deferred: imports torch; --help and usage errors stay fast
+    )
 
     bounded_int("--samples", args.samples, 1, MAX_SAMPLES)
     scores = args.scores or list(DEFAULT_SCORES)
@@ -58,7 +65,7 @@ def run(args) -> int:
     cfg = loaded.config
     widths = args.widths or cfg.eval.widths
     samples = args.samples or cfg.eval.samples
-    loaded.calibrate(widths)
+    loaded.recalibrate_bn(widths)
     extra, notes = uncertainty.evaluate_kwargs(args, loaded, run_dir, widths, samples)
     report = evaluate(
         loaded.model,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 from bnn_nested.cli.common import UsageError, bounded_int, note_unfinished, parse_widths
+from bnn_nested.config import LATENCY_MODES, MAX_BATCH, MAX_SAMPLES
 
 
 def add_parser(sub) -> None:
@@ -45,16 +46,22 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from bnn_nested.deploy.profile import LATENCY_MODES
-    from bnn_nested.deploy.select import Constraints, run_candidates, select_width, selection_dict
-
     if args.latency_mode is not None and args.latency_mode not in LATENCY_MODES:
         raise UsageError(
             f"--latency-mode must be one of {LATENCY_MODES}, got {args.latency_mode[:60]!r}"
         )
 
-    from bnn_nested.config import MAX_BATCH, MAX_SAMPLES
-    from bnn_nested.training.run import load_run
+    from bnn_nested.deploy.select import (  # deferred: imports torch; --help and usage errors stay fast
+        Constraints,
+        select_width,
+        selection_dict,
+    )
+    from bnn_nested.runs.deployment import (
+        run_candidates,  # deferred: imports torch; --help and usage errors stay fast
+    )
+    from bnn_nested.runs.run import (
+        load_run,  # deferred: imports torch; --help and usage errors stay fast
+    )
 
     bounded_int("--samples", args.samples, 1, MAX_SAMPLES)
     bounded_int("--batch-size", args.batch_size, 1, MAX_BATCH)

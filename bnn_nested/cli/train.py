@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from bnn_nested.cli.common import UsageError
+from bnn_nested.config import load_config
 
 
 def _report(out) -> None:
@@ -47,9 +48,6 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from bnn_nested.config import load_config
-    from bnn_nested.training.run import resume_run, train_run
-
     if args.resume is not None:
         given = [
             f
@@ -66,6 +64,10 @@ def run(args) -> int:
             raise UsageError(
                 f"--resume continues a run as it was configured; drop {', '.join(given)}"
             )
+        from bnn_nested.runs.run import (
+            resume_run,  # deferred: imports torch; --help and usage errors stay fast
+        )
+
         out = resume_run(args.resume, quiet=args.quiet, device=args.device)
         _report(out)
         return 0
@@ -81,6 +83,10 @@ def run(args) -> int:
             raise UsageError(f"--init-from: no such file {args.init_from}")
         overrides.append(f"model.init_from={Path(args.init_from).resolve()}")
     cfg = load_config(args.config, overrides)
+    from bnn_nested.runs.run import (
+        train_run,  # deferred: imports torch; --help and usage errors stay fast
+    )
+
     out = train_run(cfg, args.out, quiet=args.quiet, overwrite=args.overwrite)
     _report(out)
     return 0

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bnn_nested.cli.common import UsageError
+from bnn_nested.config import SELECTIVE_SCORES, SET_SCORES
 
 CALIBRATE = ("temperature", "none")
 
@@ -34,9 +35,6 @@ def parse_alphas(text: str) -> list[float]:
 
 
 def add_arguments(e) -> None:
-    from bnn_nested.evaluation.conformal import SET_SCORES
-    from bnn_nested.evaluation.selective import SELECTIVE_SCORES
-
     e.add_argument(
         "--calibrate",
         choices=CALIBRATE,
@@ -82,7 +80,10 @@ def evaluate_kwargs(
     args, loaded, run_dir: Path, widths: list[float], samples: int
 ) -> tuple[dict[str, Any], list[str]]:
     """Keyword arguments for :func:`~bnn_nested.evaluation.evaluate.evaluate` and lines to print."""
-    from bnn_nested.evaluation.calibration import TEMPERATURE_FILE, fit_run_temperatures
+    from bnn_nested.evaluation.calibration import (  # deferred: imports torch; --help and usage errors stay fast
+        TEMPERATURE_FILE,
+        fit_run_temperatures,
+    )
 
     if args.selective_score == "mutual_information" and samples == 1:
         raise UsageError("--selective-score mutual_information needs --samples > 1")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -41,7 +42,9 @@ def stratified_split(
     y: torch.Tensor | list[int], val_fraction: float, test_fraction: float, seed: int
 ) -> tuple[list[int], list[int], list[int]]:
     """Fixed-seed stratified train / val / test index split (scikit-learn's ``train_test_split``)."""
-    from sklearn.model_selection import train_test_split
+    from sklearn.model_selection import (
+        train_test_split,  # deferred: heavy (sklearn), only this path needs it
+    )
 
     labels = torch.as_tensor(y).cpu().numpy()
     idx = list(range(len(labels)))
@@ -81,7 +84,6 @@ def hold_out_classes(splits: DataSplits, classes: list[int]) -> tuple[DataSplits
     Example:
         >>> in_dist, ood_test = hold_out_classes(load_digits(), [8, 9])
     """
-    import dataclasses
 
     bad = [c for c in classes if not 0 <= c < splits.num_classes]
     if bad or len(set(classes)) >= splits.num_classes:

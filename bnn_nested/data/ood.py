@@ -110,7 +110,9 @@ def uniform_noise(n: int, input_shape: Sequence[int], seed: int) -> Tensor:
 @lru_cache(maxsize=1)
 def _sample_photos() -> Tensor:
     """scikit-learn's bundled photos as a ``(2, 3, 427, 640)`` float32 tensor in ``[0, 1]``."""
-    from sklearn.datasets import load_sample_images
+    from sklearn.datasets import (
+        load_sample_images,  # deferred: heavy (sklearn), only this path needs it
+    )
 
     images = load_sample_images().images
     sizes = {img.shape for img in images}

@@ -296,7 +296,9 @@ def _stratified_two_way(
     idx = list(range(len(labels)))
     if val_fraction == 0.0:
         return idx, []
-    from sklearn.model_selection import train_test_split
+    from sklearn.model_selection import (
+        train_test_split,  # deferred: heavy (sklearn), only this path needs it
+    )
 
     train, val = train_test_split(
         idx, test_size=val_fraction, stratify=list(labels), random_state=seed
@@ -312,7 +314,9 @@ def _transform(
     augment: bool,
     channels: int,
 ) -> Callable[[Any], torch.Tensor]:
-    from torchvision import transforms as T
+    from torchvision import (
+        transforms as T,  # deferred: heavy (torchvision), only this path needs it
+    )
 
     steps: list[Any] = []
     native_channels = _NATIVE_SHAPE[name][0]
@@ -406,7 +410,7 @@ def _has_class_images(folder: Path) -> bool:
 
 def _open(name: str, root: Path, train: bool) -> Dataset:
     """The torchvision dataset (no transform, ``download=False``) of one official split."""
-    from torchvision import datasets
+    from torchvision import datasets  # deferred: heavy (torchvision), only this path needs it
 
     try:
         if name == "mnist":

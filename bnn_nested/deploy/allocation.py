@@ -20,6 +20,10 @@ from typing import Any
 
 import torch
 
+from bnn_nested.cost import count_flops
+from bnn_nested.evaluation.metrics import classification_report
+from bnn_nested.evaluation.plots import metric_vs_x
+from bnn_nested.evaluation.predict import predict_loader
 from bnn_nested.nest import NestifiedModel
 from bnn_nested.nn.model import NestedModel, Width
 from bnn_nested.nn.ordering_unit import OrderingUnit
@@ -107,8 +111,6 @@ def evaluate_width(
     model: NestedModel, loader, width: Width, samples: int = 1, n_bins: int = 15
 ) -> dict[str, float]:
     """Classification/calibration metrics (``cls/acc``, ``cal/ece``, ...) at a (per-layer) width."""
-    from bnn_nested.evaluation.metrics import classification_report
-    from bnn_nested.evaluation.predict import predict_loader
 
     probs, targets = predict_loader(model, loader, width, samples)
     return classification_report(probs, targets, n_bins=n_bins)
@@ -126,7 +128,6 @@ def sweep(
 
     Duplicate allocations (several ``t`` giving the same groups) are evaluated once.
     """
-    from bnn_nested.deploy.profile import count_flops
 
     allocated: list[AllocationPoint] = []
     seen: dict[tuple, AllocationPoint] = {}
@@ -173,7 +174,6 @@ def plot_sweep(
     key: str = "cls/acc",
 ) -> Path:
     """Accuracy (or ``key``) vs FLOPs for both families (``metric_vs_x``)."""
-    from bnn_nested.evaluation.plots import metric_vs_x
 
     series = {
         "per-layer (keep prob >= t)": (

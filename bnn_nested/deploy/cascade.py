@@ -29,14 +29,16 @@ from typing import Literal
 
 import torch
 
+from bnn_nested.config import CASCADE_SCORES
 from bnn_nested.evaluation.calibration import apply_temperature, temperature_for
-from bnn_nested.evaluation.metrics import mean_probs
+from bnn_nested.evaluation.conformal import conformal_threshold, label_scores
+from bnn_nested.evaluation.metrics import accuracy, ece, mean_probs
+from bnn_nested.evaluation.plots import save_figure
 from bnn_nested.evaluation.predict import predict, predict_loader
 from bnn_nested.evaluation.selective import selective_score
 from bnn_nested.nn.model import NestedModel
 
 CascadeScore = Literal["msp", "entropy", "mutual_information"]
-CASCADE_SCORES: tuple[str, ...] = ("msp", "entropy", "mutual_information")
 
 
 def _check(widths: Sequence[float], thresholds: Sequence[float], score: str) -> None:
@@ -128,7 +130,6 @@ def cascade_metrics(
     threshold per stage, :func:`bnn_nested.evaluation.conformal.conformal_threshold`), the coverage
     and mean size of the prediction set of the stage each example left at (``set/coverage``,
     ``set/size``; measured: the per-width guarantee does not carry over to the data-dependent exit)."""
-    from bnn_nested.evaluation.metrics import accuracy, ece
 
     probs, exits = simulate(probs_per_stage, thresholds, score)
     row = {
@@ -362,7 +363,6 @@ def cascade_report(
     """Choose the threshold on validation data, then report the cascade and every fixed width on
     the test data (set coverage at level ``1 - alpha`` with ``thr`` thresholds calibrated per width
     on the validation data). ``val`` / ``test``: precomputed :func:`stage_probs` outputs."""
-    from bnn_nested.evaluation.conformal import conformal_threshold, label_scores
 
     _check(widths, [0.0] * (len(widths) - 1), score)
     val = val or stage_probs(model, val_loader, widths, samples, temperatures)
@@ -388,58 +388,10 @@ def cascade_report(
     return CascadeReport([float(w) for w in widths], choice, row, fixed, meta)
 
 
-def cascade_run(
-    run_dir,
-    widths: Sequence[float] | None = None,
-    samples: int | None = None,
-    target_accuracy: float | None = None,
-    max_flops: float | None = None,
-    score: CascadeScore = "msp",
-    alpha: float = 0.1,
-    temperature: bool = True,
-) -> CascadeReport:
-    """:func:`cascade_report` for a run directory (``bnn-nested cascade RUN``): widths default to
-    ``eval.widths``, samples to ``eval.samples``; the run's stored temperatures are applied when
-    ``temperature``; FLOPs per width from :func:`~bnn_nested.deploy.profile.count_flops`."""
-    from torch.utils.data import DataLoader
-
-    from bnn_nested.deploy.profile import count_flops
-    from bnn_nested.training.run import load_run
-
-    run = load_run(run_dir)
-    widths = sorted(float(w) for w in (widths or run.config.eval.widths))
-    samples = samples or run.config.eval.samples
-    if score == "mutual_information" and samples < 2:
-        raise ValueError("score 'mutual_information' needs samples > 1 (it is 0 for one sample)")
-    run.calibrate(widths)
-    temps = run.temperatures() if temperature else {}
-    bs = run.config.data.eval_batch_size
-    x0 = run.splits.val[0][0].unsqueeze(0)
-    flops = [float(count_flops(run.model, x0, w)) for w in widths]
-    rep = cascade_report(
-        run.model,
-        DataLoader(run.splits.val, batch_size=bs),
-        DataLoader(run.splits.test, batch_size=bs),
-        widths,
-        flops,
-        samples,
-        temps or None,
-        target_accuracy,
-        max_flops,
-        score,
-        alpha,
-        run.config.eval.ece_bins,
-    )
-    rep.meta["run"] = str(run_dir)
-    return rep
-
-
 def cascade_plot(reports: Mapping[str, CascadeReport] | CascadeReport, path, title: str = ""):
     """Test accuracy against mean FLOPs per example: the fixed widths as one line, each cascade as
     a marker; one legend."""
-    from matplotlib.figure import Figure
-
-    from bnn_nested.evaluation.plots import save_figure
+    from matplotlib.figure import Figure  # deferred: heavy (matplotlib), only this path needs it
 
     if isinstance(reports, CascadeReport):
         reports = {"cascade": reports}

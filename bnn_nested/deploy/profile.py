@@ -1,12 +1,6 @@
-"""Cost of a nested model at a width: parameters, FLOPs and measured latency of the sliced network.
-
-Convention: **FLOPs = 2 x MACs** (one multiply-accumulate is two floating-point operations), as counted
-by ``torch.utils.flop_counter.FlopCounterMode``; elementwise operations (bias add, BN, ReLU) are not
-counted by that counter.
-
-Latency is wall-clock time of one forward pass of a batch (``torch.no_grad``, ``eval()``), measured
-after warm-up passes, over ``repeats`` passes; we report the median and the inter-quartile range
-(IQR = q75 - q25). On CUDA every pass is bracketed by ``torch.cuda.synchronize()``.
+"""Cost profile of a nested model per width: parameters and FLOPs (:mod:`bnn_nested.cost`) and the
+measured latency (:mod:`bnn_nested.deploy.timing`) of the sliced, masked or exported network, cached
+in the run directory.
 
 Example:
     >>> costs = profile_widths(model, torch.zeros(1, 64), [0.25, 0.5, 1.0], batch_size=256)
@@ -17,170 +11,30 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import statistics
-import time
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
+from bnn_nested.config import LATENCY_MODES
+from bnn_nested.cost import count_flops, count_params
 from bnn_nested.deploy.cache import read_cache, write_cache
 from bnn_nested.deploy.runtime import inference_module
+from bnn_nested.deploy.timing import measure_latency, num_threads
 from bnn_nested.io import is_number
 from bnn_nested.nest import NestifiedModel, sliced_network
-from bnn_nested.nest.slicing import network_flops, sliced_cost
-from bnn_nested.nn.model import NestedModel, Width
-from bnn_nested.nn.nested import NestedMixin, active_param_count
-from bnn_nested.nn.ordering_unit import OrderingUnit, active_groups
+from bnn_nested.nest.slicing import sliced_cost
+from bnn_nested.nn.model import NestedModel
+from bnn_nested.nn.ordering_unit import active_groups
 
 #: How the width is realised when measuring latency.
 LatencyMode = Literal["sliced", "masked", "exported"]
-LATENCY_MODES: tuple[str, ...] = ("sliced", "masked", "exported")
 #: Micro-batch of the ``"exported"`` latency mode on CPU (none on CUDA): tuned per width.
 EXPORTED_MICRO_BATCH = "auto"
 #: File name of the cost cache inside a run directory.
 PROFILE_FILE = "deploy/profile.json"
-
-
-@torch.no_grad()
-def count_flops(model: NestedModel, example: torch.Tensor, width: Width = 1.0) -> int:
-    """FLOPs (= 2 x MACs) of one forward pass of ``example`` (whole batch) at ``width``.
-
-    Example:
-        >>> count_flops(model, torch.zeros(1, 64), width=0.5)
-    """
-    if isinstance(model, NestifiedModel):  # masked at run time: count the sliced network
-        return network_flops(sliced_network(model, width, example), example)
-    was_training = model.training
-    model.eval()
-    try:
-        with FlopCounterMode(display=False) as counter, model.width(width):
-            model(example)
-    finally:
-        model.train(was_training)
-    return int(counter.get_total_flops())
-
-
-@torch.no_grad()
-def count_params(model: NestedModel, example: torch.Tensor, width: Width = 1.0) -> int:
-    """Parameters the sliced network at ``width`` uses for inference.
-
-    Nested layers count their sliced weight and bias; sliced norms count ``2 x active channels``
-    affine parameters; ordering-unit parameters (training-only) are not counted; any other
-    parameter counts in full.
-    """
-    if isinstance(model, NestifiedModel):
-        return sum(p.numel() for p in sliced_network(model, width, example[:1]).parameters())
-    was_training = model.training
-    model.eval()
-    seen_norm_channels: dict[nn.Module, int] = {}
-
-    def norm_hook(mod, inp, out):
-        seen_norm_channels[mod] = inp[0].shape[1]
-
-    hooks = [
-        m.register_forward_hook(norm_hook)
-        for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm)
-    ]
-    try:
-        with model.width(width):
-            model(example[:1])
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    total = 0
-    counted: set[int] = set()
-    for m in model.modules():
-        if isinstance(m, NestedMixin):
-            if m.last_active is not None:
-                total += active_param_count(m)
-            counted.update(id(p) for p in m.parameters(recurse=False))
-        elif isinstance(m, OrderingUnit):
-            counted.update(id(p) for p in m.parameters(recurse=False))
-        elif m in seen_norm_channels:
-            c = seen_norm_channels[m]
-            total += sum(c for p in m.parameters(recurse=False))
-            counted.update(id(p) for p in m.parameters(recurse=False))
-    total += sum(p.numel() for p in model.parameters() if id(p) not in counted)
-    return total
-
-
-# --------------------------------------------------------------------------- latency
-
-
-@dataclass(frozen=True)
-class Timing:
-    """Latency statistics of one forward pass of a batch, in milliseconds."""
-
-    median_ms: float
-    iqr_ms: float
-    q25_ms: float
-    q75_ms: float
-    repeats: int
-
-
-def _quantile(sorted_xs: list[float], q: float) -> float:
-    """Linear-interpolation quantile (numpy's default) of an already sorted list."""
-    pos = q * (len(sorted_xs) - 1)
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (pos - lo)
-
-
-@contextmanager
-def num_threads(threads: int | None):
-    """Temporarily set ``torch.set_num_threads`` (``None`` leaves it alone)."""
-    if threads is None:
-        yield
-        return
-    if threads < 1:
-        raise ValueError(f"threads must be >= 1 or None, got {threads}")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-@torch.no_grad()
-def measure_latency(
-    fn: Callable[[torch.Tensor], Any],
-    x: torch.Tensor,
-    warmup: int = 3,
-    repeats: int = 10,
-    threads: int | None = None,
-) -> Timing:
-    """Time ``fn(x)``: ``warmup`` untimed calls, then ``repeats`` timed calls (CUDA synchronised).
-
-    Example:
-        >>> t = measure_latency(lambda x: model(x, width=0.5), torch.zeros(256, 64))
-        >>> t.median_ms, t.iqr_ms
-    """
-    if warmup < 0 or repeats < 1:
-        raise ValueError(f"warmup must be >= 0 and repeats >= 1, got {warmup}, {repeats}")
-    cuda = x.device.type == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    times: list[float] = []
-    with num_threads(threads):
-        for _ in range(warmup):
-            fn(x)
-        sync()
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn(x)
-            sync()
-            times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
-    q25, q75 = _quantile(times, 0.25), _quantile(times, 0.75)
-    return Timing(statistics.median(times), q75 - q25, q25, q75, repeats)
 
 
 def masked_forward(model: NestedModel, width: float) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -26,13 +26,15 @@ from __future__ import annotations
 
 import operator
 import statistics
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from bnn_nested.deploy.export import export_width
+from bnn_nested.deploy.timing import measure_latency
 from bnn_nested.nn.model import NestedModel, Width
 
 #: Dynamo's per-code-object recompile limit that :func:`compile_for_inference` ensures.
@@ -67,18 +69,19 @@ def tune_micro_batch(
     candidates: Sequence[int | None] = MICRO_BATCH_CANDIDATES,
     repeats: int = 3,
     channels_last: bool = False,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> int | None:
     """The fastest micro-batch size for running ``module`` on ``batch`` (like cuDNN's benchmark
     mode: measured, not guessed). Sizes ``>= len(batch)`` are the whole batch (``None``).
 
     Every round times each candidate once (interleaved, after one warm-up call each); the
-    candidate with the lowest median wins, ties going to the larger slice.
+    candidate with the lowest median wins, ties going to the larger slice. ``clock`` (seconds) is
+    :func:`~bnn_nested.deploy.timing.measure_latency`'s.
 
     Example:
         >>> mb = tune_micro_batch(export_width(model, 0.25, x[:2]), x)   # x: a served batch
         >>> fast = MicroBatched(export_width(model, 0.25, x[:2]), mb)
     """
-    from bnn_nested.deploy.profile import measure_latency  # profile imports this module
 
     if not candidates:
         raise ValueError("candidates must name at least one micro-batch size (or None)")
@@ -93,7 +96,7 @@ def tune_micro_batch(
     times: dict[int | None, list[float]] = {c: [] for c in sizes}
     for _ in range(repeats):
         for c, run in runners.items():
-            times[c].append(measure_latency(run, batch, warmup=0, repeats=1).median_ms)
+            times[c].append(measure_latency(run, batch, warmup=0, repeats=1, clock=clock).median_ms)
     return min(sizes, key=lambda c: statistics.median(times[c]))
 
 
@@ -162,7 +165,7 @@ def compile_for_inference(module: nn.Module, freezing: bool = True, **kwargs) ->
         >>> fast = compile_for_inference(export_width(model, 0.5, x[:2]))
         >>> with torch.no_grad(): y = fast(x)
     """
-    import torch._dynamo.config as dynamo_config
+    import torch._dynamo.config as dynamo_config  # deferred: slow to import, only compile needs it
 
     if "mode" in kwargs:
         raise ValueError(

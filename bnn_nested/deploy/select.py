@@ -15,11 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any
-
-from bnn_nested.deploy.cache import read_cache, write_cache
-from bnn_nested.io import is_number
 
 #: Validation-metric cache inside a run directory.
 VAL_METRICS_FILE = "deploy/val_metrics.json"
@@ -157,103 +153,6 @@ def select_width(candidates: Sequence[Candidate], constraints: Constraints) -> S
         f"breaks {broken}."
     )
     return Selection(None, nearest, [], text)
-
-
-# --------------------------------------------------------------------------- runs
-
-
-def run_candidates(
-    run_dir: str | Path,
-    widths: Sequence[float] | None = None,
-    samples: int | None = None,
-    batch_size: int = 1,
-    threads: int | None = None,
-    latency: bool = True,
-    repeats: int = 20,
-    latency_mode: str = "sliced",
-    temperature: bool = True,
-    loaded: Any = None,
-) -> list[Candidate]:
-    """Candidates for a trained run: costs from :func:`~bnn_nested.deploy.profile.profile_widths`
-    and validation accuracy/ECE from ``evaluate_widths`` on ``run.splits.val``; both cached in the
-    run directory (``deploy/profile.json``, ``deploy/val_metrics.json``). ``latency_mode`` is
-    ``profile_widths``'s ``mode`` (``"exported"`` times the module a deployment would run).
-    With ``temperature`` the run's stored temperatures (``calibration/temperature.json``) scale
-    the validation probabilities first (the ECE is then the calibrated one).
-    Both caches are keyed by the run's checkpoint (:mod:`bnn_nested.deploy.cache`): after the run
-    changed (e.g. ``--resume`` finished it) they are recomputed. ``loaded``: the
-    :class:`~bnn_nested.training.run.LoadedRun` of ``run_dir`` if the caller has it already.
-    """
-    from bnn_nested.deploy.profile import LATENCY_MODES, profile_widths
-    from bnn_nested.evaluation.evaluate import evaluate_widths
-    from bnn_nested.training.run import load_run
-
-    # profile_widths checks it too, but only after the validation pass has been evaluated
-    if latency_mode not in LATENCY_MODES:
-        raise ValueError(f"latency_mode must be one of {LATENCY_MODES}, got {latency_mode!r}")
-
-    run = loaded if loaded is not None else load_run(run_dir)
-    cfg = run.config
-    widths = list(widths or cfg.eval.widths)
-    samples = samples or cfg.eval.samples
-    run_dir = Path(run_dir)
-    cache_path = run_dir / VAL_METRICS_FILE
-    cache = read_cache(cache_path, run.checkpoint_id, _rows_valid)
-    temps = run.temperatures() if temperature else {}
-    key = f"samples={samples},bins={cfg.eval.ece_bins}"
-    if temps:
-        key += ",T=" + ",".join(f"{w:g}:{t:.6g}" for w, t in sorted(temps.items()))
-    rows = dict(cache.get(key, {}).get("rows", {}))
-    missing = [w for w in widths if f"{w:g}" not in rows]
-    if missing:
-        run.calibrate(missing)
-        report = evaluate_widths(
-            run.model,
-            run.splits.val,
-            missing,
-            samples,
-            cfg.eval.ece_bins,
-            cfg.data.eval_batch_size,
-            temperatures=temps,
-        )
-        rows.update({f"{w:g}": m for w, m in report.rows.items()})
-        cache[key] = {"rows": rows}
-        write_cache(cache_path, run.checkpoint_id, cache)
-    example = run.splits.val[0][0].unsqueeze(0)
-    costs = profile_widths(
-        run.model,
-        example,
-        widths,
-        batch_size=batch_size,
-        threads=threads,
-        latency=latency,
-        repeats=repeats,
-        mode=latency_mode,  # type: ignore[arg-type]
-        cache_dir=run_dir,
-        checkpoint=run.checkpoint_id,
-    )
-    return [
-        Candidate(
-            c.width,
-            c.flops,
-            c.params,
-            rows[f"{c.width:g}"]["cls/acc"],
-            rows[f"{c.width:g}"]["cal/ece"],
-            c.latency_ms,
-        )
-        for c in costs
-    ]
-
-
-def _rows_valid(entry: dict[str, Any]) -> bool:
-    """A cached validation entry: ``{"rows": {width: {"cls/acc": p, "cal/ece": e, ...}}}`` with
-    accuracy and ECE numbers in [0, 1] (else it is recomputed)."""
-    rows = entry["rows"]
-    return isinstance(rows, dict) and all(
-        isinstance(r, dict)
-        and all(is_number(r.get(k), finite=True) and 0 <= r[k] <= 1 for k in ("cls/acc", "cal/ece"))
-        for r in rows.values()
-    )
 
 
 def selection_dict(sel: Selection) -> dict[str, Any]:

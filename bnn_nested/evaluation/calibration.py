@@ -20,7 +20,7 @@ validation NLL.
 
 In a run directory the temperatures live in ``calibration/temperature.json`` (keyed by width, with
 the checkpoint step and the number of MC samples they were fitted with); ``evaluate``, ``select``,
-the cascade, :meth:`~bnn_nested.training.run.LoadedRun.predict` and export read them from there.
+the cascade, :meth:`~bnn_nested.runs.run.LoadedRun.predict` and export read them from there.
 
 Example:
     >>> fit = fit_temperature(val_probs, val_targets)           # val_probs: (S, N, C)
@@ -39,8 +39,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader
 
 from bnn_nested.evaluation.metrics import _check_probs, _check_targets
+from bnn_nested.evaluation.predict import predict, predict_loader
 from bnn_nested.io import atomic_write_json
 
 __all__ = [
@@ -241,7 +243,6 @@ def calibrated_predict(
 ) -> Tensor:
     """:func:`~bnn_nested.evaluation.predict.predict` with every sample's logits divided by ``T``:
     ``(S, B, C)`` probabilities."""
-    from bnn_nested.evaluation.predict import predict
 
     return apply_temperature(predict(model, x, width, samples, **kwargs), temperature)
 
@@ -255,11 +256,8 @@ def fit_run_temperatures(
 ) -> dict[float, TemperatureFit]:
     """Fit one temperature per width on ``run.splits.val`` (a :class:`LoadedRun`); with
     ``out_dir`` also store them there (:func:`save_temperatures`, with the checkpoint step)."""
-    from torch.utils.data import DataLoader
 
-    from bnn_nested.evaluation.predict import predict_loader
-
-    run.calibrate(list(widths))
+    run.recalibrate_bn(list(widths))
     loader = DataLoader(run.splits.val, batch_size=batch_size)
     fits = {}
     for w in widths:

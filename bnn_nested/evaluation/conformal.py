@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from bnn_nested.config import SET_SCORES
 from bnn_nested.evaluation.metrics import mean_probs
 
 __all__ = [
@@ -51,7 +52,6 @@ __all__ = [
     "uniform_noise",
 ]
 
-SET_SCORES: tuple[str, ...] = ("thr", "aps", "raps")
 #: RAPS defaults (Angelopoulos et al. 2021 use ``lam`` in {0.001, .., 0.5}, ``k_reg`` ~ the rank
 #: the classifier's top-k accuracy saturates at; for 10 classes ``k_reg = 1`` and ``lam = 0.01``).
 RAPS_LAMBDA = 0.01

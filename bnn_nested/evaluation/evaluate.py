@@ -19,11 +19,18 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
+from bnn_nested.cost import count_flops
+from bnn_nested.data.ood import make_ood_dataset
+from bnn_nested.data.vision import VISION_NAMES, load_torchvision_test
 from bnn_nested.evaluation.calibration import apply_temperature, temperature_for
+from bnn_nested.evaluation.conformal import SET_SCORES, conformal_sets, nested_conformal_sets
 from bnn_nested.evaluation.metrics import classification_report, mean_probs, reliability_data
 from bnn_nested.evaluation.ood import compute_score, ood_metrics
+from bnn_nested.evaluation.plots import metric_vs_x, reliability_diagram, risk_coverage_plot
 from bnn_nested.evaluation.predict import predict_loader
+from bnn_nested.evaluation.selective import aurc, eaurc, risk_coverage, selective_score
 from bnn_nested.io import atomic_write_json, atomic_write_text
 from bnn_nested.nn.model import NestedModel
 from bnn_nested.nn.utils import module_device
@@ -97,7 +104,6 @@ class Report:
 
     def write(self, out_dir: str | Path, plots: bool = True) -> dict[str, Path]:
         """Write ``report.json``, ``report.md`` and (optionally) PNG plots atomically."""
-        from bnn_nested.evaluation.plots import metric_vs_x, reliability_diagram, risk_coverage_plot
 
         out = Path(out_dir)
         written = {
@@ -168,7 +174,6 @@ def make_ood_sets(
     """OOD data sets by name: ``gaussian``, ``uniform``, ``patches`` (natural-image crops in the data
     set's standardised space), ``heldout`` (classes held out of training, see ``data.held_out_classes``)
     or a torchvision data set name read from ``root`` (e.g. ``svhn`` for CIFAR-10)."""
-    from bnn_nested.data.ood import make_ood_dataset
 
     sets: dict[str, Dataset] = {}
     for name in names:
@@ -198,8 +203,6 @@ def make_ood_sets(
                 raise ValueError("ood: 'heldout' needs data.held_out_classes set at training time")
             sets[name] = held
         else:
-            from bnn_nested.data.vision import VISION_NAMES, load_torchvision_test
-
             if name not in VISION_NAMES:
                 raise ValueError(
                     f"ood: unknown OOD set {name!r}; accepted: {', '.join(SYNTHETIC_OOD)}, heldout, "
@@ -253,13 +256,9 @@ def evaluate(
         ood: OOD set names (see :func:`make_ood_sets`) or ready datasets by name.
         scores: OOD score names from :data:`bnn_nested.evaluation.ood.SCORES`; higher = more OOD.
     """
-    from bnn_nested.deploy.profile import count_flops
-    from bnn_nested.evaluation.selective import aurc, eaurc, risk_coverage, selective_score
 
     alphas = [float(a) for a in alphas]
     if alphas:
-        from bnn_nested.evaluation.conformal import SET_SCORES
-
         if set_score not in SET_SCORES:
             raise ValueError(f"set_score must be one of {', '.join(SET_SCORES)}; got {set_score!r}")
         if any(not 0.0 < a < 1.0 for a in alphas):
@@ -297,8 +296,6 @@ def evaluate(
     x0 = data[0][0].unsqueeze(0).to(device)
     it = widths
     if progress and sys.stderr.isatty():
-        from tqdm.auto import tqdm
-
         it = tqdm(widths, desc="widths", leave=False)
     for w in it:
         probs, targets = predict_loader(model, _loader(data, batch_size), w, samples, device)
@@ -342,7 +339,6 @@ def evaluate(
 
 
 def _add_sets(report, probs, y_val, y_test, widths, alphas, score, nested, seed) -> None:
-    from bnn_nested.evaluation.conformal import conformal_sets, nested_conformal_sets
 
     for a in alphas:
         makers = [("", conformal_sets)] + ([("/nested", nested_conformal_sets)] if nested else [])

@@ -43,6 +43,7 @@ from bnn_nested.evaluation.metrics import (
     mutual_information,
     predictive_entropy,
 )
+from bnn_nested.registry import Registry
 
 __all__ = [
     "OODScore",
@@ -195,14 +196,16 @@ def expected_entropy_score(probs: Tensor) -> Tensor:
 
 
 #: Score name -> function; every function returns ``(B,)`` scores, higher = more likely OOD.
-SCORES: dict[str, Callable[[Tensor], Tensor]] = {
-    "msp": msp_score,
-    "max_logit": max_logit_score,
-    "energy": energy_score,
-    "entropy": entropy_score,
-    "mutual_information": mutual_information_score,
-    "expected_entropy": expected_entropy_score,
-}
+SCORES: Registry[Callable[[Tensor], Tensor]] = Registry("OOD score", field="--scores")
+for _name, _fn in (
+    ("msp", msp_score),
+    ("max_logit", max_logit_score),
+    ("energy", energy_score),
+    ("entropy", entropy_score),
+    ("mutual_information", mutual_information_score),
+    ("expected_entropy", expected_entropy_score),
+):
+    SCORES.register(_name, _fn)
 
 #: Score name -> which tensor its function takes (``"probs"`` or ``"logits"``).
 SCORE_INPUTS: dict[str, Literal["probs", "logits"]] = {
@@ -240,17 +243,16 @@ def compute_score(
         >>> s = compute_score("energy", logits=logits)          # (B,)
         >>> s = compute_score("mutual_information", probs=probs)  # probs (S, B, C)
     """
-    if name not in SCORES:
-        raise ValueError(f"score name must be one of {sorted(SCORES)}; got {name!r}")
+    fn = SCORES[name]  # unknown names: one line listing the accepted ones
     if SCORE_INPUTS[name] == "logits":
         if logits is None:
             raise ValueError(f"score {name!r} needs logits; got logits=None")
-        return SCORES[name](logits)
+        return fn(logits)
     if probs is None:
         if logits is None:
             raise ValueError(f"score {name!r} needs probs or logits; got neither")
         probs = torch.softmax(logits.detach().to(torch.float64), dim=-1)
-    return SCORES[name](probs)
+    return fn(probs)
 
 
 # --------------------------------------------------------------------------- metrics
@@ -290,7 +292,11 @@ def ood_metrics(
         >>> ood_metrics(torch.tensor([0.1, 0.2]), torch.tensor([0.8, 0.9]))["ood/auroc"]
         1.0
     """
-    from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+    from sklearn.metrics import (  # deferred: heavy (sklearn), only this path needs it
+        average_precision_score,
+        roc_auc_score,
+        roc_curve,
+    )
 
     s_in, s_out = _as_scores(scores_in, "scores_in"), _as_scores(scores_out, "scores_out")
     scores = np.concatenate([s_in, s_out])

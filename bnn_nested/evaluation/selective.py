@@ -24,11 +24,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from bnn_nested.config import SELECTIVE_SCORES
 from bnn_nested.evaluation.metrics import mean_probs, mutual_information, predictive_entropy
 
 __all__ = ["SELECTIVE_SCORES", "aurc", "eaurc", "risk_coverage", "selective_score"]
-
-SELECTIVE_SCORES: tuple[str, ...] = ("msp", "entropy", "mutual_information")
 
 
 def selective_score(probs: Tensor, score: str = "msp") -> Tensor:

@@ -34,7 +34,7 @@ from bnn_nested.nn.utils import conv_args
 
 def torchvision_archs() -> list[str]:
     """Classification architectures of ``torchvision.models``."""
-    import torchvision  # heavy; only these builders need it
+    import torchvision  # deferred: heavy (torchvision), only these builders need it
 
     return list(torchvision.models.list_models(module=torchvision.models))
 
@@ -82,7 +82,7 @@ def nest_plain(
 
 @register_model("torchvision")
 def _build_torchvision(cfg, ordering, input_shape, num_classes) -> NestifiedModel:
-    import torchvision
+    import torchvision  # deferred: heavy (torchvision), only this path needs it
 
     archs = torchvision_archs()
     if cfg.arch not in archs:

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bnn_nested.config import DEFAULT_INIT_LOG_ALPHA
 from bnn_nested.models.vgg import NestedConvBlock, check_norm, image_shape
 from bnn_nested.nn import NestedBatchNorm1d, NestedLinear, NestedModel, OrderingUnit
 
@@ -41,7 +42,7 @@ class NestedLeNet(NestedModel):
         norm: str = "none",
         dropout: float = 0.0,
         weights: str = "point",
-        init_log_alpha: float = -8.0,
+        init_log_alpha: float = DEFAULT_INIT_LOG_ALPHA,
         ordering: dict[str, Any] | None = None,
         order_first: bool = False,
         order_classifier_input: bool = True,

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bnn_nested.config import DEFAULT_INIT_LOG_ALPHA
 from bnn_nested.models.vgg import NestedConvBlock, check_norm, image_shape
 from bnn_nested.nn import NestedBatchNorm2d, NestedConv2d, NestedLinear, NestedModel, OrderingUnit
 
@@ -138,7 +139,7 @@ class NestedResNet(NestedModel):
         norm: str = "batch",
         dropout: float = 0.0,
         weights: str = "point",
-        init_log_alpha: float = -8.0,
+        init_log_alpha: float = DEFAULT_INIT_LOG_ALPHA,
         ordering: dict[str, Any] | None = None,
         order_first: bool = False,
         order_classifier_input: bool = True,

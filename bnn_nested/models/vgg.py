@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bnn_nested.config import DEFAULT_INIT_LOG_ALPHA
 from bnn_nested.nn import NestedBatchNorm2d, NestedConv2d, NestedLinear, NestedModel, OrderingUnit
 
 #: Layer plans: channel counts, ``"M"`` = 2x2 max pool.
@@ -51,7 +52,7 @@ class NestedConvBlock(nn.Module):
         norm: str = "batch",
         dropout: float = 0.0,
         weights: str = "point",
-        init_log_alpha: float = -8.0,
+        init_log_alpha: float = DEFAULT_INIT_LOG_ALPHA,
         ordering: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -123,7 +124,7 @@ class NestedVGG(NestedModel):
         norm: str = "batch",
         dropout: float = 0.0,
         weights: str = "point",
-        init_log_alpha: float = -8.0,
+        init_log_alpha: float = DEFAULT_INIT_LOG_ALPHA,
         ordering: dict[str, Any] | None = None,
         order_first: bool = False,
         order_classifier_input: bool = True,

@@ -104,7 +104,7 @@ def nestify(
 
     Returns:
         A :class:`NestifiedModel`: ``model(x, width=r)``, ``with model.width(r)``, per-dimension
-        dicts, ``kl()``, ``calibrate_bn``, export, select and the cascade work as for the zoo.
+        dicts, ``kl()``, ``recalibrate_bn``, export, select and the cascade work as for the zoo.
 
     Example:
         >>> import torchvision

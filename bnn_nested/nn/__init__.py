@@ -1,6 +1,6 @@
 """Nested layers, ordering units and the nested-model base class."""
 
-from bnn_nested.nn.batchnorm import NestedBatchNorm1d, NestedBatchNorm2d, calibrate_bn
+from bnn_nested.nn.batchnorm import NestedBatchNorm1d, NestedBatchNorm2d, recalibrate_bn
 from bnn_nested.nn.bayes import sparse_vd_kl
 from bnn_nested.nn.model import NestedModel, Width
 from bnn_nested.nn.nested import (
@@ -24,7 +24,7 @@ __all__ = [
     "Width",
     "active_groups",
     "active_param_count",
-    "calibrate_bn",
+    "recalibrate_bn",
     "group_size",
     "prior_logits",
     "sparse_vd_kl",

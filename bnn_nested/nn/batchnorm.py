@@ -1,5 +1,5 @@
 """Batch normalisation for nested layers: statistics and affine parameters sliced to the input width,
-plus batch-norm statistics re-estimated *per width* (:func:`calibrate_bn`).
+plus batch-norm statistics re-estimated *per width* (:func:`recalibrate_bn`).
 
 A sub-network at width ``r`` sees different feature statistics than the full network, so the running
 statistics learnt in training are wrong for it (Yu et al., *Slimmable Neural Networks*, 2019, and
@@ -26,7 +26,7 @@ from bnn_nested.nn.utils import module_device
 
 
 class UncalibratedWidthWarning(UserWarning):
-    """Evaluating a width whose batch-norm statistics were never calibrated (see ``calibrate_bn``)."""
+    """Evaluating a width whose batch-norm statistics were never calibrated (see ``recalibrate_bn``)."""
 
 
 def width_key(width) -> float:
@@ -41,7 +41,7 @@ class _NestedBatchNorm(nn.modules.batchnorm._BatchNorm):
     """Uses ``running_mean[:c]``, ``weight[:c]`` ... for an input with ``c`` active channels.
 
     Buffers ``calib_channels (n,)``, ``calib_width (n,)``, ``calib_mean (n, C)``, ``calib_var (n, C)``
-    hold the statistics written by :func:`calibrate_bn`: row ``i`` is for inputs with
+    hold the statistics written by :func:`recalibrate_bn`: row ``i`` is for inputs with
     ``calib_channels[i]`` channels under the model width whose key is ``calib_width[i]`` (see
     :func:`width_key`; the key matters for layers whose own channel count does not change with the
     width while their input does). They are part of the ``state_dict``. In eval mode an input with a
@@ -77,7 +77,7 @@ class _NestedBatchNorm(nn.modules.batchnorm._BatchNorm):
         self._warned.clear()
 
     def start_calibration(self) -> None:
-        """Accumulate exact feature sums on the next forward passes (see :func:`calibrate_bn`)."""
+        """Accumulate exact feature sums on the next forward passes (see :func:`recalibrate_bn`)."""
         self._acc = {}
 
     def finish_calibration(self) -> int | None:
@@ -166,7 +166,7 @@ class _NestedBatchNorm(nn.modules.batchnorm._BatchNorm):
                 self._warned.add(seen)
                 warnings.warn(
                     f"batch norm: no statistics calibrated for {c} of {self.num_features} active "
-                    "channels (this width was not passed to calibrate_bn); using running statistics",
+                    "channels (this width was not passed to recalibrate_bn); using running statistics",
                     UncalibratedWidthWarning,
                     stacklevel=2,
                 )
@@ -203,7 +203,7 @@ def nested_norms(model: nn.Module) -> list[_NestedBatchNorm]:
 
 
 @torch.no_grad()
-def calibrate_bn(
+def recalibrate_bn(
     model: nn.Module,
     loader: Iterable,
     widths: Sequence[float],
@@ -234,7 +234,7 @@ def calibrate_bn(
         ``{width: number of batches used}`` (a per-layer width is keyed by its sorted items).
 
     Example:
-        >>> calibrate_bn(model, train_loader, widths=[0.25, 0.5, 1.0], num_batches=50)
+        >>> recalibrate_bn(model, train_loader, widths=[0.25, 0.5, 1.0], num_batches=50)
         >>> probs = predict(model, x, width=0.25)      # uses the width-0.25 statistics
     """
     if num_batches is not None and num_batches < 1:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bnn_nested.config import DEFAULT_INIT_LOG_ALPHA
 from bnn_nested.nn.bayes import (
     LOG_ALPHA_MAX,
     LOG_ALPHA_MIN,
@@ -28,8 +29,6 @@ from bnn_nested.nn.ordering_unit import active_groups, group_size
 
 WeightKind = Literal["point", "gaussian"]
 WEIGHT_KINDS: tuple[str, ...] = ("point", "gaussian")
-#: Default initial ``log_alpha`` of Gaussian weights (small noise at the start of training).
-DEFAULT_INIT_LOG_ALPHA = -8.0
 
 
 class NestedMixin:

@@ -19,6 +19,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from bnn_nested.io import atomic_write, refused_code
@@ -150,8 +151,6 @@ def capture_rng_state() -> dict[str, Any]:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     try:
-        import numpy as np
-
         kind, keys, pos, has_gauss, cached = np.random.get_state()
         state["numpy"] = {
             "kind": str(kind),
@@ -174,8 +173,6 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         cuda = state["cuda"]
         torch.cuda.set_rng_state_all([s.cpu() for s in cuda[: torch.cuda.device_count()]])
     if "numpy" in state:
-        import numpy as np
-
         n = state["numpy"]
         keys = n["keys"].numpy().astype(np.uint32)
         np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["cached"]))

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from bnn_nested.registry import Registry
+
 
 @dataclass(frozen=True)
 class Pass:
@@ -110,19 +112,14 @@ class FixedSampler(WidthSampler):
         return [Pass(self.cfg.fixed_width, mask=False)]
 
 
-SAMPLERS: dict[str, type[WidthSampler]] = {
-    s.name: s for s in (VOUSampler, NestedDropoutSampler, SandwichSampler, FixedSampler)
-}
+SAMPLERS: Registry[type[WidthSampler]] = Registry("width sampler", field="ordering.sampler")
+for _cls in (VOUSampler, NestedDropoutSampler, SandwichSampler, FixedSampler):
+    SAMPLERS.register(_cls.name, _cls)
 
 
 def build_sampler(cfg: Any) -> WidthSampler:
     """Sampler named ``cfg.sampler`` (an :class:`~bnn_nested.config.OrderingConfig`)."""
-    try:
-        return SAMPLERS[cfg.sampler](cfg)
-    except KeyError:
-        raise ValueError(
-            f"ordering.sampler: unknown sampler {cfg.sampler!r}; known: {', '.join(SAMPLERS)}"
-        ) from None
+    return SAMPLERS[cfg.sampler](cfg)
 
 
 def temperature_at(cfg: Any, epoch: int) -> float:

@@ -39,9 +39,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bnn_nested.cli.main import main
-from bnn_nested.deploy.export import UnsafeOrInvalidWeights, load_width_weights, save_width_weights
-from bnn_nested.training.run import load_run
-from tests.runs import train_tiny, write_config
+from bnn_nested.deploy.serialize import (
+    UnsafeOrInvalidWeights,
+    load_width_weights,
+    save_width_weights,
+)
+from bnn_nested.runs.run import load_run
+from tests.trained_runs import train_tiny, write_config
 
 EXAMPLES = int(os.environ.get("BNN_SWEEP_EXAMPLES", "5"))
 SWEEP = settings(

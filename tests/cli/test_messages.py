@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bnn_nested.cli.main import main
-from tests.runs import copy_run, train_tiny, tree_digest, write_config
+from tests.trained_runs import copy_run, train_tiny, tree_digest, write_config
 
 
 @pytest.fixture(scope="module")

@@ -7,16 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from bnn_nested.deploy.export import (
-    export_width,
-    exported_param_count,
-    fold_bn,
-    load_exported,
-    save_exported,
-)
-from bnn_nested.deploy.profile import count_params
+from bnn_nested.cost import count_params
+from bnn_nested.deploy.export import export_width, exported_param_count, fold_bn
+from bnn_nested.deploy.serialize import load_exported, save_exported
 from bnn_nested.nn import NestedMixin
-from bnn_nested.nn.batchnorm import calibrate_bn
+from bnn_nested.nn.batchnorm import recalibrate_bn
 from tests.deploy.helpers import cnn, mlp
 
 pytestmark = pytest.mark.filterwarnings("ignore:batch norm. no statistics calibrated")
@@ -45,7 +40,7 @@ def test_export_equals_nested(make, width, fold):
 
 def test_export_per_layer_width_and_calibrated_stats():
     model, x = cnn()
-    calibrate_bn(model, [x], widths=[0.3])
+    recalibrate_bn(model, [x], widths=[0.3])
     plain = export_width(model, 0.3, x)
     torch.testing.assert_close(plain(x), model(x, width=0.3), atol=1e-5, rtol=0)
     # calibrated statistics differ from the running ones: check the export really used them

@@ -5,15 +5,9 @@ import json
 import pytest
 import torch
 
-from bnn_nested.deploy.profile import (
-    PROFILE_FILE,
-    _quantile,
-    count_flops,
-    count_params,
-    masked_forward,
-    measure_latency,
-    profile_widths,
-)
+from bnn_nested.cost import count_flops, count_params
+from bnn_nested.deploy.profile import PROFILE_FILE, masked_forward, profile_widths
+from bnn_nested.deploy.timing import _quantile, measure_latency
 from bnn_nested.nn import NestedConv2d, NestedLinear, NestedModel
 from tests.deploy.helpers import cnn, mlp
 

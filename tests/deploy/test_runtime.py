@@ -1,11 +1,9 @@
 """Fast-inference wrappers: micro-batching and channels-last are exact; compile with freezing too."""
 
-import time
-
 import pytest
 import torch
 
-from bnn_nested.deploy.export import export_width, load_exported, save_exported
+from bnn_nested.deploy.export import export_width
 from bnn_nested.deploy.profile import profile_widths
 from bnn_nested.deploy.runtime import (
     RECOMPILE_LIMIT,
@@ -14,6 +12,7 @@ from bnn_nested.deploy.runtime import (
     inference_module,
     tune_micro_batch,
 )
+from bnn_nested.deploy.serialize import load_exported, save_exported
 from tests.deploy.helpers import cnn, mlp
 
 pytestmark = pytest.mark.filterwarnings("ignore:batch norm. no statistics calibrated")
@@ -75,26 +74,56 @@ def test_auto_is_only_for_inference_module():
         inference_module(model, 1.0, x[:2], micro_batch="fast")
 
 
-class _Sleepy(torch.nn.Module):
-    """Takes ``per_call + per_row2 * rows**2`` seconds: a stand-in with a known best slice."""
+class _FakeClock:
+    """A clock that only moves when a :class:`_Costly` module runs (no wall-clock time involved)."""
 
-    def __init__(self, per_call: float, per_row2: float) -> None:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _Costly(torch.nn.Module):
+    """Costs ``per_call + per_row2 * rows**2`` seconds on ``clock``: a known best slice."""
+
+    def __init__(self, clock: _FakeClock, per_call: float, per_row2: float) -> None:
         super().__init__()
-        self.per_call, self.per_row2 = per_call, per_row2
+        self.clock, self.per_call, self.per_row2 = clock, per_call, per_row2
 
     def forward(self, x):
-        time.sleep(self.per_call + self.per_row2 * x.shape[0] ** 2)
+        self.clock.now += self.per_call + self.per_row2 * x.shape[0] ** 2
         return x
 
 
 def test_tune_micro_batch_picks_the_fastest_size():
     x = torch.zeros(64, 2)
+    clock = _FakeClock()
+
+    def tune(per_call, per_row2, sizes):
+        return tune_micro_batch(_Costly(clock, per_call, per_row2), x, sizes, 5, clock=clock)
+
     # fixed cost per call: the whole batch (1 call, 5 ms) beats 2-4 calls (10-20 ms)
-    assert tune_micro_batch(_Sleepy(5e-3, 0.0), x, (None, 16, 32), repeats=5) is None
+    assert tune(5e-3, 0.0, (None, 16, 32)) is None
     # cost quadratic in the slice: 16 rows (4 x 1.3 ms) beat 32 (2 x 5 ms) and 64 (20 ms)
-    assert tune_micro_batch(_Sleepy(0.0, 5e-6), x, (None, 16, 32), repeats=5) == 16
-    # sizes >= the batch are the whole batch
-    assert tune_micro_batch(_Sleepy(0.0, 0.0), x, (64, 128)) is None
+    assert tune(0.0, 5e-6, (None, 16, 32)) == 16
+    # a tie (no cost at all) goes to the larger slice; sizes >= the batch are the whole batch
+    assert tune(0.0, 0.0, (16, 32)) == 32
+    assert tune(0.0, 0.0, (64, 128)) is None
+
+
+def test_measure_latency_reports_median_and_iqr_of_the_clock():
+    from bnn_nested.deploy.timing import measure_latency
+
+    clock = _FakeClock()
+    costs = iter([1e-3, 2e-3, 3e-3, 4e-3, 10e-3])  # five timed calls, ms: 1 2 3 4 10
+
+    def fn(x):
+        clock.now += next(costs)
+
+    t = measure_latency(fn, torch.zeros(1), warmup=0, repeats=5, clock=clock)
+    assert t.median_ms == pytest.approx(3.0)
+    assert (t.q25_ms, t.q75_ms, t.iqr_ms) == pytest.approx((2.0, 4.0, 2.0))  # numpy's linear rule
 
 
 def test_tune_micro_batch_validates():

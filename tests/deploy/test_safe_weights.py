@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from bnn_nested.config import build_config
-from bnn_nested.deploy.export import (
+from bnn_nested.deploy.serialize import (
     UnsafeOrInvalidWeights,
     load_width_weights,
     save_width_weights,
 )
 from bnn_nested.models import build_model
 from bnn_nested.training.samplers import build_sampler
-from tests.runs import TINY
+from tests.trained_runs import TINY
 
 
 def _model(**model):

@@ -107,7 +107,6 @@ def test_compare_command(tmp_path, capsys):
 def test_torchvision_ood_pair_reads_local_root(digits, monkeypatch):
     """A torchvision OOD set (e.g. SVHN for CIFAR-10) is loaded from the data root, normalised like
     the in-distribution set; without a root the error says so."""
-    import bnn_nested.data.vision as vision
 
     calls = []
 
@@ -115,7 +114,9 @@ def test_torchvision_ood_pair_reads_local_root(digits, monkeypatch):
         calls.append((name, root, normalize_like))
         return torch.utils.data.TensorDataset(torch.zeros(3, 64), torch.zeros(3, dtype=torch.long))
 
-    monkeypatch.setattr(vision, "load_torchvision_test", fake)
+    import bnn_nested.evaluation.evaluate as evaluate_mod
+
+    monkeypatch.setattr(evaluate_mod, "load_torchvision_test", fake)
     sets = make_ood_sets(digits, ["svhn"], 10, root="/data")
     assert calls == [("svhn", "/data", "digits")] and len(sets["svhn"]) == 3
     with pytest.raises(ValueError, match="needs a local data root"):

@@ -10,7 +10,8 @@ from matplotlib.image import imread
 
 from bnn_nested.cli.main import main
 from bnn_nested.data import load_digits
-from bnn_nested.deploy.export import export_width, load_exported, save_exported
+from bnn_nested.deploy.export import export_width
+from bnn_nested.deploy.serialize import load_exported, save_exported
 from bnn_nested.evaluation.calibration import TEMPERATURE_FILE, apply_temperature
 from bnn_nested.evaluation.conformal import conformal_threshold
 from bnn_nested.evaluation.evaluate import evaluate
@@ -79,7 +80,7 @@ def _train(tmp_path):
 
 
 def test_cli_calibrate_then_everything_applies_it(tmp_path, capsys):
-    from bnn_nested.training.run import load_run
+    from bnn_nested.runs.run import load_run
 
     run = _train(tmp_path)
     rc = main(["evaluate", str(run), "--widths", "0.5,1", "--calibrate", "temperature"])

@@ -7,7 +7,7 @@ from bnn_nested.config import ModelConfig
 from bnn_nested.models import VGG, LeNet, NestedLeNet, NestedResNet, NestedVGG, ResNet, build_model
 from bnn_nested.models.resnet import add_at_width
 from bnn_nested.nest import NestifiedModel
-from bnn_nested.nn import calibrate_bn
+from bnn_nested.nn import recalibrate_bn
 from tests.nn.test_nested import _zeroing_hooks
 
 pytestmark = pytest.mark.filterwarnings("ignore::bnn_nested.nn.batchnorm.UncalibratedWidthWarning")
@@ -157,6 +157,6 @@ def test_nestified_lenet_computes_what_the_hand_nested_lenet_computes():
 def test_calibrate_bn_on_resnet_and_gaussian_kl_finite():
     r = NestedResNet("20", (3, 8, 8), 5, groups=4, frozen=1, weights="gaussian")
     data = [(torch.randn(4, 3, 8, 8), torch.zeros(4)) for _ in range(2)]
-    calibrate_bn(r, data, widths=[0.25, 1.0], num_batches=2)
+    recalibrate_bn(r, data, widths=[0.25, 1.0], num_batches=2)
     assert r.blocks[0].bn2.calibrated_channels() == [8, 16]
     assert torch.isfinite(r.kl()) and r.kl() > 0

@@ -18,7 +18,7 @@ from bnn_nested.nest import (
     sliced_cost,
     sliced_network,
 )
-from bnn_nested.nn import calibrate_bn
+from bnn_nested.nn import recalibrate_bn
 from bnn_nested.nn.bayes import sparse_vd_kl
 
 
@@ -231,7 +231,7 @@ def test_bn_calibrated_per_width_and_export_uses_the_width_statistics():
     torch.manual_seed(0)
     x = torch.randn(16, 3, 16, 16)
     nm = _nest(Mixed(), x[:2], groups=4, kept=1)
-    calibrate_bn(nm, [(x, None)], widths=[0.5, 1.0])
+    recalibrate_bn(nm, [(x, None)], widths=[0.5, 1.0])
     bn = nm.net.bn
     assert len(bn.calib_channels) == 2
     out = nm(x, width=0.5)

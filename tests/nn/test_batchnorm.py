@@ -13,7 +13,7 @@ from bnn_nested.nn import (
     NestedLinear,
     NestedModel,
     OrderingUnit,
-    calibrate_bn,
+    recalibrate_bn,
 )
 
 
@@ -55,7 +55,7 @@ def test_calibrated_stats_equal_feature_mean_and_var_at_that_width():
         getattr(model, n).register_forward_pre_hook(lambda m, i, n=n: seen[n].append(i[0].detach()))
         for n in seen
     ]
-    calibrate_bn(model, _loader(), widths=[0.5], num_batches=None)
+    recalibrate_bn(model, _loader(), widths=[0.5], num_batches=None)
     for h in hooks:
         h.remove()
     for name, feats in seen.items():
@@ -71,12 +71,12 @@ def test_calibrated_stats_equal_feature_mean_and_var_at_that_width():
 def test_calibration_changes_only_the_calibrated_width():
     model = _trained()
     running = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
-    calibrate_bn(model, _loader(), widths=[0.5, 1.0], num_batches=2)
+    recalibrate_bn(model, _loader(), widths=[0.5, 1.0], num_batches=2)
     rows = {
         c: model.bn2.calib_mean[i].clone() for i, c in enumerate(model.bn2.calibrated_channels())
     }
     assert sorted(rows) == [6, 8]
-    calibrate_bn(model, _loader(seed=3), widths=[0.25], num_batches=1)
+    recalibrate_bn(model, _loader(seed=3), widths=[0.25], num_batches=1)
     after = dict(zip(model.bn2.calibrated_channels(), model.bn2.calib_mean))
     assert sorted(after) == [4, 6, 8]
     for c, row in rows.items():
@@ -88,7 +88,7 @@ def test_calibration_changes_only_the_calibrated_width():
 
 def test_eval_uses_calibrated_stats_and_uncalibrated_width_warns_once():
     model = _trained()
-    calibrate_bn(model, _loader(), widths=[0.5], num_batches=3)
+    recalibrate_bn(model, _loader(), widths=[0.5], num_batches=3)
     x = torch.randn(2, 1, 5, 5)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -110,7 +110,7 @@ def test_eval_uses_calibrated_stats_and_uncalibrated_width_warns_once():
 
 def test_state_dict_round_trip_and_old_checkpoints_load():
     model = _trained()
-    calibrate_bn(model, _loader(), widths=[0.25, 1.0], num_batches=1)
+    recalibrate_bn(model, _loader(), widths=[0.25, 1.0], num_batches=1)
     state = model.state_dict()
     assert state["bn1.calib_mean"].shape == (2, 8)
     fresh = Tiny()
@@ -128,15 +128,15 @@ def test_state_dict_round_trip_and_old_checkpoints_load():
 def test_calibrate_bn_validates():
     model = Tiny()
     with pytest.raises(ValueError, match="num_batches"):
-        calibrate_bn(model, _loader(), [1.0], num_batches=0)
+        recalibrate_bn(model, _loader(), [1.0], num_batches=0)
     with pytest.raises(ValueError, match="width must be in"):
-        calibrate_bn(model, _loader(), [1.5], num_batches=1)
+        recalibrate_bn(model, _loader(), [1.5], num_batches=1)
 
 
 def test_per_layer_widths_calibrate_each_layer_at_its_own_width():
     model = _trained()
     alloc = {"conv1": 2, "conv2": 4}  # 4 and 8 active channels
-    used = calibrate_bn(model, _loader(), widths=[alloc], num_batches=2)
+    used = recalibrate_bn(model, _loader(), widths=[alloc], num_batches=2)
     assert used == {(("conv1", 2), ("conv2", 4)): 2}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -153,11 +153,11 @@ def test_same_channel_count_at_different_widths_gets_its_own_statistics():
     base.conv2.ordered = False  # bn2 always sees 8 channels; its input still depends on conv1
     base.conv2.active_out_groups = None
     model, only = copy.deepcopy(base), copy.deepcopy(base)
-    calibrate_bn(model, _loader(), widths=[0.25, 1.0])
+    recalibrate_bn(model, _loader(), widths=[0.25, 1.0])
     assert model.bn2.calib_channels.tolist() == [8, 8]
     assert model.bn2.calib_width.tolist() == [0.25, 1.0]
     assert not torch.allclose(model.bn2.calib_mean[0], model.bn2.calib_mean[1])
-    calibrate_bn(only, _loader(), widths=[0.25])
+    recalibrate_bn(only, _loader(), widths=[0.25])
     x = torch.randn(4, 1, 5, 5)
     torch.testing.assert_close(model(x, width=0.25), only(x, width=0.25))
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from bnn_nested.deploy.profile import count_flops, count_params
+from bnn_nested.cost import count_flops, count_params
 from bnn_nested.models import NestedMLP
 from bnn_nested.nn import (
     NestedBatchNorm2d,

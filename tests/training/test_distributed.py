@@ -15,13 +15,13 @@ from torch.utils.data import DataLoader, TensorDataset
 from bnn_nested.config import build_config
 from bnn_nested.models import NestedMLP
 from bnn_nested.nn.ordering_unit import OrderingUnit
+from bnn_nested.runs.run import seed_everything
 from bnn_nested.training.distributed import (
     DistContext,
     EpochSampler,
     gather_digests,
     setup_distributed,
 )
-from bnn_nested.training.run import seed_everything
 from bnn_nested.training.samplers import build_sampler
 from bnn_nested.training.trainer import Trainer
 
@@ -83,7 +83,7 @@ def _worker(rank: int, world: int, tmp: str, sampler: str) -> None:
     torch.save(trainer.model.state_dict(), f"{tmp}/model{rank}.pt")
     (Path(tmp) / f"masks{rank}.json").write_text(json.dumps(digests))
     # the run directory path through train_run: only rank 0 writes files
-    from bnn_nested.training.run import train_run
+    from bnn_nested.runs.run import train_run
 
     cfg = build_config(
         {

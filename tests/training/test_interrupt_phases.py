@@ -15,11 +15,11 @@ import os
 import pytest
 import torch
 
-import bnn_nested.training.run as run_mod
+import bnn_nested.runs.run as run_mod
 from bnn_nested.cli.main import main
 from bnn_nested.training.checkpoint import load_checkpoint, save_checkpoint
 from bnn_nested.training.trainer import TrainingInterrupted
-from tests.runs import copy_run, train_tiny, write_config
+from tests.trained_runs import copy_run, train_tiny, write_config
 
 #: Two epochs, batch norm (so calibration changes the weights file), checkpoints every epoch.
 SECTIONS = {
@@ -94,7 +94,7 @@ def _interrupt_line(capsys) -> str:
 def test_ctrl_c_during_post_training_steps_is_resumable(reference, tmp_path, monkeypatch, capsys):
     cfg, ref = reference
     run = tmp_path / "run"
-    _interrupt_first_call(monkeypatch, "calibrate_widths")
+    _interrupt_first_call(monkeypatch, "recalibrate_bn_widths")
     assert _train(cfg, run) == 130
     line = _interrupt_line(capsys)
     assert f"bnn-nested train --resume {run}" in line
@@ -228,7 +228,7 @@ def test_disk_full_names_the_file_and_the_kept_checkpoint(reference, tmp_path, m
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
 
 
-# A child running the real CLI; the named step of bnn_nested.training.run announces itself with a
+# A child running the real CLI; the named step of bnn_nested.runs.run announces itself with a
 # file and then waits, so the parent can send a real SIGINT while the child is inside it.
 CHILD = """
 import signal, sys, time
@@ -237,7 +237,7 @@ from pathlib import Path
 signal.signal(signal.SIGINT, signal.default_int_handler)
 import torch
 torch.set_num_threads(1)
-import bnn_nested.training.run as run_mod
+import bnn_nested.runs.run as run_mod
 name, flag = sys.argv[1], Path(sys.argv[2])
 original = getattr(run_mod, name)
 def waiting(*args, **kwargs):
@@ -252,7 +252,7 @@ sys.exit(main(sys.argv[3:]))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("step", ["prepare_from_trained", "calibrate_widths"])
+@pytest.mark.parametrize("step", ["prepare_from_trained", "recalibrate_bn_widths"])
 def test_a_real_sigint_in_any_phase_leaves_a_resumable_run(reference, tmp_path, step):
     import signal
     import subprocess

@@ -15,9 +15,9 @@ import torch
 import yaml
 
 from bnn_nested.cli.main import main
+from bnn_nested.runs.rundir import LOCK, MARKER
 from bnn_nested.training.checkpoint import load_checkpoint, save_checkpoint
-from bnn_nested.training.rundir import LOCK, MARKER
-from tests.runs import copy_run, train_tiny, tree_digest, write_config
+from tests.trained_runs import copy_run, train_tiny, tree_digest, write_config
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,8 @@ import re
 import shutil
 from pathlib import Path
 
+from bnn_nested.io import atomic_write_json
+
 try:  # POSIX; elsewhere the lock is a no-op
     import fcntl
 except ImportError:  # pragma: no cover
@@ -65,7 +67,6 @@ class RunLockedError(RuntimeError):
 
 def write_marker(run_dir: str | Path) -> Path:
     """Mark ``run_dir`` as a bnn-nested run (atomically)."""
-    from bnn_nested.io import atomic_write_json
 
     return atomic_write_json(Path(run_dir) / MARKER, {"tool": "bnn-nested", "kind": "run"})
 

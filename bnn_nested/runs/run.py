@@ -5,7 +5,7 @@
 and the other post-training steps) and at the end (``complete: True``); :func:`resume_run`
 continues an unfinished run exactly where its checkpoint left it, and starts a run that stopped
 before its first checkpoint over from its ``config.yaml``. Writers hold the run's lock and only
-replace recognisable runs (:mod:`bnn_nested.training.rundir`).
+replace recognisable runs (:mod:`bnn_nested.runs.rundir`).
 """
 
 from __future__ import annotations
@@ -18,16 +18,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import torch.distributed as dist
 import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
-from bnn_nested.config import Config, ConfigError, build_config
-from bnn_nested.data import DataSplits, load_dataset
+from bnn_nested.config import Config, ConfigError, build_config, import_modules, load_config
+from bnn_nested.data import DATASETS, DataSplits, load_dataset
+from bnn_nested.evaluation.calibration import calibrated_predict, load_temperatures, temperature_for
 from bnn_nested.evaluation.ordering import write_ordering_report
 from bnn_nested.io import atomic_write, atomic_write_json, atomic_write_text
 from bnn_nested.models import build_model
+from bnn_nested.models.registry import MODELS
 from bnn_nested.nest import (
     NestifiedModel,
     check_plain_state,
@@ -37,9 +41,19 @@ from bnn_nested.nest import (
     plain_copy,
     read_plain_state,
 )
-from bnn_nested.nn.batchnorm import calibrate_bn, nested_norms
+from bnn_nested.nn.batchnorm import nested_norms, recalibrate_bn
 from bnn_nested.nn.model import NestedModel
 from bnn_nested.regularization.config import build_regularizer
+from bnn_nested.runs.rundir import (
+    RunExistsError,
+    RunLock,
+    check_replaceable,
+    clear_run,
+    is_empty,
+    is_run_dir,
+    remove_orphans,
+    write_marker,
+)
 from bnn_nested.training.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -55,18 +69,9 @@ from bnn_nested.training.distributed import (
     env_world_size,
     setup_distributed,
 )
-from bnn_nested.training.rundir import (
-    RunExistsError,
-    RunLock,
-    check_replaceable,
-    clear_run,
-    is_empty,
-    is_run_dir,
-    remove_orphans,
-    write_marker,
-)
+from bnn_nested.training.optim import Precision, resolve_device
 from bnn_nested.training.samplers import build_sampler
-from bnn_nested.training.trainer import Trainer, TrainingInterrupted, resolve_device
+from bnn_nested.training.trainer import Trainer, TrainingInterrupted
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.yaml"
@@ -76,8 +81,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
     try:
-        import numpy as np
-
         np.random.seed(seed % 2**32)
     except ImportError:  # pragma: no cover
         pass
@@ -132,7 +135,7 @@ def make_loaders(
 
 def check_run_dir(out: str | Path, overwrite: bool = False) -> None:
     """Refuse an existing non-empty ``out`` unless ``overwrite`` and it is a bnn-nested run that
-    holds only files bnn-nested writes (:func:`~bnn_nested.training.rundir.check_replaceable`).
+    holds only files bnn-nested writes (:func:`~bnn_nested.runs.rundir.check_replaceable`).
     Nothing is touched."""
     if str(out).strip() == "":
         raise RunExistsError("--out: empty path; name the run directory to create")
@@ -147,7 +150,7 @@ def check_run_dir(out: str | Path, overwrite: bool = False) -> None:
 
 def prepare_run_dir(out: str | Path, overwrite: bool = False) -> Path:
     """Create ``out`` and mark it as a run; with ``overwrite`` replace a run that was there. Call
-    while holding the run's lock (:class:`~bnn_nested.training.rundir.RunLock`)."""
+    while holding the run's lock (:class:`~bnn_nested.runs.rundir.RunLock`)."""
     out = Path(out)
     check_run_dir(out, overwrite)
     if not is_empty(out):
@@ -187,12 +190,10 @@ KNOWN_NUM_CLASSES: dict[str, int] = {
 
 def validate_run(cfg: Config) -> torch.device:
     """Checks that need no data (run before anything is written or loaded); returns the device."""
-    from bnn_nested.models.registry import MODELS
 
-    if cfg.model.name not in MODELS:
-        raise ValueError(
-            f"model.name: unknown model {cfg.model.name!r}; known models: {', '.join(sorted(MODELS))}"
-        )
+    import_modules(cfg)  # the config's ``imports``: user modules that register models / data
+    MODELS[cfg.model.name]  # unknown names: one line listing the accepted ones
+    DATASETS[cfg.data.name]
     shape = KNOWN_INPUT_SHAPES.get(cfg.data.name)
     if shape is not None:  # build the model without memory: groups, hidden sizes, variants
         n_classes = KNOWN_NUM_CLASSES[cfg.data.name] - len(cfg.data.held_out_classes)
@@ -207,8 +208,7 @@ def validate_run(cfg: Config) -> torch.device:
             msg = str(err)
             raise ValueError(msg if msg.startswith("model") else f"model: {msg}") from None
     device = resolve_device(cfg.train.device)
-    if cfg.train.precision == "fp16" and device.type != "cuda":
-        raise ValueError("train.precision: 'fp16' needs CUDA; use 'bf16' or 'fp32' on CPU")
+    Precision(cfg.train.precision, device)  # fp16 needs CUDA: refused before any file is written
     world = env_world_size()
     if cfg.data.batch_size % world:
         raise ValueError(
@@ -312,7 +312,6 @@ def resume_run(run_dir: str | Path, quiet: bool = False, device: str | None = No
 
 def _rank_zero() -> bool:
     """This process is rank 0 of its job (or the only one), before the context is set up."""
-    import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank() == 0
@@ -322,7 +321,6 @@ def _rank_zero() -> bool:
 def _start_over(run_dir: Path, quiet: bool, device: str | None) -> Path:
     """Train a run that stopped before its first checkpoint from the start, in place, from its
     ``config.yaml`` (deterministic: the result is that of an uninterrupted run)."""
-    from bnn_nested.config import load_config
 
     overrides = [f"train.device={device}"] if device is not None else []
     try:
@@ -422,7 +420,7 @@ def _finish(
     path = _save_or_explain(out, trainer, cfg, splits, complete=False)
     trainer.last_checkpoint = (path, trainer.step)
     try:
-        calibrate_widths(model, splits, cfg.eval.widths, cfg.data.eval_batch_size, ctx.device)
+        recalibrate_bn_widths(model, splits, cfg.eval.widths, cfg.data.eval_batch_size, ctx.device)
         atomic_write_json(out / "history.json", trainer.history)
         write_ordering_report(model, out)
         bad = nonfinite_tensors(model.state_dict())
@@ -503,7 +501,7 @@ def prepare_from_trained(
         if cfg.ordering.init == "importance":
             init_ordering_from_importance(model, profile)  # type: ignore[arg-type]
     if cfg.model.init_from:
-        calibrate_widths(model, splits, cfg.eval.widths, cfg.data.eval_batch_size, ctx.device)
+        recalibrate_bn_widths(model, splits, cfg.eval.widths, cfg.data.eval_batch_size, ctx.device)
     return teacher
 
 
@@ -517,25 +515,25 @@ def load_teacher(cfg: Config, model: NestedModel, out: Path) -> nn.Module | None
     return _teacher_copy(model, str(path))
 
 
-def calibrate_widths(
+def recalibrate_bn_widths(
     model: NestedModel,
     splits: DataSplits,
     widths: list[float],
     batch_size: int = 512,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
 ) -> bool:
     """Re-estimate batch-norm statistics of ``widths`` on the training split (one pass, per width;
-    docs/METHODS.md#bn-re-estimation). Returns ``False`` (and does nothing) for models without
-    nested batch norm."""
+    docs/METHODS.md#batch-norm-per-width), on ``device`` (``None``: the model's). Returns ``False``
+    (and does nothing) for models without nested batch norm."""
     if not nested_norms(model):
         return False
-    calibrate_bn(model, calibration_loader(splits, batch_size), widths, device=device)
+    recalibrate_bn(model, calibration_loader(splits, batch_size), widths, device=device)
     return True
 
 
 def calibration_loader(splits: DataSplits, batch_size: int) -> DataLoader:
     """The training split, unshuffled: what batch norm is re-estimated on, at the end of training
-    (:func:`calibrate_widths`) and before each epoch's ``val_acc`` (so the two agree)."""
+    (:func:`recalibrate_bn_widths`) and before each epoch's ``val_acc`` (so the two agree)."""
     return DataLoader(splits.train, batch_size=batch_size)
 
 
@@ -569,7 +567,6 @@ class LoadedRun:
     def temperatures(self) -> dict[float, float]:
         """Temperature per width stored in the run (``calibration/temperature.json``, fitted on
         this checkpoint's step; ``{}`` if none); see :mod:`bnn_nested.evaluation.calibration`."""
-        from bnn_nested.evaluation.calibration import load_temperatures
 
         if self.run_dir is None:
             return {}
@@ -580,7 +577,6 @@ class LoadedRun:
     ) -> torch.Tensor:
         """``(S, B, C)`` probabilities at ``width`` (``samples`` default ``eval.samples``), with
         the run's stored temperature of that width applied when ``calibrated``."""
-        from bnn_nested.evaluation.calibration import calibrated_predict, temperature_for
 
         t = temperature_for(self.temperatures(), width) if calibrated else 1.0
         return calibrated_predict(self.model, x, width, samples or self.config.eval.samples, t)
@@ -601,12 +597,12 @@ class LoadedRun:
             f"bnn-nested train --resume {run_dir}"
         )
 
-    def calibrate(self, widths: list[float]) -> list[float]:
+    def recalibrate_bn(self, widths: list[float]) -> list[float]:
         """Calibrate batch norm for the ``widths`` that training did not (those outside
         ``eval.widths``); returns them."""
         new = [w for w in widths if w not in self.config.eval.widths]
         if new:
-            calibrate_widths(self.model, self.splits, new, self.config.data.eval_batch_size)
+            recalibrate_bn_widths(self.model, self.splits, new, self.config.data.eval_batch_size)
         return new
 
 
@@ -629,6 +625,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
         cfg = build_config(state["config"])
     except (ConfigError, TypeError) as err:
         raise CheckpointError(f"{path}: incompatible checkpoint ({err})") from None
+    import_modules(cfg)
     splits = load_dataset(cfg.data, seed=cfg.seed)
     model = build_model_for(cfg, splits)
     try:
