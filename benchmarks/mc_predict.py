@@ -29,11 +29,11 @@ from bnn_nested.training.samplers import build_sampler
 
 ARCHS = {
     "lenet": (
-        {"name": "lenet", "hidden": [16, 32, 256], "groups": 16, "frozen": 2, "norm": "batch"},
+        {"name": "lenet", "hidden": [16, 32, 256], "groups": 16, "kept": 2, "norm": "batch"},
         (1, 28, 28),
     ),
     "vgg11": (
-        {"name": "vgg", "variant": "11", "groups": 16, "frozen": 2, "norm": "batch"},
+        {"name": "vgg", "variant": "11", "groups": 16, "kept": 2, "norm": "batch"},
         (3, 32, 32),
     ),
 }

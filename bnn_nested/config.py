@@ -11,6 +11,7 @@ import copy
 import difflib
 import importlib
 import math
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -30,6 +31,12 @@ SET_SCORES: tuple[str, ...] = ("thr", "aps", "raps")
 SELECTIVE_SCORES: tuple[str, ...] = ("msp", "entropy", "mutual_information")
 #: How a width is realised when timing it (:mod:`bnn_nested.deploy.profile`).
 LATENCY_MODES: tuple[str, ...] = ("sliced", "masked", "exported")
+
+
+def check_choice(field: str, value: Any, accepted: tuple[str, ...]) -> None:
+    """Refuse ``value`` outside ``accepted`` with one line naming ``field`` and the choices."""
+    if value not in accepted:
+        raise ValueError(f"{field} must be one of {', '.join(accepted)}; got {_short(value, 60)}")
 
 
 # --------------------------------------------------------------------------- regularization
@@ -191,13 +198,17 @@ class DataConfig(_Strict):
     )
 
 
+#: Old model keys -> their names now (``frozen`` read as "not trained" to PyTorch users).
+RENAMED_MODEL_KEYS = {"frozen": "kept"}
+
+
 class ModelConfig(_Strict):
     """Architecture. ``groups`` must divide every ordered layer's width."""
 
     name: str = "mlp"
     hidden: list[int] = Field(default_factory=lambda: [256, 256], min_length=1)
     groups: int = Field(16, ge=1, le=MAX_UNITS)
-    frozen: int = Field(2, ge=0)
+    kept: int = Field(2, ge=0, description="leading groups of every ordered layer always kept")
     weights: Literal["point", "gaussian"] = "point"
     norm: Literal["none", "batch"] = "none"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
@@ -231,6 +242,20 @@ class ModelConfig(_Strict):
         description="MOPED: Gaussian weights with std delta * |w| (log_alpha = 2 ln delta)",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        """Old spellings still load (saved runs, old configs), with a warning naming the new key."""
+        if isinstance(data, dict):
+            for old, new in RENAMED_MODEL_KEYS.items():
+                if old in data:
+                    if new in data:
+                        raise ValueError(f"model.{old} is the old name of model.{new}; give one")
+                    warnings.warn(f"model.{old} is deprecated: use model.{new}", FutureWarning, 3)
+                    data = {**data, new: data[old]}
+                    del data[old]
+        return data
+
     @field_validator("hidden")
     @classmethod
     def _positive(cls, v: list[int]) -> list[int]:
@@ -240,8 +265,8 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _groups_fit(self) -> ModelConfig:
-        if self.frozen >= self.groups:
-            raise ValueError(f"frozen must be < groups ({self.groups}), got {self.frozen}")
+        if self.kept >= self.groups:
+            raise ValueError(f"kept must be < groups ({self.groups}), got {self.kept}")
         if self.name == "torchvision" and not self.arch:
             raise ValueError("arch: name 'torchvision' needs an architecture, e.g. arch: resnet18")
         if self.name == "import":
@@ -469,6 +494,9 @@ def build_config(raw: dict[str, Any] | None, overrides: list[str] | None = None)
     raw = copy.deepcopy(dict(raw or {}))  # never modify the caller's dicts
     for text in overrides or []:
         keys, value = parse_override(text)
+        if len(keys) == 2 and keys[0] == "model" and keys[1] in RENAMED_MODEL_KEYS:
+            old, keys = keys[1], ["model", RENAMED_MODEL_KEYS[keys[1]]]
+            warnings.warn(f"model.{old} is deprecated: use model.{keys[1]}", FutureWarning, 2)
         node = raw
         for k in keys[:-1]:
             node = node.setdefault(k, {})

@@ -105,8 +105,19 @@ def read_json(path: str | Path, what: str = "file") -> Any:
     except UnicodeDecodeError:
         raise JsonFileError(f"{what} {path} is not UTF-8 text (a binary file?)") from None
     except (json.JSONDecodeError, RecursionError) as err:
-        detail = str(err).splitlines()[0][:120] if str(err) else "invalid"
+        detail = first_line(err, 120, "invalid")
         raise JsonFileError(f"{what} {path} is not valid JSON ({detail})") from None
+
+
+def first_line(err: BaseException | str, limit: int = 200, default: str | None = None) -> str:
+    """The first line of an error's message, at most ``limit`` characters (``...`` marks a cut);
+    an empty message gives ``default`` (else the exception's type name). The one helper for the
+    one-line errors the library and the command line print."""
+    text = str(err).strip()
+    if not text:
+        return default if default is not None else type(err).__name__
+    line = text.splitlines()[0]
+    return line if len(line) <= limit else line[: max(limit - 3, 0)] + "..."
 
 
 def is_number(value: Any, finite: bool = False) -> bool:

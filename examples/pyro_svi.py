@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
                 "name": "lenet",
                 "hidden": [16, 32, 64],
                 "groups": 16,
-                "frozen": 2,
+                "kept": 2,
                 "weights": "gaussian",
                 "norm": "batch",
             },

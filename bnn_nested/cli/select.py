@@ -32,6 +32,7 @@ def add_parser(sub) -> None:
     s.add_argument(
         "--latency-mode",
         default=None,
+        choices=LATENCY_MODES,
         help="what is timed: sliced (the nested model, default), masked (the full model with a "
         "mask) or exported (BN folded, channels-last, micro-batches tuned on CPU); given without "
         "--max-latency-ms, latency is still measured and shown",
@@ -46,11 +47,6 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    if args.latency_mode is not None and args.latency_mode not in LATENCY_MODES:
-        raise UsageError(
-            f"--latency-mode must be one of {LATENCY_MODES}, got {args.latency_mode[:60]!r}"
-        )
-
     from bnn_nested.deploy.select import (  # deferred: imports torch; --help and usage errors stay fast
         Constraints,
         select_width,

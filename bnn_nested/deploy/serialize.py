@@ -30,7 +30,7 @@ from torch import nn
 from bnn_nested.config import ConfigError, build_config, import_modules
 from bnn_nested.deploy.export import EXPORT_FORMATS, ExportFormat, export_width
 from bnn_nested.deploy.runtime import MicroBatched
-from bnn_nested.io import atomic_write, refused_code
+from bnn_nested.io import atomic_write, first_line, refused_code
 from bnn_nested.models import build_model
 from bnn_nested.nn.model import NestedModel
 from bnn_nested.training.samplers import build_sampler
@@ -161,7 +161,7 @@ def load_width_weights(path: str | Path, allow_import: bool = False) -> nn.Modul
                 f"{path}: holds code ({refused}) that was refused, never run; not a "
                 "width-weights file"
             ) from None
-        first = str(err).strip().splitlines()[0][:150] if str(err).strip() else type(err).__name__
+        first = first_line(err, 150)
         raise UnsafeOrInvalidWeights(
             f"{path}: corrupt or truncated weights file ({first})"
         ) from None

@@ -23,21 +23,21 @@ from bnn_nested.nn.model import NestedModel
 
 def ordering_report(model: NestedModel) -> dict[str, dict[str, Any]]:
     """Per ordering unit: ``keep_probs`` (K,), ``prior_keep_probs`` (K,), ``expected_groups``
-    (``F + sum keep``), ``prior_expected_groups``, ``expected_channels``, ``groups``, ``frozen``,
+    (``F + sum keep``), ``prior_expected_groups``, ``expected_channels``, ``groups``, ``kept``,
     ``learned``. Raises ``ValueError`` for a model without ordering units."""
     out: dict[str, dict[str, Any]] = {}
     for name, u in model.ordering_units():
         keep = u.keep_probs().detach().cpu()
         prior = keep_probs_from_logits(u.prior_logits).detach().cpu()
-        expected = u.frozen + float(keep.sum())
+        expected = u.kept + float(keep.sum())
         out[name] = {
             "keep_probs": [round(float(p), 6) for p in keep],
             "prior_keep_probs": [round(float(p), 6) for p in prior],
             "expected_groups": expected,
-            "prior_expected_groups": u.frozen + float(prior.sum()),
+            "prior_expected_groups": u.kept + float(prior.sum()),
             "expected_channels": expected * u.group_size,
             "groups": u.groups,
-            "frozen": u.frozen,
+            "kept": u.kept,
             "learned": bool(u.learn),
         }
     if not out:
@@ -48,14 +48,14 @@ def ordering_report(model: NestedModel) -> dict[str, dict[str, Any]]:
 def ordering_table(report: dict[str, dict[str, Any]]) -> str:
     """Markdown table: one row per layer."""
     lines = [
-        "| layer | groups G | frozen F | E[groups kept] | prior E[groups] | P(keep) first / middle / last |",
+        "| layer | groups G | kept F | E[groups kept] | prior E[groups] | P(keep) first / middle / last |",
         "|---|---|---|---|---|---|",
     ]
     for name, r in report.items():
         k = r["keep_probs"]
         trio = f"{k[0]:.3f} / {k[len(k) // 2]:.3f} / {k[-1]:.3f}"
         lines.append(
-            f"| {name} | {r['groups']} | {r['frozen']} | {r['expected_groups']:.2f} | "
+            f"| {name} | {r['groups']} | {r['kept']} | {r['expected_groups']:.2f} | "
             f"{r['prior_expected_groups']:.2f} | {trio} |"
         )
     return "\n".join(lines) + "\n"

@@ -28,7 +28,7 @@ class NestedLeNet(NestedModel):
         channels: ``(conv1, conv2, fc)`` widths; ``groups`` must divide each ordered one.
 
     Example:
-        >>> model = NestedLeNet((1, 28, 28), 10, groups=16, frozen=2, weights="gaussian")
+        >>> model = NestedLeNet((1, 28, 28), 10, groups=16, kept=2, weights="gaussian")
         >>> logits = model(x, width=0.5)
     """
 
@@ -38,7 +38,7 @@ class NestedLeNet(NestedModel):
         num_classes: int,
         channels: tuple[int, int, int] = LENET_DEFAULT,
         groups: int = 16,
-        frozen: int = 2,
+        kept: int = 2,
         norm: str = "none",
         dropout: float = 0.0,
         weights: str = "point",
@@ -60,8 +60,8 @@ class NestedLeNet(NestedModel):
             init_log_alpha=init_log_alpha,
             ordering=ordering,
         )
-        self.conv1 = NestedConvBlock(c, c1, 5, 1, 2, groups, frozen, order_first, **kw)
-        self.conv2 = NestedConvBlock(c1, c2, 5, 1, 2, groups, frozen, True, **kw)
+        self.conv1 = NestedConvBlock(c, c1, 5, 1, 2, groups, kept, order_first, **kw)
+        self.conv2 = NestedConvBlock(c1, c2, 5, 1, 2, groups, kept, True, **kw)
         self.pool = nn.MaxPool2d(2)
         h, w = h // 4, w // 4
         if h < 1 or w < 1:
@@ -71,15 +71,15 @@ class NestedLeNet(NestedModel):
             c2 * h * w,
             fc,
             bias=norm == "none",
-            groups=groups if ordered_fc else 1,
-            frozen=frozen if ordered_fc else 0,
+            order_groups=groups if ordered_fc else 1,
+            kept=kept if ordered_fc else 0,
             ordered=ordered_fc,
             weights=weights,  # type: ignore[arg-type]
             init_log_alpha=init_log_alpha,
         )
         self.fc_bn = NestedBatchNorm1d(fc) if norm == "batch" else None
         self.fc_drop = nn.Dropout(dropout) if dropout > 0 else None
-        self.fc_ou = OrderingUnit(fc, groups, frozen, **(ordering or {})) if ordered_fc else None
+        self.fc_ou = OrderingUnit(fc, groups, kept, **(ordering or {})) if ordered_fc else None
         self.classifier = NestedLinear(
             fc,
             num_classes,

@@ -18,7 +18,7 @@ class NestedMLP(NestedModel):
         in_features: input size (inputs of other shapes are flattened).
         num_classes: output size; the classifier's outputs are never truncated.
         hidden: hidden sizes; ``groups`` must divide each.
-        groups, frozen: ordering groups ``G`` and always-kept groups ``F`` per hidden layer.
+        groups, kept: ordering groups ``G`` and always-kept groups ``F`` per hidden layer.
         ordering: keyword arguments for every :class:`~bnn_nested.nn.OrderingUnit`.
         norm: ``"none"`` or ``"batch"`` (batch norm before the activation).
         dropout: dropout probability after each hidden layer (0 = none).
@@ -26,7 +26,7 @@ class NestedMLP(NestedModel):
             see :mod:`bnn_nested.nn.bayes`); ``init_log_alpha`` is its initial log noise ratio.
 
     Example:
-        >>> model = NestedMLP(64, 10, hidden=[128, 128], groups=16, frozen=2)
+        >>> model = NestedMLP(64, 10, hidden=[128, 128], groups=16, kept=2)
         >>> logits = model(x, width=0.5)
     """
 
@@ -36,7 +36,7 @@ class NestedMLP(NestedModel):
         num_classes: int,
         hidden: list[int],
         groups: int = 16,
-        frozen: int = 2,
+        kept: int = 2,
         ordering: dict[str, Any] | None = None,
         norm: str = "none",
         dropout: float = 0.0,
@@ -53,7 +53,9 @@ class NestedMLP(NestedModel):
         width_in = in_features
         for h in hidden:
             layers.append(
-                NestedLinear(width_in, h, bias=norm == "none", groups=groups, frozen=frozen, **wkw)
+                NestedLinear(
+                    width_in, h, bias=norm == "none", order_groups=groups, kept=kept, **wkw
+                )
             )
             lin = len(layers) - 1
             if norm == "batch":
@@ -61,7 +63,7 @@ class NestedMLP(NestedModel):
             layers.append(nn.ReLU())
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
-            layers.append(OrderingUnit(h, groups, frozen, **ordering))
+            layers.append(OrderingUnit(h, groups, kept, **ordering))
             self.pairs.append((lin, len(layers) - 1))
             width_in = h
         self.features = nn.Sequential(*layers)

@@ -26,7 +26,7 @@ def conv_model_kwargs(cfg: Any, ordering: dict[str, Any]) -> dict[str, Any]:
     """Keyword arguments every convolutional model takes from a ``ModelConfig``."""
     return {
         "groups": cfg.groups,
-        "frozen": cfg.frozen,
+        "kept": cfg.kept,
         "norm": cfg.norm,
         "dropout": cfg.dropout,
         "weights": cfg.weights,

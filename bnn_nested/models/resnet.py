@@ -48,7 +48,7 @@ class NestedBasicBlock(nn.Module):
         out_channels: int,
         stride: int,
         groups: int,
-        frozen: int,
+        kept: int,
         ordered_out: bool,
         norm: str,
         weights: str,
@@ -64,14 +64,14 @@ class NestedBasicBlock(nn.Module):
             stride,
             1,
             groups,
-            frozen,
+            kept,
             True,
             norm,
             0.0,
             ordering=ordering,
             **kw,
         )
-        og, of = (groups, frozen) if ordered_out else (1, 0)
+        og, of = (groups, kept) if ordered_out else (1, 0)
         self.conv2 = NestedConv2d(
             out_channels,
             out_channels,
@@ -79,8 +79,8 @@ class NestedBasicBlock(nn.Module):
             1,
             1,
             bias=norm == "none",
-            groups=og,
-            frozen=of,
+            order_groups=og,
+            kept=of,
             ordered=ordered_out,
             **kw,
         )
@@ -95,14 +95,14 @@ class NestedBasicBlock(nn.Module):
                 stride,
                 0,
                 bias=norm == "none",
-                groups=og,
-                frozen=of,
+                order_groups=og,
+                kept=of,
                 ordered=ordered_out,
                 **kw,
             )
             self.shortcut_bn = NestedBatchNorm2d(out_channels) if norm == "batch" else None
         self.ou = (
-            OrderingUnit(out_channels, groups, frozen, **(ordering or {})) if ordered_out else None
+            OrderingUnit(out_channels, groups, kept, **(ordering or {})) if ordered_out else None
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -125,7 +125,7 @@ class NestedResNet(NestedModel):
     ``order_classifier_input``. The classifier is never truncated.
 
     Example:
-        >>> model = NestedResNet("20", (3, 32, 32), 10, groups=16, frozen=2)
+        >>> model = NestedResNet("20", (3, 32, 32), 10, groups=16, kept=2)
         >>> logits = model(x, width=0.5)
     """
 
@@ -135,7 +135,7 @@ class NestedResNet(NestedModel):
         input_shape: tuple[int, ...],
         num_classes: int,
         groups: int = 16,
-        frozen: int = 2,
+        kept: int = 2,
         norm: str = "batch",
         dropout: float = 0.0,
         weights: str = "point",
@@ -157,7 +157,7 @@ class NestedResNet(NestedModel):
             1,
             1,
             groups,
-            frozen,
+            kept,
             order_first,
             norm,
             0.0,
@@ -178,7 +178,7 @@ class NestedResNet(NestedModel):
                         width,
                         stride,
                         groups,
-                        frozen,
+                        kept,
                         order_classifier_input or not last,
                         norm,
                         weights,

@@ -35,7 +35,7 @@ class NestedConvBlock(nn.Module):
     Shapes: ``(B, C_in', H, W) -> (B, C_out', H', W')``.
 
     Example:
-        >>> block = NestedConvBlock(3, 64, groups=16, frozen=2, norm="batch")
+        >>> block = NestedConvBlock(3, 64, groups=16, kept=2, norm="batch")
         >>> h = block(x)
     """
 
@@ -47,7 +47,7 @@ class NestedConvBlock(nn.Module):
         stride: int = 1,
         padding: int = 1,
         groups: int = 16,
-        frozen: int = 2,
+        kept: int = 2,
         ordered: bool = True,
         norm: str = "batch",
         dropout: float = 0.0,
@@ -64,17 +64,15 @@ class NestedConvBlock(nn.Module):
             stride,
             padding,
             bias=norm == "none",
-            groups=groups if ordered else 1,
-            frozen=frozen if ordered else 0,
+            order_groups=groups if ordered else 1,
+            kept=kept if ordered else 0,
             ordered=ordered,
             weights=weights,
             init_log_alpha=init_log_alpha,  # type: ignore[arg-type]
         )
         self.bn = NestedBatchNorm2d(out_channels) if norm == "batch" else None
         self.drop = nn.Dropout(dropout) if dropout > 0 else None
-        self.ou = (
-            OrderingUnit(out_channels, groups, frozen, **(ordering or {})) if ordered else None
-        )
+        self.ou = OrderingUnit(out_channels, groups, kept, **(ordering or {})) if ordered else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv(x)
@@ -110,7 +108,7 @@ class NestedVGG(NestedModel):
         input_shape: ``(C, H, W)``.
 
     Example:
-        >>> model = NestedVGG("11-wide", (3, 32, 32), 10, groups=32, frozen=2, norm="batch")
+        >>> model = NestedVGG("11-wide", (3, 32, 32), 10, groups=32, kept=2, norm="batch")
         >>> logits = model(x, width=0.25)
     """
 
@@ -120,7 +118,7 @@ class NestedVGG(NestedModel):
         input_shape: tuple[int, ...],
         num_classes: int,
         groups: int = 32,
-        frozen: int = 2,
+        kept: int = 2,
         norm: str = "batch",
         dropout: float = 0.0,
         weights: str = "point",
@@ -155,7 +153,7 @@ class NestedVGG(NestedModel):
                     1,
                     1,
                     groups,
-                    frozen,
+                    kept,
                     ordered,
                     norm,
                     dropout,

@@ -54,7 +54,6 @@ def _convert_modules(net: nn.Module, weights: str, init_log_alpha: float) -> Non
             )
         elif weights == "gaussian" and type(m) is nn.Conv2d and m.padding_mode == "zeros":
             kw = conv_args(m)
-            kw["conv_groups"] = kw.pop("groups")
             del kw["padding_mode"]
             new = NestedConv2d(
                 **kw, ordered=False, weights="gaussian", init_log_alpha=init_log_alpha

@@ -35,22 +35,22 @@ class NestedMixin:
     """Width bookkeeping shared by nested layers.
 
     Attributes:
-        order_groups, frozen: output grouping for ordering (``ordered=False`` layers always output
+        order_groups, kept: output grouping for ordering (``ordered=False`` layers always output
             every channel); named ``order_groups`` so it never shadows ``nn.Conv2d.groups``.
         active_out_groups: groups used now (``None`` = all); set by ``NestedModel.set_width``.
     """
 
     order_groups: int
-    frozen: int
+    kept: int
     ordered: bool
     active_out_groups: int | None
 
-    def _init_nested(self, out_channels: int, groups: int, frozen: int, ordered: bool) -> None:
-        self.group_size = group_size(out_channels, groups)
-        if not 0 <= frozen < groups and ordered:
-            raise ValueError(f"frozen must be in [0, groups) = [0, {groups}), got {frozen}")
-        self.order_groups = groups
-        self.frozen = frozen
+    def _init_nested(self, out_channels: int, order_groups: int, kept: int, ordered: bool) -> None:
+        self.group_size = group_size(out_channels, order_groups)
+        if not 0 <= kept < order_groups and ordered:
+            raise ValueError(f"kept must be in [0, order_groups) = [0, {order_groups}), got {kept}")
+        self.order_groups = order_groups
+        self.kept = kept
         self.ordered = ordered
         self.active_out_groups = None
         self.last_active: tuple[int, int] | None = None
@@ -83,7 +83,7 @@ class NestedMixin:
         return self.bayesian and (self.training or self.stochastic)  # type: ignore[attr-defined]
 
     def extra_repr(self) -> str:
-        nested = f"order_groups={self.order_groups}, frozen={self.frozen}, ordered={self.ordered}"
+        nested = f"order_groups={self.order_groups}, kept={self.kept}, ordered={self.ordered}"
         if getattr(self, "weights", "point") != "point":
             nested += f", weights={self.weights}"
         return f"{super().extra_repr()}, {nested}"  # type: ignore[misc]
@@ -91,7 +91,7 @@ class NestedMixin:
     def set_width(self, width: float) -> None:
         """Use the leading ``F + ceil(width * K)`` groups (ordered layers only)."""
         self.active_out_groups = (
-            active_groups(width, self.order_groups, self.frozen) if self.ordered else None
+            active_groups(width, self.order_groups, self.kept) if self.ordered else None
         )
 
     def set_active_groups(self, n: int | None) -> None:
@@ -134,11 +134,11 @@ class NestedLinear(NestedMixin, nn.Linear):
 
     Args:
         in_features, out_features, bias: as ``nn.Linear``.
-        groups: output groups ``G`` (divides ``out_features``); ``frozen``: always-kept groups.
+        groups: output groups ``G`` (divides ``out_features``); ``kept``: always-kept groups.
         ordered: ``False`` for layers whose outputs are never truncated (e.g. the classifier).
 
     Example:
-        >>> layer = NestedLinear(64, 128, groups=16, frozen=2)
+        >>> layer = NestedLinear(64, 128, order_groups=16, kept=2)
         >>> layer.set_width(0.5); y = layer(x)       # y.shape[-1] == 8 * (2 + 7)
 
     Reference: Cui et al., *Bayesian Nested Neural Networks*, CVPR 2021.
@@ -149,14 +149,14 @@ class NestedLinear(NestedMixin, nn.Linear):
         in_features: int,
         out_features: int,
         bias: bool = True,
-        groups: int = 1,
-        frozen: int = 0,
+        order_groups: int = 1,
+        kept: int = 0,
         ordered: bool = True,
         weights: WeightKind = "point",
         init_log_alpha: float = DEFAULT_INIT_LOG_ALPHA,
     ) -> None:
         super().__init__(in_features, out_features, bias=bias)
-        self._init_nested(out_features, groups, frozen, ordered)
+        self._init_nested(out_features, order_groups, kept, ordered)
         self._init_weights_kind(weights, init_log_alpha)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -178,13 +178,12 @@ class NestedLinear(NestedMixin, nn.Linear):
 class NestedConv2d(NestedMixin, nn.Conv2d):
     """``nn.Conv2d`` that runs at any width by slicing ``weight[:out_active, :in_active]``.
 
-    The ``groups`` argument here is the number of *channel groups for ordering*, stored as
-    ``order_groups``; the convolution's own grouping is ``conv_groups`` (``self.groups``), which
-    must be 1 for an ordered (sliced) layer. ``weights`` and
+    ``order_groups`` is the number of *channel groups for ordering*; ``groups`` is the
+    convolution's own grouping, as in ``nn.Conv2d``, which must be 1 for an ordered (sliced) layer. ``weights`` and
     ``init_log_alpha`` as in :class:`NestedLinear`.
 
     Example:
-        >>> conv = NestedConv2d(3, 64, 3, padding=1, groups=16, frozen=2)
+        >>> conv = NestedConv2d(3, 64, 3, padding=1, order_groups=16, kept=2)
         >>> conv.set_width(0.25); y = conv(x)
     """
 
@@ -197,12 +196,12 @@ class NestedConv2d(NestedMixin, nn.Conv2d):
         padding: int | tuple[int, int] | str = 0,
         dilation: int | tuple[int, int] = 1,
         bias: bool = True,
-        groups: int = 1,
-        frozen: int = 0,
+        order_groups: int = 1,
+        kept: int = 0,
         ordered: bool = True,
         weights: WeightKind = "point",
         init_log_alpha: float = DEFAULT_INIT_LOG_ALPHA,
-        conv_groups: int = 1,
+        groups: int = 1,
     ) -> None:
         super().__init__(
             in_channels,
@@ -211,15 +210,15 @@ class NestedConv2d(NestedMixin, nn.Conv2d):
             stride,
             padding,
             dilation,
-            groups=conv_groups,
+            groups=groups,
             bias=bias,
         )
-        if conv_groups != 1 and ordered:
+        if groups != 1 and ordered:
             raise ValueError(
-                f"conv_groups: a grouped convolution ({conv_groups} groups) cannot be ordered by "
+                f"groups: a grouped convolution ({groups} groups) cannot be ordered by "
                 "slicing; use ordered=False (nestify masks its channels instead)"
             )
-        self._init_nested(out_channels, groups, frozen, ordered)
+        self._init_nested(out_channels, order_groups, kept, ordered)
         self._init_weights_kind(weights, init_log_alpha)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

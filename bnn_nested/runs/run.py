@@ -29,7 +29,7 @@ from bnn_nested.config import Config, ConfigError, build_config, import_modules,
 from bnn_nested.data import DATASETS, DataSplits, load_dataset
 from bnn_nested.evaluation.calibration import calibrated_predict, load_temperatures, temperature_for
 from bnn_nested.evaluation.ordering import write_ordering_report
-from bnn_nested.io import atomic_write, atomic_write_json, atomic_write_text
+from bnn_nested.io import atomic_write, atomic_write_json, atomic_write_text, first_line
 from bnn_nested.models import build_model
 from bnn_nested.models.registry import MODELS
 from bnn_nested.nest import (
@@ -386,9 +386,7 @@ def _train(
         try:
             trainer.load_state_dict(state)
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as err:
-            first = (
-                str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-            )
+            first = first_line(err)
             raise CheckpointError(f"{path}: incompatible checkpoint ({first})") from None
         trainer.last_checkpoint = (path, trainer.step)
     try:
@@ -631,7 +629,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as err:
-        first = str(err).strip().splitlines()[0][:200]
+        first = first_line(err)
         raise CheckpointError(
             f"{run_dir / CHECKPOINT}: incompatible checkpoint ({first})"
         ) from None

@@ -19,7 +19,7 @@ from bnn_nested.config import Config
 BASE = {
     "seed": 0,
     "data": {"name": "digits", "batch_size": 64},
-    "model": {"name": "mlp", "hidden": [32, 32], "groups": 8, "frozen": 1},
+    "model": {"name": "mlp", "hidden": [32, 32], "groups": 8, "kept": 1},
     "ordering": {"sampler": "vou", "temperature": 1.0},
     "train": {"epochs": 1, "device": "cpu"},
     "eval": {"widths": [0.5, 1.0]},

@@ -21,7 +21,7 @@ def digits():
 
 def _model(num_classes=10, dropout=0.0):
     torch.manual_seed(0)
-    return NestedMLP(64, num_classes, hidden=[32], groups=4, frozen=1, dropout=dropout).eval()
+    return NestedMLP(64, num_classes, hidden=[32], groups=4, kept=1, dropout=dropout).eval()
 
 
 def test_evaluate_matches_direct_metrics_and_counts_flops(digits):

@@ -44,7 +44,7 @@ def test_globally_pooled_output_has_the_variance_of_real_weight_samples():
 
 def test_one_weight_sample_is_shared_by_the_batch_and_every_location():
     model = NestedLeNet(
-        (1, 8, 8), 4, (4, 8, 16), groups=4, frozen=1, weights="gaussian", init_log_alpha=-1.0
+        (1, 8, 8), 4, (4, 8, 16), groups=4, kept=1, weights="gaussian", init_log_alpha=-1.0
     ).eval()
     x = torch.randn(1, 1, 8, 8).expand(3, 1, 8, 8)  # the same input three times
     p = predict(model, x, samples=5)

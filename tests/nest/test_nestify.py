@@ -418,7 +418,7 @@ def test_residual_branches_and_norm_followed_of_the_zoo_resnet_read_from_the_str
     from bnn_nested.config import ModelConfig
     from bnn_nested.models import build_model
 
-    cfg = ModelConfig(name="resnet", variant="20", groups=4, frozen=1, norm="batch")
+    cfg = ModelConfig(name="resnet", variant="20", groups=4, kept=1, norm="batch")
     model = build_model(cfg, {}, (3, 8, 8), 10)
     expected = [[f"net.blocks.{i}.block1.0", f"net.blocks.{i}.conv2"] for i in range(9)]
     assert sorted(model.residual_blocks()) == sorted(expected)  # every block, shortcuts left out

@@ -38,7 +38,7 @@ def test_lrt_linear_matches_direct_weight_sampling():
 
 def test_lrt_conv_matches_direct_weight_sampling_on_sliced_weights():
     torch.manual_seed(2)
-    conv = NestedConv2d(3, 4, 3, padding=1, groups=2, weights="gaussian", init_log_alpha=-0.5)
+    conv = NestedConv2d(3, 4, 3, padding=1, order_groups=2, weights="gaussian", init_log_alpha=-0.5)
     conv.set_width(0.5)  # 2 of 4 output channels
     x = torch.randn(1, 2, 3, 3)  # 2 of 3 input channels
     lrt = conv.train()(x.expand(N_MC, 2, 3, 3)).detach()  # (N, 2, 3, 3)
@@ -84,7 +84,7 @@ def test_sparse_vd_kl_formula_and_shape_against_exact_kl_differences():
 
 
 def test_weight_kl_is_weighted_per_output_channel_by_keep_probability():
-    layer = NestedConv2d(2, 4, 3, groups=4, weights="gaussian", init_log_alpha=-3.0)
+    layer = NestedConv2d(2, 4, 3, order_groups=4, weights="gaussian", init_log_alpha=-3.0)
     with torch.no_grad():
         layer.log_alpha.add_(torch.randn_like(layer.log_alpha))
     per_channel = sparse_vd_kl(layer.log_alpha).sum((1, 2, 3))
@@ -101,8 +101,8 @@ def test_weight_kl_is_weighted_per_output_channel_by_keep_probability():
 
 
 def test_model_kl_uses_ordering_unit_keep_probs():
-    model = NestedMLP(5, 3, hidden=[8], groups=4, frozen=1)
-    lin = NestedLinear(5, 8, groups=4, frozen=1, weights="gaussian", init_log_alpha=-2.0)
+    model = NestedMLP(5, 3, hidden=[8], groups=4, kept=1)
+    lin = NestedLinear(5, 8, order_groups=4, kept=1, weights="gaussian", init_log_alpha=-2.0)
     model.features[0] = lin
     unit: OrderingUnit = model.features[model.pairs[0][1]]
     unit.hard = True  # exact categorical ordering KL: deterministic, so the sum can be compared
@@ -114,11 +114,11 @@ def test_model_kl_uses_ordering_unit_keep_probs():
 
 @pytest.mark.parametrize("width", [0.25, 0.5, 1.0])
 def test_slicing_equals_zeroing_with_gaussian_mean_weights(width):
-    model = NestedMLP(6, 3, hidden=[8, 8], groups=4, frozen=1).eval()
+    model = NestedMLP(6, 3, hidden=[8, 8], groups=4, kept=1).eval()
     for i, _ in model.pairs:
         old = model.features[i]
         new = NestedLinear(
-            old.in_features, 8, groups=4, frozen=1, weights="gaussian", init_log_alpha=0.0
+            old.in_features, 8, order_groups=4, kept=1, weights="gaussian", init_log_alpha=0.0
         )
         model.features[i] = new
     model.eval()

@@ -23,7 +23,7 @@ N = 100
 def _setup(sampler, weights="gaussian", **over):
     cfg = build_config(
         {
-            "model": {"hidden": [16, 8], "groups": 4, "frozen": 1},
+            "model": {"hidden": [16, 8], "groups": 4, "kept": 1},
             "ordering": {"sampler": sampler, **over},
             "regularization": {"kind": "none"},
         }
@@ -165,7 +165,7 @@ def test_logged_val_acc_is_the_accuracy_the_report_gives(tmp_path):
     cfg = build_config(
         {
             "data": {"name": "digits", "batch_size": 64},
-            "model": {"name": "mlp", "hidden": [64], "groups": 8, "frozen": 1, "norm": "batch"},
+            "model": {"name": "mlp", "hidden": [64], "groups": 8, "kept": 1, "norm": "batch"},
             "ordering": {"sampler": "nested_dropout", "prior_pi": 0.5},
             "train": {"epochs": 2, "lr": 0.01},
             "eval": {"widths": [0.25, 1.0]},

@@ -18,7 +18,7 @@ N = 200
 def _setup(gaussian_classifier: bool):
     cfg = build_config(
         {
-            "model": {"hidden": [8, 8], "groups": 4, "frozen": 1},
+            "model": {"hidden": [8, 8], "groups": 4, "kept": 1},
             "ordering": {"sampler": "vou", "temperature": 0.7},
             "regularization": {"kind": "none"},
         }

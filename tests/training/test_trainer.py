@@ -21,7 +21,7 @@ def _setup(sampler="vou", seed=0, **over):
     cfg = build_config(
         {
             "seed": seed,
-            "model": {"hidden": [16], "groups": 4, "frozen": 1},
+            "model": {"hidden": [16], "groups": 4, "kept": 1},
             "ordering": {"sampler": sampler, **over},
             "train": {"epochs": 2},
             "regularization": {"kind": "none"},
