@@ -29,6 +29,17 @@ CASCADE_SCORES: tuple[str, ...] = ("msp", "entropy", "mutual_information")
 SET_SCORES: tuple[str, ...] = ("thr", "aps", "raps")
 #: Selective-prediction scores (:mod:`bnn_nested.evaluation.selective`).
 SELECTIVE_SCORES: tuple[str, ...] = ("msp", "entropy", "mutual_information")
+#: Out-of-distribution scores (:mod:`bnn_nested.evaluation.ood`), and those ``evaluate`` reports
+#: by default.
+OOD_SCORES: tuple[str, ...] = (
+    "msp",
+    "max_logit",
+    "energy",
+    "entropy",
+    "mutual_information",
+    "expected_entropy",
+)
+DEFAULT_OOD_SCORES: tuple[str, ...] = ("entropy", "mutual_information", "msp")
 #: How a width is realised when timing it (:mod:`bnn_nested.deploy.profile`).
 LATENCY_MODES: tuple[str, ...] = ("sliced", "masked", "exported")
 
@@ -43,7 +54,7 @@ def check_choice(field: str, value: Any, accepted: tuple[str, ...]) -> None:
 
 RegularizationKind = Literal["wrs", "fixnorm", "weight_decay", "invariant", "none"]
 
-_FIELDS_OF_KIND: dict[str, frozenset[str]] = {
+FIELDS_OF_KIND: dict[str, frozenset[str]] = {
     "wrs": frozenset(
         {"granularity", "target", "every", "other_weight_decay", "include", "exclude"}
     ),
@@ -121,7 +132,7 @@ class RegularizationConfig(BaseModel):
         fields = type(self).model_fields
         stray = sorted(
             f
-            for f in self.model_fields_set - _FIELDS_OF_KIND[self.kind] - {"kind"}
+            for f in self.model_fields_set - FIELDS_OF_KIND[self.kind] - {"kind"}
             if getattr(self, f) != fields[f].get_default(call_default_factory=True)
         )
         if stray:

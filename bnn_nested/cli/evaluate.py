@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bnn_nested.cli import uncertainty
 from bnn_nested.cli.common import UsageError, bounded_int, note_unfinished, parse_widths
-from bnn_nested.config import MAX_SAMPLES
+from bnn_nested.config import DEFAULT_OOD_SCORES, MAX_SAMPLES, OOD_SCORES
 
 
 def _names(text: str) -> list[str]:
@@ -42,23 +42,19 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from bnn_nested.evaluation.evaluate import (  # deferred: imports torch; --help and usage errors stay fast
-        DEFAULT_SCORES,
-        evaluate,
-    )
-    from bnn_nested.evaluation.ood import (
-        SCORES,  # deferred: imports torch; --help and usage errors stay fast
+    bounded_int("--samples", args.samples, 1, MAX_SAMPLES)
+    scores = args.scores or list(DEFAULT_OOD_SCORES)
+    unknown = [s for s in scores if s not in OOD_SCORES]
+    if unknown:
+        raise UsageError(f"--scores: unknown {unknown}; accepted: {', '.join(OOD_SCORES)}")
+    uncertainty.check(args)
+    from bnn_nested.evaluation.evaluate import (
+        evaluate,  # deferred: imports torch; --help and usage errors stay fast
     )
     from bnn_nested.runs.run import (
         load_run,  # deferred: imports torch; --help and usage errors stay fast
     )
 
-    bounded_int("--samples", args.samples, 1, MAX_SAMPLES)
-    scores = args.scores or list(DEFAULT_SCORES)
-    unknown = [s for s in scores if s not in SCORES]
-    if unknown:
-        raise UsageError(f"--scores: unknown {unknown}; accepted: {', '.join(SCORES)}")
-    uncertainty.check(args)
     run_dir = Path(args.run)
     loaded = load_run(run_dir)
     note_unfinished(loaded, run_dir)

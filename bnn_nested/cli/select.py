@@ -47,18 +47,6 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from bnn_nested.deploy.select import (  # deferred: imports torch; --help and usage errors stay fast
-        Constraints,
-        select_width,
-        selection_dict,
-    )
-    from bnn_nested.runs.deployment import (
-        run_candidates,  # deferred: imports torch; --help and usage errors stay fast
-    )
-    from bnn_nested.runs.run import (
-        load_run,  # deferred: imports torch; --help and usage errors stay fast
-    )
-
     bounded_int("--samples", args.samples, 1, MAX_SAMPLES)
     bounded_int("--batch-size", args.batch_size, 1, MAX_BATCH)
     bounded_int("--threads", args.threads, 1, 1024)
@@ -72,6 +60,18 @@ def run(args) -> int:
     ):
         if value is not None and not 0.0 <= value < float("inf"):
             raise UsageError(f"{flag} must be a finite number >= 0, got {value}")
+    from bnn_nested.deploy.select import (  # deferred: imports torch; --help and usage errors stay fast
+        Constraints,
+        select_width,
+        selection_dict,
+    )
+    from bnn_nested.runs.deployment import (
+        run_candidates,  # deferred: imports torch; --help and usage errors stay fast
+    )
+    from bnn_nested.runs.run import (
+        load_run,  # deferred: imports torch; --help and usage errors stay fast
+    )
+
     cons = Constraints(
         args.max_flops, args.max_latency_ms, args.max_params, args.min_accuracy, args.max_ece
     )

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from bnn_nested.config import DEFAULT_OOD_SCORES
 from bnn_nested.cost import count_flops
 from bnn_nested.data.ood import make_ood_dataset
 from bnn_nested.data.vision import VISION_NAMES, load_torchvision_test
@@ -38,7 +39,7 @@ from bnn_nested.nn.utils import module_device
 #: Synthetic OOD sets generated to match the in-distribution input shape.
 SYNTHETIC_OOD = ("gaussian", "uniform", "patches")
 #: Default OOD scores (see :mod:`bnn_nested.evaluation.ood`).
-DEFAULT_SCORES = ("entropy", "mutual_information", "msp")
+DEFAULT_SCORES = DEFAULT_OOD_SCORES
 
 
 @dataclass

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bnn_nested.config import OOD_SCORES
 from bnn_nested.evaluation.metrics import (
     expected_entropy,
     mean_probs,
@@ -217,7 +218,7 @@ SCORE_INPUTS: dict[str, Literal["probs", "logits"]] = {
     "expected_entropy": "probs",
 }
 
-assert set(SCORES) == set(get_args(OODScore)) == set(SCORE_INPUTS)
+assert tuple(SCORES) == OOD_SCORES and set(SCORES) == set(get_args(OODScore)) == set(SCORE_INPUTS)
 
 
 def compute_score(

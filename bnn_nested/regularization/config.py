@@ -30,7 +30,7 @@ from collections.abc import Callable
 
 import torch
 
-from bnn_nested.config import RegularizationConfig
+from bnn_nested.config import FIELDS_OF_KIND, RegularizationConfig
 from bnn_nested.registry import Registry
 from bnn_nested.regularization.base import Regularizer
 from bnn_nested.regularization.fixnorm import FixNorm
@@ -44,31 +44,19 @@ REGULARIZERS: Registry[Callable[..., Regularizer]] = Registry(
 )
 
 
-@REGULARIZERS.register("wrs")
-def _wrs(cfg: RegularizationConfig, example_input) -> Regularizer:
-    return WeightRescaling(
-        granularity=cfg.granularity,
-        target=cfg.target,
-        every=cfg.every,
-        other_weight_decay=cfg.other_weight_decay,
-        include=cfg.include,
-        exclude=cfg.exclude,
-        example_input=example_input,
-    )
+def _by_field_names(cls: type[Regularizer]) -> Callable[..., Regularizer]:
+    """Builder passing the kind's config fields (:data:`~bnn_nested.config.FIELDS_OF_KIND`) as the
+    keyword arguments of the same names, plus ``example_input``."""
+
+    def build(cfg: RegularizationConfig, example_input) -> Regularizer:
+        kwargs = {f: getattr(cfg, f) for f in sorted(FIELDS_OF_KIND[cfg.kind])}
+        return cls(**kwargs, example_input=example_input)
+
+    return build
 
 
-@REGULARIZERS.register("fixnorm")
-def _fixnorm(cfg: RegularizationConfig, example_input) -> Regularizer:
-    return FixNorm(
-        granularity=cfg.granularity,
-        classifier_norm=cfg.classifier_norm,
-        classifier_granularity=cfg.classifier_granularity,
-        classifier=cfg.classifier,
-        other_weight_decay=cfg.other_weight_decay,
-        include=cfg.include,
-        exclude=cfg.exclude,
-        example_input=example_input,
-    )
+REGULARIZERS.register("wrs", _by_field_names(WeightRescaling))
+REGULARIZERS.register("fixnorm", _by_field_names(FixNorm))
 
 
 @REGULARIZERS.register("weight_decay")
