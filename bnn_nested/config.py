@@ -76,7 +76,7 @@ FIELDS_OF_KIND: dict[str, frozenset[str]] = {
 
 
 class RegularizationConfig(BaseModel):
-    """Norm-control method and its options (methods.md §3-5); see the module table."""
+    """Norm-control method and its options (docs/METHODS.md#norm-control); see the module table."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 

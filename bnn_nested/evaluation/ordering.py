@@ -1,8 +1,9 @@
 """Report the learned ordering: keep probabilities per layer (JSON, markdown table, plot).
 
-Lets users check that the ordering *learned* (methods.md §7: the reference's barely moved): each
-ordering unit's keep probabilities ``P(b >= k)`` next to its prior's, and the expected number of
-groups kept, ``E[groups] = F + E[b] = F + sum_k P(b >= k)``.
+Lets users check that the ordering *learned* (the reference's barely moved:
+docs/METHODS.md#differences-from-the-reference-code): each ordering unit's keep probabilities
+``P(b >= k)`` next to its prior's, and the expected number of groups kept,
+``E[groups] = F + E[b] = F + sum_k P(b >= k)``.
 
 Example:
     >>> report = ordering_report(model)

@@ -1,7 +1,7 @@
 """Nested VGG (Simonyan & Zisserman 2015; CIFAR-style, batch norm) and the shared conv block.
 
-The reference BNNN recipe (methods.md §1) is VGG-11-wide: 96-192-384-384-768-768-768-768 channels
-with batch norm, groups ``G = 32``, ``F = 2``.
+The reference BNNN recipe (docs/METHODS.md#differences-from-the-reference-code) is VGG-11-wide:
+96-192-384-384-768-768-768-768 channels with batch norm, groups ``G = 32``, ``F = 2``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ class NestedConvBlock(nn.Module):
     """``NestedConv2d -> [NestedBatchNorm2d] -> ReLU -> [Dropout] -> [OrderingUnit]``.
 
     The ordering unit (present iff ``ordered``) masks *after* normalisation and activation, so a hard
-    mask computes the sliced network (methods.md §7). Shapes: ``(B, C_in', H, W) -> (B, C_out', H', W')``.
+    mask computes the sliced network (docs/METHODS.md#variational-ordering-units).
+    Shapes: ``(B, C_in', H, W) -> (B, C_out', H', W')``.
 
     Example:
         >>> block = NestedConvBlock(3, 64, groups=16, kept=2, norm="batch")

@@ -1,6 +1,6 @@
 """The model ``nestify`` returns: any network, run at any width by masking its consumers.
 
-How a nestified model runs at width ``r`` (docs/METHODS.md, "width structure"):
+How a nestified model runs at width ``r`` (docs/METHODS.md#width-structure):
 
 * every channel dimension ``d`` keeps its first ``kept_d + ceil(r K_d)`` groups (or the groups a
   per-dimension dict names);

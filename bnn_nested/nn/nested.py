@@ -117,7 +117,7 @@ class NestedMixin:
 
         ``sum_c P(c kept) * sum_{w in channel c} KL(q(w) || p(w))`` with the sparse-VD approximation
         (:func:`~bnn_nested.nn.bayes.sparse_vd_kl`, Molchanov et al. 2017, eq. 14) over the *full*
-        weight tensor (docs/METHODS.md, "Gaussian weights and the weight KL"). 0 for point weights.
+        weight tensor (docs/METHODS.md#gaussian-weights-and-the-weight-kl). 0 for point weights.
 
         Args:
             channel_keep: ``(out_channels,)`` keep probabilities (``None``: all ones).

@@ -175,7 +175,7 @@ class OrderingUnit(nn.Module):
           one (no forward pass with gradients in training since the last call) a fresh mask is
           drawn. Call ``kl()`` after the forward pass and before ``backward()`` of the same step.
 
-        See docs/METHODS.md, "The objective: each width sampler's own negative ELBO".
+        See docs/METHODS.md#ordering-kl.
         """
         m, self._last_sample = self._last_sample, None
         if not self.learn:

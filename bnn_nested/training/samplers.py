@@ -71,7 +71,7 @@ class VOUSampler(WidthSampler):
     @property
     def kl_keep(self) -> str:
         # keep-weighting is an ELBO term for hard masks; with relaxed masks a heuristic (the seed
-        # paper's), see docs/METHODS.md
+        # paper's), see docs/METHODS.md#the-objective-each-width-samplers-own-negative-elbo
         return "posterior" if self.cfg.weight_kl == "keep" else "all"
 
     def passes(self, step, generator):
