@@ -326,6 +326,8 @@ def evaluate(
             in_scores = {s: compute_score(s, probs=probs) for s in report.meta["scores"]}
             for name, ds in ood_sets.items():
                 out_probs, _ = predict_loader(model, _loader(ds, batch_size), w, samples, device)
+                if temperatures:  # the same calibrated prediction as the in-distribution scores
+                    out_probs = apply_temperature(out_probs, t)
                 for s, sc_in in in_scores.items():
                     sc_out = compute_score(s, probs=out_probs)
                     for k, v in ood_metrics(sc_in, sc_out).items():

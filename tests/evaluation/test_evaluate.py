@@ -121,3 +121,29 @@ def test_torchvision_ood_pair_reads_local_root(digits, monkeypatch):
     assert calls == [("svhn", "/data", "digits")] and len(sets["svhn"]) == 3
     with pytest.raises(ValueError, match="needs a local data root"):
         make_ood_sets(digits, ["svhn"], 10)
+
+
+def test_ood_scores_use_the_temperature_scaled_prediction_on_both_sides(digits):
+    """With stored temperatures, in- and out-of-distribution scores come from the same calibrated
+    predictor: the AUROC equals one computed by hand from T-scaled probabilities on both sides
+    (scaling only one side, as before, changes the entropy AUROC)."""
+    from sklearn.metrics import roc_auc_score
+
+    model = _model()
+    gen = torch.Generator().manual_seed(1)
+    ood = torch.utils.data.TensorDataset(
+        torch.randn(200, 64, generator=gen) * 3, torch.zeros(200, dtype=torch.long)
+    )
+    temps = {1.0: 4.0}
+    rep = evaluate(model, digits, [1.0], ood={"noise": ood}, scores=["entropy"], temperatures=temps)
+
+    def entropy(x):
+        with torch.no_grad():
+            p = torch.softmax(model(x, width=1.0).double() / 4.0, -1)
+        return -(p * p.clamp_min(1e-300).log()).sum(-1)
+
+    x_in = torch.stack([digits.test[i][0] for i in range(len(digits.test))])
+    s_in, s_out = entropy(x_in), entropy(ood.tensors[0])
+    labels = [0] * len(s_in) + [1] * len(s_out)  # OOD is the positive class
+    expected = roc_auc_score(labels, torch.cat([s_in, s_out]).numpy())
+    assert rep.rows[1.0]["ood/noise/entropy/auroc"] == pytest.approx(expected, abs=1e-6)
