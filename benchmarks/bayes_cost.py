@@ -199,11 +199,13 @@ def reference_step(net: nn.Module, opt: torch.optim.Optimizer) -> Callable:
 
 
 # -- our variants -------------------------------------------------------------------------------
-def make_trainer(arch: str, weights: str, weight_noise: str = "lrt", seed: int = 0) -> Trainer:
+def make_trainer(
+    arch: str, weight_posterior: str, weight_noise: str = "lrt", seed: int = 0
+) -> Trainer:
     spec, shape = ARCHS[arch]
     cfg = build_config(
         {
-            "model": {**spec, "weights": weights, "weight_noise": weight_noise},
+            "model": {**spec, "weight_posterior": weight_posterior, "weight_noise": weight_noise},
             "ordering": {"sampler": "vou", "hard": True},
             "regularization": {"kind": "none"},
         }

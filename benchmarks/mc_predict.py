@@ -52,9 +52,11 @@ def lrt_prediction(model):
             m.training = False
 
 
-def build(arch: str, weights: str):
+def build(arch: str, weight_posterior: str):
     spec, shape = ARCHS[arch]
-    cfg = build_config({"model": {**spec, "weights": weights}, "ordering": {"sampler": "vou"}})
+    cfg = build_config(
+        {"model": {**spec, "weight_posterior": weight_posterior}, "ordering": {"sampler": "vou"}}
+    )
     torch.manual_seed(0)
     ordering = build_sampler(cfg.ordering).ordering_kwargs()
     return build_model(cfg.model, ordering, shape, 10).eval(), shape

@@ -40,7 +40,7 @@ MODEL = {
 }
 #: method -> (config overrides, Monte-Carlo samples at evaluation)
 METHODS = {
-    "bnnn": ({"ordering": {"sampler": "vou"}, "model": {"weights": "gaussian"}}, 8),
+    "bnnn": ({"ordering": {"sampler": "vou"}, "model": {"weight_posterior": "gaussian"}}, 8),
     "vou_point": ({"ordering": {"sampler": "vou"}}, 1),
     "nested_dropout": ({"ordering": {"sampler": "nested_dropout"}}, 1),
     "sandwich": ({"ordering": {"sampler": "sandwich"}}, 1),

@@ -29,7 +29,7 @@ VARIANTS = {
 }
 
 
-def make_trainer(sampler: str, weights: str, ordered: bool, batch: int) -> Trainer:
+def make_trainer(sampler: str, weight_posterior: str, ordered: bool, batch: int) -> Trainer:
     cfg = build_config(
         {
             "model": {
@@ -37,7 +37,7 @@ def make_trainer(sampler: str, weights: str, ordered: bool, batch: int) -> Train
                 "hidden": [16, 32, 256],
                 "groups": 16,
                 "kept": 2,
-                "weights": weights,
+                "weight_posterior": weight_posterior,
                 "norm": "batch",
             },
             "ordering": {"sampler": sampler},
@@ -54,7 +54,7 @@ def make_trainer(sampler: str, weights: str, ordered: bool, batch: int) -> Train
         groups=16,
         kept=2,
         norm="batch",
-        weights=weights,
+        weight_posterior=weight_posterior,
         ordering=kw,
         order_first=False,  # as in configs/mnist5k_lenet.yaml
         order_classifier_input=ordered,

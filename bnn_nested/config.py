@@ -209,8 +209,9 @@ class DataConfig(_Strict):
     )
 
 
-#: Old model keys -> their names now (``frozen`` read as "not trained" to PyTorch users).
-RENAMED_MODEL_KEYS = {"frozen": "kept"}
+#: Old model keys -> their names now (``frozen`` read as "not trained" to PyTorch users;
+#: ``weights`` read like the layers' ``weight`` tensor).
+RENAMED_MODEL_KEYS = {"frozen": "kept", "weights": "weight_posterior"}
 
 
 class ModelConfig(_Strict):
@@ -220,7 +221,9 @@ class ModelConfig(_Strict):
     hidden: list[int] = Field(default_factory=lambda: [256, 256], min_length=1)
     groups: int = Field(16, ge=1, le=MAX_UNITS)
     kept: int = Field(2, ge=0, description="leading groups of every ordered layer always kept")
-    weights: Literal["point", "gaussian"] = "point"
+    weight_posterior: Literal["point", "gaussian"] = Field(
+        "point", description="point weights, or a Gaussian posterior per weight (Bayesian layers)"
+    )
     norm: Literal["none", "batch"] = "none"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     variant: str | None = None

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
                 "hidden": [16, 32, 64],
                 "groups": 16,
                 "kept": 2,
-                "weights": "gaussian",
+                "weight_posterior": "gaussian",
                 "norm": "batch",
             },
             "ordering": {"sampler": "vou"},

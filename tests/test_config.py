@@ -79,3 +79,11 @@ def test_old_key_in_an_override_replaces_the_new_key():
     with pytest.warns(FutureWarning, match=r"model\.frozen is deprecated"):
         cfg = build_config({"model": {"kept": 2}}, ["model.frozen=1"])
     assert cfg.model.kept == 1
+
+
+def test_old_key_weights_loads_as_weight_posterior():
+    with pytest.warns(
+        FutureWarning, match=r"model\.weights is deprecated: use model\.weight_posterior"
+    ):
+        cfg = build_config({"model": {"weights": "gaussian"}})
+    assert cfg.model.weight_posterior == "gaussian"

@@ -83,7 +83,7 @@ def run(args) -> int:
         data=cfg.data.name,
         sampler=cfg.ordering.sampler,
         model=cfg.model.name,
-        weights=cfg.model.weights,
+        weight_posterior=cfg.model.weight_posterior,
     )
     written = report.write(run_dir, plots=not args.no_plots)
     print(

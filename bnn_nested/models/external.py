@@ -67,7 +67,7 @@ def nest_plain(
             example,
             groups=cfg.groups,
             kept=cfg.kept,
-            weights=cfg.weights,
+            weight_posterior=cfg.weight_posterior,
             # MOPED (Krishnan et al. 2020): std = delta |w|, i.e. alpha = delta^2 in N(w, alpha w^2)
             init_log_alpha=2 * math.log(cfg.moped_delta) if cfg.moped_delta else cfg.init_log_alpha,
             exclude=tuple(cfg.exclude),

@@ -28,7 +28,7 @@ class NestedLeNet(NestedModel):
         channels: ``(conv1, conv2, fc)`` widths; ``groups`` must divide each ordered one.
 
     Example:
-        >>> model = NestedLeNet((1, 28, 28), 10, groups=16, kept=2, weights="gaussian")
+        >>> model = NestedLeNet((1, 28, 28), 10, groups=16, kept=2, weight_posterior="gaussian")
         >>> logits = model(x, width=0.5)
     """
 
@@ -41,7 +41,7 @@ class NestedLeNet(NestedModel):
         kept: int = 2,
         norm: str = "none",
         dropout: float = 0.0,
-        weights: str = "point",
+        weight_posterior: str = "point",
         init_log_alpha: float = DEFAULT_INIT_LOG_ALPHA,
         ordering: dict[str, Any] | None = None,
         order_first: bool = False,
@@ -56,7 +56,7 @@ class NestedLeNet(NestedModel):
         kw = dict(
             norm=norm,
             dropout=dropout,
-            weights=weights,
+            weight_posterior=weight_posterior,
             init_log_alpha=init_log_alpha,
             ordering=ordering,
         )
@@ -74,7 +74,7 @@ class NestedLeNet(NestedModel):
             order_groups=groups if ordered_fc else 1,
             kept=kept if ordered_fc else 0,
             ordered=ordered_fc,
-            weights=weights,  # type: ignore[arg-type]
+            weight_posterior=weight_posterior,  # type: ignore[arg-type]
             init_log_alpha=init_log_alpha,
         )
         self.fc_bn = NestedBatchNorm1d(fc) if norm == "batch" else None
@@ -84,7 +84,7 @@ class NestedLeNet(NestedModel):
             fc,
             num_classes,
             ordered=False,
-            weights=weights,  # type: ignore[arg-type]
+            weight_posterior=weight_posterior,  # type: ignore[arg-type]
             init_log_alpha=init_log_alpha,
         )
 

@@ -22,7 +22,7 @@ class NestedMLP(NestedModel):
         ordering: keyword arguments for every :class:`~bnn_nested.nn.OrderingUnit`.
         norm: ``"none"`` or ``"batch"`` (batch norm before the activation).
         dropout: dropout probability after each hidden layer (0 = none).
-        weights: ``"point"`` or ``"gaussian"`` (multiplicative Gaussian noise on every layer,
+        weight_posterior: ``"point"`` or ``"gaussian"`` (multiplicative Gaussian noise on every layer,
             see :mod:`bnn_nested.nn.bayes`); ``init_log_alpha`` is its initial log noise ratio.
 
     Example:
@@ -40,14 +40,14 @@ class NestedMLP(NestedModel):
         ordering: dict[str, Any] | None = None,
         norm: str = "none",
         dropout: float = 0.0,
-        weights: str = "point",
+        weight_posterior: str = "point",
         init_log_alpha: float = DEFAULT_INIT_LOG_ALPHA,
     ) -> None:
         super().__init__()
         if norm not in ("none", "batch"):
             raise ValueError(f"norm must be 'none' or 'batch', got {norm!r}")
         ordering = dict(ordering or {})
-        wkw = {"weights": weights, "init_log_alpha": init_log_alpha}
+        wkw = {"weight_posterior": weight_posterior, "init_log_alpha": init_log_alpha}
         layers: list[nn.Module] = []
         self.pairs: list[tuple[int, int]] = []  # (layer index, ordering unit index)
         width_in = in_features

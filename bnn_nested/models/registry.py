@@ -30,7 +30,7 @@ def conv_model_kwargs(cfg: Any, ordering: dict[str, Any]) -> dict[str, Any]:
         "kept": cfg.kept,
         "norm": cfg.norm,
         "dropout": cfg.dropout,
-        "weights": cfg.weights,
+        "weight_posterior": cfg.weight_posterior,
         "init_log_alpha": cfg.init_log_alpha,
         "ordering": ordering,
         "order_first": cfg.order_first,

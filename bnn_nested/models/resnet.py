@@ -51,12 +51,12 @@ class NestedBasicBlock(nn.Module):
         kept: int,
         ordered_out: bool,
         norm: str,
-        weights: str,
+        weight_posterior: str,
         init_log_alpha: float,
         ordering: dict[str, Any] | None,
     ) -> None:
         super().__init__()
-        kw: dict[str, Any] = dict(weights=weights, init_log_alpha=init_log_alpha)
+        kw: dict[str, Any] = dict(weight_posterior=weight_posterior, init_log_alpha=init_log_alpha)
         self.block1 = NestedConvBlock(
             in_channels,
             out_channels,
@@ -138,7 +138,7 @@ class NestedResNet(NestedModel):
         kept: int = 2,
         norm: str = "batch",
         dropout: float = 0.0,
-        weights: str = "point",
+        weight_posterior: str = "point",
         init_log_alpha: float = DEFAULT_INIT_LOG_ALPHA,
         ordering: dict[str, Any] | None = None,
         order_first: bool = False,
@@ -161,7 +161,7 @@ class NestedResNet(NestedModel):
             order_first,
             norm,
             0.0,
-            weights,
+            weight_posterior,
             init_log_alpha,
             ordering,
         )
@@ -181,7 +181,7 @@ class NestedResNet(NestedModel):
                         kept,
                         order_classifier_input or not last,
                         norm,
-                        weights,
+                        weight_posterior,
                         init_log_alpha,
                         ordering,
                     )
@@ -193,7 +193,7 @@ class NestedResNet(NestedModel):
             c,
             num_classes,
             ordered=False,
-            weights=weights,  # type: ignore[arg-type]
+            weight_posterior=weight_posterior,  # type: ignore[arg-type]
             init_log_alpha=init_log_alpha,
         )
 

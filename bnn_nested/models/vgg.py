@@ -51,7 +51,7 @@ class NestedConvBlock(nn.Module):
         ordered: bool = True,
         norm: str = "batch",
         dropout: float = 0.0,
-        weights: str = "point",
+        weight_posterior: str = "point",
         init_log_alpha: float = DEFAULT_INIT_LOG_ALPHA,
         ordering: dict[str, Any] | None = None,
     ) -> None:
@@ -67,7 +67,7 @@ class NestedConvBlock(nn.Module):
             order_groups=groups if ordered else 1,
             kept=kept if ordered else 0,
             ordered=ordered,
-            weights=weights,
+            weight_posterior=weight_posterior,
             init_log_alpha=init_log_alpha,  # type: ignore[arg-type]
         )
         self.bn = NestedBatchNorm2d(out_channels) if norm == "batch" else None
@@ -121,7 +121,7 @@ class NestedVGG(NestedModel):
         kept: int = 2,
         norm: str = "batch",
         dropout: float = 0.0,
-        weights: str = "point",
+        weight_posterior: str = "point",
         init_log_alpha: float = DEFAULT_INIT_LOG_ALPHA,
         ordering: dict[str, Any] | None = None,
         order_first: bool = False,
@@ -157,7 +157,7 @@ class NestedVGG(NestedModel):
                     ordered,
                     norm,
                     dropout,
-                    weights,
+                    weight_posterior,
                     init_log_alpha,
                     ordering,
                 )
@@ -169,7 +169,7 @@ class NestedVGG(NestedModel):
             c * h * w,
             num_classes,
             ordered=False,
-            weights=weights,  # type: ignore[arg-type]
+            weight_posterior=weight_posterior,  # type: ignore[arg-type]
             init_log_alpha=init_log_alpha,
         )
 

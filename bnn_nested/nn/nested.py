@@ -63,15 +63,17 @@ class NestedMixin:
         self.mc_samples: int | None = None
 
     def _init_weights_kind(
-        self, weights: str, init_log_alpha: float, weight_noise: str = "lrt"
+        self, weight_posterior: str, init_log_alpha: float, weight_noise: str = "lrt"
     ) -> None:
-        """``weights="gaussian"`` adds ``log_alpha`` (same shape as ``weight``, which stays theta);
+        """``weight_posterior="gaussian"`` adds ``log_alpha`` (same shape as ``weight``, which stays theta);
         ``weight_noise`` is its training estimator (:data:`~bnn_nested.nn.bayes.WEIGHT_NOISE`)."""
-        if weights not in WEIGHT_KINDS:
-            raise ValueError(f"weights must be one of {WEIGHT_KINDS}, got {weights!r}")
-        self.weights = weights
+        if weight_posterior not in WEIGHT_KINDS:
+            raise ValueError(
+                f"weight_posterior must be one of {WEIGHT_KINDS}, got {weight_posterior!r}"
+            )
+        self.weight_posterior = weight_posterior
         self.weight_noise = check_weight_noise(weight_noise)
-        if weights == "gaussian":
+        if weight_posterior == "gaussian":
             if not LOG_ALPHA_MIN <= float(init_log_alpha) <= LOG_ALPHA_MAX:
                 raise ValueError(
                     f"init_log_alpha must be in [{LOG_ALPHA_MIN}, {LOG_ALPHA_MAX}] (the range "
@@ -84,15 +86,17 @@ class NestedMixin:
 
     @property
     def bayesian(self) -> bool:
-        return getattr(self, "weights", "point") == "gaussian"
+        return getattr(self, "weight_posterior", "point") == "gaussian"
 
     def _sampling_weights(self) -> bool:
         return self.bayesian and (self.training or self.stochastic)  # type: ignore[attr-defined]
 
     def extra_repr(self) -> str:
         nested = f"order_groups={self.order_groups}, kept={self.kept}, ordered={self.ordered}"
-        if getattr(self, "weights", "point") != "point":
-            nested += f", weights={self.weights}, weight_noise={self.weight_noise}"
+        if getattr(self, "weight_posterior", "point") != "point":
+            nested += (
+                f", weight_posterior={self.weight_posterior}, weight_noise={self.weight_noise}"
+            )
         return f"{super().extra_repr()}, {nested}"  # type: ignore[misc]
 
     def set_width(self, width: float) -> None:
@@ -143,7 +147,7 @@ class NestedLinear(NestedMixin, nn.Linear):
         in_features, out_features, bias: as ``nn.Linear``.
         groups: output groups ``G`` (divides ``out_features``); ``kept``: always-kept groups.
         ordered: ``False`` for layers whose outputs are never truncated (e.g. the classifier).
-        weights: ``"point"`` or ``"gaussian"`` (``q(w) = N(theta, alpha theta^2)``, initial
+        weight_posterior: ``"point"`` or ``"gaussian"`` (``q(w) = N(theta, alpha theta^2)``, initial
             ``log_alpha = init_log_alpha``); ``weight_noise``: the Gaussian weights' training
             estimator, ``"lrt"`` or ``"shared"`` (:mod:`bnn_nested.nn.bayes`; see also
             :func:`set_weight_noise`).
@@ -163,13 +167,13 @@ class NestedLinear(NestedMixin, nn.Linear):
         order_groups: int = 1,
         kept: int = 0,
         ordered: bool = True,
-        weights: WeightKind = "point",
+        weight_posterior: WeightKind = "point",
         init_log_alpha: float = DEFAULT_INIT_LOG_ALPHA,
         weight_noise: str = "lrt",
     ) -> None:
         super().__init__(in_features, out_features, bias=bias)
         self._init_nested(out_features, order_groups, kept, ordered)
-        self._init_weights_kind(weights, init_log_alpha, weight_noise)
+        self._init_weights_kind(weight_posterior, init_log_alpha, weight_noise)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n_in = x.shape[-1]
@@ -194,7 +198,7 @@ class NestedConv2d(NestedMixin, nn.Conv2d):
 
     ``order_groups`` is the number of *channel groups for ordering*; ``groups`` is the
     convolution's own grouping, as in ``nn.Conv2d``, which must be 1 for an ordered (sliced) layer.
-    ``weights``, ``init_log_alpha`` and ``weight_noise`` as in :class:`NestedLinear`.
+    ``weight_posterior``, ``init_log_alpha`` and ``weight_noise`` as in :class:`NestedLinear`.
 
     Example:
         >>> conv = NestedConv2d(3, 64, 3, padding=1, order_groups=16, kept=2)
@@ -213,7 +217,7 @@ class NestedConv2d(NestedMixin, nn.Conv2d):
         order_groups: int = 1,
         kept: int = 0,
         ordered: bool = True,
-        weights: WeightKind = "point",
+        weight_posterior: WeightKind = "point",
         init_log_alpha: float = DEFAULT_INIT_LOG_ALPHA,
         groups: int = 1,
         weight_noise: str = "lrt",
@@ -234,7 +238,7 @@ class NestedConv2d(NestedMixin, nn.Conv2d):
                 "slicing; use ordered=False (nestify masks its channels instead)"
             )
         self._init_nested(out_channels, order_groups, kept, ordered)
-        self._init_weights_kind(weights, init_log_alpha, weight_noise)
+        self._init_weights_kind(weight_posterior, init_log_alpha, weight_noise)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n_in = x.shape[1]

@@ -77,7 +77,7 @@ def bad_literal(draw):
                 "train.device",
                 "train.optimizer",
                 "train.precision",
-                "model.weights",
+                "model.weight_posterior",
                 "ordering.schedule",
                 "train.scheduler",
             ]

@@ -6,9 +6,15 @@ from bnn_nested.evaluation.predict import predict
 from bnn_nested.models import NestedLeNet, NestedMLP
 
 
-def _lenet(weights):
+def _lenet(weight_posterior):
     return NestedLeNet(
-        (1, 8, 8), 4, (4, 8, 16), groups=4, kept=1, weights=weights, init_log_alpha=-1.0
+        (1, 8, 8),
+        4,
+        (4, 8, 16),
+        groups=4,
+        kept=1,
+        weight_posterior=weight_posterior,
+        init_log_alpha=-1.0,
     ).eval()
 
 

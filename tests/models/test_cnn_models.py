@@ -22,7 +22,7 @@ def _cfg(**kw):
         hidden=[8, 16, 32],
         groups=4,
         kept=1,
-        weights="point",
+        weight_posterior="point",
         norm="batch",
         dropout=0.0,
         order_first=False,
@@ -36,8 +36,10 @@ def _cfg(**kw):
 def _models():
     return {
         "lenet28": NestedLeNet((1, 28, 28), 10, (8, 16, 32), groups=4, kept=1, norm="batch"),
-        "lenet8": NestedLeNet((64,), 10, (8, 16, 32), groups=4, kept=1, weights="gaussian"),
-        "vgg": NestedVGG(SMALL_VGG, (3, 8, 8), 5, groups=4, kept=1, weights="gaussian"),
+        "lenet8": NestedLeNet(
+            (64,), 10, (8, 16, 32), groups=4, kept=1, weight_posterior="gaussian"
+        ),
+        "vgg": NestedVGG(SMALL_VGG, (3, 8, 8), 5, groups=4, kept=1, weight_posterior="gaussian"),
         "resnet": NestedResNet("20", (3, 8, 8), 5, groups=4, kept=1),
     }
 
@@ -158,7 +160,7 @@ def test_nestified_lenet_computes_what_the_hand_nested_lenet_computes():
 
 
 def test_calibrate_bn_on_resnet_and_gaussian_kl_finite():
-    r = NestedResNet("20", (3, 8, 8), 5, groups=4, kept=1, weights="gaussian")
+    r = NestedResNet("20", (3, 8, 8), 5, groups=4, kept=1, weight_posterior="gaussian")
     data = [(torch.randn(4, 3, 8, 8), torch.zeros(4)) for _ in range(2)]
     recalibrate_bn(r, data, widths=[0.25, 1.0], num_batches=2)
     assert r.blocks[0].bn2.calibrated_channels() == [8, 16]

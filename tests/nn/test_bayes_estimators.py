@@ -41,7 +41,9 @@ def test_fused_lrt_moments_equal_two_convolutions(stride, padding, dilation, con
 
 def _gaussian_linear(weight_noise: str) -> NestedLinear:
     torch.manual_seed(5)
-    layer = NestedLinear(3, 2, weights="gaussian", init_log_alpha=-1.0, weight_noise=weight_noise)
+    layer = NestedLinear(
+        3, 2, weight_posterior="gaussian", init_log_alpha=-1.0, weight_noise=weight_noise
+    )
     with torch.no_grad():
         layer.log_alpha.copy_(torch.tensor([[0.0, -1.0, 0.5], [-0.5, 0.2, -2.0]]))
     return layer.train()
@@ -77,7 +79,9 @@ def test_lrt_examples_are_independent():
 
 def test_shared_noise_conv_shares_one_draw_across_locations():
     torch.manual_seed(7)
-    conv = NestedConv2d(1, 1, 1, ordered=False, bias=False, weights="gaussian", init_log_alpha=-1.0)
+    conv = NestedConv2d(
+        1, 1, 1, ordered=False, bias=False, weight_posterior="gaussian", init_log_alpha=-1.0
+    )
     set_weight_noise(conv, "shared")
     conv.train()
     x = torch.tensor([[[[1.0, -2.0]]]])  # one channel, two locations, 1x1 kernel
@@ -126,7 +130,7 @@ def test_weight_noise_only_changes_training():
 
 def test_bad_weight_noise_names_the_field_and_values():
     with pytest.raises(ValueError, match=r"weight_noise must be one of \('lrt', 'shared'\)"):
-        NestedLinear(3, 2, weights="gaussian", weight_noise="flipout")
+        NestedLinear(3, 2, weight_posterior="gaussian", weight_noise="flipout")
     with pytest.raises(ValueError, match="weight_noise must be one of"):
         set_weight_noise(NestedLinear(3, 2), "both")
     with pytest.raises((ConfigError, ValueError), match="weight_noise"):
@@ -141,7 +145,7 @@ def test_config_weight_noise_reaches_every_layer():
                 "hidden": [4, 8, 16],
                 "groups": 4,
                 "frozen": 1,
-                "weights": "gaussian",
+                "weight_posterior": "gaussian",
                 "weight_noise": "shared",
             }
         }
