@@ -145,7 +145,8 @@ class NestedLinear(NestedMixin, nn.Linear):
 
     Args:
         in_features, out_features, bias: as ``nn.Linear``.
-        groups: output groups ``G`` (divides ``out_features``); ``kept``: always-kept groups.
+        order_groups: output groups ``G`` for ordering (divides ``out_features``); ``kept``:
+            always-kept groups.
         ordered: ``False`` for layers whose outputs are never truncated (e.g. the classifier).
         weight_posterior: ``"point"`` or ``"gaussian"`` (``q(w) = N(theta, alpha theta^2)``, initial
             ``log_alpha = init_log_alpha``); ``weight_noise``: the Gaussian weights' training
