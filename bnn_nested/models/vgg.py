@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from bnn_nested.config import DEFAULT_INIT_LOG_ALPHA
+from bnn_nested.models.options import NestOptions
 from bnn_nested.nn import NestedBatchNorm2d, NestedConv2d, NestedLinear, NestedModel, OrderingUnit
 
 #: Layer plans: channel counts, ``"M"`` = 2x2 max pool.
@@ -106,28 +107,26 @@ class NestedVGG(NestedModel):
     Args:
         layers: a plan like ``VGG_CONFIGS["11"]`` or a key of :data:`VGG_CONFIGS`.
         input_shape: ``(C, H, W)``.
+        **options: :class:`~bnn_nested.models.options.NestOptions` (groups, kept, norm, dropout,
+            weight_posterior, init_log_alpha, ordering, order_first, order_classifier_input).
 
     Example:
         >>> model = NestedVGG("11-wide", (3, 32, 32), 10, groups=32, kept=2, norm="batch")
         >>> logits = model(x, width=0.25)
     """
 
+    #: Defaults of this model's :class:`~bnn_nested.models.options.NestOptions`.
+    DEFAULTS: dict[str, Any] = {"groups": 32, "norm": "batch"}
+
     def __init__(
         self,
         layers: str | list[int | str],
         input_shape: tuple[int, ...],
         num_classes: int,
-        groups: int = 32,
-        kept: int = 2,
-        norm: str = "batch",
-        dropout: float = 0.0,
-        weight_posterior: str = "point",
-        init_log_alpha: float = DEFAULT_INIT_LOG_ALPHA,
-        ordering: dict[str, Any] | None = None,
-        order_first: bool = False,
-        order_classifier_input: bool = True,
+        **options: Any,
     ) -> None:
         super().__init__()
+        o = NestOptions.resolve(self.DEFAULTS, options)
         if isinstance(layers, str):
             if layers not in VGG_CONFIGS:
                 raise ValueError(f"variant must be one of {tuple(VGG_CONFIGS)}, got {layers!r}")
@@ -144,7 +143,9 @@ class NestedVGG(NestedModel):
                     mods.append(nn.MaxPool2d(2))
                     h, w = h // 2, w // 2
                 continue
-            ordered = (order_first or i != convs[0]) and (order_classifier_input or i != convs[-1])
+            ordered = (o.order_first or i != convs[0]) and (
+                o.order_classifier_input or i != convs[-1]
+            )
             mods.append(
                 NestedConvBlock(
                     c,
@@ -152,14 +153,14 @@ class NestedVGG(NestedModel):
                     3,
                     1,
                     1,
-                    groups,
-                    kept,
+                    o.groups,
+                    o.kept,
                     ordered,
-                    norm,
-                    dropout,
-                    weight_posterior,
-                    init_log_alpha,
-                    ordering,
+                    o.norm,
+                    o.dropout,
+                    o.weight_posterior,
+                    o.init_log_alpha,
+                    o.ordering,
                 )
             )
             self.block_names.append(f"features.{len(mods) - 1}")
@@ -169,8 +170,8 @@ class NestedVGG(NestedModel):
             c * h * w,
             num_classes,
             ordered=False,
-            weight_posterior=weight_posterior,  # type: ignore[arg-type]
-            init_log_alpha=init_log_alpha,
+            weight_posterior=o.weight_posterior,  # type: ignore[arg-type]
+            init_log_alpha=o.init_log_alpha,
         )
 
     def forward_full(self, x: torch.Tensor) -> torch.Tensor:

@@ -165,3 +165,15 @@ def test_calibrate_bn_on_resnet_and_gaussian_kl_finite():
     recalibrate_bn(r, data, widths=[0.25, 1.0], num_batches=2)
     assert r.blocks[0].bn2.calibrated_channels() == [8, 16]
     assert torch.isfinite(r.kl()) and r.kl() > 0
+
+
+def test_model_options_are_one_definition_with_per_model_defaults():
+    from bnn_nested.models import NestedLeNet, NestedResNet, NestedVGG
+
+    lenet = NestedLeNet((1, 8, 8), 4, (4, 8, 16), groups=4, kept=1)
+    assert lenet.conv2.ou.groups == 4 and lenet.conv2.ou.kept == 1
+    assert lenet.fc_bn is None  # LeNet's default: no batch norm
+    resnet = NestedResNet("20", (3, 8, 8), 5)
+    assert resnet.stem.ou is None or resnet.stem.ou.groups == 16  # ResNet's default groups
+    with pytest.raises(TypeError, match="unknown option 'group'; accepted: groups, kept"):
+        NestedVGG("11", (3, 8, 8), 5, group=4)
