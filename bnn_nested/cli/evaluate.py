@@ -7,10 +7,12 @@ Writes ``RUN/report.json``, ``RUN/report.md`` and ``RUN/plots/*.png`` atomically
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from bnn_nested.cli import uncertainty
 from bnn_nested.cli.common import UsageError, bounded_int, note_unfinished, parse_widths
+from bnn_nested.threads import add_threads_argument, apply_threads
 
 
 def _names(text: str) -> list[str]:
@@ -37,6 +39,7 @@ def add_parser(sub) -> None:
     e.add_argument("--split", choices=["test", "val"], default="test")
     e.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     uncertainty.add_arguments(e)
+    add_threads_argument(e)
     e.set_defaults(handler=run)
 
 
@@ -52,6 +55,7 @@ def run(args) -> int:
     if unknown:
         raise UsageError(f"--scores: unknown {unknown}; accepted: {', '.join(SCORES)}")
     uncertainty.check(args)
+    apply_threads(args.threads)
     run_dir = Path(args.run)
     loaded = load_run(run_dir)
     note_unfinished(loaded, run_dir)
@@ -90,6 +94,15 @@ def run(args) -> int:
     for line in notes:
         print(line)
     print(report.table())
+    warnings = report.warnings()
+    for line in warnings:
+        print(f"bnn-nested: warning: {line}", file=sys.stderr)
+    if warnings:
+        print(
+            "bnn-nested: warning: an AUROC below 0.5 means the score is reversed on that set; "
+            "see report.md",
+            file=sys.stderr,
+        )
     print(
         f"written: {written['json']}, {written['md']}"
         + ("" if args.no_plots else f", {run_dir / 'plots'}/")

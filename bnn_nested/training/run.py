@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from bnn_nested.config import Config, ConfigError, build_config
 from bnn_nested.data import DataSplits, load_dataset
-from bnn_nested.evaluation.ordering import write_ordering_report
+from bnn_nested.evaluation.ordering import keep_probs_now, write_ordering_report
 from bnn_nested.io import atomic_write, atomic_write_json, atomic_write_text
 from bnn_nested.models import build_model
 from bnn_nested.nest import (
@@ -40,6 +40,7 @@ from bnn_nested.nest import (
 from bnn_nested.nn.batchnorm import calibrate_bn, nested_norms
 from bnn_nested.nn.model import NestedModel
 from bnn_nested.regularization.config import build_regularizer
+from bnn_nested.threads import apply_threads
 from bnn_nested.training.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -349,6 +350,7 @@ def _train(
     quiet: bool,
     resume: tuple[Path, dict[str, Any]] | None = None,
 ) -> Path:
+    apply_threads(cfg.train.threads)  # results are bit-identical only at the same thread count
     seed_everything(cfg.seed)  # identical on every rank: same masks and widths on all of them
     splits = load_dataset(cfg.data, seed=cfg.seed)
     model = build_model_for(cfg, splits)
@@ -382,6 +384,8 @@ def _train(
         checkpointer=checkpointer,
         teacher=teacher,
     )
+    if resume is None or cfg.ordering.init != "importance":  # else the init is not rebuilt here
+        trainer.initial_keep_probs = keep_probs_now(model)  # before any step (for ordering.md)
     if resume is not None:
         path, state = resume
         trainer.setup(train_loader)
@@ -424,7 +428,7 @@ def _finish(
     try:
         calibrate_widths(model, splits, cfg.eval.widths, cfg.data.eval_batch_size, ctx.device)
         atomic_write_json(out / "history.json", trainer.history)
-        write_ordering_report(model, out)
+        write_ordering_report(model, out, getattr(trainer, "initial_keep_probs", None))
         bad = nonfinite_tensors(model.state_dict())
         if bad:  # never mark a run complete whose weights are NaN / Inf
             raise FloatingPointError(

@@ -293,11 +293,10 @@ class Trainer:
         return means
 
     def _progress(self, it: Iterable, total: int | None, desc: str, initial: int = 0):
-        if self.quiet or not self.dist.is_main or not sys.stderr.isatty():
-            return it
-        from tqdm.auto import tqdm
+        from bnn_nested.progress import progress  # a bar on a terminal, else periodic log lines
 
-        return tqdm(it, total=total, desc=desc, leave=False, initial=initial)
+        enabled = not self.quiet and self.dist.is_main
+        return progress(it, total, desc, enabled=enabled, initial=initial)
 
     def _check_replicas_agree(self) -> None:
         """All-gather a hash of the parameters; ranks that drifted apart are a bug, not noise."""
@@ -407,12 +406,9 @@ class Trainer:
                     record["val_acc"] = self.validation_accuracy(val_loader, bn_loader)
                 self.history.append(record)
                 if not self.quiet and self.dist.is_main:
-                    extra = f" val_acc {record['val_acc']:.4f}" if "val_acc" in record else ""
-                    print(
-                        f"epoch {record['epoch']:3d} loss {record['loss']:.4f} "
-                        f"kl {record['kl']:.4f}{extra}",
-                        file=sys.stderr,
-                    )
+                    from bnn_nested.progress import epoch_line
+
+                    print(epoch_line(record), file=sys.stderr)
                 if self.dist.active:
                     self._check_replicas_agree()
                 if on_epoch_end is not None:
