@@ -6,8 +6,13 @@ Every (model, batch, threads) cell is timed once per round and the rounds run in
 (round-robin over all cells), so that load from other processes affects every cell alike; the
 table gives the median step and its ratio to the 1-thread step of the same model and batch.
 
+``--determinism`` instead trains the demo (``configs/digits_mlp.yaml``, ``--epochs`` epochs) twice
+at each thread count and prints the largest absolute weight difference between every pair of runs:
+0 between two runs at the same count (bit-identical), not 0 across counts.
+
 Usage:
     .venv/bin/python benchmarks/threads.py [--threads 1,2,4] [--rounds 7] [--quick]
+    .venv/bin/python benchmarks/threads.py --determinism [--threads 1,2] [--epochs 2]
 """
 
 from __future__ import annotations
@@ -40,6 +45,36 @@ def make_trainer(config: str, shape: tuple[int, ...], classes: int, batch: int) 
     return Trainer(model, cfg, n_train=5000, quiet=True)
 
 
+def determinism(threads: list[int], epochs: int) -> int:
+    import tempfile
+
+    from bnn_nested.training.run import load_run, train_run
+
+    weights = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for t in threads:
+            for rep in (1, 2):
+                cfg = load_config(
+                    os.path.join(ROOT, "configs/digits_mlp.yaml"),
+                    [f"train.epochs={epochs}", f"train.threads={t}"],
+                )
+                out = train_run(cfg, os.path.join(tmp, f"t{t}_{rep}"), quiet=True)
+                weights[(t, rep)] = load_run(out).model.state_dict()
+    print(f"\ndemo MLP, {epochs} epochs: largest |weight difference| between two runs\n")
+    print("| run A | run B | max abs difference |")
+    print("|---|---|---|")
+    keys = list(weights)
+    for i, a in enumerate(keys):
+        for b in keys[i + 1 :]:
+            diff = max(
+                (weights[a][k].double() - weights[b][k].double()).abs().max().item()
+                for k in weights[a]
+                if weights[a][k].is_floating_point()
+            )
+            print(f"| {a[0]} thr, run {a[1]} | {b[0]} thr, run {b[1]} | {diff:.3g} |")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", default="1,2,4", help="thread counts, comma-separated")
@@ -48,7 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=7, help="timed steps per cell")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="2 rounds, no warm-up (a smoke test)")
+    ap.add_argument("--determinism", action="store_true", help="weight differences (see above)")
+    ap.add_argument("--epochs", type=int, default=2, help="--determinism: epochs per run")
     args = ap.parse_args(argv)
+    if args.determinism:
+        return determinism([int(t) for t in args.threads.split(",")], args.epochs)
     if args.quick:
         args.rounds, args.warmup = 2, 0
     threads = [int(t) for t in args.threads.split(",")]

@@ -9,8 +9,8 @@ models on a machine of their own gain from more (``--threads N``): the measured 
 docs/RESULTS.md, "Threads on a shared machine" (``benchmarks/threads.py``).
 
 Results are bit-identical between runs only at the same thread count: a different number of
-threads splits reductions differently, and the weights then differ in the last bits (about 2e-7
-after a demo run).
+threads splits reductions differently, and the weights then differ in the last bits (3e-8 after
+2 epochs of the demo: ``benchmarks/threads.py --determinism``).
 
 Pure Python until :func:`apply_threads` is called (it imports torch), so the command line can
 validate its arguments first.

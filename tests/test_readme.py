@@ -3,7 +3,8 @@
 Commands and snippets are extracted from the file, so a README edit is tested without touching
 this file. Shell blocks: each command line (continuations joined, ``# comments`` dropped) runs
 with ``runs/NAME`` (and ``runs/A``, ``runs/B``, ``runs/mine``) mapped to a fresh one-epoch run in
-a temporary folder. Synopsis lines run twice: with every ``[optional part]`` removed (must exit
+a temporary folder (before ``--resume`` its checkpoint is removed, as if killed before the first
+one, so that there is something to continue). Synopsis lines run twice: with every ``[optional part]`` removed (must exit
 0) and with the optional parts spelled out (``a|b`` -> ``a``, ``--flag ...`` dropped; must not be
 bad input, exit 0 or 1, since e.g. ``--min-accuracy 0.95`` may not be met after one epoch).
 Python blocks run in order in one fresh interpreter (they continue one session). A command this
@@ -115,11 +116,14 @@ def test_extraction_finds_the_readme_commands():
 
 
 @pytest.mark.slow
-def test_readme_commands_run(tmp_path, env):
+def test_readme_commands_run(tmp_path, monkeypatch, capsys):
     """Every command of README.md on a fresh one-epoch digits run (see the module docstring)."""
+    from bnn_nested.cli.main import main
+
     work = tmp_path / "work"
     (work / "runs").mkdir(parents=True)
     os.symlink(REPO / "configs", work / "configs")
+    monkeypatch.chdir(work)
     unknown, ran = [], []
     for cmd in shell_commands(README.read_text()):
         if any(cmd.startswith(k) for k in SKIP):
@@ -133,15 +137,16 @@ def test_readme_commands_run(tmp_path, env):
                 if "--set train.epochs" not in text:
                     text += " --set train.epochs=1"
                 text += " --overwrite"
+            if "--resume runs/NAME" in text:  # unfinish it: killed before its first checkpoint
+                (work / "runs" / "NAME" / "checkpoint.pt").unlink()
             if " runs/B" in text and not (work / "runs" / "B").exists():
                 shutil.copytree(work / "runs" / "NAME", work / "runs" / "B")
-            argv = [sys.executable, "-m", "bnn_nested", *shlex.split(text)[1:]]
-            argv = [a.replace("runs/A", "runs/NAME") for a in argv]
-            res = _run(argv, work, env)
+            argv = [a.replace("runs/A", "runs/NAME") for a in shlex.split(text)[1:]]
+            code = main(argv)  # in this process: one torch import for all commands
+            out, err = capsys.readouterr()
             ok = {0} if must and not text.startswith(MAY_NOT_FIT) else {0, 1}
-            assert res.returncode in ok, (
-                f"README command failed (exit {res.returncode}): {text}\n"
-                f"{res.stdout[-1500:]}\n{res.stderr[-1500:]}"
+            assert code in ok, (
+                f"README command failed (exit {code}): {text}\n{out[-1500:]}\n{err[-1500:]}"
             )
             ran.append(text)
     assert not unknown, f"README commands neither run here nor in SKIP: {unknown}"
