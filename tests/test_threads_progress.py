@@ -101,3 +101,35 @@ def test_epoch_line_names_nll_and_kl_over_n():
     assert "penalty 0.0100" in epoch_line(
         {"epoch": 1, "loss": 1, "data": 1, "kl": 0, "penalty": 0.01}
     )
+
+
+def test_evaluate_reports_progress_in_logs(monkeypatch, capsys):
+    """evaluate(progress=True) with stderr not a terminal: lines naming the width and OOD set."""
+    from torch.utils.data import TensorDataset
+
+    from bnn_nested.evaluation.evaluate import evaluate
+    from bnn_nested.models import NestedMLP
+
+    monkeypatch.setenv("BNN_NESTED_LOG_INTERVAL", "0")
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(40, 8, generator=g), torch.randint(0, 3, (40,), generator=g))
+    noise = TensorDataset(torch.randn(20, 8, generator=g), torch.zeros(20, dtype=torch.long))
+    model = NestedMLP(8, 3, hidden=[16], groups=4, frozen=1).eval()
+    evaluate(model, data, [0.5, 1.0], ood={"noise": noise}, batch_size=10, progress=True)
+    err = capsys.readouterr().err.splitlines()
+    total = 2 * (4 + 2)  # widths x (test batches + OOD batches)
+    assert f"evaluate width 1 ood noise: {total}/{total} (100%)" in err[-1]
+    assert any(line.startswith("evaluate width 0.5: 1/12") for line in err)
+
+
+@pytest.mark.slow
+def test_train_prints_progress_and_named_loss_parts_in_logs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("BNN_NESTED_LOG_INTERVAL", "0")
+    out = tmp_path / "r"
+    argv = ["train", "--config", "configs/digits_mlp.yaml", "--out", str(out)]
+    assert main([*argv, "--set", "train.epochs=1", "--threads", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert "epoch 1: 1/" in err and "epoch 1: 19/19 (100%)" in err  # 1,167 examples / 64
+    assert "nll " in err and "kl/N " in err and "kl 0.0000" not in err
+    assert "threads: 1" in (out / "config.yaml").read_text()
