@@ -10,15 +10,11 @@ import torch
 from bnn_nested.cli.main import main
 from bnn_nested.config import ConfigError, build_config
 from bnn_nested.progress import Progress, epoch_line, progress
-from bnn_nested.threads import AUTO_THREADS, apply_threads, resolve_threads
+from bnn_nested.threads import AUTO_THREADS, apply_threads, available_cores, resolve_threads
 
 
 def test_resolve_threads():
-    assert (
-        resolve_threads(None)
-        == resolve_threads("auto")
-        == min(AUTO_THREADS, len(__import__("os").sched_getaffinity(0)))
-    )
+    assert resolve_threads(None) == resolve_threads("auto") == min(AUTO_THREADS, available_cores())
     assert resolve_threads(3) == resolve_threads("3") == 3
     for bad in (0, -1, 1025, "x", 2.5, True, "2.0"):
         with pytest.raises(ValueError, match="threads: expected 'auto' or an integer in"):
