@@ -28,7 +28,8 @@ def add_parser(sub) -> None:
         "--ood",
         type=_names,
         default=[],
-        help="OOD sets: gaussian, uniform, patches, heldout, or a torchvision name (svhn)",
+        help="OOD sets: gaussian, uniform, patches, heldout (needs data.held_out_classes at "
+        "training), or a torchvision name (svhn)",
     )
     e.add_argument(
         "--scores",

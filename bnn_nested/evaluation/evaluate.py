@@ -232,7 +232,10 @@ def make_ood_sets(
         elif name == "heldout":
             held = getattr(splits, "held_out", None)
             if held is None:
-                raise ValueError("ood: 'heldout' needs data.held_out_classes set at training time")
+                raise ValueError(
+                    "ood: 'heldout' needs data.held_out_classes set at training time (e.g. "
+                    "--set data.held_out_classes=[8,9]); no shipped config sets it"
+                )
             sets[name] = held
         else:
             from bnn_nested.data.vision import VISION_NAMES, load_torchvision_test

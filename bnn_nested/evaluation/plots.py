@@ -295,7 +295,7 @@ def keep_prob_plot(
                     color = "tab:orange" if label == "initial" else "black"
                     ax.step(groups, ys, where="mid", linestyle=style, color=color, label=label)
         if prior is not None or initial is not None:
-            ax.legend(fontsize=6, loc="lower left")
+            ax.legend(fontsize=6, loc="lower left")  # learned bars, initial and prior lines
         ax.set_ylim(0, 1.05)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(str(name), fontsize=9)
