@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bnn_nested.safeyaml import YamlError, read_text_file, safe_load
+from bnn_nested.threads import MAX_THREADS, resolve_threads
 
 # --------------------------------------------------------------------------- accepted names
 # Choices the command line offers, kept here (no torch) so that ``--help`` and usage errors come
@@ -358,6 +359,9 @@ class TrainConfig(_Strict):
     grad_clip: float | None = Field(None, gt=0.0)
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    threads: int | str = Field(
+        "auto", description="CPU threads for torch: auto or 1..1024 (bnn_nested.threads)"
+    )
     checkpoint_every: int = Field(0, ge=0, description="epochs between checkpoints (0: end only)")
     checkpoint_every_steps: int = Field(
         0, ge=0, description="optimisation steps between checkpoints (0: none)"
@@ -370,6 +374,15 @@ class TrainConfig(_Strict):
     distill_weight: float = Field(1.0, ge=0.0)
     distill_temperature: float = Field(2.0, gt=0.0)
     distill_loss: Literal["kl", "soft_ce"] = "kl"
+
+    @field_validator("threads", mode="before")
+    @classmethod
+    def _threads(cls, v: Any) -> int | str:
+        try:
+            resolve_threads(v)
+        except ValueError:
+            raise ValueError(f"expected 'auto' or an integer in [1, {MAX_THREADS}]") from None
+        return v if v == "auto" else int(v)
 
     @model_validator(mode="after")
     def _precision_fits_device(self) -> TrainConfig:

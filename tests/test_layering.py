@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1] / "bnn_nested"
 
 #: Lower layers first; a package may import from its own layer only within itself.
 LAYERS: list[set[str]] = [
-    {"io"},
+    {"io", "progress", "threads"},
     {"safeyaml"},
     {"config", "registry"},
     {"distributions"},

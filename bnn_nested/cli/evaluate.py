@@ -7,11 +7,13 @@ Writes ``RUN/report.json``, ``RUN/report.md`` and ``RUN/plots/*.png`` atomically
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from bnn_nested.cli import uncertainty
 from bnn_nested.cli.common import UsageError, bounded_int, note_unfinished, parse_widths
 from bnn_nested.config import DEFAULT_OOD_SCORES, MAX_SAMPLES, OOD_SCORES
+from bnn_nested.threads import add_threads_argument, apply_threads
 
 
 def _names(text: str) -> list[str]:
@@ -27,7 +29,8 @@ def add_parser(sub) -> None:
         "--ood",
         type=_names,
         default=[],
-        help="OOD sets: gaussian, uniform, patches, heldout, or a torchvision name (svhn)",
+        help="OOD sets: gaussian, uniform, patches, heldout (needs data.held_out_classes at "
+        "training), or a torchvision name (svhn)",
     )
     e.add_argument(
         "--scores",
@@ -38,6 +41,7 @@ def add_parser(sub) -> None:
     e.add_argument("--split", choices=["test", "val"], default="test")
     e.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     uncertainty.add_arguments(e)
+    add_threads_argument(e)
     e.set_defaults(handler=run)
 
 
@@ -48,6 +52,7 @@ def run(args) -> int:
     if unknown:
         raise UsageError(f"--scores: unknown {unknown}; accepted: {', '.join(OOD_SCORES)}")
     uncertainty.check(args)
+    apply_threads(args.threads)
     from bnn_nested.evaluation.evaluate import (
         evaluate,  # deferred: imports torch; --help and usage errors stay fast
     )
@@ -93,6 +98,15 @@ def run(args) -> int:
     for line in notes:
         print(line)
     print(report.table())
+    warnings = report.warnings()
+    for line in warnings:
+        print(f"bnn-nested: warning: {line}", file=sys.stderr)
+    if warnings:
+        print(
+            "bnn-nested: warning: an AUROC below 0.5 means the score is reversed on that set; "
+            "see report.md",
+            file=sys.stderr,
+        )
     print(
         f"written: {written['json']}, {written['md']}"
         + ("" if args.no_plots else f", {run_dir / 'plots'}/")

@@ -312,3 +312,38 @@ def ood_metrics(
         "ood/aupr_out": float(average_precision_score(is_ood, scores)),
         "ood/fpr95": float(fpr[first]),
     }
+
+
+#: What an AUROC below 0.5 means (printed under the warnings of :func:`below_chance`).
+BELOW_CHANCE_EXPLANATION = (
+    "An AUROC below 0.5 is not a weak detector but a reversed one: the score ranks these OOD "
+    "inputs as *more* in-distribution than the test set (1 - AUROC is what the reversed score "
+    "would get). A common cause is inputs far outside the training range: after per-pixel "
+    "standardisation (digits, MNIST) natural-image patches lie far from every training image, "
+    "where ReLU networks extrapolate to large logits and confident predictions (Hein et al., "
+    "CVPR 2019), so uncertainty scores fall instead of rising. Report such a set as a failure "
+    "of the score, not as chance."
+)
+
+
+def below_chance(rows: dict[float, dict[str, float]], level: float = 0.5) -> list[str]:
+    """One line per OOD set and score whose AUROC is below ``level`` at some width.
+
+    Args:
+        rows: width -> report row (keys ``ood/<set>/<score>/auroc``).
+
+    Returns:
+        e.g. ``["ood/patches/entropy/auroc is below 0.5 (chance) at widths 0.25, 1: 0.09-0.14"]``.
+    """
+    found: dict[str, list[tuple[float, float]]] = {}
+    for w, row in sorted(rows.items()):
+        for k, v in row.items():
+            if k.startswith("ood/") and k.endswith("/auroc") and v == v and v < level:
+                found.setdefault(k, []).append((w, v))
+    lines = []
+    for k, hits in found.items():
+        lo, hi = min(v for _, v in hits), max(v for _, v in hits)
+        span = f"{lo:.2f}" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f}-{hi:.2f}"
+        ws = ", ".join(f"{w:g}" for w, _ in hits)
+        lines.append(f"{k} is below {level:g} (chance) at width(s) {ws}: {span}")
+    return lines

@@ -99,6 +99,7 @@ def run_candidates(
             rows[f"{c.width:g}"]["cls/acc"],
             rows[f"{c.width:g}"]["cal/ece"],
             c.latency_ms,
+            c.latency_iqr_ms,
         )
         for c in costs
     ]

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from bnn_nested.config import Config, ConfigError, build_config, import_modules, load_config
 from bnn_nested.data import DATASETS, DataSplits, load_dataset
 from bnn_nested.evaluation.calibration import calibrated_predict, load_temperatures, temperature_for
-from bnn_nested.evaluation.ordering import write_ordering_report
+from bnn_nested.evaluation.ordering import keep_probs_now, write_ordering_report
 from bnn_nested.io import atomic_write, atomic_write_json, atomic_write_text, first_line
 from bnn_nested.models import build_model
 from bnn_nested.models.registry import MODELS
@@ -54,6 +54,7 @@ from bnn_nested.runs.rundir import (
     remove_orphans,
     write_marker,
 )
+from bnn_nested.threads import apply_threads
 from bnn_nested.training.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -347,6 +348,7 @@ def _train(
     quiet: bool,
     resume: tuple[Path, dict[str, Any]] | None = None,
 ) -> Path:
+    apply_threads(cfg.train.threads)  # results are bit-identical only at the same thread count
     seed_everything(cfg.seed)  # identical on every rank: same masks and widths on all of them
     splits = load_dataset(cfg.data, seed=cfg.seed)
     model = build_model_for(cfg, splits)
@@ -380,6 +382,8 @@ def _train(
         checkpointer=checkpointer,
         teacher=teacher,
     )
+    if resume is None or cfg.ordering.init != "importance":  # else the init is not rebuilt here
+        trainer.initial_keep_probs = keep_probs_now(model)  # before any step (for ordering.md)
     if resume is not None:
         path, state = resume
         trainer.setup(train_loader)
@@ -420,7 +424,7 @@ def _finish(
     try:
         recalibrate_bn_widths(model, splits, cfg.eval.widths, cfg.data.eval_batch_size, ctx.device)
         atomic_write_json(out / "history.json", trainer.history)
-        write_ordering_report(model, out)
+        write_ordering_report(model, out, getattr(trainer, "initial_keep_probs", None))
         bad = nonfinite_tensors(model.state_dict())
         if bad:  # never mark a run complete whose weights are NaN / Inf
             raise FloatingPointError(

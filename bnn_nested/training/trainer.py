@@ -27,11 +27,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from bnn_nested.config import Config, OrderingConfig, TrainConfig
 from bnn_nested.nn.batchnorm import nested_norms, recalibrate_bn
 from bnn_nested.nn.model import NestedModel
+from bnn_nested.progress import epoch_line, progress
 from bnn_nested.regularization.base import Regularizer
 from bnn_nested.training.checkpoint import capture_rng_state, restore_rng_state
 from bnn_nested.training.distributed import (
@@ -273,10 +273,9 @@ class Trainer:
         return means
 
     def _progress(self, it: Iterable, total: int | None, desc: str, initial: int = 0):
-        if self.quiet or not self.dist.is_main or not sys.stderr.isatty():
-            return it
 
-        return tqdm(it, total=total, desc=desc, leave=False, initial=initial)
+        enabled = not self.quiet and self.dist.is_main
+        return progress(it, total, desc, enabled=enabled, initial=initial)
 
     # -- checkpoints and signals ---------------------------------------------------------------
     def save_checkpoint(self, reason: str) -> Path | None:
@@ -361,12 +360,7 @@ class Trainer:
                     record["val_acc"] = self.validation_accuracy(val_loader, bn_loader)
                 self.history.append(record)
                 if not self.quiet and self.dist.is_main:
-                    extra = f" val_acc {record['val_acc']:.4f}" if "val_acc" in record else ""
-                    print(
-                        f"epoch {record['epoch']:3d} loss {record['loss']:.4f} "
-                        f"kl {record['kl']:.4f}{extra}",
-                        file=sys.stderr,
-                    )
+                    print(epoch_line(record), file=sys.stderr)
                 if self.dist.active:
                     check_replicas_agree(self.model, self.epoch)
                 if on_epoch_end is not None:
