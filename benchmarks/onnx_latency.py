@@ -1,6 +1,6 @@
 """Latency of exported widths under eager PyTorch and under ONNX Runtime, in one interleaved run.
 
-For NestedVGG "11" (3x32x32, groups 32, frozen 2) and NestedLeNet (1x28x28, batch norm), untrained
+For NestedVGG "11" (3x32x32, groups 32, kept 2) and NestedLeNet (1x28x28, batch norm), untrained
 (latency does not depend on the weights), on CPU at batch 256 (``--batch``), with ``--threads``
 threads in both engines, for widths 0.25 / 0.5 / 0.75 / 1.0:
 
@@ -46,7 +46,7 @@ def models():
     yield (
         "vgg",
         "VGG-11 (32x32)",
-        NestedVGG("11", (3, 32, 32), 10, groups=32, frozen=2),
+        NestedVGG("11", (3, 32, 32), 10, groups=32, kept=2),
         (3, 32, 32),
     )
     yield "lenet", "LeNet (28x28)", NestedLeNet((1, 28, 28), 10, norm="batch"), (1, 28, 28)

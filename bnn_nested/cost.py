@@ -1,6 +1,6 @@
 """Cost of a nested model at a width: parameters and FLOPs of the sliced network.
 
-Convention (docs/METHODS.md#cost-flops-macs-and-latency): **FLOPs = 2 x MACs** (one
+Convention (docs/METHODS.md#cost-flops-parameters-and-latency): **FLOPs = 2 x MACs** (one
 multiply-accumulate is two floating-point operations), as counted by
 ``torch.utils.flop_counter.FlopCounterMode``; elementwise operations (bias add, BN, ReLU) are not
 counted by that counter. Parameters count what the sliced network uses for inference.

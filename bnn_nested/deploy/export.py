@@ -60,9 +60,9 @@ class _LeafTracer(fx.Tracer):
 
 
 class TemperatureScaled(nn.Module):
-    """``module(x) / temperature``: a fitted temperature (docs/METHODS.md, "Temperature scaling per
-    width") baked into an exported network as its final division; ``softmax`` of the output is the
-    calibrated probability."""
+    """``module(x) / temperature``: a fitted temperature baked into an exported network as its
+    final division; ``softmax`` of the output is the calibrated probability
+    (docs/METHODS.md#temperature-scaling-per-width)."""
 
     def __init__(self, module: nn.Module, temperature: float) -> None:
         super().__init__()

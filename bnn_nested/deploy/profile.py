@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import torch
 
-from bnn_nested.config import LATENCY_MODES
+from bnn_nested.config import LATENCY_MODES, check_choice
 from bnn_nested.cost import count_flops, count_params
 from bnn_nested.deploy.cache import read_cache, write_cache
 from bnn_nested.deploy.onnx import onnx_width, require_onnx
@@ -48,7 +48,7 @@ def masked_forward(model: NestedModel, width: float) -> Callable[[torch.Tensor],
     units = [u for _, u in model.ordering_units()]
     masks = {}
     for u in units:
-        keep = active_groups(width, u.groups, u.frozen) * u.group_size
+        keep = active_groups(width, u.groups, u.kept) * u.group_size
         m = torch.zeros(u.channels, device=next(model.parameters()).device)
         m[:keep] = 1.0
         masks[u] = m
@@ -137,8 +137,7 @@ def profile_widths(
     Example:
         >>> costs = profile_widths(model, x[:1], [0.25, 1.0], batch_size=256, cache_dir="runs/demo")
     """
-    if mode not in LATENCY_MODES:
-        raise ValueError(f"mode must be one of {LATENCY_MODES}, got {mode!r}")
+    check_choice("mode", mode, LATENCY_MODES)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     for w in widths:

@@ -1,8 +1,8 @@
 """Temperature scaling per width (Guo et al. 2017), fitted on the MC-averaged prediction.
 
 One temperature ``T_w > 0`` per deployed width ``w``. It divides the logits of **every Monte-Carlo
-sample before the softmax**, and the tempered samples are then averaged (docs/METHODS.md,
-"Temperature scaling per width"):
+sample before the softmax**, and the tempered samples are then averaged
+(docs/METHODS.md#temperature-scaling-per-width):
 
     p̄_T(y | x) = mean_s softmax(z_s / T)_y,
 

@@ -1,7 +1,7 @@
 """Split conformal prediction sets per width, and sets nested across widths.
 
 Scores (non-conformity, larger = the label fits worse; ``p`` = the MC-averaged, possibly
-temperature-scaled probabilities ``p̄``; docs/METHODS.md, "Conformal prediction sets"):
+temperature-scaled probabilities ``p̄``; docs/METHODS.md#conformal-prediction-sets-per-width):
 
 * ``thr`` (Sadinle et al. 2019, "LAC"): ``s(x, y) = 1 - p_y``;
 * ``aps`` (Romano et al. 2020): ``s(x, y) = rho_x(y) + u p_y`` with ``rho_x(y)`` the total

@@ -6,13 +6,13 @@ metrics) or tensors of shape ``(B,)`` (per-example uncertainties).
 Shapes:
     probs: ``(B, C)`` predictive probabilities, or ``(S, B, C)`` for ``S`` Monte Carlo samples
         (stochastic forward passes). Set-level metrics first average over ``S`` to get the
-        predictive distribution ``p̄ = mean_s p_s`` (methods.md §6: "NLL from the MC-averaged
-        probabilities").
+        predictive distribution ``p̄ = mean_s p_s`` (the NLL is that of the MC-averaged
+        probabilities: docs/METHODS.md#accuracy-nll-and-brier).
     targets: ``(B,)`` integer class indices in ``[0, C)``.
 
-Definitions (methods.md §6; Guo et al. 2017, "On Calibration of Modern Neural Networks", eq. 3
-for ECE; Nixon et al. 2019, "Measuring Calibration in Deep Learning" for adaptive ECE; Depeweg
-et al. 2018 / Gal 2016 for the entropy decomposition):
+Definitions (docs/METHODS.md#metrics; Guo et al. 2017, "On Calibration of Modern Neural
+Networks", eq. 3 for ECE; Nixon et al. 2019, "Measuring Calibration in Deep Learning" for adaptive
+ECE; Depeweg et al. 2018 / Gal 2016 for the entropy decomposition):
 
 * confidence ``conf_i = max_c p̄_ic``, prediction ``ŷ_i = argmax_c p̄_ic``;
 * ECE ``= sum_m |B_m| / N * |acc(B_m) - conf(B_m)|`` over 15 equal-width confidence bins
@@ -168,8 +168,8 @@ def accuracy(probs: Tensor, targets: Tensor) -> float:
 def nll(probs: Tensor, targets: Tensor, eps: float = NLL_EPS) -> float:
     """Mean negative log-likelihood ``-mean_i log max(p̄_{i, y_i}, eps)`` (nats).
 
-    Computed from the MC-averaged probabilities ``p̄`` (methods.md §6), i.e. the log of the
-    posterior predictive, not the mean of per-sample log-likelihoods.
+    Computed from the MC-averaged probabilities ``p̄``, i.e. the log of the posterior predictive,
+    not the mean of per-sample log-likelihoods (docs/METHODS.md#accuracy-nll-and-brier).
 
     Args:
         probs: ``(B, C)`` or ``(S, B, C)``; targets: ``(B,)`` long.
@@ -290,7 +290,8 @@ def ece(probs: Tensor, targets: Tensor, n_bins: int = 15) -> float:
     """Expected calibration error with equal-width bins over the whole set (Guo et al. 2017, eq. 3).
 
     ``ECE = sum_m |B_m| / N * |acc(B_m) - conf(B_m)|``, bins ``(lo, hi]`` (first bin includes 0).
-    Computed once over all ``N`` examples, not averaged over batches (methods.md §6).
+    Computed once over all ``N`` examples, not averaged over batches
+    (docs/METHODS.md#expected-calibration-error).
 
     Args:
         probs: ``(B, C)`` or ``(S, B, C)``; targets: ``(B,)`` long; n_bins: number of bins.

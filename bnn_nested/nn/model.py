@@ -118,7 +118,7 @@ class NestedModel(nn.Module):
 
     def masking(self, enabled: bool = True):
         """Enable or disable Downhill mask sampling (in training mode) inside the block."""
-        return self.unit_flag("sampling", enabled)
+        return self.unit_flag("masking", enabled)
 
     @contextmanager
     def stochastic(self, enabled: bool = True, samples: int | None = None):

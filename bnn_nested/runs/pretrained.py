@@ -4,11 +4,12 @@ Layout (the one Hugging Face uses, so the directory can be uploaded as it is)::
 
     DIR/model.safetensors   every tensor of model.state_dict(): weights, ordering-unit posteriors
                             and temperature buffers, BN running statistics and the batch-norm
-                            statistics re-estimated per width (calib_channels/width/mean/var)
+                            statistics re-estimated per width (calib_channels/width/mean/var;
+                            docs/METHODS.md#batch-norm-per-width)
     DIR/config.json         {"format": "bnn-nested-pretrained/1", "config": <the run's config>,
                              "input_shape": [..], "num_classes": N,
-                             "temperatures": {"0.5": T, ..}   (fitted per width, docs/METHODS.md,
-                                                               "Temperature scaling per width"),
+                             "temperatures": {"0.5": T, ..},  (one per width, fitted on val:
+                                                docs/METHODS.md#temperature-scaling-per-width)
                              "bn_calibrated_widths": [..], "weights_sha256": "..", "source": {..}}
 
 **Loading runs no code from the directory**: ``config.json`` is read as JSON (bounded, regular file

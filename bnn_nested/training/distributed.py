@@ -180,3 +180,13 @@ def gather_digests(t: torch.Tensor) -> list[int]:
     out = [torch.zeros_like(d) for _ in range(dist.get_world_size())]
     dist.all_gather(out, d)
     return [int(x) for x in out]
+
+
+def check_replicas_agree(model: torch.nn.Module, epoch: int) -> None:
+    """All-gather a hash of the parameters; ranks that drifted apart are a bug, not noise."""
+    flat = torch.cat([p.detach().reshape(-1).float().cpu() for p in model.parameters()])
+    digests = gather_digests(flat)
+    if len(set(digests)) > 1:
+        raise RuntimeError(
+            f"model replicas differ across ranks after epoch {epoch} (hashes {digests})"
+        )

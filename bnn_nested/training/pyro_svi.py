@@ -89,7 +89,7 @@ class PyroNestedModel:
         self.name = name
 
     def _units(self) -> list[tuple[str, OrderingUnit]]:
-        return [(n, u) for n, u in self.net.ordering_units() if u.sampling]
+        return [(n, u) for n, u in self.net.ordering_units() if u.masking]
 
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Prior over masks, forward pass, weight-KL factor and the scaled likelihood."""

@@ -1,41 +1,54 @@
-"""Training loop: negative ELBO = cross-entropy + KL / N_train, one loop for every width sampler.
+"""The training loop: one loop for every width sampler, minimising each sampler's negative ELBO.
 
-Reliability features (issue 6): periodic and on-SIGINT checkpoints through a ``checkpointer``
-callback, exact mid-epoch resume (with :class:`~bnn_nested.training.distributed.EpochSampler`),
-RNG states in :meth:`Trainer.state_dict`, a non-finite loss stops training naming the step and the
-last good checkpoint, gradient clipping, ``bf16``/``fp16`` autocast (GradScaler for fp16 on CUDA),
-and gradient averaging across ranks (:mod:`bnn_nested.training.distributed`).
+The trainer composes small parts, each its own module:
+
+* the objective (:class:`~bnn_nested.training.objective.NegativeELBO`);
+* the optimisation step, optimiser, schedule and mixed precision (:mod:`bnn_nested.training.optim`);
+* gradient averaging across processes and the replica check (:mod:`bnn_nested.training.distributed`);
+* when to checkpoint and how SIGINT stops after a step (:mod:`bnn_nested.training.policy`);
+* RNG states for exact resume (:mod:`bnn_nested.training.checkpoint`).
+
+It takes typed settings (:class:`~bnn_nested.config.TrainConfig`, :class:`~bnn_nested.config.
+OrderingConfig`), so it runs without a YAML file and on plain ``DataLoader`` objects.
+
+Example:
+    >>> trainer = Trainer(model, TrainConfig(epochs=5), OrderingConfig(sampler="vou"))
+    >>> history = trainer.fit(train_loader, val_loader)   # N = len(train_loader.dataset)
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
-import signal
 import sys
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
+from bnn_nested.config import Config, OrderingConfig, TrainConfig
 from bnn_nested.nn.batchnorm import nested_norms, recalibrate_bn
 from bnn_nested.nn.model import NestedModel
-from bnn_nested.nn.ordering_unit import OrderingUnit
+from bnn_nested.progress import epoch_line, progress
 from bnn_nested.regularization.base import Regularizer
 from bnn_nested.training.checkpoint import capture_rng_state, restore_rng_state
 from bnn_nested.training.distributed import (
     DistContext,
     EpochSampler,
     average_gradients,
-    gather_digests,
+    check_replicas_agree,
 )
-from bnn_nested.training.samplers import WidthSampler, build_sampler, kl_weight_at, temperature_at
+from bnn_nested.training.objective import NegativeELBO
+from bnn_nested.training.optim import (
+    OptimizerStep,
+    Precision,
+    make_optimizer,
+    make_scheduler,
+)
+from bnn_nested.training.policy import CheckpointPolicy, SigintStop
+from bnn_nested.training.samplers import WidthSampler, build_sampler, temperature_at
 
 #: ``checkpointer(trainer, reason)`` writes a checkpoint and returns its path; reason is one of
 #: ``"epoch"``, ``"step"``, ``"interrupt"``, ``"end"``.
@@ -54,69 +67,43 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.checkpoint = checkpoint
 
 
-def make_optimizer(
-    model: nn.Module, cfg: Any, ordering_lr: float | None = None
-) -> torch.optim.Optimizer:
-    """Optimizer from a :class:`~bnn_nested.config.TrainConfig` (no built-in weight decay: the
-    regularizer owns norm control). Ordering parameters form their own group with ``ordering_lr``."""
-
-    ordering_ids = {
-        id(p) for m in model.modules() if isinstance(m, OrderingUnit) for p in m.parameters()
-    }
-    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ordering_ids]
-    order = [p for p in model.parameters() if p.requires_grad and id(p) in ordering_ids]
-    params: list[dict[str, Any]] = [{"params": rest, "name": "weights"}]
-    if order:
-        params.append({"params": order, "lr": ordering_lr or cfg.lr, "name": "ordering"})
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
-    raise ValueError(f"train.optimizer must be one of adam, adamw, sgd; got {cfg.optimizer!r}")
-
-
-def resolve_device(name: str) -> torch.device:
-    """``cpu`` | ``cuda`` | ``auto`` (CUDA when available)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device: 'cuda' was asked for but CUDA is not available")
-    return torch.device(name)
-
-
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, cfg: Any) -> torch.Tensor:
-    """``distill_weight * T^2 * KL(softmax(t / T) || softmax(s / T))`` (Hinton et al. 2015), or the
-    soft cross-entropy ``- sum softmax(t / T) log softmax(s / T)`` (same gradient, offset by the
-    teacher's entropy) with ``distill_loss: soft_ce``; averaged over the batch."""
-    t = cfg.distill_temperature
-    log_p = F.log_softmax(student / t, -1)
-    q = F.softmax(teacher / t, -1)
-    per = -(q * log_p).sum(-1)
-    if cfg.distill_loss == "kl":
-        per = per + (q * F.log_softmax(teacher / t, -1)).sum(-1)
-    return cfg.distill_weight * t * t * per.mean()
+def _dataset_size(loader) -> int:
+    try:
+        return len(loader.dataset)
+    except (AttributeError, TypeError):
+        raise ValueError(
+            "n_train: give the training-set size (the loader has no sized .dataset)"
+        ) from None
 
 
 class Trainer:
     """Trains a :class:`~bnn_nested.nn.NestedModel` by minimising the per-example negative ELBO
 
-    ``sum_passes CE(model_r(x), y) + kl_weight * KL / N_train + penalty``,
+    ``sum_passes CE(model_r(x), y) + kl_weight * KL / N_train + penalty``
 
-    where the passes of a step come from the width sampler (methods.md §1; the KL is the ordering
-    KL plus the keep-probability-weighted weight KL).
+    (:class:`~bnn_nested.training.objective.NegativeELBO`; docs/METHODS.md#the-objective-each-width-samplers-own-negative-elbo).
 
-    Example:
-        >>> trainer = Trainer(model, cfg, n_train=len(train_set))
-        >>> history = trainer.fit(train_loader, val_loader)
+    Args:
+        model: the nested model (moved to ``device``).
+        train: optimiser, schedule, precision, clipping, checkpoint and distillation settings; a
+            whole :class:`~bnn_nested.config.Config` is accepted too (its ``train``, ``ordering``
+            and ``seed`` are used).
+        ordering: the width sampler's settings (default: ``OrderingConfig()``, i.e. VOU).
+        n_train: training-set size ``N``; default ``len(train_loader.dataset)`` at :meth:`fit`.
+        seed: seed of the sampler's generator (sandwich widths).
+        regularizer: norm control (default none); sampler: overrides ``ordering``'s.
+        device, quiet, dist, checkpointer, teacher: where to train, progress output, the process
+            group, the checkpoint callback, a frozen network to distil from.
     """
 
     def __init__(
         self,
         model: NestedModel,
-        cfg: Any,
-        n_train: int,
+        train: TrainConfig | Config | None = None,
+        ordering: OrderingConfig | None = None,
+        *,
+        n_train: int | None = None,
+        seed: int = 0,
         regularizer: Regularizer | None = None,
         sampler: WidthSampler | None = None,
         device: torch.device | str = "cpu",
@@ -125,25 +112,36 @@ class Trainer:
         checkpointer: Checkpointer | None = None,
         teacher: nn.Module | None = None,
     ) -> None:
-        if n_train < 1:
+        if isinstance(train, Config):
+            train, ordering, seed = train.train, ordering or train.ordering, train.seed
+        if ordering is not None and not isinstance(ordering, OrderingConfig):
+            raise TypeError(
+                f"ordering: expected an OrderingConfig, got {type(ordering).__name__} "
+                "(pass n_train= by keyword)"
+            )
+        self.train_cfg: TrainConfig = train or TrainConfig()
+        self.ordering_cfg: OrderingConfig = ordering or OrderingConfig()
+        if n_train is not None and n_train < 1:
             raise ValueError(f"n_train must be >= 1, got {n_train}")
-        self.cfg = cfg
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.teacher = teacher.to(self.device).eval() if teacher is not None else None
         if self.teacher is not None:
             for p in self.teacher.parameters():
                 p.requires_grad_(False)
-        self.n_train = n_train
-        self.sampler = sampler or build_sampler(cfg.ordering)
+        self.sampler = sampler or build_sampler(self.ordering_cfg)
         self.regularizer = regularizer or Regularizer()
-        self.optimizer = make_optimizer(model, cfg.train, cfg.ordering.lr)
-        self.scheduler = (
-            torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.train.epochs)
-            if cfg.train.scheduler == "cosine"
-            else None
+        self.precision = Precision(self.train_cfg.precision, self.device)
+        self.optimizer = make_optimizer(model, self.train_cfg, self.ordering_cfg.lr)
+        self.scheduler = make_scheduler(self.optimizer, self.train_cfg)
+        self.stepper = OptimizerStep(self.optimizer, self.precision, self.train_cfg.grad_clip)
+        self.policy = CheckpointPolicy(
+            self.train_cfg.checkpoint_every, self.train_cfg.checkpoint_every_steps
         )
-        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.objective: NegativeELBO | None = None
+        if n_train is not None:
+            self.objective = self._objective(n_train)
+        self.generator = torch.Generator().manual_seed(seed)
         self.step = 0
         self.epoch = 0
         self.history: list[dict[str, float]] = []
@@ -154,50 +152,42 @@ class Trainer:
         self.last_checkpoint: tuple[Path, int] | None = None  # (path, step) of the last save
         self.batch_in_epoch = 0  # batches of the current epoch already trained (mid-epoch resume)
         self._epoch_sums: dict[str, float] = {}
-        self._stop_requested = False
-        self.precision = getattr(cfg.train, "precision", "fp32")
-        if self.precision == "fp16" and self.device.type != "cuda":
-            raise ValueError("train.precision: 'fp16' needs CUDA; use 'bf16' or 'fp32' on CPU")
-        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+        self.stop = SigintStop(enabled=checkpointer is not None)
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        """Mixed-precision context for forward passes (``fp32``: none)."""
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+    def _objective(self, n_train: int) -> NegativeELBO:
+        return NegativeELBO(
+            self.model,
+            self.sampler,
+            n_train,
+            self.ordering_cfg,
+            self.regularizer,
+            self.teacher,
+            self.train_cfg,
+            self.precision.autocast,
+        )
+
+    @property
+    def n_train(self) -> int | None:
+        return self.objective.n_train if self.objective is not None else None
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler | None:
+        return self.precision.scaler
+
+    @property
+    def _stop_requested(self) -> bool:
+        return self.stop.requested
+
+    @_stop_requested.setter
+    def _stop_requested(self, value: bool) -> None:
+        self.stop.requested = value
 
     # -- one step ----------------------------------------------------------------------------
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """The step's loss and its parts (``data``, ``kl``, ``penalty``)."""
-        model = self.model
-        data = x.new_zeros(())
-        distill = x.new_zeros(())
-        teacher: torch.Tensor | None = None
-        original = None
-        if self.teacher is not None:
-            with torch.no_grad(), self._autocast():
-                original = self.teacher(x).float()
-        for i, p in enumerate(self.sampler.passes(self.step, self.generator)):
-            with model.width(p.width), model.masking(p.mask), self._autocast():
-                logits = model(x)
-            logits = logits.float()
-            if original is not None:
-                distill = distill + distillation_loss(logits, original, self.cfg.train)
-            if p.distill and teacher is not None:
-                data = data + torch.sum(-teacher * F.log_softmax(logits, -1), -1).mean()
-            else:
-                data = data + F.cross_entropy(logits, y)
-            if i == 0:
-                teacher = F.softmax(logits, -1).detach()
-        kl_w = kl_weight_at(self.cfg.ordering, self.epoch)
-        kl = model.kl(keep=self.sampler.kl_keep) * (kl_w / self.n_train)
-        penalty = self.regularizer.penalty(model)
-        loss = data + kl + penalty + distill
-        parts = {"loss": loss, "data": data, "kl": kl, "penalty": penalty}
-        if self.teacher is not None:
-            parts["distill"] = distill
-        return loss, {k: float(torch.as_tensor(v).detach()) for k, v in parts.items()}
+        """The step's loss and its parts (``loss``, ``data``, ``kl``, ``penalty``)."""
+        if self.objective is None:
+            raise ValueError("n_train: unknown before fit(); pass n_train= to Trainer")
+        return self.objective(x, y, self.step, self.epoch, self.generator)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """One optimisation step on a batch; returns the loss parts.
@@ -212,9 +202,10 @@ class Trainer:
         finite = math.isfinite(parts["loss"])
         if not finite and not self.dist.active:
             raise NonFiniteLossError(f"loss became {parts['loss']} at step {self.step}")
-        self.optimizer.zero_grad(set_to_none=True)
         if finite:
-            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            self.stepper.backward(loss)
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
         if self.dist.active:
             flags = torch.tensor([float(self._stop_requested), float(not finite)])
             summed = average_gradients(self.model.parameters(), flags, self.dist.world_size)
@@ -223,19 +214,8 @@ class Trainer:
                 raise NonFiniteLossError(
                     f"loss became non-finite on {int(summed[1])} rank(s) at step {self.step}"
                 )
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        if self.cfg.train.grad_clip is not None:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
-        self.regularizer.before_step(self.model, self.optimizer)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.model.project_()
         self.step += 1
-        self.regularizer.after_step(self.model, self.step)
+        self.stepper.apply(self.model, self.regularizer, self.step)
         return parts
 
     # -- epochs ------------------------------------------------------------------------------
@@ -265,11 +245,10 @@ class Trainer:
 
     def train_epoch(self, loader) -> dict[str, float]:
         """Train one epoch (or its remainder after a mid-epoch resume); returns mean loss parts."""
-        self.model.set_temperature(temperature_at(self.cfg.ordering, self.epoch))
+        self.model.set_temperature(temperature_at(self.ordering_cfg, self.epoch))
         batches = self._batches(loader)
         resumable = isinstance(getattr(loader, "sampler", None), EpochSampler)
         total = len(loader) + (self.batch_in_epoch if resumable else 0)
-        every_steps = getattr(self.cfg.train, "checkpoint_every_steps", 0)
         for x, y in self._progress(
             batches, total, f"epoch {self.epoch + 1}", initial=self.batch_in_epoch
         ):
@@ -282,7 +261,7 @@ class Trainer:
             self.batch_in_epoch += 1
             if self._stop_requested:
                 self._interrupt()
-            if every_steps and self.step % every_steps == 0:
+            if self.policy.after_step(self.step):
                 self.save_checkpoint("step")
         n = self.batch_in_epoch
         means = {k: v / max(n, 1) for k, v in self._epoch_sums.items()}
@@ -294,19 +273,9 @@ class Trainer:
         return means
 
     def _progress(self, it: Iterable, total: int | None, desc: str, initial: int = 0):
-        if self.quiet or not self.dist.is_main or not sys.stderr.isatty():
-            return it
 
-        return tqdm(it, total=total, desc=desc, leave=False, initial=initial)
-
-    def _check_replicas_agree(self) -> None:
-        """All-gather a hash of the parameters; ranks that drifted apart are a bug, not noise."""
-        flat = torch.cat([p.detach().reshape(-1).float().cpu() for p in self.model.parameters()])
-        digests = gather_digests(flat)
-        if len(set(digests)) > 1:
-            raise RuntimeError(
-                f"model replicas differ across ranks after epoch {self.epoch} (hashes {digests})"
-            )
+        enabled = not self.quiet and self.dist.is_main
+        return progress(it, total, desc, enabled=enabled, initial=initial)
 
     # -- checkpoints and signals ---------------------------------------------------------------
     def save_checkpoint(self, reason: str) -> Path | None:
@@ -323,33 +292,13 @@ class Trainer:
         saved = f"checkpoint saved to {path}" if path is not None else "no checkpoint saved"
         raise TrainingInterrupted(f"interrupted after {where}; {saved}", path)
 
-    @contextlib.contextmanager
-    def _sigint_guard(self):
-        """While training with a checkpointer, the first SIGINT finishes the current step, saves a
-        checkpoint and raises :class:`TrainingInterrupted`; a second one interrupts at once."""
-        if self.checkpointer is None or threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handler(signum, frame):
-            if self._stop_requested:
-                raise KeyboardInterrupt
-            self._stop_requested = True
-
-        previous = signal.signal(signal.SIGINT, handler)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
-            self._stop_requested = False
-
     @torch.no_grad()
     def accuracy(self, loader, width: float = 1.0) -> float:
         self.model.eval()
         correct = total = 0
         for x, y in loader:
             x = x.to(self.device, non_blocking=True)
-            with self._autocast():
+            with self.precision.autocast():
                 pred = self.model(x, width=width).argmax(-1).cpu()
             correct += int((pred == y).sum())
             total += len(y)
@@ -385,7 +334,10 @@ class Trainer:
         on_epoch_end: Callable[[Trainer, dict[str, float]], None] | None = None,
         bn_loader=None,
     ) -> list[dict[str, float]]:
-        """Train until ``epochs`` (default ``cfg.train.epochs``); resumes from ``self.epoch``.
+        """Train until ``epochs`` (default ``train.epochs``); resumes from ``self.epoch``.
+
+        Plain ``DataLoader`` objects work; with an :class:`~bnn_nested.training.distributed.
+        EpochSampler` a mid-epoch resume is exact (a plain shuffled loader resumes approximately).
 
         With a ``checkpointer``, saves every ``train.checkpoint_every`` epochs and every
         ``train.checkpoint_every_steps`` steps, and on SIGINT (then raises
@@ -397,27 +349,23 @@ class Trainer:
         on it, as the final report does, and restored afterwards (without it the running statistics
         of masked training are used, which can be far from what the report will say).
         """
+        if self.objective is None:
+            self.objective = self._objective(_dataset_size(train_loader))
         self.setup(train_loader)
-        end = epochs if epochs is not None else self.cfg.train.epochs
-        every = getattr(self.cfg.train, "checkpoint_every", 0)
-        with self._sigint_guard():
+        end = epochs if epochs is not None else self.train_cfg.epochs
+        with self.stop:
             while self.epoch < end:
                 record = {"epoch": self.epoch + 1, **self.train_epoch(train_loader)}
                 if val_loader is not None:
                     record["val_acc"] = self.validation_accuracy(val_loader, bn_loader)
                 self.history.append(record)
                 if not self.quiet and self.dist.is_main:
-                    extra = f" val_acc {record['val_acc']:.4f}" if "val_acc" in record else ""
-                    print(
-                        f"epoch {record['epoch']:3d} loss {record['loss']:.4f} "
-                        f"kl {record['kl']:.4f}{extra}",
-                        file=sys.stderr,
-                    )
+                    print(epoch_line(record), file=sys.stderr)
                 if self.dist.active:
-                    self._check_replicas_agree()
+                    check_replicas_agree(self.model, self.epoch)
                 if on_epoch_end is not None:
                     on_epoch_end(self, record)
-                if every and self.epoch % every == 0 and self.epoch < end:
+                if self.policy.after_epoch(self.epoch, end):
                     self.save_checkpoint("epoch")
                 if self._stop_requested:
                     self._interrupt()

@@ -19,7 +19,7 @@ from bnn_nested.config import Config
 BASE = {
     "seed": 0,
     "data": {"name": "digits", "batch_size": 64},
-    "model": {"name": "mlp", "hidden": [32, 32], "groups": 8, "frozen": 1},
+    "model": {"name": "mlp", "hidden": [32, 32], "groups": 8, "kept": 1},
     "ordering": {"sampler": "vou", "temperature": 1.0},
     "train": {"epochs": 1, "device": "cpu"},
     "eval": {"widths": [0.5, 1.0]},
@@ -77,7 +77,7 @@ def bad_literal(draw):
                 "train.device",
                 "train.optimizer",
                 "train.precision",
-                "model.weights",
+                "model.weight_posterior",
                 "ordering.schedule",
                 "train.scheduler",
             ]
@@ -146,7 +146,7 @@ MUTATIONS = st.one_of(
     st.builds(_set, st.just("train.grad_clip"), nonpositive),
     st.builds(_set, st.just("train.checkpoint_every"), st.integers(max_value=-1)),
     st.builds(_set, st.just("seed"), st.integers(max_value=-1)),
-    st.builds(_set, st.just("model.frozen"), st.integers(8, 100)),
+    st.builds(_set, st.just("model.kept"), st.integers(8, 100)),
     st.builds(_set, st.just("model.hidden"), st.just([])),
     st.builds(_set, st.sampled_from(["train.epochs", "data.batch_size", "model.groups"]), junk),
     st.builds(_set, st.sampled_from(["data", "model", "train"]), st.integers() | st.text()),

@@ -49,7 +49,7 @@ MODELS = {
 
 def _model(name: str):
     model_cfg, shape = MODELS[name]
-    cfg = build_config({"model": {"groups": 4, "frozen": 1, **model_cfg}})
+    cfg = build_config({"model": {"groups": 4, "kept": 1, **model_cfg}})
     torch.manual_seed(0)
     model = build_model(cfg.model, {}, shape, 10)
     x = torch.randn(8, *shape)

@@ -6,9 +6,15 @@ from bnn_nested.evaluation.predict import predict
 from bnn_nested.models import NestedLeNet, NestedMLP
 
 
-def _lenet(weights):
+def _lenet(weight_posterior):
     return NestedLeNet(
-        (1, 8, 8), 4, (4, 8, 16), groups=4, frozen=1, weights=weights, init_log_alpha=-1.0
+        (1, 8, 8),
+        4,
+        (4, 8, 16),
+        groups=4,
+        kept=1,
+        weight_posterior=weight_posterior,
+        init_log_alpha=-1.0,
     ).eval()
 
 
@@ -52,7 +58,7 @@ def test_chunking_equals_no_chunking():
 
 
 def test_keep_scaling_multiplies_by_keep_probabilities():
-    model = NestedMLP(3, 2, hidden=[4], groups=4, frozen=1).eval()
+    model = NestedMLP(3, 2, hidden=[4], groups=4, kept=1).eval()
     unit = model.features[model.pairs[0][1]]
     with torch.no_grad():
         unit.r.copy_(torch.tensor([2.0, 0.0, -1.0]))

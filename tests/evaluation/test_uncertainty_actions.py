@@ -27,7 +27,7 @@ def digits():
 
 def _model():
     torch.manual_seed(0)
-    return NestedMLP(64, 10, hidden=[32], groups=4, frozen=1).eval()
+    return NestedMLP(64, 10, hidden=[32], groups=4, kept=1).eval()
 
 
 def test_evaluate_applies_temperatures_and_reports_before(digits):

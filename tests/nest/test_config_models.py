@@ -33,7 +33,7 @@ def test_import_model_trains_evaluates_selects(tmp_path, capsys):
             "model.target=tests.nest.factories:tiny_residual",
             "model.kwargs={width: 16}",
             "model.groups=4",
-            "model.frozen=1",
+            "model.kept=1",
             "train.epochs=2",
         ],
     )

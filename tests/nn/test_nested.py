@@ -17,14 +17,14 @@ from bnn_nested.nn import (
 
 
 class TinyCNN(NestedModel):
-    def __init__(self, groups=4, frozen=1):
+    def __init__(self, groups=4, kept=1):
         super().__init__()
-        self.conv1 = NestedConv2d(1, 8, 3, padding=1, groups=groups, frozen=frozen)
+        self.conv1 = NestedConv2d(1, 8, 3, padding=1, order_groups=groups, kept=kept)
         self.bn1 = NestedBatchNorm2d(8)
-        self.ou1 = OrderingUnit(8, groups, frozen, hard=True)
-        self.conv2 = NestedConv2d(8, 12, 3, padding=1, groups=groups, frozen=frozen)
+        self.ou1 = OrderingUnit(8, groups, kept, hard=True)
+        self.conv2 = NestedConv2d(8, 12, 3, padding=1, order_groups=groups, kept=kept)
         self.bn2 = NestedBatchNorm2d(12)
-        self.ou2 = OrderingUnit(12, groups, frozen, hard=True)
+        self.ou2 = OrderingUnit(12, groups, kept, hard=True)
         self.fc = NestedLinear(12 * 4 * 4, 3, ordered=False)
 
     def forward_full(self, x):
@@ -37,7 +37,7 @@ def _zeroing_hooks(model, width):
     """Forward hooks zeroing, at full width, the channels a width-``width`` network drops."""
     hooks = []
     for _, u in model.ordering_units():
-        keep = active_groups(width, u.groups, u.frozen) * u.group_size
+        keep = active_groups(width, u.groups, u.kept) * u.group_size
 
         def hook(mod, inp, out, keep=keep):
             out = out.clone()
@@ -50,7 +50,7 @@ def _zeroing_hooks(model, width):
 
 @pytest.mark.parametrize("width", [0.1, 0.25, 0.5, 0.8, 1.0])
 def test_sliced_mlp_equals_full_network_with_dropped_outputs_zeroed(width):
-    model = NestedMLP(10, 4, hidden=[32, 16], groups=8, frozen=1).eval()
+    model = NestedMLP(10, 4, hidden=[32, 16], groups=8, kept=1).eval()
     x = torch.randn(5, 10)
     sliced = model(x, width=width)
     hooks = _zeroing_hooks(model, width)
@@ -79,7 +79,7 @@ def test_sliced_cnn_equals_zeroed_in_eval(width):
 
 def test_hard_training_mask_equals_sliced_network_with_batch_norm():
     """Mask after BN + ReLU: a hard mask with truncation b computes the sliced network (train mode)."""
-    model = TinyCNN(groups=4, frozen=1).train()
+    model = TinyCNN(groups=4, kept=1).train()
     x = torch.randn(6, 1, 4, 4)
     b = {"ou1": 1, "ou2": 2}  # ordered groups kept per unit
     for name, u in model.ordering_units():
@@ -95,7 +95,7 @@ def test_hard_training_mask_equals_sliced_network_with_batch_norm():
 
 
 def test_width_context_manager_restores_and_validates():
-    model = NestedMLP(6, 3, hidden=[8], groups=4, frozen=1)
+    model = NestedMLP(6, 3, hidden=[8], groups=4, kept=1)
     layer = model.features[0]
     with model.width(0.5):
         assert layer.active_out_groups == 1 + 2
@@ -117,14 +117,14 @@ def test_active_groups_formula():
 
 def test_groups_must_divide():
     with pytest.raises(ValueError, match="divide"):
-        NestedLinear(4, 10, groups=3)
-    with pytest.raises(ValueError, match="frozen"):
-        OrderingUnit(8, 4, frozen=4)
+        NestedLinear(4, 10, order_groups=3)
+    with pytest.raises(ValueError, match="kept"):
+        OrderingUnit(8, 4, kept=4)
 
 
 @pytest.mark.parametrize("width", [0.25, 0.5, 1.0])
 def test_params_and_flops_match_sliced_shapes(width):
-    model = NestedMLP(10, 4, hidden=[32, 16], groups=8, frozen=0)
+    model = NestedMLP(10, 4, hidden=[32, 16], groups=8, kept=0)
     h1 = active_groups(width, 8, 0) * 4
     h2 = active_groups(width, 8, 0) * 2
     x = torch.randn(7, 10)
@@ -134,7 +134,7 @@ def test_params_and_flops_match_sliced_shapes(width):
 
 
 def test_conv_flops_and_params_exact():
-    conv = NestedConv2d(3, 8, 3, padding=1, groups=4)
+    conv = NestedConv2d(3, 8, 3, padding=1, order_groups=4)
     conv.set_width(0.5)
     x = torch.randn(2, 3, 5, 5)
     from torch.utils.flop_counter import FlopCounterMode
@@ -155,7 +155,7 @@ def test_nested_batchnorm_updates_only_active_channels():
 
 
 def test_linear_input_follows_previous_width():
-    lin = NestedLinear(8, 4, groups=2)
+    lin = NestedLinear(8, 4, order_groups=2)
     y = lin(torch.randn(3, 5))
     assert y.shape == (3, 4)
     torch.testing.assert_close(y, torch.randn(3, 5) @ torch.zeros(5, 4) + y, atol=10, rtol=0)
@@ -164,12 +164,12 @@ def test_linear_input_follows_previous_width():
 
 
 def test_ordering_unit_modes():
-    u = OrderingUnit(8, 4, frozen=1, per_example=True)
+    u = OrderingUnit(8, 4, kept=1, per_example=True)
     x = torch.ones(5, 8)
     u.train()
     y = u(x)
     assert y.shape == (5, 8)
-    assert torch.equal(y[:, :2], torch.ones(5, 2))  # frozen group always kept
+    assert torch.equal(y[:, :2], torch.ones(5, 2))  # kept group always kept
     u.eval()
     assert torch.equal(u(x), x)
     u.keep_scaling = True

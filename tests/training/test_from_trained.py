@@ -12,7 +12,8 @@ from bnn_nested.cli.main import main
 from bnn_nested.config import ConfigError, load_config
 from bnn_nested.data import load_dataset
 from bnn_nested.models import MLP, build_model
-from bnn_nested.training.trainer import Trainer, distillation_loss
+from bnn_nested.training.objective import distillation_loss
+from bnn_nested.training.trainer import Trainer
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ EPOCHS = 4
 CONFIG = {
     "seed": 3,
     "data": {"name": "digits", "batch_size": 64},
-    "model": {"hidden": [32], "groups": 8, "frozen": 1},
+    "model": {"hidden": [32], "groups": 8, "kept": 1},
     "ordering": {
         "sampler": "vou",
         "temperature": 1.0,

@@ -21,7 +21,7 @@ def _setup(sampler="vou", seed=0, **over):
     cfg = build_config(
         {
             "seed": seed,
-            "model": {"hidden": [16], "groups": 4, "frozen": 1},
+            "model": {"hidden": [16], "groups": 4, "kept": 1},
             "ordering": {"sampler": sampler, **over},
             "train": {"epochs": 2},
             "regularization": {"kind": "none"},
@@ -116,3 +116,38 @@ def test_non_finite_loss_stops():
     x, y = _data()[:4]
     with pytest.raises(NonFiniteLossError, match="step 0"):
         tr.train_step(x * float("nan"), y)
+
+
+def test_trainer_runs_from_typed_settings_on_plain_loaders():
+    """No YAML, no Config: TrainConfig + OrderingConfig, a plain DataLoader, N from its dataset."""
+    from bnn_nested.config import OrderingConfig, TrainConfig
+
+    torch.manual_seed(0)
+    ordering = OrderingConfig(sampler="nested_dropout")
+    model = NestedMLP(6, 3, [16], 4, 1, build_sampler(ordering).ordering_kwargs())
+    data = _data(n=48)
+    tr = Trainer(model, TrainConfig(epochs=2, lr=1e-2), ordering, quiet=True)
+    with pytest.raises(ValueError, match="n_train"):
+        tr.loss(*data[:4])  # N is not known before fit()
+    history = tr.fit(DataLoader(data, batch_size=16, shuffle=True), DataLoader(data, batch_size=48))
+    assert tr.n_train == 48
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert tr.step == 6  # 3 batches x 2 epochs
+    assert 0.0 <= history[-1]["val_acc"] <= 1.0
+    # the composed objective is the independent sum: CE of the sampled pass + KL/N (+ 0 penalty)
+    torch.manual_seed(3)
+    x, y = data[:8]
+    loss, parts = tr.loss(x, y)
+    assert float(loss) == pytest.approx(parts["data"] + parts["kl"] + parts["penalty"], rel=1e-6)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="'auto' resolves to CUDA here")
+def test_fp16_on_cpu_is_refused_once_with_the_field_named():
+    from bnn_nested.config import TrainConfig
+    from bnn_nested.training.optim import Precision
+
+    with pytest.raises(ValueError, match=r"train.precision: 'fp16' needs CUDA"):
+        Precision("fp16", torch.device("cpu"))
+    cfg = TrainConfig(precision="fp16", device="auto")  # statically fine; resolves to the CPU here
+    with pytest.raises(ValueError, match=r"train.precision: 'fp16' needs CUDA"):
+        Trainer(NestedMLP(6, 3, [16], 4, 1, {}), cfg, n_train=8)
