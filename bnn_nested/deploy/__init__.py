@@ -1,10 +1,11 @@
 """Deployment under a budget: cost profiles, width selection, export of a physically smaller
-module, safe weights, per-layer allocation and the uncertainty cascade."""
+module (torch.export or ONNX), safe weights, per-layer allocation and the uncertainty cascade."""
 
 from __future__ import annotations
 
 from bnn_nested.deploy.cascade import Cascade, CascadeReport, cascade_report, choose_threshold
 from bnn_nested.deploy.export import export_width, exported_param_count, fold_bn
+from bnn_nested.deploy.onnx import OnnxMismatch, OnnxUnavailable, OrtModule, onnx_width
 from bnn_nested.deploy.profile import WidthCost, masked_forward, profile_widths
 from bnn_nested.deploy.runtime import (
     MicroBatched,
@@ -28,6 +29,9 @@ __all__ = [
     "CascadeReport",
     "Constraints",
     "MicroBatched",
+    "OnnxMismatch",
+    "OnnxUnavailable",
+    "OrtModule",
     "Selection",
     "Timing",
     "UnsafeOrInvalidWeights",
@@ -44,6 +48,7 @@ __all__ = [
     "masked_forward",
     "measure_latency",
     "num_threads",
+    "onnx_width",
     "profile_widths",
     "save_exported",
     "save_width_weights",
