@@ -100,7 +100,7 @@ def ordering_table(report: dict[str, dict[str, Any]]) -> str:
                 f"**The ordering barely moved:** every learned keep probability is within "
                 f"{moved:.4f} of its initial value (threshold {BARELY_MOVED}), so the widths "
                 "reflect `ordering.init` more than training. A larger `ordering.lr`, more "
-                "epochs or `ordering.init: prior` let the data move it (docs/METHODS.md)."
+                "epochs or `ordering.init: prior` let the data move it (docs/METHODS.md#variational-ordering-units)."
             )
         else:
             lines.append(
