@@ -27,11 +27,12 @@ spec (the run's config and the width), is read with ``torch.load(weights_only=Tr
 and the architecture is rebuilt by bnn-nested from the spec (configs naming ``model.name:
 import``, which would import a module, are refused unless ``allow_import=True``).
 
-Example:
-    >>> plain = export_width(model, 0.5, x[:1])          # nn.Module (a torch.fx.GraphModule)
-    >>> save_exported(plain, x[:1], "w050.pt2"); m = load_exported("w050.pt2")   # trusted files
-    >>> save_width_weights(model, cfg, 0.5, x[:2], "w050.pt")                   # to share
-    >>> m = load_width_weights("w050.pt")                                        # from anyone
+Example::
+
+    plain = export_width(model, 0.5, x[:1])          # nn.Module (a torch.fx.GraphModule)
+    save_exported(plain, x[:1], "w050.pt2"); m = load_exported("w050.pt2")   # trusted files
+    save_width_weights(model, cfg, 0.5, x[:2], "w050.pt")                   # to share
+    m = load_width_weights("w050.pt")                                        # from anyone
 """
 
 from __future__ import annotations
@@ -263,9 +264,10 @@ def export_width(
         whose ``forward_full`` has input-dependent control flow (FX cannot trace it) come back as a
         copy of the model with every nested leaf replaced by its plain module instead.
 
-    Example:
-        >>> plain = export_width(model, 0.5, x[:1])
-        >>> torch.testing.assert_close(plain(x), model.eval()(x, width=0.5))
+    Example::
+
+        plain = export_width(model, 0.5, x[:1])
+        torch.testing.assert_close(plain(x), model.eval()(x, width=0.5))
     """
     if isinstance(model, NestifiedModel):  # any network: Torch-Pruning slices a plain copy
         out = sliced_network(model, width, example)

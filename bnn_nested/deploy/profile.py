@@ -8,9 +8,10 @@ Latency is wall-clock time of one forward pass of a batch (``torch.no_grad``, ``
 after warm-up passes, over ``repeats`` passes; we report the median and the inter-quartile range
 (IQR = q75 - q25). On CUDA every pass is bracketed by ``torch.cuda.synchronize()``.
 
-Example:
-    >>> costs = profile_widths(model, torch.zeros(1, 64), [0.25, 0.5, 1.0], batch_size=256)
-    >>> [(c.width, c.flops, c.latency_ms) for c in costs]
+Example::
+
+    costs = profile_widths(model, torch.zeros(1, 64), [0.25, 0.5, 1.0], batch_size=256)
+    [(c.width, c.flops, c.latency_ms) for c in costs]
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ PROFILE_FILE = "deploy/profile.json"
 def count_flops(model: NestedModel, example: torch.Tensor, width: Width = 1.0) -> int:
     """FLOPs (= 2 x MACs) of one forward pass of ``example`` (whole batch) at ``width``.
 
-    Example:
-        >>> count_flops(model, torch.zeros(1, 64), width=0.5)
+    Example::
+
+        count_flops(model, torch.zeros(1, 64), width=0.5)
     """
     if isinstance(model, NestifiedModel):  # masked at run time: count the sliced network
         return network_flops(sliced_network(model, width, example), example)
@@ -160,9 +162,10 @@ def measure_latency(
 ) -> Timing:
     """Time ``fn(x)``: ``warmup`` untimed calls, then ``repeats`` timed calls (CUDA synchronised).
 
-    Example:
-        >>> t = measure_latency(lambda x: model(x, width=0.5), torch.zeros(256, 64))
-        >>> t.median_ms, t.iqr_ms
+    Example::
+
+        t = measure_latency(lambda x: model(x, width=0.5), torch.zeros(256, 64))
+        t.median_ms, t.iqr_ms
     """
     if warmup < 0 or repeats < 1:
         raise ValueError(f"warmup must be >= 0 and repeats >= 1, got {warmup}, {repeats}")
@@ -274,8 +277,9 @@ def profile_widths(
         checkpoint: identity of the weights profiled (``LoadedRun.checkpoint_id``); cached
             entries of another checkpoint are recomputed (:mod:`bnn_nested.deploy.cache`).
 
-    Example:
-        >>> costs = profile_widths(model, x[:1], [0.25, 1.0], batch_size=256, cache_dir="runs/demo")
+    Example::
+
+        costs = profile_widths(model, x[:1], [0.25, 1.0], batch_size=256, cache_dir="runs/demo")
     """
     if mode not in LATENCY_MODES:
         raise ValueError(f"mode must be one of {LATENCY_MODES}, got {mode!r}")

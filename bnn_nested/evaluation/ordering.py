@@ -4,9 +4,10 @@ Lets users check that the ordering *learned* (methods.md §7: the reference's ba
 ordering unit's keep probabilities ``P(b >= k)`` next to its prior's, and the expected number of
 groups kept, ``E[groups] = F + E[b] = F + sum_k P(b >= k)``.
 
-Example:
-    >>> report = ordering_report(model)
-    >>> write_ordering_report(model, "runs/demo")    # keep_probs.json, ordering.md, keep_probs.png
+Example::
+
+    report = ordering_report(model)
+    write_ordering_report(model, "runs/demo")    # keep_probs.json, ordering.md, keep_probs.png
 """
 
 from __future__ import annotations

@@ -26,9 +26,10 @@ class NestedLeNet(NestedModel):
         input_shape: ``(C, H, W)`` or a flat square image.
         channels: ``(conv1, conv2, fc)`` widths; ``groups`` must divide each ordered one.
 
-    Example:
-        >>> model = NestedLeNet((1, 28, 28), 10, groups=16, frozen=2, weights="gaussian")
-        >>> logits = model(x, width=0.5)
+    Example::
+
+        model = NestedLeNet((1, 28, 28), 10, groups=16, frozen=2, weights="gaussian")
+        logits = model(x, width=0.5)
     """
 
     def __init__(

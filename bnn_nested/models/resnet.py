@@ -123,9 +123,10 @@ class NestedResNet(NestedModel):
     The stem is ordered iff ``order_first``; the last block's output (the classifier's input) iff
     ``order_classifier_input``. The classifier is never truncated.
 
-    Example:
-        >>> model = NestedResNet("20", (3, 32, 32), 10, groups=16, frozen=2)
-        >>> logits = model(x, width=0.5)
+    Example::
+
+        model = NestedResNet("20", (3, 32, 32), 10, groups=16, frozen=2)
+        logits = model(x, width=0.5)
     """
 
     def __init__(

@@ -32,9 +32,10 @@ class NestedConvBlock(nn.Module):
     The ordering unit (present iff ``ordered``) masks *after* normalisation and activation, so a hard
     mask computes the sliced network (methods.md §7). Shapes: ``(B, C_in', H, W) -> (B, C_out', H', W')``.
 
-    Example:
-        >>> block = NestedConvBlock(3, 64, groups=16, frozen=2, norm="batch")
-        >>> h = block(x)
+    Example::
+
+        block = NestedConvBlock(3, 64, groups=16, frozen=2, norm="batch")
+        h = block(x)
     """
 
     def __init__(
@@ -107,9 +108,10 @@ class NestedVGG(NestedModel):
         layers: a plan like ``VGG_CONFIGS["11"]`` or a key of :data:`VGG_CONFIGS`.
         input_shape: ``(C, H, W)``.
 
-    Example:
-        >>> model = NestedVGG("11-wide", (3, 32, 32), 10, groups=32, frozen=2, norm="batch")
-        >>> logits = model(x, width=0.25)
+    Example::
+
+        model = NestedVGG("11-wide", (3, 32, 32), 10, groups=32, frozen=2, norm="batch")
+        logits = model(x, width=0.25)
     """
 
     def __init__(

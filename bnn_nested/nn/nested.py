@@ -140,7 +140,9 @@ class NestedLinear(NestedMixin, nn.Linear):
 
     Example:
         >>> layer = NestedLinear(64, 128, groups=16, frozen=2)
-        >>> layer.set_width(0.5); y = layer(x)       # y.shape[-1] == 8 * (2 + 7)
+        >>> layer.set_width(0.5)
+        >>> layer(torch.randn(4, 64)).shape  # 8 channels x (2 + ceil(0.5 * 14) = 9 groups)
+        torch.Size([4, 72])
 
     Reference: Cui et al., *Bayesian Nested Neural Networks*, CVPR 2021.
     """
@@ -186,7 +188,9 @@ class NestedConv2d(NestedMixin, nn.Conv2d):
 
     Example:
         >>> conv = NestedConv2d(3, 64, 3, padding=1, groups=16, frozen=2)
-        >>> conv.set_width(0.25); y = conv(x)
+        >>> conv.set_width(0.25)
+        >>> conv(torch.randn(2, 3, 8, 8)).shape  # 4 channels x (2 + ceil(0.25 * 14) = 6 groups)
+        torch.Size([2, 24, 8, 8])
     """
 
     def __init__(

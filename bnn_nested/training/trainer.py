@@ -106,9 +106,10 @@ class Trainer:
     where the passes of a step come from the width sampler (methods.md §1; the KL is the ordering
     KL plus the keep-probability-weighted weight KL).
 
-    Example:
-        >>> trainer = Trainer(model, cfg, n_train=len(train_set))
-        >>> history = trainer.fit(train_loader, val_loader)
+    Example::
+
+        trainer = Trainer(model, cfg, n_train=len(train_set))
+        history = trainer.fit(train_loader, val_loader)
     """
 
     def __init__(
