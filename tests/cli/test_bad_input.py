@@ -207,6 +207,7 @@ def _check_fails_cleanly(argv: list[str], tmp: Path, capsys, names: tuple[str, .
     assert sorted(p.relative_to(tmp) for p in tmp.rglob("*")) == before  # nothing written
 
 
+@pytest.mark.slow
 @settings(
     max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -346,6 +347,7 @@ def bad_argv(draw, cfg: str, out: str):
     return good + ["--set", f"train.epochs={value}"], ("train.epochs",)
 
 
+@pytest.mark.slow
 @settings(
     max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )

@@ -148,6 +148,7 @@ def test_sigint_saves_checkpoint_and_exits_cleanly(setup, tmp_path):
     _assert_same_weights(_final(run), ref)
 
 
+@pytest.mark.slow
 def test_resume_of_a_finished_run_is_refused(setup, tmp_path, capsys):
     cfg, _ = setup
     run = tmp_path / "done"
