@@ -21,10 +21,6 @@ import torch
 SEED = 0
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "disable_validation: run with distribution validation off")
-
-
 @pytest.fixture(autouse=True)
 def _validation_and_seed(request):
     validate = request.node.get_closest_marker("disable_validation") is None
