@@ -1,8 +1,9 @@
 """Validated run configuration (pydantic v2). Unknown keys and bad values fail with one line.
 
-Example:
-    >>> cfg = load_config("configs/digits_mlp.yaml", overrides=["train.epochs=5"])
-    >>> cfg.model.hidden
+Example::
+
+    cfg = load_config("configs/digits_mlp.yaml", overrides=["train.epochs=5"])
+    cfg.model.hidden
 """
 
 from __future__ import annotations
