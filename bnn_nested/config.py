@@ -12,6 +12,7 @@ import copy
 import difflib
 import importlib
 import math
+import re
 import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -494,6 +495,8 @@ def format_validation_error(err: ValidationError) -> str:
     got = e.get("input")
     shown = "" if isinstance(got, dict) else f" (got {_short(got)})"
     more = f" [+{len(err.errors()) - 1} more]" if len(err.errors()) > 1 else ""
+    if not loc and re.match(r"^[a-z_]+(\.[a-z_]+)+: ", msg):  # a whole-config check names its field
+        return f"{msg}{more}"
     return f"{where}: {msg}{shown}{more}"
 
 

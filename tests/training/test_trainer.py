@@ -138,7 +138,9 @@ def test_trainer_runs_from_typed_settings_on_plain_loaders():
     torch.manual_seed(3)
     x, y = data[:8]
     loss, parts = tr.loss(x, y)
-    assert float(loss) == pytest.approx(parts["data"] + parts["kl"] + parts["penalty"], rel=1e-6)
+    assert float(loss.detach()) == pytest.approx(
+        parts["data"] + parts["kl"] + parts["penalty"], rel=1e-6
+    )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="'auto' resolves to CUDA here")
