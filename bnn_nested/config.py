@@ -1,8 +1,9 @@
 """Validated run configuration (pydantic v2). Unknown keys and bad values fail with one line.
 
-Example:
-    >>> cfg = load_config("configs/digits_mlp.yaml", overrides=["train.epochs=5"])
-    >>> cfg.model.hidden
+Example::
+
+    cfg = load_config("configs/digits_mlp.yaml", overrides=["train.epochs=5"])
+    cfg.model.hidden
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import copy
 import difflib
 import importlib
 import math
+import re
 import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -493,6 +495,8 @@ def format_validation_error(err: ValidationError) -> str:
     got = e.get("input")
     shown = "" if isinstance(got, dict) else f" (got {_short(got)})"
     more = f" [+{len(err.errors()) - 1} more]" if len(err.errors()) > 1 else ""
+    if not loc and re.match(r"^[a-z_]+(\.[a-z_]+)+: ", msg):  # a whole-config check names its field
+        return f"{msg}{more}"
     return f"{where}: {msg}{shown}{more}"
 
 

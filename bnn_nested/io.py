@@ -121,6 +121,8 @@ def read_regular_file(
         mode = os.stat(path).st_mode
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} {path} {missing}") from None
+    except ValueError:  # os.stat refuses a name with a null byte: say which file, not just that
+        raise error(f"{what} {str(path)!r} is not a valid file name") from None
     if not stat.S_ISREG(mode):
         raise error(f"{what} {path} is not a regular file")
     with open(path, "rb") as f:

@@ -6,11 +6,12 @@ line is printed instead at most every :data:`LOG_INTERVAL` seconds (and once at 
 
     epoch 3: 120/183 (66%), 12.1 s, ~6.3 s left
 
-Example:
-    >>> for x, y in progress(loader, total=len(loader), desc="epoch 1"):
-    ...     step(x, y)
-    >>> with Progress(total=12, desc="evaluate") as p:
-    ...     p.update(desc="width 0.5, ood patches")
+Example::
+
+    for x, y in progress(loader, total=len(loader), desc="epoch 1"):
+        step(x, y)
+    with Progress(total=12, desc="evaluate") as p:
+        p.update(desc="width 0.5, ood patches")
 """
 
 from __future__ import annotations

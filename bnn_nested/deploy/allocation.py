@@ -6,9 +6,10 @@ groups each layer needs). Keep probabilities are non-increasing in ``k``, so thi
 least one group is always kept. Sweeping ``t`` traces a family of sub-networks; their accuracy
 against FLOPs (= 2 x MACs per example) is compared with uniform widths.
 
-Example:
-    >>> alloc = threshold_allocation(model, 0.9)      # {"features.0": 11, ...}
-    >>> logits = model(x, width=alloc)
+Example::
+
+    alloc = threshold_allocation(model, 0.9)      # {"features.0": 11, ...}
+    logits = model(x, width=alloc)
 """
 
 from __future__ import annotations

@@ -17,8 +17,9 @@ How it works (generic over models built from nested layers):
 
 Saving and loading the result: :mod:`bnn_nested.deploy.serialize`.
 
-Example:
-    >>> plain = export_width(model, 0.5, x[:1])          # nn.Module (a torch.fx.GraphModule)
+Example::
+
+    plain = export_width(model, 0.5, x[:1])          # nn.Module (a torch.fx.GraphModule)
 """
 
 from __future__ import annotations
@@ -250,9 +251,10 @@ def export_width(
         whose ``forward_full`` has input-dependent control flow (FX cannot trace it) come back as a
         copy of the model with every nested leaf replaced by its plain module instead.
 
-    Example:
-        >>> plain = export_width(model, 0.5, x[:1])
-        >>> torch.testing.assert_close(plain(x), model.eval()(x, width=0.5))
+    Example::
+
+        plain = export_width(model, 0.5, x[:1])
+        torch.testing.assert_close(plain(x), model.eval()(x, width=0.5))
     """
     if isinstance(model, NestifiedModel):  # any network: Torch-Pruning slices a plain copy
         out = sliced_network(model, width, example)

@@ -13,10 +13,11 @@ An ONNX file is a protobuf graph of standard operators and tensors: loading it r
 Needs ``onnx``, ``onnxruntime`` and ``onnxscript``: ``pip install 'bnn-nested[onnx]'``. Without
 them every function here raises :class:`OnnxUnavailable` (one line saying what to install).
 
-Example:
-    >>> plain = export_width(model, 0.5, x[:2])
-    >>> save_exported(plain, x[:2], "w050.onnx", format="onnx")    # verified before it is written
-    >>> run = OrtModule("w050.onnx", threads=2); probs = run(x).softmax(-1)
+Example::
+
+    plain = export_width(model, 0.5, x[:2])
+    save_exported(plain, x[:2], "w050.onnx", format="onnx")    # verified before it is written
+    run = OrtModule("w050.onnx", threads=2); probs = run(x).softmax(-1)
 """
 
 from __future__ import annotations
@@ -192,9 +193,10 @@ def onnx_width(
     export_width` (BN folded), exported to ONNX with a dynamic batch, checked against the nested
     model on ``example`` and on a batch one row longer (within :data:`ONNX_ATOL`) when ``verify``.
 
-    Example:
-        >>> run = onnx_width(model, 0.5, x[:2], threads=2)
-        >>> torch.testing.assert_close(run(x), model.eval()(x, width=0.5), atol=1e-4, rtol=0)
+    Example::
+
+        run = onnx_width(model, 0.5, x[:2], threads=2)
+        torch.testing.assert_close(run(x), model.eval()(x, width=0.5), atol=1e-4, rtol=0)
     """
     require_onnx()
     plain = export_width(model, width, example, fold_batchnorm=fold_batchnorm)

@@ -2,9 +2,10 @@
 measured latency (:mod:`bnn_nested.deploy.timing`) of the sliced, masked or exported network, cached
 in the run directory.
 
-Example:
-    >>> costs = profile_widths(model, torch.zeros(1, 64), [0.25, 0.5, 1.0], batch_size=256)
-    >>> [(c.width, c.flops, c.latency_ms) for c in costs]
+Example::
+
+    costs = profile_widths(model, torch.zeros(1, 64), [0.25, 0.5, 1.0], batch_size=256)
+    [(c.width, c.flops, c.latency_ms) for c in costs]
 """
 
 from __future__ import annotations
@@ -134,8 +135,9 @@ def profile_widths(
         checkpoint: identity of the weights profiled (``LoadedRun.checkpoint_id``); cached
             entries of another checkpoint are recomputed (:mod:`bnn_nested.deploy.cache`).
 
-    Example:
-        >>> costs = profile_widths(model, x[:1], [0.25, 1.0], batch_size=256, cache_dir="runs/demo")
+    Example::
+
+        costs = profile_widths(model, x[:1], [0.25, 1.0], batch_size=256, cache_dir="runs/demo")
     """
     check_choice("mode", mode, LATENCY_MODES)
     if batch_size < 1:

@@ -5,9 +5,10 @@ accuracy; ties go to the cheaper width (fewer FLOPs, then lower latency, then fe
 narrower). If nothing fits, say so and name the *nearest* option: the width with the smallest total
 relative violation ``sum_k max(0, value_k / limit_k - 1)`` (for a minimum: ``limit_k / value_k - 1``).
 
-Example:
-    >>> sel = select_width(candidates, Constraints(max_flops=2e5, min_accuracy=0.9))
-    >>> print(sel.explanation); sel.chosen.width if sel.ok else None
+Example::
+
+    sel = select_width(candidates, Constraints(max_flops=2e5, min_accuracy=0.9))
+    print(sel.explanation); sel.chosen.width if sel.ok else None
 """
 
 from __future__ import annotations
@@ -142,8 +143,9 @@ def _describe(c: Candidate) -> str:
 def select_width(candidates: Sequence[Candidate], constraints: Constraints) -> Selection:
     """Best feasible width: highest validation accuracy, ties to the cheaper (see module doc).
 
-    Example:
-        >>> select_width(cands, Constraints(max_params=5e4)).chosen
+    Example::
+
+        select_width(cands, Constraints(max_params=5e4)).chosen
     """
     if not candidates:
         raise ValueError("candidates must contain at least one width")

@@ -15,11 +15,12 @@ spec (the run's config and the width), is read with ``torch.load(weights_only=Tr
 and the architecture is rebuilt by bnn-nested from the spec (configs naming ``model.name:
 import``, which would import a module, are refused unless ``allow_import=True``).
 
-Example:
-    >>> save_exported(plain, x[:1], "w050.pt2"); m = load_exported("w050.pt2")   # trusted files
-    >>> save_exported(plain, x[:2], "w050.onnx", format="onnx")                 # ONNX Runtime
-    >>> save_width_weights(model, cfg, 0.5, x[:2], "w050.pt")                   # to share
-    >>> m = load_width_weights("w050.pt")                                        # from anyone
+Example::
+
+    save_exported(plain, x[:1], "w050.pt2"); m = load_exported("w050.pt2")   # trusted files
+    save_exported(plain, x[:2], "w050.onnx", format="onnx")                 # ONNX Runtime
+    save_width_weights(model, cfg, 0.5, x[:2], "w050.pt")                   # to share
+    m = load_width_weights("w050.pt")                                        # from anyone
 """
 
 from __future__ import annotations

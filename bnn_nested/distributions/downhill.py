@@ -135,9 +135,10 @@ def downhill_kl_mc(q: Downhill, p: Downhill, value: torch.Tensor) -> torch.Tenso
     (Maddison et al. 2017, §C). The ``(tau + 1) log s`` terms of the two densities cancel, so only
     ``sum_i (lq_i - lp_i) - n [logsumexp(lq - tau log s) - logsumexp(lp - tau log s)]`` is computed.
 
-    Example:
-        >>> m = q.rsample()
-        >>> kl = downhill_kl_mc(q, p, m)    # one-sample estimate, shape q.batch_shape
+    Example::
+
+        m = q.rsample()
+        kl = downhill_kl_mc(q, p, m)    # one-sample estimate, shape q.batch_shape
     """
     if q.K != p.K:
         raise ValueError(f"downhill_kl_mc needs equal K, got {q.K} and {p.K}")
@@ -174,8 +175,11 @@ class Downhill(TorchDistribution):
     (Concrete density of the successive differences; the map has unit Jacobian).
 
     Example:
+        >>> from bnn_nested.distributions import stick_breaking_logits
         >>> d = Downhill(stick_breaking_logits(torch.full((7,), 3.0)), temperature=0.5)
-        >>> m = d.rsample()          # shape (7,), non-increasing, differentiable in the logits
+        >>> m = d.rsample()          # non-increasing, differentiable in the logits
+        >>> m.shape, bool((m.diff() <= 0).all())
+        (torch.Size([7]), True)
 
     Reference: Cui et al., *Bayesian Nested Neural Networks*, CVPR 2021 (arXiv 2101.11353).
     """

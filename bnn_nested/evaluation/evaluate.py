@@ -3,9 +3,10 @@
 OOD convention (everywhere in this package): **higher score = more likely OOD; OOD is the positive
 class**. Report keys are namespaced: ``cls/acc``, ``cal/ece``, ``ood/<set>/<score>/auroc``, ``cost/flops``.
 
-Example:
-    >>> report = evaluate(model, splits, widths=[0.25, 0.5, 1.0], samples=8, ood=["patches"])
-    >>> print(report.table()); report.write("runs/demo")
+Example::
+
+    report = evaluate(model, splits, widths=[0.25, 0.5, 1.0], samples=8, ood=["patches"])
+    print(report.table()); report.write("runs/demo")
 """
 
 from __future__ import annotations

@@ -214,8 +214,10 @@ class ReliabilityData:
         accuracy: ``(M,)`` accuracy per bin (NaN for empty bins).
 
     Example:
-        >>> data = reliability_data(probs, targets, n_bins=15)
-        >>> data.ece  # same as ece(probs, targets, 15)
+        >>> probs = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.3, 0.7]])
+        >>> data = reliability_data(probs, torch.tensor([0, 1, 1]), n_bins=15)
+        >>> data.counts.sum().item(), round(data.ece, 4)  # ece(): (2 |0.5 - 0.9| + |1 - 0.7|) / 3
+        (3, 0.3667)
     """
 
     edges: Tensor
@@ -297,7 +299,7 @@ def ece(probs: Tensor, targets: Tensor, n_bins: int = 15) -> float:
         probs: ``(B, C)`` or ``(S, B, C)``; targets: ``(B,)`` long; n_bins: number of bins.
 
     Example:
-        >>> ece(torch.tensor([[0.9, 0.1], [0.9, 0.1]]), torch.tensor([0, 1]))  # |0.5 - 0.9|
+        >>> round(ece(torch.tensor([[0.9, 0.1], [0.9, 0.1]]), torch.tensor([0, 1])), 4)
         0.4
     """
     return reliability_data(probs, targets, n_bins).ece
@@ -310,7 +312,9 @@ def mce(probs: Tensor, targets: Tensor, n_bins: int = 15) -> float:
         probs: ``(B, C)`` or ``(S, B, C)``; targets: ``(B,)`` long; n_bins: number of bins.
 
     Example:
-        >>> mce(probs, targets, n_bins=15)
+        >>> probs = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.3, 0.7]])
+        >>> round(mce(probs, torch.tensor([0, 1, 1]), n_bins=15), 4)  # the 0.9 bin: |0.5 - 0.9|
+        0.4
     """
     return reliability_data(probs, targets, n_bins).mce
 
@@ -326,7 +330,9 @@ def adaptive_ece(probs: Tensor, targets: Tensor, n_bins: int = 15) -> float:
         probs: ``(B, C)`` or ``(S, B, C)``; targets: ``(B,)`` long; n_bins: number of groups.
 
     Example:
-        >>> adaptive_ece(probs, targets, n_bins=15)
+        >>> probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.2, 0.8]])
+        >>> round(adaptive_ece(probs, torch.tensor([0, 1, 1, 1]), n_bins=2), 4)
+        0.15
     """
     _check_n_bins(n_bins)
     conf, correct = _confidence_and_correct(probs, targets)
@@ -417,8 +423,9 @@ def classification_report(probs: Tensor, targets: Tensor, n_bins: int = 15) -> d
         probs: ``(B, C)`` or ``(S, B, C)``; targets: ``(B,)`` long; n_bins: calibration bins.
 
     Example:
-        >>> report = classification_report(probs, targets)
-        >>> report["cal/ece"]
+        >>> report = classification_report(torch.tensor([[0.9, 0.1]]), torch.tensor([0]))
+        >>> sorted(report), round(report["cal/ece"], 4)
+        (['cal/aece', 'cal/ece', 'cal/mce', 'cls/acc', 'cls/brier', 'cls/nll'], 0.1)
     """
     data = reliability_data(probs, targets, n_bins)
     return {

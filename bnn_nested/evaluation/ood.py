@@ -23,9 +23,10 @@ Metrics (scikit-learn): AUROC, AUPR-Out (OOD positive), AUPR-In (in-distribution
 scores negated), FPR95 (false-positive rate on in-distribution at the first threshold that
 detects 95% of OOD inputs).
 
-Example:
-    >>> s_in, s_out = msp_score(probs_test), msp_score(probs_noise)      # (B_in,), (B_out,)
-    >>> ood_metrics(s_in, s_out)  # {"ood/auroc": ..., "ood/fpr95": ...}
+Example::
+
+    s_in, s_out = msp_score(probs_test), msp_score(probs_noise)      # (B_in,), (B_out,)
+    ood_metrics(s_in, s_out)  # {"ood/auroc": ..., "ood/fpr95": ...}
 """
 
 from __future__ import annotations
@@ -241,8 +242,12 @@ def compute_score(
         ValueError: unknown ``name`` or the needed input missing.
 
     Example:
-        >>> s = compute_score("energy", logits=logits)          # (B,)
-        >>> s = compute_score("mutual_information", probs=probs)  # probs (S, B, C)
+        >>> logits = torch.zeros(5, 3)
+        >>> compute_score("energy", logits=logits).shape  # (B,)
+        torch.Size([5])
+        >>> probs = torch.softmax(torch.randn(8, 5, 3), -1)  # (S, B, C)
+        >>> compute_score("mutual_information", probs=probs).shape
+        torch.Size([5])
     """
     fn = SCORES[name]  # unknown names: one line listing the accepted ones
     if SCORE_INPUTS[name] == "logits":

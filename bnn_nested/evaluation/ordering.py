@@ -5,9 +5,10 @@ docs/METHODS.md#differences-from-the-reference-code): each ordering unit's keep 
 ``P(b >= k)`` next to its prior's, and the expected number of groups kept,
 ``E[groups] = F + E[b] = F + sum_k P(b >= k)``.
 
-Example:
-    >>> report = ordering_report(model)
-    >>> write_ordering_report(model, "runs/demo")    # keep_probs.json, ordering.md, keep_probs.png
+Example::
+
+    report = ordering_report(model)
+    write_ordering_report(model, "runs/demo")    # keep_probs.json, ordering.md, keep_probs.png
 """
 
 from __future__ import annotations

@@ -5,9 +5,10 @@ backend change, never ``plt.show``) and written atomically: saved to a temporary
 target directory, then moved into place with ``os.replace``, so a reader never sees a half-written
 PNG and a failed save leaves no stray file.
 
-Example:
-    >>> reliability_diagram(reliability_data(probs, targets), "out/reliability.png", "width 0.5")
-    >>> metric_vs_x({"BNNN": (widths, accs)}, "width", "accuracy", "out/acc_vs_width.png")
+Example::
+
+    reliability_diagram(reliability_data(probs, targets), "out/reliability.png", "width 0.5")
+    metric_vs_x({"BNNN": (widths, accs)}, "width", "accuracy", "out/acc_vs_width.png")
 """
 
 from __future__ import annotations
@@ -44,9 +45,10 @@ def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
 
     Creates missing parent directories. Returns the final path.
 
-    Example:
-        >>> fig = Figure(); fig.add_subplot().plot([0, 1])
-        >>> save_figure(fig, "out/line.png")
+    Example::
+
+        fig = Figure(); fig.add_subplot().plot([0, 1])
+        save_figure(fig, "out/line.png")
     """
     path = Path(path)
     if path.suffix.lower() != ".png":
@@ -89,8 +91,9 @@ def reliability_diagram(
     Returns:
         The written path.
 
-    Example:
-        >>> reliability_diagram(reliability_data(probs, targets, 15), "rel.png", "width 1.0")
+    Example::
+
+        reliability_diagram(reliability_data(probs, targets, 15), "rel.png", "width 1.0")
     """
     if not isinstance(data, ReliabilityData):
         raise ValueError("data must be a ReliabilityData (from metrics.reliability_data)")
@@ -165,9 +168,10 @@ def metric_vs_x(
     Raises:
         ValueError: empty ``series`` or mismatched / non-1-D ``xs``, ``ys``.
 
-    Example:
-        >>> metric_vs_x({"BNNN": ([0.25, 0.5, 1.0], [0.9, 0.95, 0.97])}, "width", "accuracy",
-        ...             "acc_vs_width.png")
+    Example::
+
+        metric_vs_x({"BNNN": ([0.25, 0.5, 1.0], [0.9, 0.95, 0.97])}, "width", "accuracy",
+                    "acc_vs_width.png")
     """
     if not series:
         raise ValueError("series must map at least one label to (xs, ys)")
@@ -212,8 +216,9 @@ def risk_coverage_plot(
             :func:`bnn_nested.evaluation.selective.risk_coverage`.
         path: output ``.png`` path (written atomically).
 
-    Example:
-        >>> risk_coverage_plot({1.0: risk_coverage(errors, 1 - conf)}, "rc.png")
+    Example::
+
+        risk_coverage_plot({1.0: risk_coverage(errors, 1 - conf)}, "rc.png")
     """
     if not curves:
         raise ValueError("curves must map at least one width to (coverage, risk)")
@@ -258,9 +263,10 @@ def keep_prob_plot(
     Raises:
         ValueError: empty mapping or a non-1-D / empty entry.
 
-    Example:
-        >>> keep_prob_plot({"fc1": torch.tensor([1.0, 0.9, 0.4]), "fc2": torch.ones(4)},
-        ...                "keep_probs.png")
+    Example::
+
+        keep_prob_plot({"fc1": torch.tensor([1.0, 0.9, 0.4]), "fc2": torch.ones(4)},
+                       "keep_probs.png")
     """
     if not keep_probs:
         raise ValueError("keep_probs must map at least one layer name to a 1-D tensor")

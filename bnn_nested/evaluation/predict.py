@@ -41,9 +41,10 @@ def predict(
     Args:
         x: ``(B, ...)`` inputs. ``keep_scaling``: scale kept channels by their keep probability.
 
-    Example:
-        >>> probs = predict(model, x, width=0.5, samples=8)   # (8, B, C)
-        >>> p_bar = probs.mean(0)
+    Example::
+
+        probs = predict(model, x, width=0.5, samples=8)   # (8, B, C)
+        p_bar = probs.mean(0)
     """
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")

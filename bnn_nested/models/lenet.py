@@ -29,9 +29,10 @@ class NestedLeNet(NestedModel):
         **options: :class:`~bnn_nested.models.options.NestOptions` (groups, kept, norm, dropout,
             weight_posterior, init_log_alpha, ordering, order_first, order_classifier_input).
 
-    Example:
-        >>> model = NestedLeNet((1, 28, 28), 10, groups=16, kept=2, weight_posterior="gaussian")
-        >>> logits = model(x, width=0.5)
+    Example::
+
+        model = NestedLeNet((1, 28, 28), 10, groups=16, kept=2, weight_posterior="gaussian")
+        logits = model(x, width=0.5)
     """
 
     #: Defaults of this model's :class:`~bnn_nested.models.options.NestOptions`.

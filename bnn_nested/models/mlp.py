@@ -27,7 +27,8 @@ class NestedMLP(NestedModel):
 
     Example:
         >>> model = NestedMLP(64, 10, hidden=[128, 128], groups=16, kept=2)
-        >>> logits = model(x, width=0.5)
+        >>> model(torch.randn(4, 64), width=0.5).shape
+        torch.Size([4, 10])
     """
 
     def __init__(

@@ -130,9 +130,10 @@ class NestedResNet(NestedModel):
         **options: :class:`~bnn_nested.models.options.NestOptions` (groups, kept, norm, dropout,
             weight_posterior, init_log_alpha, ordering, order_first, order_classifier_input).
 
-    Example:
-        >>> model = NestedResNet("20", (3, 32, 32), 10, groups=16, kept=2)
-        >>> logits = model(x, width=0.5)
+    Example::
+
+        model = NestedResNet("20", (3, 32, 32), 10, groups=16, kept=2)
+        logits = model(x, width=0.5)
     """
 
     #: Defaults of this model's :class:`~bnn_nested.models.options.NestOptions`.

@@ -35,9 +35,10 @@ class NestedConvBlock(nn.Module):
     mask computes the sliced network (docs/METHODS.md#variational-ordering-units).
     Shapes: ``(B, C_in', H, W) -> (B, C_out', H', W')``.
 
-    Example:
-        >>> block = NestedConvBlock(3, 64, groups=16, kept=2, norm="batch")
-        >>> h = block(x)
+    Example::
+
+        block = NestedConvBlock(3, 64, groups=16, kept=2, norm="batch")
+        h = block(x)
     """
 
     def __init__(
@@ -110,9 +111,10 @@ class NestedVGG(NestedModel):
         **options: :class:`~bnn_nested.models.options.NestOptions` (groups, kept, norm, dropout,
             weight_posterior, init_log_alpha, ordering, order_first, order_classifier_input).
 
-    Example:
-        >>> model = NestedVGG("11-wide", (3, 32, 32), 10, groups=32, kept=2, norm="batch")
-        >>> logits = model(x, width=0.25)
+    Example::
+
+        model = NestedVGG("11-wide", (3, 32, 32), 10, groups=32, kept=2, norm="batch")
+        logits = model(x, width=0.25)
     """
 
     #: Defaults of this model's :class:`~bnn_nested.models.options.NestOptions`.

@@ -233,9 +233,10 @@ def recalibrate_bn(
     Returns:
         ``{width: number of batches used}`` (a per-layer width is keyed by its sorted items).
 
-    Example:
-        >>> recalibrate_bn(model, train_loader, widths=[0.25, 0.5, 1.0], num_batches=50)
-        >>> probs = predict(model, x, width=0.25)      # uses the width-0.25 statistics
+    Example::
+
+        recalibrate_bn(model, train_loader, widths=[0.25, 0.5, 1.0], num_batches=50)
+        probs = predict(model, x, width=0.25)      # uses the width-0.25 statistics
     """
     if num_batches is not None and num_batches < 1:
         raise ValueError(f"num_batches must be >= 1 or None, got {num_batches}")

@@ -26,9 +26,10 @@ wrong variance; two equal inputs disagree). :func:`sampled_linear` and :func:`sa
 one weight tensor per Monte-Carlo sample, shared by the sample's inputs and locations, and run one
 matrix product / convolution per sample instead of the LRT's two.
 
-Example:
-    >>> out = lrt_linear(x, theta, log_alpha, bias)          # (B, out)
-    >>> kl = sparse_vd_kl(log_alpha).sum()
+Example::
+
+    out = lrt_linear(x, theta, log_alpha, bias)          # (B, out)
+    kl = sparse_vd_kl(log_alpha).sum()
 """
 
 from __future__ import annotations

@@ -155,7 +155,9 @@ class NestedLinear(NestedMixin, nn.Linear):
 
     Example:
         >>> layer = NestedLinear(64, 128, order_groups=16, kept=2)
-        >>> layer.set_width(0.5); y = layer(x)       # y.shape[-1] == 8 * (2 + 7)
+        >>> layer.set_width(0.5)
+        >>> layer(torch.randn(4, 64)).shape  # 8 channels x (2 + ceil(0.5 * 14) = 9 groups)
+        torch.Size([4, 72])
 
     Reference: Cui et al., *Bayesian Nested Neural Networks*, CVPR 2021.
     """
@@ -203,7 +205,9 @@ class NestedConv2d(NestedMixin, nn.Conv2d):
 
     Example:
         >>> conv = NestedConv2d(3, 64, 3, padding=1, order_groups=16, kept=2)
-        >>> conv.set_width(0.25); y = conv(x)
+        >>> conv.set_width(0.25)
+        >>> conv(torch.randn(2, 3, 8, 8)).shape  # 4 channels x (2 + ceil(0.25 * 14) = 6 groups)
+        torch.Size([2, 24, 8, 8])
     """
 
     def __init__(
@@ -264,8 +268,9 @@ def set_weight_noise(model: nn.Module, weight_noise: str) -> nn.Module:
     """Give every nested layer of ``model`` the training estimator ``weight_noise`` (``"lrt"`` or
     ``"shared"``, :mod:`bnn_nested.nn.bayes`); point-weight layers keep it but never use it.
 
-    Example:
-        >>> set_weight_noise(model, "shared")   # one weight draw per mini-batch and layer
+    Example::
+
+        set_weight_noise(model, "shared")   # one weight draw per mini-batch and layer
     """
     check_weight_noise(weight_noise)
     for m in model.modules():

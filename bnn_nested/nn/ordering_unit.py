@@ -92,7 +92,11 @@ class OrderingUnit(nn.Module):
 
     Example:
         >>> ou = OrderingUnit(channels=64, groups=16, kept=2)
-        >>> h = ou(torch.relu(layer(x)))        # masked in training, identity in eval
+        >>> h = torch.relu(torch.randn(8, 64))   # a layer's activations
+        >>> bool((ou.train()(h)[:, :8] == h[:, :8]).all())   # masked in training, kept kept
+        True
+        >>> torch.equal(ou.eval()(h), h)         # identity in eval
+        True
     """
 
     def __init__(

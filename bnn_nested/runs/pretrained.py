@@ -24,10 +24,11 @@ low layer that knows nothing of configs, the model registry or run directories (
 :class:`Pretrained` bundles the model with what it needs and offers
 :meth:`Pretrained.save_pretrained`.
 
-Example:
-    >>> from_run("runs/demo").save_pretrained("shared/demo")       # bnn-nested export-weights
-    >>> pre = from_pretrained("shared/demo")                        # anywhere, no run needed
-    >>> probs = pre.predict(x, width=0.5)                           # (S, B, C), calibrated
+Example::
+
+    from_run("runs/demo").save_pretrained("shared/demo")       # bnn-nested export-weights
+    pre = from_pretrained("shared/demo")                        # anywhere, no run needed
+    probs = pre.predict(x, width=0.5)                           # (S, B, C), calibrated
 """
 
 from __future__ import annotations

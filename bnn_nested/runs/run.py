@@ -223,9 +223,10 @@ def train_run(cfg: Config, out: str | Path, quiet: bool = False, overwrite: bool
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) every rank calls this; only rank 0 writes.
 
-    Example:
-        >>> out = train_run(load_config("configs/digits_mlp.yaml"), "runs/demo")
-        >>> run = load_run(out); run.model, run.config, run.splits
+    Example::
+
+        out = train_run(load_config("configs/digits_mlp.yaml"), "runs/demo")
+        run = load_run(out); run.model, run.config, run.splits
     """
     device = validate_run(cfg)
     check_run_dir(out, overwrite)

@@ -5,9 +5,10 @@ A checkpoint is a dict of tensors and plain Python values (no pickled objects), 
 fsync'ed and renamed over it (:func:`bnn_nested.io.atomic_write`): a reader, or a resumed run after
 SIGKILL, sees either the previous checkpoint or the new one, never half of one.
 
-Example:
-    >>> save_checkpoint("runs/a/checkpoint.pt", {"model": model.state_dict(), "rng": capture_rng_state()})
-    >>> state = load_checkpoint("runs/a/checkpoint.pt")
+Example::
+
+    save_checkpoint("runs/a/checkpoint.pt", {"model": model.state_dict(), "rng": capture_rng_state()})
+    state = load_checkpoint("runs/a/checkpoint.pt")
 """
 
 from __future__ import annotations

@@ -11,9 +11,10 @@ The trainer composes small parts, each its own module:
 It takes typed settings (:class:`~bnn_nested.config.TrainConfig`, :class:`~bnn_nested.config.
 OrderingConfig`), so it runs without a YAML file and on plain ``DataLoader`` objects.
 
-Example:
-    >>> trainer = Trainer(model, TrainConfig(epochs=5), OrderingConfig(sampler="vou"))
-    >>> history = trainer.fit(train_loader, val_loader)   # N = len(train_loader.dataset)
+Example::
+
+    trainer = Trainer(model, TrainConfig(epochs=5), OrderingConfig(sampler="vou"))
+    history = trainer.fit(train_loader, val_loader)   # N = len(train_loader.dataset)
 """
 
 from __future__ import annotations
@@ -94,6 +95,11 @@ class Trainer:
         regularizer: norm control (default none); sampler: overrides ``ordering``'s.
         device, quiet, dist, checkpointer, teacher: where to train, progress output, the process
             group, the checkpoint callback, a frozen network to distil from.
+
+    Example::
+
+        trainer = Trainer(model, cfg, n_train=len(train_set))
+        history = trainer.fit(train_loader, val_loader)
     """
 
     def __init__(

@@ -67,6 +67,7 @@ def test_unknown_ood_set_is_clear(digits):
         make_ood_sets(digits, ["heldout"], 10)
 
 
+@pytest.mark.slow
 def test_report_write_and_round_trip(tmp_path, digits):
     rep = evaluate(_model(), digits, [0.25, 1.0], ood=["gaussian"], ood_size=30)
     written = rep.write(tmp_path)

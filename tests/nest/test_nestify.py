@@ -384,6 +384,7 @@ def _random_graph(rng: random.Random) -> nn.Module:
     return nn.Sequential(*layers, nn.Linear(c, 3))
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_property_random_graphs_sliced_equals_masked_at_random_widths():
     """20 random graphs of residual / concatenation / depthwise / attention blocks, each at random

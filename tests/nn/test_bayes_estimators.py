@@ -144,7 +144,7 @@ def test_config_weight_noise_reaches_every_layer():
                 "name": "lenet",
                 "hidden": [4, 8, 16],
                 "groups": 4,
-                "frozen": 1,
+                "kept": 1,
                 "weight_posterior": "gaussian",
                 "weight_noise": "shared",
             }

@@ -1,10 +1,13 @@
 """Nested layers: slicing equals zeroing, masks after activation equal slicing, costs match shapes."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
 from bnn_nested.cost import count_flops, count_params
+from bnn_nested.distributions import DEFAULT_PRIOR_PI
 from bnn_nested.models import NestedMLP
 from bnn_nested.nn import (
     NestedBatchNorm2d,
@@ -60,6 +63,8 @@ def test_sliced_mlp_equals_full_network_with_dropped_outputs_zeroed(width):
     torch.testing.assert_close(sliced, full_zeroed, atol=1e-6, rtol=1e-5)
 
 
+# slicing uses the full-width running statistics here (no calibrate_bn): the warning is expected
+@pytest.mark.filterwarnings("ignore::bnn_nested.nn.batchnorm.UncalibratedWidthWarning")
 @pytest.mark.parametrize("width", [0.25, 0.5, 1.0])
 def test_sliced_cnn_equals_zeroed_in_eval(width):
     model = TinyCNN()
@@ -156,25 +161,62 @@ def test_nested_batchnorm_updates_only_active_channels():
 
 def test_linear_input_follows_previous_width():
     lin = NestedLinear(8, 4, order_groups=2)
-    y = lin(torch.randn(3, 5))
+    x = torch.randn(3, 5)
+    y = lin(x)
     assert y.shape == (3, 4)
-    torch.testing.assert_close(y, torch.randn(3, 5) @ torch.zeros(5, 4) + y, atol=10, rtol=0)
+    with torch.no_grad():  # independent: the leading 5 input columns of the full weight
+        expect = x @ lin.weight[:, :5].T + lin.bias
+        padded = nn.functional.linear(torch.cat([x, torch.zeros(3, 3)], 1), lin.weight, lin.bias)
+    torch.testing.assert_close(y, expect)
+    torch.testing.assert_close(y, padded)  # slicing the input == zero-padding it to full width
     with pytest.raises(ValueError, match="at most 8"):
         lin(torch.randn(3, 9))
 
 
+def _stick_breaking_by_hand(r: list[float], pi: float):
+    """Independent closed forms for K = len(r): ``q(b)``, ``p(b)`` and ``P(b >= k)``, in float64.
+
+    ``q(b) = prod_{j<=b} beta_j (1 - beta_{b+1})`` with ``beta_j = sigmoid(r_j)`` (``q(K)`` without
+    the last factor); ``p(b) = pi^b (1 - pi)``, ``p(K) = pi^K``; ``P(b >= k) = prod_{j<=k} beta_j``.
+    """
+    beta = [1 / (1 + math.exp(-v)) for v in r]
+    K = len(r)
+    q = [math.prod(beta[:b]) * (1 - beta[b]) for b in range(K)] + [math.prod(beta)]
+    p = [pi**b * (1 - pi) for b in range(K)] + [pi**K]
+    keep = [math.prod(beta[:k]) for k in range(1, K + 1)]
+    return q, p, keep
+
+
 def test_ordering_unit_modes():
-    u = OrderingUnit(8, 4, kept=1, per_example=True)
+    u = OrderingUnit(8, 4, kept=1, per_example=True)  # K = 3 ordered groups of 2 channels
+    r = [2.0, 0.5, -1.0]
+    with torch.no_grad():
+        u.r.copy_(torch.tensor(r))
+    q, p, keep = _stick_breaking_by_hand(r, DEFAULT_PRIOR_PI)
     x = torch.ones(5, 8)
     u.train()
     y = u(x)
     assert y.shape == (5, 8)
     assert torch.equal(y[:, :2], torch.ones(5, 2))  # kept group always kept
+    assert torch.equal(y[:, 0::2], y[:, 1::2])  # one mask value per group of 2 channels
+    assert (y >= 0).all() and (y <= 1).all() and (y[:, 1:].diff(dim=1) <= 1e-6).all()  # downhill
     u.eval()
     assert torch.equal(u(x), x)
     u.keep_scaling = True
-    torch.testing.assert_close(u(x), u.channel_keep_probs().expand(5, 8))
-    assert isinstance(u, nn.Module)
-    u.hard = True  # hard masks: the exact categorical KL, closed form for K = 3 here
-    lq, lp = u.logits().log_softmax(-1), u.prior_logits.log_softmax(-1)
-    torch.testing.assert_close(u.kl(), (lq.exp() * (lq - lp)).sum())
+    by_hand = torch.tensor([1.0] + keep).repeat_interleave(2).expand(5, 8)
+    torch.testing.assert_close(u(x), by_hand)
+    u.keep_scaling = False
+    u.hard = True  # hard masks: the exact categorical KL(q(b) || p(b)), here by hand
+    kl = sum(qb * math.log(qb / pb) for qb, pb in zip(q, p, strict=True))
+    torch.testing.assert_close(u.kl().double(), torch.tensor(kl, dtype=torch.float64))
+    # relaxed masks: kl() estimates the relaxed KL at the sampled masks (here the mean over 100
+    # per-example masks); the relaxed KL is >= the categorical KL (data processing): over 40 such
+    # estimates (4000 masks), the mean minus 4 standard errors must not fall below it
+    u.hard = False
+    u.train()
+    estimates = []
+    for _ in range(40):
+        u.sample_mask(100)
+        estimates.append(u.kl().detach().double())
+    est = torch.stack(estimates)
+    assert est.mean() - 4 * est.std() / 40**0.5 >= kl - 1e-6, (est.mean(), kl)

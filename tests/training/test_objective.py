@@ -63,6 +63,7 @@ def test_relaxed_unit_kl_is_the_log_ratio_at_the_sampled_mask():
     assert u.kl().item() == pytest.approx(want.item(), rel=1e-4, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_relaxed_unit_kl_averages_to_more_than_the_categorical_kl():
     """Averaged over draws the relaxed term estimates the relaxed KL, which exceeds the
     categorical KL (posterior r = 5 vs geometric prior 0.95, tau = 1)."""
