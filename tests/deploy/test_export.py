@@ -66,6 +66,7 @@ def test_fold_bn_closed_form():
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:format=.torchscript. is deprecated:DeprecationWarning")
 @pytest.mark.parametrize("fmt", ["export", "torchscript"])
 def test_saved_module_loads_with_torch_only(tmp_path, fmt):
     model, x = cnn()

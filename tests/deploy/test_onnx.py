@@ -76,6 +76,7 @@ def test_onnx_runtime_equals_the_nested_model_at_three_widths(tmp_path, name):
             torch.testing.assert_close(got, want, atol=ONNX_ATOL, rtol=0)
 
 
+@pytest.mark.slow  # an ONNX export: seconds under load
 def test_the_file_is_plain_onnx_that_onnxruntime_alone_runs(tmp_path):
     import numpy as np
     import onnx
@@ -93,6 +94,7 @@ def test_the_file_is_plain_onnx_that_onnxruntime_alone_runs(tmp_path):
     assert np.abs(y - want).max() <= ONNX_ATOL
 
 
+@pytest.mark.slow  # an ONNX export: seconds under load
 def test_a_mismatch_is_refused_and_nothing_is_written(tmp_path, monkeypatch):
     model, x = cnn()
     plain = export_width(model, 0.5, x)
@@ -128,6 +130,7 @@ def test_load_exported_onnx_errors_are_one_line(tmp_path):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.slow  # an ONNX export: seconds under load
 def test_threads_are_the_session_setting():
     model, x = cnn()
     runtime = onnx_width(model, 0.5, x[:2], threads=1)
@@ -137,6 +140,7 @@ def test_threads_are_the_session_setting():
         OrtModule(b"", threads=0)
 
 
+@pytest.mark.slow  # an ONNX export: seconds under load
 def test_onnxruntime_latency_mode(tmp_path):
     assert "onnxruntime" in LATENCY_MODES
     model, x = cnn()
