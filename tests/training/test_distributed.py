@@ -1,15 +1,24 @@
-"""Data-parallel training: 2 CPU processes (gloo) reproduce a single-process run with the same
-global batch; ordering masks agree on every rank at every step; only rank 0 writes."""
+"""Data-parallel training on ``DistributedDataParallel``: 2 CPU processes (gloo) reproduce a
+single-process run with the same global batch for the ``vou``, ``nested_dropout`` and ``sandwich``
+samplers; ordering masks agree on every rank at every step; only rank 0 writes; a 2-process run
+killed with SIGKILL and resumed under torchrun ends with exactly the uninterrupted run's weights."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import yaml
 from torch.utils.data import DataLoader, TensorDataset
 
 from bnn_nested.config import build_config
@@ -65,7 +74,7 @@ def _train(cfg, ctx: DistContext) -> Trainer:
     return trainer
 
 
-def _worker(rank: int, world: int, tmp: str, sampler: str) -> None:
+def _worker(rank: int, world: int, tmp: str, sampler: str, with_run: bool) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{tmp}/pg", rank=rank, world_size=world)
     ctx = setup_distributed("cpu")
@@ -82,6 +91,9 @@ def _worker(rank: int, world: int, tmp: str, sampler: str) -> None:
     OrderingUnit.sample_mask = original
     torch.save(trainer.model.state_dict(), f"{tmp}/model{rank}.pt")
     (Path(tmp) / f"masks{rank}.json").write_text(json.dumps(digests))
+    if not with_run:
+        dist.destroy_process_group()
+        return
     # the run directory path through train_run: only rank 0 writes files
     from bnn_nested.runs.run import train_run
 
@@ -96,13 +108,18 @@ def _worker(rank: int, world: int, tmp: str, sampler: str) -> None:
     dist.destroy_process_group()
 
 
+#: ordering masks drawn per step (NestedMLP([16]): one ordering unit; sandwich draws none)
+MASKS_PER_STEP = {"vou": 1, "nested_dropout": 1, "sandwich": 0}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("sampler", ["vou"])
+@pytest.mark.parametrize("sampler", ["vou", "nested_dropout", "sandwich"])
 def test_two_cpu_processes_match_one(tmp_path, sampler):
-    mp.spawn(_worker, args=(2, str(tmp_path), sampler), nprocs=2, join=True)
+    with_run = sampler == "vou"  # the run-directory check once
+    mp.spawn(_worker, args=(2, str(tmp_path), sampler, with_run), nprocs=2, join=True)
     # masks: identical on both ranks at every step (one mask per ordering unit per step)
     masks = json.loads((tmp_path / "masks0.json").read_text())
-    assert len(masks) == EPOCHS * (N // GLOBAL_BATCH) * 1  # NestedMLP([16]): one ordering unit
+    assert len(masks) == EPOCHS * (N // GLOBAL_BATCH) * MASKS_PER_STEP[sampler]
     assert all(len(set(d)) == 1 for d in masks)
     # replicas agree exactly; they match one process with the same global batch within ATOL
     m0 = torch.load(tmp_path / "model0.pt", weights_only=True)
@@ -114,6 +131,8 @@ def test_two_cpu_processes_match_one(tmp_path, sampler):
     assert moved > 1e-2  # training changed the weights, so agreement is not trivial
     for k in single:
         torch.testing.assert_close(m0[k], single[k], atol=ATOL, rtol=0)
+    if not with_run:
+        return
     # train_run under 2 ranks: one run directory, written once, complete
     run = tmp_path / "run"
     ours = (".bnn-nested-run", ".bnn-nested.lock")  # the run's marker and lock file
@@ -148,3 +167,85 @@ def test_epoch_sampler_shards_are_the_global_batches():
     assert list(again) == full[40:] and len(again) == N - 40
     single.set_epoch(3)
     assert list(single) != full
+
+
+# -- exact resume of a 2-process run killed with SIGKILL (the real CLI under torchrun) ---------
+ROOT = Path(__file__).parents[2]
+#: The CLI, each step slowed by 20 ms so the parent can kill the job between checkpoints.
+CHILD = textwrap.dedent(
+    """
+    import sys, time
+    import torch
+    torch.set_num_threads(1)
+    from bnn_nested.training.trainer import Trainer
+    step = Trainer.train_step
+    def slow(self, x, y):
+        time.sleep(0.02)
+        return step(self, x, y)
+    Trainer.train_step = slow
+    from bnn_nested.cli.main import main
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+def _torchrun(script: Path, *args: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    return subprocess.Popen(
+        [*cmd, str(script), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # the job is a process group: SIGKILL reaches every rank
+        **kw,
+    )
+
+
+def _finish(proc: subprocess.Popen) -> None:
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampler", ["vou", "nested_dropout", "sandwich"])
+def test_two_process_sigkill_then_resume_is_bit_identical(tmp_path, sampler):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "seed": 5,
+                "data": {"name": "digits", "batch_size": 64},
+                "model": {"hidden": [16], "groups": 4, "frozen": 1},
+                "ordering": {"sampler": sampler, "sandwich_random": 1},
+                "train": {"epochs": 2, "lr": 0.003, "checkpoint_every_steps": 5},
+                "eval": {"widths": [0.5, 1.0]},
+            }
+        )
+    )
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    common = ("--quiet",)
+    _finish(
+        _torchrun(script, "train", "--config", str(cfg), "--out", str(tmp_path / "ref"), *common)
+    )
+    run = tmp_path / "killed"
+    proc = _torchrun(script, "train", "--config", str(cfg), "--out", str(run), *common)
+    deadline = time.monotonic() + 240
+    while not (run / "checkpoint.pt").exists():
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert time.monotonic() < deadline, "no checkpoint within 240 s"
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    partial = torch.load(run / "checkpoint.pt", weights_only=True)
+    ref = torch.load(tmp_path / "ref" / "checkpoint.pt", weights_only=True)
+    assert not partial["complete"] and partial["step"] < ref["step"]  # killed mid-run
+    assert partial["world_size"] == 2
+    _finish(_torchrun(script, "train", "--resume", str(run), *common))
+    final = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert final["complete"] and final["step"] == ref["step"]
+    for k in ref["model"]:
+        assert torch.equal(final["model"][k], ref["model"][k]), k
+    assert final["history"] == ref["history"]
