@@ -198,9 +198,28 @@ def _torchrun(script: Path, *args: str, **kw) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        start_new_session=True,  # the job is a process group: SIGKILL reaches every rank
         **kw,
     )
+
+
+def _descendants(pid: int) -> list[int]:
+    """Process ids below ``pid`` (from ``/proc``): torchrun starts its ranks in sessions of their
+    own, so killing its process group would not reach them."""
+    parent: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            parent[int(d.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    out, todo = [], [pid]
+    while todo:
+        here = todo.pop()
+        kids = [c for c, p in parent.items() if p == here]
+        out += kids
+        todo += kids
+    return out
 
 
 def _finish(proc: subprocess.Popen) -> None:
@@ -209,6 +228,7 @@ def _finish(proc: subprocess.Popen) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds torchrun's ranks in /proc")
 @pytest.mark.parametrize("sampler", ["vou", "nested_dropout", "sandwich"])
 def test_two_process_sigkill_then_resume_is_bit_identical(tmp_path, sampler):
     cfg = tmp_path / "cfg.yaml"
@@ -237,7 +257,8 @@ def test_two_process_sigkill_then_resume_is_bit_identical(tmp_path, sampler):
         assert proc.poll() is None, proc.stderr.read()[-2000:]
         assert time.monotonic() < deadline, "no checkpoint within 240 s"
         time.sleep(0.005)
-    os.killpg(proc.pid, signal.SIGKILL)
+    for pid in [*_descendants(proc.pid), proc.pid]:  # the ranks first, then torchrun
+        os.kill(pid, signal.SIGKILL)
     proc.communicate(timeout=60)
     partial = torch.load(run / "checkpoint.pt", weights_only=True)
     ref = torch.load(tmp_path / "ref" / "checkpoint.pt", weights_only=True)
