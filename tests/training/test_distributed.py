@@ -32,7 +32,7 @@ from bnn_nested.training.distributed import (
     setup_distributed,
 )
 from bnn_nested.training.samplers import build_sampler
-from bnn_nested.training.trainer import Trainer
+from bnn_nested.training.trainer import NonFiniteLossError, Trainer
 
 N, GLOBAL_BATCH, EPOCHS = 128, 32, 3  # N divisible by the global batch: no padded last batch
 #: stated tolerance: the 2-process run averages two half-batch means (a different summation order)
@@ -94,6 +94,21 @@ def _worker(rank: int, world: int, tmp: str, sampler: str, with_run: bool) -> No
     if not with_run:
         dist.destroy_process_group()
         return
+    # the flags: a stop asked on rank 0 alone stops both; a NaN loss on rank 1 alone raises on both
+    x, y = _dataset().tensors
+    x, y = x[rank * 16 : rank * 16 + 16], y[rank * 16 : rank * 16 + 16]
+    trainer._stop_requested = rank == 0
+    trainer.train_step(x, y)
+    agreed = {"stop": trainer._stop_requested}
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    try:
+        trainer.train_step(x * float("nan") if rank == 1 else x, y)
+        agreed["nan"] = "no error"
+    except NonFiniteLossError as err:
+        agreed["nan"] = str(err)
+    after = trainer.model.state_dict()
+    agreed["untouched"] = all(torch.equal(before[k], after[k]) for k in before)
+    (Path(tmp) / f"flags{rank}.json").write_text(json.dumps(agreed))
     # the run directory path through train_run: only rank 0 writes files
     from bnn_nested.runs.run import train_run
 
@@ -133,6 +148,10 @@ def test_two_cpu_processes_match_one(tmp_path, sampler):
         torch.testing.assert_close(m0[k], single[k], atol=ATOL, rtol=0)
     if not with_run:
         return
+    for rank in (0, 1):
+        agreed = json.loads((tmp_path / f"flags{rank}.json").read_text())
+        assert agreed["stop"] is True and agreed["untouched"] is True
+        assert agreed["nan"].startswith("loss became non-finite on 1 rank(s)")
     # train_run under 2 ranks: one run directory, written once, complete
     run = tmp_path / "run"
     ours = (".bnn-nested-run", ".bnn-nested.lock")  # the run's marker and lock file
@@ -177,7 +196,7 @@ CHILD = textwrap.dedent(
     import sys, time
     import torch
     torch.set_num_threads(1)
-    from bnn_nested.training.trainer import Trainer
+    from bnn_nested.training.trainer import NonFiniteLossError, Trainer
     step = Trainer.train_step
     def slow(self, x, y):
         time.sleep(0.02)
