@@ -140,9 +140,10 @@ class EpochSampler(DistributedSampler):
 def data_parallel(module: nn.Module, ctx: DistContext) -> DistributedDataParallel:
     """``module`` wrapped in ``DistributedDataParallel`` for the ranks of ``ctx``.
 
-    * ``find_unused_parameters=True``: a pass may leave parameters out of its graph (the ordering
-      parameters when no mask is drawn, batch-norm parameters of widths not run); DDP then marks
-      them ready instead of waiting for them (docs/multiprocess.md lists which samplers need it).
+    * ``find_unused_parameters=True``: a pass may leave parameters out of its graph (a nestified
+      model's unordered parts, ordering parameters when no mask is drawn); DDP then marks them
+      ready instead of waiting for them. The built-in models do not need it with any sampler, and
+      ``static_graph`` fails with the sandwich sampler's ``no_sync()`` passes (docs/multiprocess.md).
     * ``forward_sync_buffers=False``: batch-norm running statistics stay per rank (they do not
       enter the training loss and a run re-estimates them at the end), so no broadcast per forward
       pass (DDP still syncs them once, at construction).
