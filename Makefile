@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo test test-fast lint doctest install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,17 @@ demo: $(STAMP)
 	$(BIN)/bnn-nested train --config configs/digits_mlp.yaml --out runs/demo --quiet
 	$(BIN)/bnn-nested evaluate runs/demo
 
+# the whole suite (under 5 minutes on 2 cores), with the 10 slowest tests listed
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations 10
+
+# everything not marked slow (under 1 minute on 2 cores): the loop while editing
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" --durations 5
+
+# the >>> examples in bnn_nested's docstrings, run as tests
+doctest: $(STAMP)
+	$(BIN)/python -m pytest -q --doctest-modules bnn_nested
 
 lint: $(STAMP)
 	$(BIN)/ruff check bnn_nested tests examples benchmarks

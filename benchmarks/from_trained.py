@@ -52,7 +52,7 @@ def config(seed: int, epochs: int, **over) -> object:
             "name": "lenet",
             "hidden": [16, 32, 256],
             "groups": 16,
-            "frozen": 2,
+            "kept": 2,
             "norm": "batch",
         },
         "ordering": {"sampler": "vou"},

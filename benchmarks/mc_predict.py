@@ -29,11 +29,11 @@ from bnn_nested.training.samplers import build_sampler
 
 ARCHS = {
     "lenet": (
-        {"name": "lenet", "hidden": [16, 32, 256], "groups": 16, "frozen": 2, "norm": "batch"},
+        {"name": "lenet", "hidden": [16, 32, 256], "groups": 16, "kept": 2, "norm": "batch"},
         (1, 28, 28),
     ),
     "vgg11": (
-        {"name": "vgg", "variant": "11", "groups": 16, "frozen": 2, "norm": "batch"},
+        {"name": "vgg", "variant": "11", "groups": 16, "kept": 2, "norm": "batch"},
         (3, 32, 32),
     ),
 }
@@ -52,9 +52,11 @@ def lrt_prediction(model):
             m.training = False
 
 
-def build(arch: str, weights: str):
+def build(arch: str, weight_posterior: str):
     spec, shape = ARCHS[arch]
-    cfg = build_config({"model": {**spec, "weights": weights}, "ordering": {"sampler": "vou"}})
+    cfg = build_config(
+        {"model": {**spec, "weight_posterior": weight_posterior}, "ordering": {"sampler": "vou"}}
+    )
     torch.manual_seed(0)
     ordering = build_sampler(cfg.ordering).ordering_kwargs()
     return build_model(cfg.model, ordering, shape, 10).eval(), shape

@@ -29,18 +29,18 @@ from bnn_nested.runs.run import load_run, train_run
 
 WIDTHS = [0.25, 0.5, 0.75, 1.0]
 MODEL = {
-    "digits": {"name": "mlp", "hidden": [256, 256], "groups": 16, "frozen": 1},
+    "digits": {"name": "mlp", "hidden": [256, 256], "groups": 16, "kept": 1},
     "mnist5k": {
         "name": "lenet",
         "hidden": [16, 32, 256],
         "groups": 16,
-        "frozen": 2,
+        "kept": 2,
         "norm": "batch",
     },
 }
 #: method -> (config overrides, Monte-Carlo samples at evaluation)
 METHODS = {
-    "bnnn": ({"ordering": {"sampler": "vou"}, "model": {"weights": "gaussian"}}, 8),
+    "bnnn": ({"ordering": {"sampler": "vou"}, "model": {"weight_posterior": "gaussian"}}, 8),
     "vou_point": ({"ordering": {"sampler": "vou"}}, 1),
     "nested_dropout": ({"ordering": {"sampler": "nested_dropout"}}, 1),
     "sandwich": ({"ordering": {"sampler": "sandwich"}}, 1),

@@ -88,11 +88,11 @@ class NormsCNN(NestedModel):
 
     Args:
         channels: ``(c1, c2)``; ``groups`` must divide both.
-        groups, frozen: ordering groups ``G`` and always-kept groups ``F``.
+        groups, kept: ordering groups ``G`` and always-kept groups ``F``.
         ordering: keyword arguments of every :class:`~bnn_nested.nn.OrderingUnit`.
 
     Example:
-        >>> model = NormsCNN(groups=8, frozen=1)
+        >>> model = NormsCNN(groups=8, kept=1)
         >>> model(torch.randn(2, 1, 28, 28), width=0.5).shape  # (2, 10)
     """
 
@@ -101,18 +101,18 @@ class NormsCNN(NestedModel):
         channels: tuple[int, int] = (32, 64),
         num_classes: int = 10,
         groups: int = 8,
-        frozen: int = 1,
+        kept: int = 1,
         ordering: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         c1, c2 = channels
         kw = dict(ordering or {})
-        self.conv1 = NestedConv2d(1, c1, 3, padding=1, bias=False, groups=groups, frozen=frozen)
+        self.conv1 = NestedConv2d(1, c1, 3, padding=1, bias=False, order_groups=groups, kept=kept)
         self.bn1 = NestedBatchNorm2d(c1)
-        self.ou1 = OrderingUnit(c1, groups, frozen, **kw)
-        self.conv2 = NestedConv2d(c1, c2, 3, padding=1, bias=False, groups=groups, frozen=frozen)
+        self.ou1 = OrderingUnit(c1, groups, kept, **kw)
+        self.conv2 = NestedConv2d(c1, c2, 3, padding=1, bias=False, order_groups=groups, kept=kept)
         self.bn2 = NestedBatchNorm2d(c2)
-        self.ou2 = OrderingUnit(c2, groups, frozen, **kw)
+        self.ou2 = OrderingUnit(c2, groups, kept, **kw)
         self.classifier = NestedLinear(c2 * 7 * 7, num_classes, ordered=False)
 
     def forward_full(self, x: torch.Tensor) -> torch.Tensor:
@@ -136,7 +136,7 @@ def make_config(
         {
             "seed": seed,
             "data": {"name": "mnist5k", "batch_size": batch_size},
-            "model": {"name": "norms_cnn", "groups": 8, "frozen": 1, "norm": "batch"},
+            "model": {"name": "norms_cnn", "groups": 8, "kept": 1, "norm": "batch"},
             "ordering": {"sampler": "vou"},
             "train": {
                 "epochs": epochs,
@@ -152,7 +152,7 @@ def make_config(
 
 def build_model(cfg: Config) -> NormsCNN:
     ordering = build_sampler(cfg.ordering).ordering_kwargs()
-    return NormsCNN(groups=cfg.model.groups, frozen=cfg.model.frozen, ordering=ordering)
+    return NormsCNN(groups=cfg.model.groups, kept=cfg.model.kept, ordering=ordering)
 
 
 # -- evaluation ---------------------------------------------------------------------------------
@@ -277,7 +277,7 @@ def step_overhead(
         trainers[m] = Trainer(
             build_model(cfg),
             cfg,
-            n_train,
+            n_train=n_train,
             regularizer=build_regularizer(cfg.regularization),
             quiet=True,
         )

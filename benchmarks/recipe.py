@@ -1,6 +1,6 @@
 """Which ingredients make learned ordering (VOU) worth using? Ablation and baselines, 3 seeds.
 
-Every variant trains a Bayesian nested network (Gaussian weights, ``model.weights: gaussian``) with
+Every variant trains a Bayesian nested network (Gaussian weights, ``model.weight_posterior: gaussian``) with
 its own correct objective (issue 14: Monte-Carlo ordering KL for relaxed masks, categorical for hard
 masks, weight KL weighted by what each sampler trains) on classes 0-7, and is evaluated with 8
 Monte-Carlo samples at widths 0.25 / 0.5 / 0.75 / 1: on the validation split (accuracy, NLL, ECE:
@@ -43,7 +43,7 @@ from bnn_nested.runs.run import load_run, train_run
 
 WIDTHS = [0.25, 0.5, 0.75, 1.0]
 LR = {"digits": 1e-3, "mnist5k": 2e-3}
-GAUSS = {"model": {"weights": "gaussian", "init_log_alpha": -8.0}}
+GAUSS = {"model": {"weight_posterior": "gaussian", "init_log_alpha": -8.0}}
 ANNEAL = {"schedule": "exponential", "temperature": 1.0, "temperature_min": 0.2, "anneal_rate": 0.3}
 #: name -> config overrides (on top of the ``paper`` recipe with Gaussian weights)
 VARIANTS: dict[str, dict] = {
@@ -63,7 +63,7 @@ VARIANTS: dict[str, dict] = {
     "nested_dropout": {"ordering": {"sampler": "nested_dropout"}},
     "sandwich": {"ordering": {"sampler": "sandwich"}},
     "fixed": {"ordering": {"sampler": "fixed"}},
-    "mc_dropout": {"model": {"weights": "point", "dropout": 0.2}},
+    "mc_dropout": {"model": {"weight_posterior": "point", "dropout": 0.2}},
 }
 #: the variant ``mc_dropout`` borrows its masks from (set after the ablation chose it)
 DEFAULT = "paper"
@@ -103,7 +103,7 @@ def run_one(data, variant, seed, epochs, width, tmp: Path, bn_mc: bool) -> dict:
     for w in widths:
         rows[w].update({f"val/{k}": val.rows[w][k] for k in VAL_KEYS})
         rows[w].update({k: test.rows[w][k] for k in TEST_KEYS})
-    if bn_mc and nested_norms(run.model) and cfg.model.weights == "gaussian":
+    if bn_mc and nested_norms(run.model) and cfg.model.weight_posterior == "gaussian":
         loader = DataLoader(run.splits.train, batch_size=cfg.data.eval_batch_size)
         torch.manual_seed(seed)
         recalibrate_bn(run.model, loader, widths, stochastic=True)

@@ -73,7 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         config = f"configs/mnist5k_lenet_{sampler}.yaml"
         acc: dict[float, list[float]] = {w: [] for w in WIDTHS}
         for seed in args.seeds:
-            base = [f"seed={seed}", f"train.epochs={args.epochs}", f"model.weights={args.weights}"]
+            base = [
+                f"seed={seed}",
+                f"train.epochs={args.epochs}",
+                f"model.weight_posterior={args.weights}",
+            ]
             base += args.overrides
             if sampler == "fixed":
                 for w in WIDTHS:

@@ -29,15 +29,15 @@ VARIANTS = {
 }
 
 
-def make_trainer(sampler: str, weights: str, ordered: bool, batch: int) -> Trainer:
+def make_trainer(sampler: str, weight_posterior: str, ordered: bool, batch: int) -> Trainer:
     cfg = build_config(
         {
             "model": {
                 "name": "lenet",
                 "hidden": [16, 32, 256],
                 "groups": 16,
-                "frozen": 2,
-                "weights": weights,
+                "kept": 2,
+                "weight_posterior": weight_posterior,
                 "norm": "batch",
             },
             "ordering": {"sampler": sampler},
@@ -52,9 +52,9 @@ def make_trainer(sampler: str, weights: str, ordered: bool, batch: int) -> Train
         10,
         (16, 32, 256),
         groups=16,
-        frozen=2,
+        kept=2,
         norm="batch",
-        weights=weights,
+        weight_posterior=weight_posterior,
         ordering=kw,
         order_first=False,  # as in configs/mnist5k_lenet.yaml
         order_classifier_input=ordered,

@@ -48,7 +48,7 @@ def models():
     yield (
         "vgg",
         "VGG-11 (32x32)",
-        NestedVGG("11", (3, 32, 32), 10, groups=32, frozen=2).eval(),
+        NestedVGG("11", (3, 32, 32), 10, groups=32, kept=2).eval(),
         (3, 32, 32),
         lambda m: nn.Sequential(m.features[0], m.features[1]),
     )
@@ -109,8 +109,8 @@ def main() -> None:
                     fns[("compile", w)] = (plain, x)
                     # separate compiled objects, static shapes: the micro-batch never changes
                     # the graph the batch of 256 runs
-                    frozen = compile_for_inference(export_width(model, w, x[:2]))
-                    fns[("freeze", w)] = (frozen, x)
+                    kept = compile_for_inference(export_width(model, w, x[:2]))
+                    fns[("freeze", w)] = (kept, x)
                     frozen_mb = compile_for_inference(export_width(model, w, x[:2]))
                     fns[("freeze+mb", w)] = (MicroBatched(frozen_mb, sizes[0]), x)
             # interleaved: every round times each (variant, width) once, so load changes on the

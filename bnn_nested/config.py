@@ -1,21 +1,26 @@
 """Validated run configuration (pydantic v2). Unknown keys and bad values fail with one line.
 
-Example:
-    >>> cfg = load_config("configs/digits_mlp.yaml", overrides=["train.epochs=5"])
-    >>> cfg.model.hidden
+Example::
+
+    cfg = load_config("configs/digits_mlp.yaml", overrides=["train.epochs=5"])
+    cfg.model.hidden
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
+import importlib
 import math
+import re
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bnn_nested.safeyaml import YamlError, read_text_file, safe_load
+from bnn_nested.threads import MAX_THREADS, resolve_threads
 
 # --------------------------------------------------------------------------- accepted names
 # Choices the command line offers, kept here (no torch) so that ``--help`` and usage errors come
@@ -27,15 +32,32 @@ CASCADE_SCORES: tuple[str, ...] = ("msp", "entropy", "mutual_information")
 SET_SCORES: tuple[str, ...] = ("thr", "aps", "raps")
 #: Selective-prediction scores (:mod:`bnn_nested.evaluation.selective`).
 SELECTIVE_SCORES: tuple[str, ...] = ("msp", "entropy", "mutual_information")
+#: Out-of-distribution scores (:mod:`bnn_nested.evaluation.ood`), and those ``evaluate`` reports
+#: by default.
+OOD_SCORES: tuple[str, ...] = (
+    "msp",
+    "max_logit",
+    "energy",
+    "entropy",
+    "mutual_information",
+    "expected_entropy",
+)
+DEFAULT_OOD_SCORES: tuple[str, ...] = ("entropy", "mutual_information", "msp")
 #: How a width is realised when timing it (:mod:`bnn_nested.deploy.profile`).
 LATENCY_MODES: tuple[str, ...] = ("sliced", "masked", "exported")
+
+
+def check_choice(field: str, value: Any, accepted: tuple[str, ...]) -> None:
+    """Refuse ``value`` outside ``accepted`` with one line naming ``field`` and the choices."""
+    if value not in accepted:
+        raise ValueError(f"{field} must be one of {', '.join(accepted)}; got {_short(value, 60)}")
 
 
 # --------------------------------------------------------------------------- regularization
 
 RegularizationKind = Literal["wrs", "fixnorm", "weight_decay", "invariant", "none"]
 
-_FIELDS_OF_KIND: dict[str, frozenset[str]] = {
+FIELDS_OF_KIND: dict[str, frozenset[str]] = {
     "wrs": frozenset(
         {"granularity", "target", "every", "other_weight_decay", "include", "exclude"}
     ),
@@ -57,7 +79,7 @@ _FIELDS_OF_KIND: dict[str, frozenset[str]] = {
 
 
 class RegularizationConfig(BaseModel):
-    """Norm-control method and its options (methods.md §3-5); see the module table."""
+    """Norm-control method and its options (docs/METHODS.md#norm-control); see the module table."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -113,7 +135,7 @@ class RegularizationConfig(BaseModel):
         fields = type(self).model_fields
         stray = sorted(
             f
-            for f in self.model_fields_set - _FIELDS_OF_KIND[self.kind] - {"kind"}
+            for f in self.model_fields_set - FIELDS_OF_KIND[self.kind] - {"kind"}
             if getattr(self, f) != fields[f].get_default(call_default_factory=True)
         )
         if stray:
@@ -148,16 +170,38 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
-DataName = Literal[
-    "digits", "mnist5k", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "imagefolder"
-]
+#: Initial ``log alpha`` of Gaussian weights (``q(w) = N(theta, alpha theta^2)``): nearly point
+#: weights at the start. The one source of this default (models, layers and the config read it).
+DEFAULT_INIT_LOG_ALPHA = -8.0
+#: A dotted module path (``my_pkg.models``), not a file path.
+MODULE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+#: Data sets bnn-nested ships; others come from modules named in the config's ``imports``.
+BUILTIN_DATA: tuple[str, ...] = (
+    "digits",
+    "mnist5k",
+    "mnist",
+    "fashion_mnist",
+    "cifar10",
+    "cifar100",
+    "svhn",
+    "imagefolder",
+)
 
 
 class DataConfig(_Strict):
     """Which data set and how to split and batch it."""
 
-    name: DataName = "digits"
+    name: str = Field(
+        "digits",
+        description=f"{' | '.join(BUILTIN_DATA)}, or a name registered by a module in 'imports'",
+    )
     root: str | None = Field(None, description="local folder for torchvision data sets")
+    augment: bool = Field(
+        False, description="torchvision sets: random crop (padding 4) and horizontal flip"
+    )
+    image_size: int | None = Field(
+        None, ge=8, le=1024, description="torchvision sets: resize images to this side"
+    )
     val_fraction: float = Field(0.15, gt=0.0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0.0, lt=0.5, description="digits / mnist5k only")
     batch_size: int = Field(64, ge=1, le=MAX_BATCH)
@@ -168,20 +212,32 @@ class DataConfig(_Strict):
     )
 
 
+#: Old model keys -> their names now (``frozen`` read as "not trained" to PyTorch users;
+#: ``weights`` read like the layers' ``weight`` tensor).
+RENAMED_MODEL_KEYS = {"frozen": "kept", "weights": "weight_posterior"}
+
+
 class ModelConfig(_Strict):
     """Architecture. ``groups`` must divide every ordered layer's width."""
 
     name: str = "mlp"
     hidden: list[int] = Field(default_factory=lambda: [256, 256], min_length=1)
     groups: int = Field(16, ge=1, le=MAX_UNITS)
-    frozen: int = Field(2, ge=0)
-    weights: Literal["point", "gaussian"] = "point"
+    kept: int = Field(2, ge=0, description="leading groups of every ordered layer always kept")
+    weight_posterior: Literal["point", "gaussian"] = Field(
+        "point", description="point weights, or a Gaussian posterior per weight (Bayesian layers)"
+    )
     norm: Literal["none", "batch"] = "none"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     variant: str | None = None
     order_first: bool = False
     order_classifier_input: bool = True
-    init_log_alpha: float = Field(-8.0, ge=-12.0, le=0.0)
+    init_log_alpha: float = Field(DEFAULT_INIT_LOG_ALPHA, ge=-12.0, le=0.0)
+    weight_noise: Literal["lrt", "shared"] = Field(
+        "lrt",
+        description="Gaussian weights' training estimator: lrt (local reparameterisation, two "
+        "convolutions per layer) or shared (one weight draw per mini-batch, one convolution)",
+    )
     arch: str | None = Field(None, description="name: torchvision: the architecture, e.g. resnet18")
     target: str | None = Field(
         None, description="name: import: 'package.module:factory' (runs that code)"
@@ -208,6 +264,20 @@ class ModelConfig(_Strict):
         description="MOPED: Gaussian weights with std delta * |w| (log_alpha = 2 ln delta)",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        """Old spellings still load (saved runs, old configs), with a warning naming the new key."""
+        if isinstance(data, dict):
+            for old, new in RENAMED_MODEL_KEYS.items():
+                if old in data:
+                    if new in data:
+                        raise ValueError(f"model.{old} is the old name of model.{new}; give one")
+                    warnings.warn(f"model.{old} is deprecated: use model.{new}", FutureWarning, 3)
+                    data = {**data, new: data[old]}
+                    del data[old]
+        return data
+
     @field_validator("hidden")
     @classmethod
     def _positive(cls, v: list[int]) -> list[int]:
@@ -217,8 +287,8 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _groups_fit(self) -> ModelConfig:
-        if self.frozen >= self.groups:
-            raise ValueError(f"frozen must be < groups ({self.groups}), got {self.frozen}")
+        if self.kept >= self.groups:
+            raise ValueError(f"kept must be < groups ({self.groups}), got {self.kept}")
         if self.name == "torchvision" and not self.arch:
             raise ValueError("arch: name 'torchvision' needs an architecture, e.g. arch: resnet18")
         if self.name == "import":
@@ -291,6 +361,9 @@ class TrainConfig(_Strict):
     grad_clip: float | None = Field(None, gt=0.0)
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    threads: int | str = Field(
+        "auto", description="CPU threads for torch: auto or 1..1024 (bnn_nested.threads)"
+    )
     checkpoint_every: int = Field(0, ge=0, description="epochs between checkpoints (0: end only)")
     checkpoint_every_steps: int = Field(
         0, ge=0, description="optimisation steps between checkpoints (0: none)"
@@ -306,6 +379,15 @@ class TrainConfig(_Strict):
     log: Literal["none", "tensorboard"] = Field(
         "none", description="tensorboard: event files under RUN/tensorboard/ (the extra)"
     )
+
+    @field_validator("threads", mode="before")
+    @classmethod
+    def _threads(cls, v: Any) -> int | str:
+        try:
+            resolve_threads(v)
+        except ValueError:
+            raise ValueError(f"expected 'auto' or an integer in [1, {MAX_THREADS}]") from None
+        return v if v == "auto" else int(v)
 
     @model_validator(mode="after")
     def _precision_fits_device(self) -> TrainConfig:
@@ -338,6 +420,21 @@ class Config(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     regularization: RegularizationConfig = Field(default_factory=RegularizationConfig)
+    imports: list[Annotated[str, Field(pattern=MODULE_PATTERN)]] = Field(
+        default_factory=list,
+        max_length=32,
+        description="modules imported before building (they register models / data sets with "
+        "register_model / register_dataset); importing runs their code: trusted configs only",
+    )
+
+    @model_validator(mode="after")
+    def _names_known(self) -> Config:
+        if self.data.name not in BUILTIN_DATA and not self.imports:
+            raise ValueError(
+                f"data.name: unknown data set {self.data.name[:80]!r}; accepted: "
+                f"{', '.join(BUILTIN_DATA)} (or list the module that registers it in 'imports')"
+            )
+        return self
 
     @model_validator(mode="after")
     def _from_trained(self) -> Config:
@@ -360,6 +457,16 @@ class Config(_Strict):
     def to_dict(self) -> dict[str, Any]:
         """Plain, re-validatable dict of the resolved config (what runs store)."""
         return self.model_dump(mode="json")
+
+
+def import_modules(cfg: Config) -> None:
+    """Import the modules of ``cfg.imports`` (so their ``register_model`` / ``register_dataset``
+    calls run). A missing module is a one-line ``ConfigError``."""
+    for name in cfg.imports:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise ConfigError(f"imports: cannot import {name!r} ({str(err)[:150]})") from None
 
 
 def _fields_at(loc: tuple[Any, ...]) -> list[str]:
@@ -391,6 +498,8 @@ def format_validation_error(err: ValidationError) -> str:
     got = e.get("input")
     shown = "" if isinstance(got, dict) else f" (got {_short(got)})"
     more = f" [+{len(err.errors()) - 1} more]" if len(err.errors()) > 1 else ""
+    if not loc and re.match(r"^[a-z_]+(\.[a-z_]+)+: ", msg):  # a whole-config check names its field
+        return f"{msg}{more}"
     return f"{where}: {msg}{shown}{more}"
 
 
@@ -424,6 +533,9 @@ def build_config(raw: dict[str, Any] | None, overrides: list[str] | None = None)
     raw = copy.deepcopy(dict(raw or {}))  # never modify the caller's dicts
     for text in overrides or []:
         keys, value = parse_override(text)
+        if len(keys) == 2 and keys[0] == "model" and keys[1] in RENAMED_MODEL_KEYS:
+            old, keys = keys[1], ["model", RENAMED_MODEL_KEYS[keys[1]]]
+            warnings.warn(f"model.{old} is deprecated: use model.{keys[1]}", FutureWarning, 2)
         node = raw
         for k in keys[:-1]:
             node = node.setdefault(k, {})

@@ -1,6 +1,6 @@
 """Cost of a nested model at a width: parameters and FLOPs of the sliced network.
 
-Convention (docs/METHODS.md#cost-flops-macs-and-latency): **FLOPs = 2 x MACs** (one
+Convention (docs/METHODS.md#cost-flops-parameters-and-latency): **FLOPs = 2 x MACs** (one
 multiply-accumulate is two floating-point operations), as counted by
 ``torch.utils.flop_counter.FlopCounterMode``; elementwise operations (bias add, BN, ReLU) are not
 counted by that counter. Parameters count what the sliced network uses for inference.
@@ -28,8 +28,9 @@ __all__ = ["count_flops", "count_params"]
 def count_flops(model: NestedModel, example: torch.Tensor, width: Width = 1.0) -> int:
     """FLOPs (= 2 x MACs) of one forward pass of ``example`` (whole batch) at ``width``.
 
-    Example:
-        >>> count_flops(model, torch.zeros(1, 64), width=0.5)
+    Example::
+
+        count_flops(model, torch.zeros(1, 64), width=0.5)
     """
     if isinstance(model, NestifiedModel):  # masked at run time: count the sliced network
         return network_flops(sliced_network(model, width, example), example)

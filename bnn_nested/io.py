@@ -26,8 +26,32 @@ class JsonFileError(ValueError):
     """A JSON file that cannot be read or does not hold what it should (one line naming it)."""
 
 
+def current_umask() -> int:
+    """The process umask (read from ``/proc/self/status`` where possible, which changes nothing;
+    else set and restored at once)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode() -> int:
+    """Mode of a file written here: ``0o666`` less the umask, as ``open()`` would create it
+    (``0o644`` under the usual umask ``022``, ``0o664`` under ``002``)."""
+    return 0o666 & ~current_umask()
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
     """Call ``write(f)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
+
+    The file gets the mode ``open()`` would give it (``0o666`` less the umask, :func:`new_file_mode`),
+    not ``mkstemp``'s private ``0o600``, so a shared run directory is readable as usual.
 
     Raises:
         FileWriteError: the write failed (e.g. no space left); ``path`` is left as it was and the
@@ -37,6 +61,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, new_file_mode())  # mkstemp creates 0600; others may read a shared run
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -57,8 +82,25 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
-def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+def atomic_write_json(path: str | Path, obj: Any, strict: bool = False) -> Path:
+    """Write ``obj`` as indented JSON. With ``strict``, NaN and +-Inf are written as ``null``
+    (valid JSON for every reader; Python's default writes bare ``NaN``)."""
+    if strict:
+        text = json.dumps(finite_or_none(obj), indent=2, allow_nan=False)
+    else:
+        text = json.dumps(obj, indent=2, sort_keys=False)
+    return atomic_write_text(path, text + "\n")
+
+
+def finite_or_none(obj: Any) -> Any:
+    """``obj`` with every NaN / Inf float (in nested dicts, lists, tuples) replaced by ``None``."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    return obj
 
 
 def read_regular_file(
@@ -79,6 +121,8 @@ def read_regular_file(
         mode = os.stat(path).st_mode
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} {path} {missing}") from None
+    except ValueError:  # os.stat refuses a name with a null byte: say which file, not just that
+        raise error(f"{what} {str(path)!r} is not a valid file name") from None
     if not stat.S_ISREG(mode):
         raise error(f"{what} {path} is not a regular file")
     with open(path, "rb") as f:
@@ -105,8 +149,19 @@ def read_json(path: str | Path, what: str = "file") -> Any:
     except UnicodeDecodeError:
         raise JsonFileError(f"{what} {path} is not UTF-8 text (a binary file?)") from None
     except (json.JSONDecodeError, RecursionError) as err:
-        detail = str(err).splitlines()[0][:120] if str(err) else "invalid"
+        detail = first_line(err, 120, "invalid")
         raise JsonFileError(f"{what} {path} is not valid JSON ({detail})") from None
+
+
+def first_line(err: BaseException | str, limit: int = 200, default: str | None = None) -> str:
+    """The first line of an error's message, at most ``limit`` characters (``...`` marks a cut);
+    an empty message gives ``default`` (else the exception's type name). The one helper for the
+    one-line errors the library and the command line print."""
+    text = str(err).strip()
+    if not text:
+        return default if default is not None else type(err).__name__
+    line = text.splitlines()[0]
+    return line if len(line) <= limit else line[: max(limit - 3, 0)] + "..."
 
 
 def is_number(value: Any, finite: bool = False) -> bool:

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from bnn_nested.io import read_regular_file
+from bnn_nested.io import first_line, read_regular_file
 
 #: Largest YAML document accepted (bytes; parsing that much takes under a second). Shipped
 #: configs are under 2 KiB.
@@ -97,7 +97,7 @@ def safe_load(text: str) -> Any:
     except YamlError:
         raise
     except yaml.YAMLError as err:
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else "invalid YAML"
+        first = first_line(err, 200, "invalid YAML")
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise YamlError(f"not valid YAML: {first}{where}") from None

@@ -58,7 +58,9 @@ def main() -> None:
     splits = load_dataset(cfg.data)
     x = torch.stack([splits.train[i][0] for i in range(8)])  # (8, 64) flat digits
 
-    model = nestify(MyNet(), x, groups=8, kept=1)  # any nn.Module; weights="gaussian" for Bayesian
+    model = nestify(
+        MyNet(), x, groups=8, kept=1
+    )  # any nn.Module; weight_posterior="gaussian" for Bayesian
     print("ordered dimensions:")
     for d in model.structure:
         print(

@@ -66,7 +66,7 @@ def main() -> None:
         kept=1,
         order="importance",
         importance="l1",
-        weights="gaussian",
+        weight_posterior="gaussian",
         init_log_alpha=2 * math.log(0.1),
     )
     rows["converted, importance order"] = accuracies(model.eval(), splits.test)

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
                 "name": "mlp",
                 "hidden": [128, 128],
                 "groups": 8,
-                "frozen": 1,
+                "kept": 1,
                 "dropout": 0.2,
             },
             "train": {"epochs": args.epochs},

@@ -55,3 +55,35 @@ def test_bad_yaml_file(tmp_path):
         load_config(p)
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_old_key_frozen_loads_as_kept_with_a_warning():
+    with pytest.warns(FutureWarning, match=r"model\.frozen is deprecated: use model\.kept"):
+        cfg = build_config({"model": {"frozen": 1}})
+    assert cfg.model.kept == 1
+    assert "frozen" not in cfg.to_dict()["model"]
+    with pytest.raises(ConfigError, match="model.frozen is the old name of model.kept"):
+        build_config({"model": {"frozen": 1, "kept": 2}})
+
+
+def test_imports_name_modules_and_unknown_data_needs_them():
+    with pytest.raises(ConfigError, match=r"data.name: unknown data set 'mine'; accepted: digits"):
+        build_config({"data": {"name": "mine"}})
+    cfg = build_config({"data": {"name": "mine"}, "imports": ["my_pkg.data"]})
+    assert cfg.imports == ["my_pkg.data"]
+    with pytest.raises(ConfigError, match="imports"):
+        build_config({"imports": ["../evil.py"]})
+
+
+def test_old_key_in_an_override_replaces_the_new_key():
+    with pytest.warns(FutureWarning, match=r"model\.frozen is deprecated"):
+        cfg = build_config({"model": {"kept": 2}}, ["model.frozen=1"])
+    assert cfg.model.kept == 1
+
+
+def test_old_key_weights_loads_as_weight_posterior():
+    with pytest.warns(
+        FutureWarning, match=r"model\.weights is deprecated: use model\.weight_posterior"
+    ):
+        cfg = build_config({"model": {"weights": "gaussian"}})
+    assert cfg.model.weight_posterior == "gaussian"

@@ -14,7 +14,7 @@ from bnn_nested.training.samplers import build_sampler
 from bnn_nested.training.trainer import Trainer
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-TINY = {"model": {"hidden": [16], "groups": 4, "frozen": 1}, "train": {"lr": 0.05}}
+TINY = {"model": {"hidden": [16], "groups": 4, "kept": 1}, "train": {"lr": 0.05}}
 
 
 def _trainer(device="cpu", **train):

@@ -16,7 +16,7 @@ from bnn_nested.cli.main import main
 TINY = {
     "seed": 0,
     "data": {"name": "digits", "batch_size": 64},
-    "model": {"name": "mlp", "hidden": [16], "groups": 4, "frozen": 1},
+    "model": {"name": "mlp", "hidden": [16], "groups": 4, "kept": 1},
     "ordering": {"sampler": "vou"},
     "train": {"epochs": 1, "device": "cpu"},
     "eval": {"widths": [0.5, 1.0]},

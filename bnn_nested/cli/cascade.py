@@ -16,6 +16,7 @@ from pathlib import Path
 from bnn_nested.cli.common import UsageError, parse_widths
 from bnn_nested.config import CASCADE_SCORES
 from bnn_nested.io import atomic_write_json
+from bnn_nested.threads import add_threads_argument, apply_threads
 
 
 def add_parser(sub) -> None:
@@ -42,6 +43,7 @@ def add_parser(sub) -> None:
     )
     c.add_argument("--no-plots", action="store_true", help="skip the PNG plot")
     c.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_threads_argument(c)
     c.set_defaults(handler=run)
 
 
@@ -67,6 +69,7 @@ def run(args) -> int:
         raise UsageError(f"--widths must be distinct, got {args.widths}")
     if args.score == "mutual_information" and args.samples == 1:
         raise UsageError("--score mutual_information needs --samples > 1")
+    apply_threads(args.threads)
     rep = cascade_run(
         args.run,
         args.widths,

@@ -7,11 +7,13 @@ Writes ``RUN/report.json``, ``RUN/report.md`` and ``RUN/plots/*.png`` atomically
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from bnn_nested.cli import uncertainty
 from bnn_nested.cli.common import UsageError, bounded_int, note_unfinished, parse_widths
-from bnn_nested.config import MAX_SAMPLES
+from bnn_nested.config import DEFAULT_OOD_SCORES, MAX_SAMPLES, OOD_SCORES
+from bnn_nested.threads import add_threads_argument, apply_threads
 
 
 def _names(text: str) -> list[str]:
@@ -27,7 +29,8 @@ def add_parser(sub) -> None:
         "--ood",
         type=_names,
         default=[],
-        help="OOD sets: gaussian, uniform, patches, heldout, or a torchvision name (svhn)",
+        help="OOD sets: gaussian, uniform, patches, heldout (needs data.held_out_classes at "
+        "training), or a torchvision name (svhn)",
     )
     e.add_argument(
         "--scores",
@@ -38,27 +41,25 @@ def add_parser(sub) -> None:
     e.add_argument("--split", choices=["test", "val"], default="test")
     e.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     uncertainty.add_arguments(e)
+    add_threads_argument(e)
     e.set_defaults(handler=run)
 
 
 def run(args) -> int:
-    from bnn_nested.evaluation.evaluate import (  # deferred: imports torch; --help and usage errors stay fast
-        DEFAULT_SCORES,
-        evaluate,
-    )
-    from bnn_nested.evaluation.ood import (
-        SCORES,  # deferred: imports torch; --help and usage errors stay fast
+    bounded_int("--samples", args.samples, 1, MAX_SAMPLES)
+    scores = args.scores or list(DEFAULT_OOD_SCORES)
+    unknown = [s for s in scores if s not in OOD_SCORES]
+    if unknown:
+        raise UsageError(f"--scores: unknown {unknown}; accepted: {', '.join(OOD_SCORES)}")
+    uncertainty.check(args)
+    apply_threads(args.threads)
+    from bnn_nested.evaluation.evaluate import (
+        evaluate,  # deferred: imports torch; --help and usage errors stay fast
     )
     from bnn_nested.runs.run import (
         load_run,  # deferred: imports torch; --help and usage errors stay fast
     )
 
-    bounded_int("--samples", args.samples, 1, MAX_SAMPLES)
-    scores = args.scores or list(DEFAULT_SCORES)
-    unknown = [s for s in scores if s not in SCORES]
-    if unknown:
-        raise UsageError(f"--scores: unknown {unknown}; accepted: {', '.join(SCORES)}")
-    uncertainty.check(args)
     run_dir = Path(args.run)
     loaded = load_run(run_dir)
     note_unfinished(loaded, run_dir)
@@ -87,7 +88,7 @@ def run(args) -> int:
         data=cfg.data.name,
         sampler=cfg.ordering.sampler,
         model=cfg.model.name,
-        weights=cfg.model.weights,
+        weight_posterior=cfg.model.weight_posterior,
     )
     written = report.write(run_dir, plots=not args.no_plots)
     print(
@@ -97,6 +98,15 @@ def run(args) -> int:
     for line in notes:
         print(line)
     print(report.table())
+    warnings = report.warnings()
+    for line in warnings:
+        print(f"bnn-nested: warning: {line}", file=sys.stderr)
+    if warnings:
+        print(
+            "bnn-nested: warning: an AUROC below 0.5 means the score is reversed on that set; "
+            "see report.md",
+            file=sys.stderr,
+        )
     print(
         f"written: {written['json']}, {written['md']}"
         + ("" if args.no_plots else f", {run_dir / 'plots'}/")

@@ -14,6 +14,7 @@ import sys
 
 from bnn_nested.cli.common import Parser, UsageError
 from bnn_nested.config import ConfigError
+from bnn_nested.io import first_line
 
 #: Command modules; each defines ``add_parser(subparsers)`` (setting ``handler``) and ``run(args)``.
 COMMAND_MODULES = ("train", "evaluate", "compare", "select", "cascade")
@@ -61,9 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _one_line(err: BaseException) -> str:
-    text = str(err).strip()
-    line = text.splitlines()[0] if text else type(err).__name__
-    return line if len(line) <= MAX_MESSAGE else line[: MAX_MESSAGE - 3] + "..."
+    return first_line(err, MAX_MESSAGE)
 
 
 if __name__ == "__main__":  # pragma: no cover

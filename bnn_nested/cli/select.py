@@ -10,6 +10,7 @@ import json
 
 from bnn_nested.cli.common import UsageError, bounded_int, note_unfinished, parse_widths
 from bnn_nested.config import LATENCY_MODES, MAX_BATCH, MAX_SAMPLES
+from bnn_nested.threads import add_threads_argument, apply_threads
 
 
 def add_parser(sub) -> None:
@@ -28,10 +29,17 @@ def add_parser(sub) -> None:
     s.add_argument("--widths", type=parse_widths, default=None, help="candidate widths")
     s.add_argument("--samples", type=int, default=None, help="Monte-Carlo samples for validation")
     s.add_argument("--batch-size", type=int, default=1, help="batch size for latency (default 1)")
-    s.add_argument("--threads", type=int, default=None, help="CPU threads for latency")
+    s.add_argument(
+        "--repeats",
+        type=int,
+        default=20,
+        help="timed passes per width (median and interquartile range shown; default 20)",
+    )
+    add_threads_argument(s)  # also the threads latency is timed with
     s.add_argument(
         "--latency-mode",
         default=None,
+        choices=LATENCY_MODES,
         help="what is timed: sliced (the nested model, default), masked (the full model with a "
         "mask) or exported (BN folded, channels-last, micro-batches tuned on CPU); given without "
         "--max-latency-ms, latency is still measured and shown",
@@ -46,11 +54,19 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    if args.latency_mode is not None and args.latency_mode not in LATENCY_MODES:
-        raise UsageError(
-            f"--latency-mode must be one of {LATENCY_MODES}, got {args.latency_mode[:60]!r}"
-        )
-
+    bounded_int("--samples", args.samples, 1, MAX_SAMPLES)
+    bounded_int("--batch-size", args.batch_size, 1, MAX_BATCH)
+    bounded_int("--repeats", args.repeats, 3, 10000)
+    for flag, value in (("--min-accuracy", args.min_accuracy), ("--max-ece", args.max_ece)):
+        if value is not None and not 0.0 <= value <= 1.0:  # also refuses NaN
+            raise UsageError(f"{flag} must be in [0, 1], got {value}")
+    for flag, value in (
+        ("--max-flops", args.max_flops),
+        ("--max-latency-ms", args.max_latency_ms),
+        ("--max-params", args.max_params),
+    ):
+        if value is not None and not 0.0 <= value < float("inf"):
+            raise UsageError(f"{flag} must be a finite number >= 0, got {value}")
     from bnn_nested.deploy.select import (  # deferred: imports torch; --help and usage errors stay fast
         Constraints,
         select_width,
@@ -63,22 +79,10 @@ def run(args) -> int:
         load_run,  # deferred: imports torch; --help and usage errors stay fast
     )
 
-    bounded_int("--samples", args.samples, 1, MAX_SAMPLES)
-    bounded_int("--batch-size", args.batch_size, 1, MAX_BATCH)
-    bounded_int("--threads", args.threads, 1, 1024)
-    for flag, value in (("--min-accuracy", args.min_accuracy), ("--max-ece", args.max_ece)):
-        if value is not None and not 0.0 <= value <= 1.0:  # also refuses NaN
-            raise UsageError(f"{flag} must be in [0, 1], got {value}")
-    for flag, value in (
-        ("--max-flops", args.max_flops),
-        ("--max-latency-ms", args.max_latency_ms),
-        ("--max-params", args.max_params),
-    ):
-        if value is not None and not 0.0 <= value < float("inf"):
-            raise UsageError(f"{flag} must be a finite number >= 0, got {value}")
     cons = Constraints(
         args.max_flops, args.max_latency_ms, args.max_params, args.min_accuracy, args.max_ece
     )
+    threads = apply_threads(args.threads)
     loaded = load_run(args.run)
     note_unfinished(loaded, args.run)
     cands = run_candidates(
@@ -86,7 +90,8 @@ def run(args) -> int:
         args.widths,
         args.samples,
         args.batch_size,
-        args.threads,
+        threads,
+        repeats=args.repeats,
         latency=args.max_latency_ms is not None or args.latency_mode is not None,
         latency_mode=args.latency_mode or "sliced",
         temperature=not args.no_temperature,
@@ -97,14 +102,22 @@ def run(args) -> int:
         print(json.dumps(selection_dict(sel), indent=2))
     else:
         print(
-            f"{'width':>6} {'FLOPs':>10} {'params':>9} {'latency_ms':>10} {'val_acc':>8} {'ECE':>7}"
+            f"{'width':>6} {'FLOPs':>10} {'params':>9} {'latency_ms':>10} {'IQR_ms':>8} "
+            f"{'val_acc':>8} {'ECE':>7}"
         )
         for c in cands:
             lat = f"{c.latency_ms:10.3f}" if c.latency_ms is not None else f"{'-':>10}"
+            iqr = c.latency_iqr_ms
+            lat += f" {iqr:8.3f}" if iqr is not None and c.latency_ms is not None else f" {'-':>8}"
             mark = " <-" if sel.chosen == c else ""
             print(
                 f"{c.width:6g} {c.flops:10.4g} {c.params:9.4g} {lat} {c.accuracy:8.4f} "
                 f"{c.ece:7.4f}{mark}"
             )
         print(sel.explanation)
+        if any(c.latency_ms is not None for c in cands):
+            print(
+                f"latency: median of {args.repeats} passes with {threads} thread(s); widths "
+                "whose medians differ by less than the IQR are not ranked by latency"
+            )
     return 0 if sel.ok else 1

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from bnn_nested.cli.common import UsageError
 from bnn_nested.config import load_config
+from bnn_nested.threads import add_threads_argument
 
 
 def _report(out) -> None:
@@ -43,6 +44,7 @@ def add_parser(sub) -> None:
     )
     t.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     t.add_argument("--quiet", action="store_true", help="no progress output")
+    add_threads_argument(t)  # sets train.threads; --resume keeps the run's own
 
     t.set_defaults(handler=run)
 
@@ -57,6 +59,7 @@ def run(args) -> int:
                 ("--set", args.overrides),
                 ("--overwrite", args.overwrite),
                 ("--init-from", args.init_from),
+                ("--threads", args.threads),
             )
             if v
         ]
@@ -78,6 +81,8 @@ def run(args) -> int:
     overrides = list(args.overrides)
     if args.device is not None:
         overrides.append(f"train.device={args.device}")
+    if args.threads is not None:
+        overrides.append(f"train.threads={args.threads}")
     if args.init_from is not None:
         if not Path(args.init_from).is_file():
             raise UsageError(f"--init-from: no such file {args.init_from}")

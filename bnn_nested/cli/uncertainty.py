@@ -1,4 +1,4 @@
-"""Options of ``bnn-nested evaluate`` that act on uncertainty (issue 15): temperature scaling per
+"""Options of ``bnn-nested evaluate`` that act on uncertainty: temperature scaling per
 width, conformal prediction sets, selective prediction. Kept apart from ``cli/evaluate.py``.
 
 ``--calibrate temperature`` fits one temperature per width on the validation split, stores it in

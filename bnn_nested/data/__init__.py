@@ -3,12 +3,14 @@ from a local root, and OOD inputs."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from bnn_nested.data.base import DataSplits, hold_out_classes, stratified_split
 from bnn_nested.data.digits import load_digits
 from bnn_nested.data.mnist5k import load_mnist5k
 from bnn_nested.data.vision import load_torchvision
+from bnn_nested.registry import Registry
 
 TORCHVISION_SETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "imagefolder")
 
@@ -28,21 +30,53 @@ def load_dataset(cfg: Any, seed: int = 0, flatten: bool = False) -> DataSplits:
     return splits
 
 
-def _load(cfg: Any, seed: int, flatten: bool) -> DataSplits:
-    if cfg.name == "digits":
-        return load_digits(cfg.val_fraction, cfg.test_fraction, seed, flatten=flatten)
-    if cfg.name == "mnist5k":
-        return load_mnist5k(cfg.val_fraction, cfg.test_fraction, seed, flatten=flatten)
-    if cfg.name in TORCHVISION_SETS:
+#: name -> loader(data_cfg, seed, flatten) -> DataSplits
+DATASETS: Registry[Callable[..., DataSplits]] = Registry("data set", field="data.name")
+
+
+def register_dataset(name: str):
+    """Decorator registering a loader ``f(data_cfg, seed, flatten) -> DataSplits``; a config
+    reaches it by listing the registering module under its top-level ``imports``."""
+    return DATASETS.register(name)
+
+
+@register_dataset("digits")
+def _digits(cfg: Any, seed: int, flatten: bool) -> DataSplits:
+    return load_digits(cfg.val_fraction, cfg.test_fraction, seed, flatten=flatten)
+
+
+@register_dataset("mnist5k")
+def _mnist5k(cfg: Any, seed: int, flatten: bool) -> DataSplits:
+    return load_mnist5k(cfg.val_fraction, cfg.test_fraction, seed, flatten=flatten)
+
+
+def _torchvision(name: str) -> Callable[..., DataSplits]:
+    def load(cfg: Any, seed: int, flatten: bool) -> DataSplits:
         if cfg.root is None:
-            raise ValueError(f"data.root: data set {cfg.name!r} needs a local root folder")
-        return load_torchvision(cfg.name, cfg.root, val_fraction=cfg.val_fraction, seed=seed)
-    raise ValueError(
-        f"data.name: unknown data set {cfg.name!r}; known: digits, mnist5k, {', '.join(TORCHVISION_SETS)}"
-    )
+            raise ValueError(f"data.root: data set {name!r} needs a local root folder")
+        return load_torchvision(
+            name,
+            cfg.root,
+            val_fraction=cfg.val_fraction,
+            seed=seed,
+            image_size=cfg.image_size,
+            augment=cfg.augment,
+        )
+
+    return load
+
+
+for _name in TORCHVISION_SETS:
+    register_dataset(_name)(_torchvision(_name))
+
+
+def _load(cfg: Any, seed: int, flatten: bool) -> DataSplits:
+    return DATASETS[cfg.name](cfg, seed, flatten)
 
 
 __all__ = [
+    "DATASETS",
+    "register_dataset",
     "TORCHVISION_SETS",
     "DataSplits",
     "hold_out_classes",

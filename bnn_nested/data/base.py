@@ -20,9 +20,10 @@ class DataSplits:
         input_shape: shape of one example, e.g. ``(64,)`` for flat digits or ``(1, 28, 28)``.
         name: data set name as used in configs.
 
-    Example:
-        >>> splits = load_dataset(DataConfig(name="digits"))
-        >>> x, y = splits.train[0]
+    Example::
+
+        splits = load_dataset(DataConfig(name="digits"))
+        x, y = splits.train[0]
     """
 
     train: Dataset
@@ -81,8 +82,9 @@ def hold_out_classes(splits: DataSplits, classes: list[int]) -> tuple[DataSplits
     """Remove ``classes`` from every split (labels re-indexed to ``0..C-k-1``) and return the test
     examples of those classes as an OOD set (labels 0).
 
-    Example:
-        >>> in_dist, ood_test = hold_out_classes(load_digits(), [8, 9])
+    Example::
+
+        in_dist, ood_test = hold_out_classes(load_digits(), [8, 9])
     """
 
     bad = [c for c in classes if not 0 <= c < splits.num_classes]

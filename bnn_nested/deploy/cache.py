@@ -8,9 +8,10 @@ shape is ignored with a one-line note naming it, and rewritten.
 
 File layout: ``{key: {"checkpoint": {...} | null, ...entry}}``, one key per set of settings.
 
-Example:
-    >>> entries = read_cache(run / VAL_METRICS_FILE, run.checkpoint_id, valid=rows_valid)
-    >>> write_cache(run / VAL_METRICS_FILE, run.checkpoint_id, {**entries, key: entry})
+Example::
+
+    entries = read_cache(run / VAL_METRICS_FILE, run.checkpoint_id, valid=rows_valid)
+    write_cache(run / VAL_METRICS_FILE, run.checkpoint_id, {**entries, key: entry})
 """
 
 from __future__ import annotations

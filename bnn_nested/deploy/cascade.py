@@ -14,10 +14,11 @@ stage it visited ran in full, once per Monte-Carlo sample). Thresholds come from
 :func:`calibrate_thresholds` (a quantile of each stage's scores) or :func:`choose_threshold` (one
 shared threshold reaching a target accuracy, or the most accurate within a FLOPs budget).
 
-Example:
-    >>> val, y_val = stage_probs(model, val_loader, [0.25, 0.5, 1.0], temperatures=temps)
-    >>> choice = choose_threshold(val, y_val, flops, target_accuracy=0.97)
-    >>> probs, exits = Cascade(model, [0.25, 0.5, 1.0], choice.thresholds, temperatures=temps).predict(x)
+Example::
+
+    val, y_val = stage_probs(model, val_loader, [0.25, 0.5, 1.0], temperatures=temps)
+    choice = choose_threshold(val, y_val, flops, target_accuracy=0.97)
+    probs, exits = Cascade(model, [0.25, 0.5, 1.0], choice.thresholds, temperatures=temps).predict(x)
 """
 
 from __future__ import annotations
@@ -156,8 +157,9 @@ class Cascade:
         score: ``"msp"`` (``1 - max p̄``), ``"entropy"`` or ``"mutual_information"``.
         temperatures: width -> ``T``; each stage's probabilities are temperature-scaled.
 
-    Example:
-        >>> probs, exits = Cascade(model, [0.25, 1.0], [0.3]).predict(x)   # (B, C), (B,)
+    Example::
+
+        probs, exits = Cascade(model, [0.25, 1.0], [0.3]).predict(x)   # (B, C), (B,)
     """
 
     def __init__(

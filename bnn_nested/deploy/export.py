@@ -17,8 +17,9 @@ How it works (generic over models built from nested layers):
 
 Saving and loading the result: :mod:`bnn_nested.deploy.serialize`.
 
-Example:
-    >>> plain = export_width(model, 0.5, x[:1])          # nn.Module (a torch.fx.GraphModule)
+Example::
+
+    plain = export_width(model, 0.5, x[:1])          # nn.Module (a torch.fx.GraphModule)
 """
 
 from __future__ import annotations
@@ -57,9 +58,9 @@ class _LeafTracer(fx.Tracer):
 
 
 class TemperatureScaled(nn.Module):
-    """``module(x) / temperature``: a fitted temperature (docs/METHODS.md, "Temperature scaling per
-    width") baked into an exported network as its final division; ``softmax`` of the output is the
-    calibrated probability."""
+    """``module(x) / temperature``: a fitted temperature baked into an exported network as its
+    final division; ``softmax`` of the output is the calibrated probability
+    (docs/METHODS.md#temperature-scaling-per-width)."""
 
     def __init__(self, module: nn.Module, temperature: float) -> None:
         super().__init__()
@@ -247,9 +248,10 @@ def export_width(
         whose ``forward_full`` has input-dependent control flow (FX cannot trace it) come back as a
         copy of the model with every nested leaf replaced by its plain module instead.
 
-    Example:
-        >>> plain = export_width(model, 0.5, x[:1])
-        >>> torch.testing.assert_close(plain(x), model.eval()(x, width=0.5))
+    Example::
+
+        plain = export_width(model, 0.5, x[:1])
+        torch.testing.assert_close(plain(x), model.eval()(x, width=0.5))
     """
     if isinstance(model, NestifiedModel):  # any network: Torch-Pruning slices a plain copy
         out = sliced_network(model, width, example)

@@ -2,9 +2,10 @@
 measured latency (:mod:`bnn_nested.deploy.timing`) of the sliced, masked or exported network, cached
 in the run directory.
 
-Example:
-    >>> costs = profile_widths(model, torch.zeros(1, 64), [0.25, 0.5, 1.0], batch_size=256)
-    >>> [(c.width, c.flops, c.latency_ms) for c in costs]
+Example::
+
+    costs = profile_widths(model, torch.zeros(1, 64), [0.25, 0.5, 1.0], batch_size=256)
+    [(c.width, c.flops, c.latency_ms) for c in costs]
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Literal
 
 import torch
 
-from bnn_nested.config import LATENCY_MODES
+from bnn_nested.config import LATENCY_MODES, check_choice
 from bnn_nested.cost import count_flops, count_params
 from bnn_nested.deploy.cache import read_cache, write_cache
 from bnn_nested.deploy.runtime import inference_module
@@ -46,7 +47,7 @@ def masked_forward(model: NestedModel, width: float) -> Callable[[torch.Tensor],
     units = [u for _, u in model.ordering_units()]
     masks = {}
     for u in units:
-        keep = active_groups(width, u.groups, u.frozen) * u.group_size
+        keep = active_groups(width, u.groups, u.kept) * u.group_size
         m = torch.zeros(u.channels, device=next(model.parameters()).device)
         m[:keep] = 1.0
         masks[u] = m
@@ -128,11 +129,11 @@ def profile_widths(
         checkpoint: identity of the weights profiled (``LoadedRun.checkpoint_id``); cached
             entries of another checkpoint are recomputed (:mod:`bnn_nested.deploy.cache`).
 
-    Example:
-        >>> costs = profile_widths(model, x[:1], [0.25, 1.0], batch_size=256, cache_dir="runs/demo")
+    Example::
+
+        costs = profile_widths(model, x[:1], [0.25, 1.0], batch_size=256, cache_dir="runs/demo")
     """
-    if mode not in LATENCY_MODES:
-        raise ValueError(f"mode must be one of {LATENCY_MODES}, got {mode!r}")
+    check_choice("mode", mode, LATENCY_MODES)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     for w in widths:

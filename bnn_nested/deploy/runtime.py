@@ -17,9 +17,10 @@ NestedVGG "11" at 32x32, batch 256, 2 CPU threads: ``benchmarks/width_latency.py
 save_exported` saves the plain module inside (``MicroBatched(load_exported(path), 64)`` restores
 the wrapper after loading).
 
-Example:
-    >>> fast = inference_module(model, 0.25, x[:2], micro_batch=64)
-    >>> torch.testing.assert_close(fast(x), model.eval()(x, width=0.25), atol=1e-5, rtol=1e-5)
+Example::
+
+    fast = inference_module(model, 0.25, x[:2], micro_batch=64)
+    torch.testing.assert_close(fast(x), model.eval()(x, width=0.25), atol=1e-5, rtol=1e-5)
 """
 
 from __future__ import annotations
@@ -78,9 +79,10 @@ def tune_micro_batch(
     candidate with the lowest median wins, ties going to the larger slice. ``clock`` (seconds) is
     :func:`~bnn_nested.deploy.timing.measure_latency`'s.
 
-    Example:
-        >>> mb = tune_micro_batch(export_width(model, 0.25, x[:2]), x)   # x: a served batch
-        >>> fast = MicroBatched(export_width(model, 0.25, x[:2]), mb)
+    Example::
+
+        mb = tune_micro_batch(export_width(model, 0.25, x[:2]), x)   # x: a served batch
+        fast = MicroBatched(export_width(model, 0.25, x[:2]), mb)
     """
 
     if not candidates:
@@ -109,9 +111,10 @@ class MicroBatched(nn.Module):
     ``micro_batch=None`` runs the whole batch at once. With ``channels_last`` a 4-D input is
     converted to that memory format first (the layout of ``export_width(..., channels_last=True)``).
 
-    Example:
-        >>> fast = MicroBatched(export_width(model, 0.25, x[:2], channels_last=True), 64, True)
-        >>> y = fast(x)                                  # same as model(x, width=0.25) in eval
+    Example::
+
+        fast = MicroBatched(export_width(model, 0.25, x[:2], channels_last=True), 64, True)
+        y = fast(x)                                  # same as model(x, width=0.25) in eval
     """
 
     def __init__(
@@ -161,9 +164,10 @@ def compile_for_inference(module: nn.Module, freezing: bool = True, **kwargs) ->
     :data:`RECOMPILE_LIMIT` (measured: 10 widths of NestedLeNet gave 8 graphs at the default, 10
     after raising it).
 
-    Example:
-        >>> fast = compile_for_inference(export_width(model, 0.5, x[:2]))
-        >>> with torch.no_grad(): y = fast(x)
+    Example::
+
+        fast = compile_for_inference(export_width(model, 0.5, x[:2]))
+        with torch.no_grad(): y = fast(x)
     """
     import torch._dynamo.config as dynamo_config  # deferred: slow to import, only compile needs it
 
@@ -213,9 +217,10 @@ def inference_module(
         temperature: a fitted temperature of ``width``, divided into the logits (see
             :func:`~bnn_nested.deploy.export.export_width`).
 
-    Example:
-        >>> fast = inference_module(model, 0.25, x[:2])
-        >>> with torch.no_grad(): probs = fast(x).softmax(-1)
+    Example::
+
+        fast = inference_module(model, 0.25, x[:2])
+        with torch.no_grad(): probs = fast(x).softmax(-1)
     """
     micro_batch = check_micro_batch(micro_batch, allow_auto=True)
     cl = channels_last and not compile and example.dim() == 4

@@ -5,9 +5,10 @@ accuracy; ties go to the cheaper width (fewer FLOPs, then lower latency, then fe
 narrower). If nothing fits, say so and name the *nearest* option: the width with the smallest total
 relative violation ``sum_k max(0, value_k / limit_k - 1)`` (for a minimum: ``limit_k / value_k - 1``).
 
-Example:
-    >>> sel = select_width(candidates, Constraints(max_flops=2e5, min_accuracy=0.9))
-    >>> print(sel.explanation); sel.chosen.width if sel.ok else None
+Example::
+
+    sel = select_width(candidates, Constraints(max_flops=2e5, min_accuracy=0.9))
+    print(sel.explanation); sel.chosen.width if sel.ok else None
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class Candidate:
     accuracy: float
     ece: float
     latency_ms: float | None = None
+    #: interquartile range of the timed passes (ms): latencies closer than this are not ranked
+    latency_iqr_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -86,8 +89,30 @@ def violations(c: Candidate, cons: Constraints) -> dict[str, float]:
 
 
 def _cost_key(c: Candidate) -> tuple:
-    lat = c.latency_ms if c.latency_ms is not None else 0.0
-    return (c.flops, lat, c.params, c.width)
+    """Cheaper first: FLOPs, then params, then width. Latency is not in the key: it is compared
+    only where two latencies differ by more than their spread (:func:`latency_differs`)."""
+    return (c.flops, c.params, c.width)
+
+
+def latency_differs(a: Candidate, b: Candidate) -> bool:
+    """Whether ``a`` and ``b``'s median latencies differ by more than the larger of their
+    interquartile ranges (timings of one width vary between passes; a smaller difference is noise
+    and does not rank them)."""
+    if a.latency_ms is None or b.latency_ms is None:
+        return False
+    spread = max(a.latency_iqr_ms or 0.0, b.latency_iqr_ms or 0.0)
+    return abs(a.latency_ms - b.latency_ms) > spread
+
+
+def _cheapest(cands: Sequence[Candidate]) -> Candidate:
+    """The cheapest candidate: fewest FLOPs; among equal FLOPs, a latency lower by more than the
+    spread, then fewer parameters, then narrower."""
+    best = min(cands, key=_cost_key)
+    for c in cands:
+        if c.flops == best.flops and c is not best and latency_differs(c, best):
+            if c.latency_ms < best.latency_ms:  # type: ignore[operator]
+                best = c
+    return best
 
 
 @dataclass
@@ -105,7 +130,10 @@ class Selection:
 
 
 def _describe(c: Candidate) -> str:
-    lat = f", {c.latency_ms:.3g} ms latency" if c.latency_ms is not None else ""
+    lat = ""
+    if c.latency_ms is not None:
+        iqr = f" (IQR {c.latency_iqr_ms:.2g})" if c.latency_iqr_ms is not None else ""
+        lat = f", {c.latency_ms:.3g} ms latency{iqr}"
     return (
         f"width {c.width:g} ({c.flops:.4g} FLOPs, {c.params:.4g} params{lat}; "
         f"val accuracy {c.accuracy:.4f}, ECE {c.ece:.4f})"
@@ -115,8 +143,9 @@ def _describe(c: Candidate) -> str:
 def select_width(candidates: Sequence[Candidate], constraints: Constraints) -> Selection:
     """Best feasible width: highest validation accuracy, ties to the cheaper (see module doc).
 
-    Example:
-        >>> select_width(cands, Constraints(max_params=5e4)).chosen
+    Example::
+
+        select_width(cands, Constraints(max_params=5e4)).chosen
     """
     if not candidates:
         raise ValueError("candidates must contain at least one width")
@@ -125,14 +154,15 @@ def select_width(candidates: Sequence[Candidate], constraints: Constraints) -> S
     feasible = [c for c in candidates if not viol[c]]
     limits = ", ".join(f"{k}={v:g}" for k, v in cons.items()) or "no constraints"
     if feasible:
-        best = min(feasible, key=lambda c: (-c.accuracy, *_cost_key(c)))
+        top = max(c.accuracy for c in feasible)
+        best = _cheapest([c for c in feasible if c.accuracy == top])
         cheaper = [c for c in feasible if _cost_key(c) < _cost_key(best)]
         text = (
             f"Selected {_describe(best)}. Under {limits}, {len(feasible)} of {len(candidates)} "
             f"widths fit; this one has the highest validation accuracy among them"
         )
         if cheaper:
-            cheapest = min(cheaper, key=_cost_key)
+            cheapest = _cheapest(cheaper)
             text += (
                 f"; the cheapest fitting width {cheapest.width:g} would save "
                 f"{1 - cheapest.flops / best.flops:.0%} of the FLOPs at "

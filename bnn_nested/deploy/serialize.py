@@ -12,10 +12,11 @@ spec (the run's config and the width), is read with ``torch.load(weights_only=Tr
 and the architecture is rebuilt by bnn-nested from the spec (configs naming ``model.name:
 import``, which would import a module, are refused unless ``allow_import=True``).
 
-Example:
-    >>> save_exported(plain, x[:1], "w050.pt2"); m = load_exported("w050.pt2")   # trusted files
-    >>> save_width_weights(model, cfg, 0.5, x[:2], "w050.pt")                   # to share
-    >>> m = load_width_weights("w050.pt")                                        # from anyone
+Example::
+
+    save_exported(plain, x[:1], "w050.pt2"); m = load_exported("w050.pt2")   # trusted files
+    save_width_weights(model, cfg, 0.5, x[:2], "w050.pt")                   # to share
+    m = load_width_weights("w050.pt")                                        # from anyone
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from bnn_nested.config import ConfigError, build_config
+from bnn_nested.config import ConfigError, build_config, import_modules
 from bnn_nested.deploy.export import EXPORT_FORMATS, ExportFormat, export_width
 from bnn_nested.deploy.runtime import MicroBatched
-from bnn_nested.io import atomic_write, refused_code
+from bnn_nested.io import atomic_write, first_line, refused_code
 from bnn_nested.models import build_model
 from bnn_nested.nn.model import NestedModel
 from bnn_nested.training.samplers import build_sampler
@@ -161,7 +162,7 @@ def load_width_weights(path: str | Path, allow_import: bool = False) -> nn.Modul
                 f"{path}: holds code ({refused}) that was refused, never run; not a "
                 "width-weights file"
             ) from None
-        first = str(err).strip().splitlines()[0][:150] if str(err).strip() else type(err).__name__
+        first = first_line(err, 150)
         raise UnsafeOrInvalidWeights(
             f"{path}: corrupt or truncated weights file ({first})"
         ) from None
@@ -193,6 +194,12 @@ def load_width_weights(path: str | Path, allow_import: bool = False) -> nn.Modul
             f"{path}: its config imports {cfg.model.target!r} (model.name: import runs that "
             "code); pass allow_import=True only for files you trust"
         )
+    if cfg.imports and not allow_import:
+        raise UnsafeOrInvalidWeights(
+            f"{path}: its config imports {cfg.imports[:3]!r} (imports run code); pass "
+            "allow_import=True only for files you trust"
+        )
+    import_modules(cfg)
     with torch.random.fork_rng():  # building a model draws random initial weights
         model = build_model(
             cfg.model, build_sampler(cfg.ordering).ordering_kwargs(), shape, num_classes

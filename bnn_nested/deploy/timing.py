@@ -69,9 +69,10 @@ def measure_latency(
 
     ``clock`` returns seconds (default :func:`time.perf_counter`).
 
-    Example:
-        >>> t = measure_latency(lambda x: model(x, width=0.5), torch.zeros(256, 64))
-        >>> t.median_ms, t.iqr_ms
+    Example::
+
+        t = measure_latency(lambda x: model(x, width=0.5), torch.zeros(256, 64))
+        t.median_ms, t.iqr_ms
     """
     if warmup < 0 or repeats < 1:
         raise ValueError(f"warmup must be >= 0 and repeats >= 1, got {warmup}, {repeats}")

@@ -1,15 +1,16 @@
 """The Downhill distribution: a reparameterised relaxation of an ordered truncation mask.
 
-Construction (methods.md §1; Cui et al., *Bayesian Nested Neural Networks*, CVPR 2021): draw a relaxed
-one-hot ``s`` over the ``K + 1`` truncation indices from a Concrete / Gumbel-softmax distribution
-(Maddison et al. 2017; Jang et al. 2017) with logits ``log q(b)`` and temperature ``tau``, and map it to
-the mask ``m_k = sum_{j >= k} s_j`` for ``k = 1..K``. The mask is non-increasing ("downhill") in
-``[0, 1]``; as ``tau -> 0`` it becomes ``(1, .., 1, 0, .., 0)`` with ``b`` ones.
+Construction (docs/METHODS.md#downhill-distribution; Cui et al., *Bayesian Nested Neural Networks*,
+CVPR 2021): draw a relaxed one-hot ``s`` over the ``K + 1`` truncation indices from a Concrete /
+Gumbel-softmax distribution (Maddison et al. 2017; Jang et al. 2017) with logits ``log q(b)`` and
+temperature ``tau``, and map it to the mask ``m_k = sum_{j >= k} s_j`` for ``k = 1..K``. The mask
+is non-increasing ("downhill") in ``[0, 1]``; as ``tau -> 0`` it becomes ``(1, .., 1, 0, .., 0)``
+with ``b`` ones.
 
 The map ``s -> m`` is affine with a unit-triangular Jacobian, so the density of ``m`` equals the Concrete
 density of its successive differences ``s = (1 - m_1, m_1 - m_2, .., m_{K-1} - m_K, m_K)``.
 
-Which KL belongs in the ELBO (docs/METHODS.md, "The objective: each width sampler's own negative ELBO"):
+Which KL belongs in the ELBO (docs/METHODS.md#ordering-kl):
 
 * **hard masks** (straight-through): the likelihood sees the discrete truncation ``b``, so the exact
   KL is the one between the truncation categoricals, ``KL(q(b) || p(b))`` (registered for two hard
@@ -134,9 +135,10 @@ def downhill_kl_mc(q: Downhill, p: Downhill, value: torch.Tensor) -> torch.Tenso
     (Maddison et al. 2017, §C). The ``(tau + 1) log s`` terms of the two densities cancel, so only
     ``sum_i (lq_i - lp_i) - n [logsumexp(lq - tau log s) - logsumexp(lp - tau log s)]`` is computed.
 
-    Example:
-        >>> m = q.rsample()
-        >>> kl = downhill_kl_mc(q, p, m)    # one-sample estimate, shape q.batch_shape
+    Example::
+
+        m = q.rsample()
+        kl = downhill_kl_mc(q, p, m)    # one-sample estimate, shape q.batch_shape
     """
     if q.K != p.K:
         raise ValueError(f"downhill_kl_mc needs equal K, got {q.K} and {p.K}")
@@ -173,8 +175,11 @@ class Downhill(TorchDistribution):
     (Concrete density of the successive differences; the map has unit Jacobian).
 
     Example:
+        >>> from bnn_nested.distributions import stick_breaking_logits
         >>> d = Downhill(stick_breaking_logits(torch.full((7,), 3.0)), temperature=0.5)
-        >>> m = d.rsample()          # shape (7,), non-increasing, differentiable in the logits
+        >>> m = d.rsample()          # non-increasing, differentiable in the logits
+        >>> m.shape, bool((m.diff() <= 0).all())
+        (torch.Size([7]), True)
 
     Reference: Cui et al., *Bayesian Nested Neural Networks*, CVPR 2021 (arXiv 2101.11353).
     """
@@ -281,7 +286,7 @@ def _kl_downhill_downhill(q: Downhill, p: Downhill) -> torch.Tensor:
     Exact when the masks are hard (the likelihood sees the discrete truncation). Between relaxed
     Downhills the KL has no closed form (and is ``>=`` this one): raises ``NotImplementedError``;
     use :func:`downhill_kl_mc` (Pyro's ``TraceMeanField_ELBO`` falls back to that estimate).
-    Needs equal ``K`` and equal temperatures (docs/METHODS.md, "The objective: each width sampler's own negative ELBO").
+    Needs equal ``K`` and equal temperatures (docs/METHODS.md#ordering-kl).
     """
     if not (q.hard and p.hard):
         raise NotImplementedError(

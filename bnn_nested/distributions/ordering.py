@@ -1,4 +1,5 @@
-"""Distributions over the truncation index ``b in {0..K}`` of an ordered layer (methods.md §1-2).
+"""Distributions over the truncation index ``b in {0..K}`` of an ordered layer
+(docs/METHODS.md#variational-ordering-units).
 
 Everything here uses one convention: a *truncation logits* tensor of shape ``(..., K + 1)`` holds
 log-probabilities (up to an additive constant) of ``b = 0..K``, where ``b`` is the number of ordered

@@ -1,8 +1,8 @@
 """Temperature scaling per width (Guo et al. 2017), fitted on the MC-averaged prediction.
 
 One temperature ``T_w > 0`` per deployed width ``w``. It divides the logits of **every Monte-Carlo
-sample before the softmax**, and the tempered samples are then averaged (docs/METHODS.md,
-"Temperature scaling per width"):
+sample before the softmax**, and the tempered samples are then averaged
+(docs/METHODS.md#temperature-scaling-per-width):
 
     p̄_T(y | x) = mean_s softmax(z_s / T)_y,
 
@@ -22,9 +22,10 @@ In a run directory the temperatures live in ``calibration/temperature.json`` (ke
 the checkpoint step and the number of MC samples they were fitted with); ``evaluate``, ``select``,
 the cascade, :meth:`~bnn_nested.runs.run.LoadedRun.predict` and export read them from there.
 
-Example:
-    >>> fit = fit_temperature(val_probs, val_targets)           # val_probs: (S, N, C)
-    >>> probs_cal = apply_temperature(test_probs, fit.temperature)
+Example::
+
+    fit = fit_temperature(val_probs, val_targets)           # val_probs: (S, N, C)
+    probs_cal = apply_temperature(test_probs, fit.temperature)
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ def apply_temperature(probs: Tensor, temperature: float) -> Tensor:
 
     Example:
         >>> apply_temperature(torch.tensor([[0.8, 0.2]]), 2.0)  # softmax(log p / 2): [[2/3, 1/3]]
+        tensor([[0.6667, 0.3333]])
     """
     if (
         not (isinstance(temperature, (int, float)) and math.isfinite(temperature))
@@ -133,8 +135,9 @@ def fit_temperature(
     Returns:
         :class:`TemperatureFit`; ``nll_after <= nll_before`` always (``T = 1`` is a candidate).
 
-    Example:
-        >>> fit_temperature(val_probs, val_targets).temperature
+    Example::
+
+        fit_temperature(val_probs, val_targets).temperature
     """
     lo, hi = bounds
     if not 0 < lo < 1 < hi:

@@ -1,7 +1,7 @@
 """Split conformal prediction sets per width, and sets nested across widths.
 
 Scores (non-conformity, larger = the label fits worse; ``p`` = the MC-averaged, possibly
-temperature-scaled probabilities ``p̄``; docs/METHODS.md, "Conformal prediction sets"):
+temperature-scaled probabilities ``p̄``; docs/METHODS.md#conformal-prediction-sets-per-width):
 
 * ``thr`` (Sadinle et al. 2019, "LAC"): ``s(x, y) = 1 - p_y``;
 * ``aps`` (Romano et al. 2020): ``s(x, y) = rho_x(y) + u p_y`` with ``rho_x(y)`` the total
@@ -20,10 +20,11 @@ threshold ``q`` is calibrated on ``u_K`` (the widest, largest joint score); ``N_
 y) <= q}``. Then ``N_K(x) ⊆ ... ⊆ N_1(x)`` for every input (a wider network never returns a larger
 set) and ``P(Y in N_k(X)) >= P(Y in N_K(X)) >= 1 - alpha`` at every width.
 
-Example:
-    >>> q = conformal_threshold(scores(val_probs, val_targets, "aps", u=u_val), alpha=0.1)
-    >>> sets = prediction_sets(test_probs, q, "aps", u=u_test)     # (N, C) bool
-    >>> set_metrics(sets, test_targets)  # {"coverage": .., "size": ..}
+Example::
+
+    q = conformal_threshold(scores(val_probs, val_targets, "aps", u=u_val), alpha=0.1)
+    sets = prediction_sets(test_probs, q, "aps", u=u_test)     # (N, C) bool
+    set_metrics(sets, test_targets)  # {"coverage": .., "size": ..}
 """
 
 from __future__ import annotations

@@ -3,15 +3,15 @@
 OOD convention (everywhere in this package): **higher score = more likely OOD; OOD is the positive
 class**. Report keys are namespaced: ``cls/acc``, ``cal/ece``, ``ood/<set>/<score>/auroc``, ``cost/flops``.
 
-Example:
-    >>> report = evaluate(model, splits, widths=[0.25, 0.5, 1.0], samples=8, ood=["patches"])
-    >>> print(report.table()); report.write("runs/demo")
+Example::
+
+    report = evaluate(model, splits, widths=[0.25, 0.5, 1.0], samples=8, ood=["patches"])
+    print(report.table()); report.write("runs/demo")
 """
 
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,26 +19,34 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
+from bnn_nested.config import DEFAULT_OOD_SCORES
 from bnn_nested.cost import count_flops
 from bnn_nested.data.ood import make_ood_dataset
 from bnn_nested.data.vision import VISION_NAMES, load_torchvision_test
 from bnn_nested.evaluation.calibration import apply_temperature, temperature_for
 from bnn_nested.evaluation.conformal import SET_SCORES, conformal_sets, nested_conformal_sets
 from bnn_nested.evaluation.metrics import classification_report, mean_probs, reliability_data
-from bnn_nested.evaluation.ood import compute_score, ood_metrics
+from bnn_nested.evaluation.ood import (
+    BELOW_CHANCE_EXPLANATION,
+    below_chance,
+    compute_score,
+    ood_metrics,
+)
 from bnn_nested.evaluation.plots import metric_vs_x, reliability_diagram, risk_coverage_plot
 from bnn_nested.evaluation.predict import predict_loader
 from bnn_nested.evaluation.selective import aurc, eaurc, risk_coverage, selective_score
 from bnn_nested.io import atomic_write_json, atomic_write_text
 from bnn_nested.nn.model import NestedModel
 from bnn_nested.nn.utils import module_device
+from bnn_nested.progress import Progress
 
 #: Synthetic OOD sets generated to match the in-distribution input shape.
 SYNTHETIC_OOD = ("gaussian", "uniform", "patches")
 #: Default OOD scores (see :mod:`bnn_nested.evaluation.ood`).
-DEFAULT_SCORES = ("entropy", "mutual_information", "msp")
+DEFAULT_SCORES = DEFAULT_OOD_SCORES
+#: Widest line of :meth:`Report.table` (a wider table is split into blocks).
+MAX_TABLE_COLUMNS = 120
 
 
 @dataclass
@@ -67,9 +75,16 @@ class Report:
             seen.update(dict.fromkeys(m))
         return list(seen)
 
-    def table(self, keys: Sequence[str] | None = None, markdown: bool = False) -> str:
+    def table(
+        self,
+        keys: Sequence[str] | None = None,
+        markdown: bool = False,
+        max_columns: int = MAX_TABLE_COLUMNS,
+    ) -> str:
         """One row per width; default columns: accuracy, NLL, Brier, ECE (before temperature scaling
-        too, when applied), AURC, set coverage and size, and every OOD AUROC."""
+        too, when applied), AURC, set coverage and size, and every OOD AUROC. The plain-text table
+        is split into blocks (each starting with the width column) of at most ``max_columns``
+        characters per line."""
         if keys is None:
             keys = [
                 k
@@ -97,10 +112,12 @@ class Report:
             lines = ["| " + " | ".join(r) + " |" for r in cells]
             lines.insert(1, "|" + "|".join("---" for _ in cells[0]) + "|")
             return "\n".join(lines)
-        widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
-        lines = [" ".join(c.rjust(n) for c, n in zip(r, widths)) for r in cells]
-        lines.insert(1, "-" * len(lines[0]))
-        return "\n".join(lines)
+        return _split_table(cells, max_columns)
+
+    def warnings(self) -> list[str]:
+        """One line per OOD AUROC below chance (see :func:`~bnn_nested.evaluation.ood.below_chance`)."""
+
+        return below_chance(self.rows)
 
     def write(self, out_dir: str | Path, plots: bool = True) -> dict[str, Path]:
         """Write ``report.json``, ``report.md`` and (optionally) PNG plots atomically."""
@@ -161,7 +178,31 @@ class Report:
             "OOD convention: higher score = more likely OOD; OOD is the positive class.",
             "",
         ]
+        notes = self.warnings()
+        if notes:
+            head += ["**Warning:**", ""] + [f"- {n}" for n in notes]
+            head += ["", BELOW_CHANCE_EXPLANATION, ""]
         return "\n".join(head) + self.table(markdown=True) + "\n"
+
+
+def _split_table(cells: list[list[str]], max_columns: int) -> str:
+    """Right-aligned plain-text table; columns beyond ``max_columns`` characters go to further
+    blocks (separated by a blank line), each repeating the first column."""
+    sizes = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
+    blocks, block = [], [0]
+    for i in range(1, len(sizes)):
+        used = sum(sizes[j] + 1 for j in block) + sizes[i]
+        if len(block) > 1 and used > max_columns:
+            blocks.append(block)
+            block = [0]
+        block.append(i)
+    blocks.append(block)
+    out = []
+    for cols in blocks:
+        lines = [" ".join(r[i].rjust(sizes[i]) for i in cols) for r in cells]
+        lines.insert(1, "-" * len(lines[0]))
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
 
 
 def _loader(data: Dataset, batch_size: int) -> DataLoader:
@@ -200,7 +241,10 @@ def make_ood_sets(
         elif name == "heldout":
             held = getattr(splits, "held_out", None)
             if held is None:
-                raise ValueError("ood: 'heldout' needs data.held_out_classes set at training time")
+                raise ValueError(
+                    "ood: 'heldout' needs data.held_out_classes set at training time (e.g. "
+                    "--set data.held_out_classes=[8,9]); no shipped config sets it"
+                )
             sets[name] = held
         else:
             if name not in VISION_NAMES:
@@ -294,11 +338,18 @@ def evaluate(
     if device is None:
         device = module_device(model)
     x0 = data[0][0].unsqueeze(0).to(device)
-    it = widths
-    if progress and sys.stderr.isatty():
-        it = tqdm(widths, desc="widths", leave=False)
-    for w in it:
-        probs, targets = predict_loader(model, _loader(data, batch_size), w, samples, device)
+    sets = [data] + ([splits.val] if alphas else []) + list(ood_sets.values())
+    bar = Progress(
+        len(widths) * sum(len(_loader(d, batch_size)) for d in sets), "evaluate", enabled=progress
+    )
+
+    def counted(dataset, what: str, w: float):
+        for batch in _loader(dataset, batch_size):
+            yield batch
+            bar.update(desc=f"evaluate width {w:g}{what}")
+
+    for w in widths:
+        probs, targets = predict_loader(model, counted(data, "", w), w, samples, device)
         t = temperature_for(temperatures, w)
         row = {}
         if temperatures:
@@ -317,20 +368,25 @@ def evaluate(
             report.risk_coverage[float(w)] = risk_coverage(errors, unc)
         if alphas:
             pv, targets_val = predict_loader(
-                model, _loader(splits.val, batch_size), w, samples, device
+                model, counted(splits.val, " val", w), w, samples, device
             )
             set_probs["val"].append(mean_probs(apply_temperature(pv, t)))
             set_probs["test"].append(mean_probs(probs))
         if ood_sets:
             in_scores = {s: compute_score(s, probs=probs) for s in report.meta["scores"]}
             for name, ds in ood_sets.items():
-                out_probs, _ = predict_loader(model, _loader(ds, batch_size), w, samples, device)
+                out_probs, _ = predict_loader(
+                    model, counted(ds, f" ood {name}", w), w, samples, device
+                )
+                if temperatures:  # the same calibrated prediction as the in-distribution scores
+                    out_probs = apply_temperature(out_probs, t)
                 for s, sc_in in in_scores.items():
                     sc_out = compute_score(s, probs=out_probs)
                     for k, v in ood_metrics(sc_in, sc_out).items():
                         row[f"ood/{name}/{s}/{k.split('/', 1)[1]}"] = v
         row["cost/flops"] = float(count_flops(model, x0, w))
         report.rows[float(w)] = row
+    bar.close()
     if alphas:
         _add_sets(
             report, set_probs, targets_val, targets, widths, alphas, set_score, nested_sets, seed

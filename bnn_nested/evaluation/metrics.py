@@ -6,13 +6,13 @@ metrics) or tensors of shape ``(B,)`` (per-example uncertainties).
 Shapes:
     probs: ``(B, C)`` predictive probabilities, or ``(S, B, C)`` for ``S`` Monte Carlo samples
         (stochastic forward passes). Set-level metrics first average over ``S`` to get the
-        predictive distribution ``p̄ = mean_s p_s`` (methods.md §6: "NLL from the MC-averaged
-        probabilities").
+        predictive distribution ``p̄ = mean_s p_s`` (the NLL is that of the MC-averaged
+        probabilities: docs/METHODS.md#accuracy-nll-and-brier).
     targets: ``(B,)`` integer class indices in ``[0, C)``.
 
-Definitions (methods.md §6; Guo et al. 2017, "On Calibration of Modern Neural Networks", eq. 3
-for ECE; Nixon et al. 2019, "Measuring Calibration in Deep Learning" for adaptive ECE; Depeweg
-et al. 2018 / Gal 2016 for the entropy decomposition):
+Definitions (docs/METHODS.md#metrics; Guo et al. 2017, "On Calibration of Modern Neural
+Networks", eq. 3 for ECE; Nixon et al. 2019, "Measuring Calibration in Deep Learning" for adaptive
+ECE; Depeweg et al. 2018 / Gal 2016 for the entropy decomposition):
 
 * confidence ``conf_i = max_c p̄_ic``, prediction ``ŷ_i = argmax_c p̄_ic``;
 * ECE ``= sum_m |B_m| / N * |acc(B_m) - conf(B_m)|`` over 15 equal-width confidence bins
@@ -168,8 +168,8 @@ def accuracy(probs: Tensor, targets: Tensor) -> float:
 def nll(probs: Tensor, targets: Tensor, eps: float = NLL_EPS) -> float:
     """Mean negative log-likelihood ``-mean_i log max(p̄_{i, y_i}, eps)`` (nats).
 
-    Computed from the MC-averaged probabilities ``p̄`` (methods.md §6), i.e. the log of the
-    posterior predictive, not the mean of per-sample log-likelihoods.
+    Computed from the MC-averaged probabilities ``p̄``, i.e. the log of the posterior predictive,
+    not the mean of per-sample log-likelihoods (docs/METHODS.md#accuracy-nll-and-brier).
 
     Args:
         probs: ``(B, C)`` or ``(S, B, C)``; targets: ``(B,)`` long.
@@ -214,8 +214,10 @@ class ReliabilityData:
         accuracy: ``(M,)`` accuracy per bin (NaN for empty bins).
 
     Example:
-        >>> data = reliability_data(probs, targets, n_bins=15)
-        >>> data.ece  # same as ece(probs, targets, 15)
+        >>> probs = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.3, 0.7]])
+        >>> data = reliability_data(probs, torch.tensor([0, 1, 1]), n_bins=15)
+        >>> data.counts.sum().item(), round(data.ece, 4)  # ece(): (2 |0.5 - 0.9| + |1 - 0.7|) / 3
+        (3, 0.3667)
     """
 
     edges: Tensor
@@ -290,13 +292,14 @@ def ece(probs: Tensor, targets: Tensor, n_bins: int = 15) -> float:
     """Expected calibration error with equal-width bins over the whole set (Guo et al. 2017, eq. 3).
 
     ``ECE = sum_m |B_m| / N * |acc(B_m) - conf(B_m)|``, bins ``(lo, hi]`` (first bin includes 0).
-    Computed once over all ``N`` examples, not averaged over batches (methods.md §6).
+    Computed once over all ``N`` examples, not averaged over batches
+    (docs/METHODS.md#expected-calibration-error).
 
     Args:
         probs: ``(B, C)`` or ``(S, B, C)``; targets: ``(B,)`` long; n_bins: number of bins.
 
     Example:
-        >>> ece(torch.tensor([[0.9, 0.1], [0.9, 0.1]]), torch.tensor([0, 1]))  # |0.5 - 0.9|
+        >>> round(ece(torch.tensor([[0.9, 0.1], [0.9, 0.1]]), torch.tensor([0, 1])), 4)
         0.4
     """
     return reliability_data(probs, targets, n_bins).ece
@@ -309,7 +312,9 @@ def mce(probs: Tensor, targets: Tensor, n_bins: int = 15) -> float:
         probs: ``(B, C)`` or ``(S, B, C)``; targets: ``(B,)`` long; n_bins: number of bins.
 
     Example:
-        >>> mce(probs, targets, n_bins=15)
+        >>> probs = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.3, 0.7]])
+        >>> round(mce(probs, torch.tensor([0, 1, 1]), n_bins=15), 4)  # the 0.9 bin: |0.5 - 0.9|
+        0.4
     """
     return reliability_data(probs, targets, n_bins).mce
 
@@ -325,7 +330,9 @@ def adaptive_ece(probs: Tensor, targets: Tensor, n_bins: int = 15) -> float:
         probs: ``(B, C)`` or ``(S, B, C)``; targets: ``(B,)`` long; n_bins: number of groups.
 
     Example:
-        >>> adaptive_ece(probs, targets, n_bins=15)
+        >>> probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.2, 0.8]])
+        >>> round(adaptive_ece(probs, torch.tensor([0, 1, 1, 1]), n_bins=2), 4)
+        0.15
     """
     _check_n_bins(n_bins)
     conf, correct = _confidence_and_correct(probs, targets)
@@ -416,8 +423,9 @@ def classification_report(probs: Tensor, targets: Tensor, n_bins: int = 15) -> d
         probs: ``(B, C)`` or ``(S, B, C)``; targets: ``(B,)`` long; n_bins: calibration bins.
 
     Example:
-        >>> report = classification_report(probs, targets)
-        >>> report["cal/ece"]
+        >>> report = classification_report(torch.tensor([[0.9, 0.1]]), torch.tensor([0]))
+        >>> sorted(report), round(report["cal/ece"], 4)
+        (['cal/aece', 'cal/ece', 'cal/mce', 'cls/acc', 'cls/brier', 'cls/nll'], 0.1)
     """
     data = reliability_data(probs, targets, n_bins)
     return {

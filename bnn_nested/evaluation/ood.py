@@ -23,9 +23,10 @@ Metrics (scikit-learn): AUROC, AUPR-Out (OOD positive), AUPR-In (in-distribution
 scores negated), FPR95 (false-positive rate on in-distribution at the first threshold that
 detects 95% of OOD inputs).
 
-Example:
-    >>> s_in, s_out = msp_score(probs_test), msp_score(probs_noise)      # (B_in,), (B_out,)
-    >>> ood_metrics(s_in, s_out)  # {"ood/auroc": ..., "ood/fpr95": ...}
+Example::
+
+    s_in, s_out = msp_score(probs_test), msp_score(probs_noise)      # (B_in,), (B_out,)
+    ood_metrics(s_in, s_out)  # {"ood/auroc": ..., "ood/fpr95": ...}
 """
 
 from __future__ import annotations
@@ -37,12 +38,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bnn_nested.config import OOD_SCORES
 from bnn_nested.evaluation.metrics import (
     expected_entropy,
     mean_probs,
     mutual_information,
     predictive_entropy,
 )
+from bnn_nested.registry import Registry
 
 __all__ = [
     "OODScore",
@@ -195,14 +198,16 @@ def expected_entropy_score(probs: Tensor) -> Tensor:
 
 
 #: Score name -> function; every function returns ``(B,)`` scores, higher = more likely OOD.
-SCORES: dict[str, Callable[[Tensor], Tensor]] = {
-    "msp": msp_score,
-    "max_logit": max_logit_score,
-    "energy": energy_score,
-    "entropy": entropy_score,
-    "mutual_information": mutual_information_score,
-    "expected_entropy": expected_entropy_score,
-}
+SCORES: Registry[Callable[[Tensor], Tensor]] = Registry("OOD score", field="--scores")
+for _name, _fn in (
+    ("msp", msp_score),
+    ("max_logit", max_logit_score),
+    ("energy", energy_score),
+    ("entropy", entropy_score),
+    ("mutual_information", mutual_information_score),
+    ("expected_entropy", expected_entropy_score),
+):
+    SCORES.register(_name, _fn)
 
 #: Score name -> which tensor its function takes (``"probs"`` or ``"logits"``).
 SCORE_INPUTS: dict[str, Literal["probs", "logits"]] = {
@@ -214,7 +219,7 @@ SCORE_INPUTS: dict[str, Literal["probs", "logits"]] = {
     "expected_entropy": "probs",
 }
 
-assert set(SCORES) == set(get_args(OODScore)) == set(SCORE_INPUTS)
+assert tuple(SCORES) == OOD_SCORES and set(SCORES) == set(get_args(OODScore)) == set(SCORE_INPUTS)
 
 
 def compute_score(
@@ -237,20 +242,23 @@ def compute_score(
         ValueError: unknown ``name`` or the needed input missing.
 
     Example:
-        >>> s = compute_score("energy", logits=logits)          # (B,)
-        >>> s = compute_score("mutual_information", probs=probs)  # probs (S, B, C)
+        >>> logits = torch.zeros(5, 3)
+        >>> compute_score("energy", logits=logits).shape  # (B,)
+        torch.Size([5])
+        >>> probs = torch.softmax(torch.randn(8, 5, 3), -1)  # (S, B, C)
+        >>> compute_score("mutual_information", probs=probs).shape
+        torch.Size([5])
     """
-    if name not in SCORES:
-        raise ValueError(f"score name must be one of {sorted(SCORES)}; got {name!r}")
+    fn = SCORES[name]  # unknown names: one line listing the accepted ones
     if SCORE_INPUTS[name] == "logits":
         if logits is None:
             raise ValueError(f"score {name!r} needs logits; got logits=None")
-        return SCORES[name](logits)
+        return fn(logits)
     if probs is None:
         if logits is None:
             raise ValueError(f"score {name!r} needs probs or logits; got neither")
         probs = torch.softmax(logits.detach().to(torch.float64), dim=-1)
-    return SCORES[name](probs)
+    return fn(probs)
 
 
 # --------------------------------------------------------------------------- metrics
@@ -309,3 +317,38 @@ def ood_metrics(
         "ood/aupr_out": float(average_precision_score(is_ood, scores)),
         "ood/fpr95": float(fpr[first]),
     }
+
+
+#: What an AUROC below 0.5 means (printed under the warnings of :func:`below_chance`).
+BELOW_CHANCE_EXPLANATION = (
+    "An AUROC below 0.5 is not a weak detector but a reversed one: the score ranks these OOD "
+    "inputs as *more* in-distribution than the test set (1 - AUROC is what the reversed score "
+    "would get). A common cause is inputs far outside the training range: after per-pixel "
+    "standardisation (digits, MNIST) natural-image patches lie far from every training image, "
+    "where ReLU networks extrapolate to large logits and confident predictions (Hein et al., "
+    "CVPR 2019), so uncertainty scores fall instead of rising. Report such a set as a failure "
+    "of the score, not as chance."
+)
+
+
+def below_chance(rows: dict[float, dict[str, float]], level: float = 0.5) -> list[str]:
+    """One line per OOD set and score whose AUROC is below ``level`` at some width.
+
+    Args:
+        rows: width -> report row (keys ``ood/<set>/<score>/auroc``).
+
+    Returns:
+        e.g. ``["ood/patches/entropy/auroc is below 0.5 (chance) at widths 0.25, 1: 0.09-0.14"]``.
+    """
+    found: dict[str, list[tuple[float, float]]] = {}
+    for w, row in sorted(rows.items()):
+        for k, v in row.items():
+            if k.startswith("ood/") and k.endswith("/auroc") and v == v and v < level:
+                found.setdefault(k, []).append((w, v))
+    lines = []
+    for k, hits in found.items():
+        lo, hi = min(v for _, v in hits), max(v for _, v in hits)
+        span = f"{lo:.2f}" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f}-{hi:.2f}"
+        ws = ", ".join(f"{w:g}" for w, _ in hits)
+        lines.append(f"{k} is below {level:g} (chance) at width(s) {ws}: {span}")
+    return lines

@@ -5,9 +5,10 @@ backend change, never ``plt.show``) and written atomically: saved to a temporary
 target directory, then moved into place with ``os.replace``, so a reader never sees a half-written
 PNG and a failed save leaves no stray file.
 
-Example:
-    >>> reliability_diagram(reliability_data(probs, targets), "out/reliability.png", "width 0.5")
-    >>> metric_vs_x({"BNNN": (widths, accs)}, "width", "accuracy", "out/acc_vs_width.png")
+Example::
+
+    reliability_diagram(reliability_data(probs, targets), "out/reliability.png", "width 0.5")
+    metric_vs_x({"BNNN": (widths, accs)}, "width", "accuracy", "out/acc_vs_width.png")
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 from torch import Tensor
 
 from bnn_nested.evaluation.metrics import ReliabilityData
@@ -35,6 +36,8 @@ __all__ = [
 ]
 
 _DPI = 120
+#: Colour of the hatched gap patches of a reliability diagram (and of their legend entry).
+GAP_COLOR = "tab:red"
 
 
 def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
@@ -42,9 +45,10 @@ def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
 
     Creates missing parent directories. Returns the final path.
 
-    Example:
-        >>> fig = Figure(); fig.add_subplot().plot([0, 1])
-        >>> save_figure(fig, "out/line.png")
+    Example::
+
+        fig = Figure(); fig.add_subplot().plot([0, 1])
+        save_figure(fig, "out/line.png")
     """
     path = Path(path)
     if path.suffix.lower() != ".png":
@@ -53,6 +57,15 @@ def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
     FigureCanvasAgg(fig)
     atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=_DPI, bbox_inches="tight"))
     return path
+
+
+def compact_number(v: float) -> str:
+    """Short tick label: ``120000 -> "120k"``, ``2.46e6 -> "2.46M"``, ``0.25 -> "0.25"``."""
+    a = abs(v)
+    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if a >= scale:
+            return f"{v / scale:.3g}{suffix}"
+    return f"{v:.3g}"
 
 
 def _to_numpy(x: Tensor | Sequence[float] | np.ndarray) -> np.ndarray:
@@ -78,8 +91,9 @@ def reliability_diagram(
     Returns:
         The written path.
 
-    Example:
-        >>> reliability_diagram(reliability_data(probs, targets, 15), "rel.png", "width 1.0")
+    Example::
+
+        reliability_diagram(reliability_data(probs, targets, 15), "rel.png", "width 1.0")
     """
     if not isinstance(data, ReliabilityData):
         raise ValueError("data must be a ReliabilityData (from metrics.reliability_data)")
@@ -98,16 +112,19 @@ def reliability_diagram(
         left, acc, width=widths, align="edge", edgecolor="black", color="tab:blue", label="accuracy"
     )
     gap_bottom = np.minimum(acc, conf)
+    # Unfilled, hatched in red: over a bar and over the background alike it shows the same red
+    # hatching as its legend entry (a translucent fill blended with the blue bar into a colour
+    # the legend does not show).
     ax.bar(
         left[nonempty],
         np.abs(conf - acc)[nonempty],
         bottom=gap_bottom[nonempty],
         width=widths[nonempty],
         align="edge",
-        color="tab:red",
-        alpha=0.3,
-        hatch="//",
-        edgecolor="tab:red",
+        fill=False,
+        hatch="///",
+        edgecolor=GAP_COLOR,
+        linewidth=1.0,
         label="gap to confidence",
     )
     ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
@@ -151,9 +168,10 @@ def metric_vs_x(
     Raises:
         ValueError: empty ``series`` or mismatched / non-1-D ``xs``, ``ys``.
 
-    Example:
-        >>> metric_vs_x({"BNNN": ([0.25, 0.5, 1.0], [0.9, 0.95, 0.97])}, "width", "accuracy",
-        ...             "acc_vs_width.png")
+    Example::
+
+        metric_vs_x({"BNNN": ([0.25, 0.5, 1.0], [0.9, 0.95, 0.97])}, "width", "accuracy",
+                    "acc_vs_width.png")
     """
     if not series:
         raise ValueError("series must map at least one label to (xs, ys)")
@@ -172,6 +190,11 @@ def metric_vs_x(
         ax.plot(xs[order], ys[order], marker="o", markersize=4, label=str(label))
     if logx:
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: compact_number(v)))
+    ax.tick_params(axis="x", labelsize=8)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -193,8 +216,9 @@ def risk_coverage_plot(
             :func:`bnn_nested.evaluation.selective.risk_coverage`.
         path: output ``.png`` path (written atomically).
 
-    Example:
-        >>> risk_coverage_plot({1.0: risk_coverage(errors, 1 - conf)}, "rc.png")
+    Example::
+
+        risk_coverage_plot({1.0: risk_coverage(errors, 1 - conf)}, "rc.png")
     """
     if not curves:
         raise ValueError("curves must map at least one width to (coverage, risk)")
@@ -218,6 +242,8 @@ def keep_prob_plot(
     keep_probs: Mapping[str, Tensor | Sequence[float]],
     path: str | os.PathLike[str],
     title: str = "learned keep probability per group",
+    prior: Mapping[str, Tensor | Sequence[float]] | None = None,
+    initial: Mapping[str, Tensor | Sequence[float]] | None = None,
 ) -> Path:
     """Bar chart per layer of the learned keep probability of each ordered channel group.
 
@@ -228,6 +254,8 @@ def keep_prob_plot(
         keep_probs: layer name -> ``(K,)`` keep probabilities in ``[0, 1]``, in network order.
         path: output ``.png`` path (written atomically).
         title: figure title.
+        prior: layer name -> the prior's keep probabilities (drawn as a line), optional.
+        initial: layer name -> the keep probabilities before training (dashed line), optional.
 
     Returns:
         The written path.
@@ -235,9 +263,10 @@ def keep_prob_plot(
     Raises:
         ValueError: empty mapping or a non-1-D / empty entry.
 
-    Example:
-        >>> keep_prob_plot({"fc1": torch.tensor([1.0, 0.9, 0.4]), "fc2": torch.ones(4)},
-        ...                "keep_probs.png")
+    Example::
+
+        keep_prob_plot({"fc1": torch.tensor([1.0, 0.9, 0.4]), "fc2": torch.ones(4)},
+                       "keep_probs.png")
     """
     if not keep_probs:
         raise ValueError("keep_probs must map at least one layer name to a 1-D tensor")
@@ -256,7 +285,23 @@ def keep_prob_plot(
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     for ax, (name, arr) in zip(axes, arrays.items()):
         groups = np.arange(1, arr.size + 1)
-        ax.bar(groups, arr, width=0.8, color="tab:green", edgecolor="black", linewidth=0.5)
+        ax.bar(
+            groups,
+            arr,
+            width=0.8,
+            color="tab:green",
+            edgecolor="black",
+            linewidth=0.5,
+            label="learned",
+        )
+        for extra, style, label in ((initial, "--", "initial"), (prior, "-", "prior")):
+            if extra is not None and name in extra:
+                ys = _to_numpy(extra[name])
+                if ys.shape == arr.shape:
+                    color = "tab:orange" if label == "initial" else "black"
+                    ax.step(groups, ys, where="mid", linestyle=style, color=color, label=label)
+        if prior is not None or initial is not None:
+            ax.legend(fontsize=6, loc="lower left")  # learned bars, initial and prior lines
         ax.set_ylim(0, 1.05)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(str(name), fontsize=9)

@@ -12,7 +12,8 @@ from bnn_nested.nn.utils import module_device
 
 def keep_scaled(model: NestedModel, enabled: bool = True) -> AbstractContextManager[NestedModel]:
     """Inside the block, every ordering unit scales (in eval) its kept channels by their learned keep
-    probability ``P(b >= k)`` (the reference evaluation's option, methods.md §1)."""
+    probability ``P(b >= k)`` (the reference evaluation's option,
+    docs/METHODS.md#variational-ordering-units)."""
     return model.unit_flag("keep_scaling", enabled)
 
 
@@ -40,9 +41,10 @@ def predict(
     Args:
         x: ``(B, ...)`` inputs. ``keep_scaling``: scale kept channels by their keep probability.
 
-    Example:
-        >>> probs = predict(model, x, width=0.5, samples=8)   # (8, B, C)
-        >>> p_bar = probs.mean(0)
+    Example::
+
+        probs = predict(model, x, width=0.5, samples=8)   # (8, B, C)
+        p_bar = probs.mean(0)
     """
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")

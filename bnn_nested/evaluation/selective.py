@@ -14,9 +14,10 @@ E-AURC subtracts the AURC of the ideal ordering (every error after every correct
 Scores (higher = more uncertain, so abstained on first): ``msp`` = ``1 - max_c p̄_c``,
 ``entropy`` = ``H[p̄]``, ``mutual_information`` (needs ``S > 1`` samples).
 
-Example:
-    >>> cov, risk = risk_coverage(errors, uncertainty)
-    >>> aurc(errors, uncertainty)
+Example::
+
+    cov, risk = risk_coverage(errors, uncertainty)
+    aurc(errors, uncertainty)
 """
 
 from __future__ import annotations

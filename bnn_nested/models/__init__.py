@@ -3,6 +3,7 @@
 
 from bnn_nested.models.lenet import NestedLeNet
 from bnn_nested.models.mlp import NestedMLP
+from bnn_nested.models.options import NestOptions
 from bnn_nested.models.registry import MODELS, build_model, register_model
 from bnn_nested.models.resnet import NestedResNet
 from bnn_nested.models.vgg import VGG_CONFIGS, NestedConvBlock, NestedVGG
@@ -23,6 +24,7 @@ __all__ = [
     "NestedMLP",
     "NestedResNet",
     "NestedVGG",
+    "NestOptions",
     "ViT",
     "build_model",
     "register_model",

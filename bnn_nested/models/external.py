@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bnn_nested.io import first_line
 from bnn_nested.models.registry import register_model
 from bnn_nested.models.vgg import image_shape
 from bnn_nested.nest import NestifiedModel, WidthStructure, nestify
@@ -65,8 +66,8 @@ def nest_plain(
             net.eval(),
             example,
             groups=cfg.groups,
-            kept=cfg.frozen,
-            weights=cfg.weights,
+            kept=cfg.kept,
+            weight_posterior=cfg.weight_posterior,
             # MOPED (Krishnan et al. 2020): std = delta |w|, i.e. alpha = delta^2 in N(w, alpha w^2)
             init_log_alpha=2 * math.log(cfg.moped_delta) if cfg.moped_delta else cfg.init_log_alpha,
             exclude=tuple(cfg.exclude),
@@ -74,7 +75,7 @@ def nest_plain(
             ordering=ordering,
         ).train()
     except RuntimeError as err:  # shape errors of the user's network on this data
-        first = str(err).splitlines()[0][:200]
+        first = first_line(err)
         raise ValueError(
             f"model: cannot run on inputs of shape {tuple(input_shape)}: {first}"
         ) from None

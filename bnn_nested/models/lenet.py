@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bnn_nested.models.options import NestOptions
 from bnn_nested.models.vgg import NestedConvBlock, check_norm, image_shape
 from bnn_nested.nn import NestedBatchNorm1d, NestedLinear, NestedModel, OrderingUnit
 
@@ -25,66 +26,67 @@ class NestedLeNet(NestedModel):
     Args:
         input_shape: ``(C, H, W)`` or a flat square image.
         channels: ``(conv1, conv2, fc)`` widths; ``groups`` must divide each ordered one.
+        **options: :class:`~bnn_nested.models.options.NestOptions` (groups, kept, norm, dropout,
+            weight_posterior, init_log_alpha, ordering, order_first, order_classifier_input).
 
-    Example:
-        >>> model = NestedLeNet((1, 28, 28), 10, groups=16, frozen=2, weights="gaussian")
-        >>> logits = model(x, width=0.5)
+    Example::
+
+        model = NestedLeNet((1, 28, 28), 10, groups=16, kept=2, weight_posterior="gaussian")
+        logits = model(x, width=0.5)
     """
+
+    #: Defaults of this model's :class:`~bnn_nested.models.options.NestOptions`.
+    DEFAULTS: dict[str, Any] = {"groups": 16, "norm": "none"}
 
     def __init__(
         self,
         input_shape: tuple[int, ...],
         num_classes: int,
         channels: tuple[int, int, int] = LENET_DEFAULT,
-        groups: int = 16,
-        frozen: int = 2,
-        norm: str = "none",
-        dropout: float = 0.0,
-        weights: str = "point",
-        init_log_alpha: float = -8.0,
-        ordering: dict[str, Any] | None = None,
-        order_first: bool = False,
-        order_classifier_input: bool = True,
+        **options: Any,
     ) -> None:
         super().__init__()
-        check_norm(norm)
+        o = NestOptions.resolve(self.DEFAULTS, options)
+        check_norm(o.norm)
         if len(channels) != 3:
             raise ValueError(f"hidden: lenet takes [conv1, conv2, fc] widths, got {list(channels)}")
         c, h, w = self.input_chw = image_shape(input_shape)
         c1, c2, fc = (int(v) for v in channels)
         kw = dict(
-            norm=norm,
-            dropout=dropout,
-            weights=weights,
-            init_log_alpha=init_log_alpha,
-            ordering=ordering,
+            norm=o.norm,
+            dropout=o.dropout,
+            weight_posterior=o.weight_posterior,
+            init_log_alpha=o.init_log_alpha,
+            ordering=o.ordering,
         )
-        self.conv1 = NestedConvBlock(c, c1, 5, 1, 2, groups, frozen, order_first, **kw)
-        self.conv2 = NestedConvBlock(c1, c2, 5, 1, 2, groups, frozen, True, **kw)
+        self.conv1 = NestedConvBlock(c, c1, 5, 1, 2, o.groups, o.kept, o.order_first, **kw)
+        self.conv2 = NestedConvBlock(c1, c2, 5, 1, 2, o.groups, o.kept, True, **kw)
         self.pool = nn.MaxPool2d(2)
         h, w = h // 4, w // 4
         if h < 1 or w < 1:
             raise ValueError(f"input_shape: lenet needs images of at least 4x4, got {input_shape}")
-        ordered_fc = order_classifier_input
+        ordered_fc = o.order_classifier_input
         self.fc = NestedLinear(
             c2 * h * w,
             fc,
-            bias=norm == "none",
-            groups=groups if ordered_fc else 1,
-            frozen=frozen if ordered_fc else 0,
+            bias=o.norm == "none",
+            order_groups=o.groups if ordered_fc else 1,
+            kept=o.kept if ordered_fc else 0,
             ordered=ordered_fc,
-            weights=weights,  # type: ignore[arg-type]
-            init_log_alpha=init_log_alpha,
+            weight_posterior=o.weight_posterior,  # type: ignore[arg-type]
+            init_log_alpha=o.init_log_alpha,
         )
-        self.fc_bn = NestedBatchNorm1d(fc) if norm == "batch" else None
-        self.fc_drop = nn.Dropout(dropout) if dropout > 0 else None
-        self.fc_ou = OrderingUnit(fc, groups, frozen, **(ordering or {})) if ordered_fc else None
+        self.fc_bn = NestedBatchNorm1d(fc) if o.norm == "batch" else None
+        self.fc_drop = nn.Dropout(o.dropout) if o.dropout > 0 else None
+        self.fc_ou = (
+            OrderingUnit(fc, o.groups, o.kept, **(o.ordering or {})) if ordered_fc else None
+        )
         self.classifier = NestedLinear(
             fc,
             num_classes,
             ordered=False,
-            weights=weights,  # type: ignore[arg-type]
-            init_log_alpha=init_log_alpha,
+            weight_posterior=o.weight_posterior,  # type: ignore[arg-type]
+            init_log_alpha=o.init_log_alpha,
         )
 
     def forward_full(self, x: torch.Tensor) -> torch.Tensor:

@@ -6,31 +6,31 @@ from collections.abc import Callable
 from typing import Any
 
 from bnn_nested.nn.model import NestedModel
+from bnn_nested.nn.nested import set_weight_noise
+from bnn_nested.registry import Registry
 
 #: name -> builder(model_cfg, ordering_kwargs, input_shape, num_classes) -> NestedModel
-MODELS: dict[str, Callable[..., NestedModel]] = {}
+MODELS: Registry[Callable[..., NestedModel]] = Registry("model", field="model.name")
 
 
 def register_model(name: str):
-    """Decorator registering a builder ``f(model_cfg, ordering, input_shape, num_classes)``."""
+    """Decorator registering a builder ``f(model_cfg, ordering, input_shape, num_classes)``.
 
-    def deco(fn):
-        if name in MODELS:
-            raise ValueError(f"model {name!r} is already registered")
-        MODELS[name] = fn
-        return fn
-
-    return deco
+    A config reaches a model registered in a user module by listing that module under the
+    config's top-level ``imports``. The builder is also run inside ``torch.device("meta")`` when a
+    config is validated (shapes only, no memory): build tensors with factory functions
+    (``torch.zeros``, layers' own init), not from data read at build time."""
+    return MODELS.register(name)
 
 
 def conv_model_kwargs(cfg: Any, ordering: dict[str, Any]) -> dict[str, Any]:
     """Keyword arguments every convolutional model takes from a ``ModelConfig``."""
     return {
         "groups": cfg.groups,
-        "frozen": cfg.frozen,
+        "kept": cfg.kept,
         "norm": cfg.norm,
         "dropout": cfg.dropout,
-        "weights": cfg.weights,
+        "weight_posterior": cfg.weight_posterior,
         "init_log_alpha": cfg.init_log_alpha,
         "ordering": ordering,
         "order_first": cfg.order_first,
@@ -42,10 +42,5 @@ def build_model(
     model_cfg: Any, ordering: dict[str, Any], input_shape: tuple[int, ...], num_classes: int
 ) -> NestedModel:
     """Build the model named ``model_cfg.name``; unknown names list the known ones."""
-    try:
-        builder = MODELS[model_cfg.name]
-    except KeyError:
-        raise ValueError(
-            f"model.name: unknown model {model_cfg.name!r}; known models: {', '.join(sorted(MODELS))}"
-        ) from None
-    return builder(model_cfg, ordering, tuple(input_shape), num_classes)
+    model = MODELS[model_cfg.name](model_cfg, ordering, tuple(input_shape), num_classes)
+    return set_weight_noise(model, getattr(model_cfg, "weight_noise", "lrt"))

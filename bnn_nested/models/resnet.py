@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bnn_nested.models.options import NestOptions
 from bnn_nested.models.vgg import NestedConvBlock, check_norm, image_shape
 from bnn_nested.nn import NestedBatchNorm2d, NestedConv2d, NestedLinear, NestedModel, OrderingUnit
 
@@ -47,15 +48,15 @@ class NestedBasicBlock(nn.Module):
         out_channels: int,
         stride: int,
         groups: int,
-        frozen: int,
+        kept: int,
         ordered_out: bool,
         norm: str,
-        weights: str,
+        weight_posterior: str,
         init_log_alpha: float,
         ordering: dict[str, Any] | None,
     ) -> None:
         super().__init__()
-        kw: dict[str, Any] = dict(weights=weights, init_log_alpha=init_log_alpha)
+        kw: dict[str, Any] = dict(weight_posterior=weight_posterior, init_log_alpha=init_log_alpha)
         self.block1 = NestedConvBlock(
             in_channels,
             out_channels,
@@ -63,14 +64,14 @@ class NestedBasicBlock(nn.Module):
             stride,
             1,
             groups,
-            frozen,
+            kept,
             True,
             norm,
             0.0,
             ordering=ordering,
             **kw,
         )
-        og, of = (groups, frozen) if ordered_out else (1, 0)
+        og, of = (groups, kept) if ordered_out else (1, 0)
         self.conv2 = NestedConv2d(
             out_channels,
             out_channels,
@@ -78,8 +79,8 @@ class NestedBasicBlock(nn.Module):
             1,
             1,
             bias=norm == "none",
-            groups=og,
-            frozen=of,
+            order_groups=og,
+            kept=of,
             ordered=ordered_out,
             **kw,
         )
@@ -94,14 +95,14 @@ class NestedBasicBlock(nn.Module):
                 stride,
                 0,
                 bias=norm == "none",
-                groups=og,
-                frozen=of,
+                order_groups=og,
+                kept=of,
                 ordered=ordered_out,
                 **kw,
             )
             self.shortcut_bn = NestedBatchNorm2d(out_channels) if norm == "batch" else None
         self.ou = (
-            OrderingUnit(out_channels, groups, frozen, **(ordering or {})) if ordered_out else None
+            OrderingUnit(out_channels, groups, kept, **(ordering or {})) if ordered_out else None
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -123,28 +124,31 @@ class NestedResNet(NestedModel):
     The stem is ordered iff ``order_first``; the last block's output (the classifier's input) iff
     ``order_classifier_input``. The classifier is never truncated.
 
-    Example:
-        >>> model = NestedResNet("20", (3, 32, 32), 10, groups=16, frozen=2)
-        >>> logits = model(x, width=0.5)
+    Args:
+        variant: ``"20"`` or ``"18"``.
+        input_shape: ``(C, H, W)``.
+        **options: :class:`~bnn_nested.models.options.NestOptions` (groups, kept, norm, dropout,
+            weight_posterior, init_log_alpha, ordering, order_first, order_classifier_input).
+
+    Example::
+
+        model = NestedResNet("20", (3, 32, 32), 10, groups=16, kept=2)
+        logits = model(x, width=0.5)
     """
+
+    #: Defaults of this model's :class:`~bnn_nested.models.options.NestOptions`.
+    DEFAULTS: dict[str, Any] = {"groups": 16, "norm": "batch"}
 
     def __init__(
         self,
         variant: str,
         input_shape: tuple[int, ...],
         num_classes: int,
-        groups: int = 16,
-        frozen: int = 2,
-        norm: str = "batch",
-        dropout: float = 0.0,
-        weights: str = "point",
-        init_log_alpha: float = -8.0,
-        ordering: dict[str, Any] | None = None,
-        order_first: bool = False,
-        order_classifier_input: bool = True,
+        **options: Any,
     ) -> None:
         super().__init__()
-        check_norm(norm)
+        o = NestOptions.resolve(self.DEFAULTS, options)
+        check_norm(o.norm)
         if variant not in RESNET_CONFIGS:
             raise ValueError(f"variant must be one of {tuple(RESNET_CONFIGS)}, got {variant!r}")
         c_in, _, _ = self.input_chw = image_shape(input_shape)
@@ -155,14 +159,14 @@ class NestedResNet(NestedModel):
             3,
             1,
             1,
-            groups,
-            frozen,
-            order_first,
-            norm,
+            o.groups,
+            o.kept,
+            o.order_first,
+            o.norm,
             0.0,
-            weights,
-            init_log_alpha,
-            ordering,
+            o.weight_posterior,
+            o.init_log_alpha,
+            o.ordering,
         )
         blocks: list[nn.Module] = []
         c = stem
@@ -176,24 +180,24 @@ class NestedResNet(NestedModel):
                         c,
                         width,
                         stride,
-                        groups,
-                        frozen,
-                        order_classifier_input or not last,
-                        norm,
-                        weights,
-                        init_log_alpha,
-                        ordering,
+                        o.groups,
+                        o.kept,
+                        o.order_classifier_input or not last,
+                        o.norm,
+                        o.weight_posterior,
+                        o.init_log_alpha,
+                        o.ordering,
                     )
                 )
                 c = width
         self.blocks = nn.Sequential(*blocks)
-        self.drop = nn.Dropout(dropout) if dropout > 0 else None
+        self.drop = nn.Dropout(o.dropout) if o.dropout > 0 else None
         self.classifier = NestedLinear(
             c,
             num_classes,
             ordered=False,
-            weights=weights,  # type: ignore[arg-type]
-            init_log_alpha=init_log_alpha,
+            weight_posterior=o.weight_posterior,  # type: ignore[arg-type]
+            init_log_alpha=o.init_log_alpha,
         )
 
     def forward_full(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Nested VGG (Simonyan & Zisserman 2015; CIFAR-style, batch norm) and the shared conv block.
 
-The reference BNNN recipe (methods.md §1) is VGG-11-wide: 96-192-384-384-768-768-768-768 channels
-with batch norm, groups ``G = 32``, ``F = 2``.
+The reference BNNN recipe (docs/METHODS.md#differences-from-the-reference-code) is VGG-11-wide:
+96-192-384-384-768-768-768-768 channels with batch norm, groups ``G = 32``, ``F = 2``.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from bnn_nested.config import DEFAULT_INIT_LOG_ALPHA
+from bnn_nested.models.options import NestOptions
 from bnn_nested.nn import NestedBatchNorm2d, NestedConv2d, NestedLinear, NestedModel, OrderingUnit
 
 #: Layer plans: channel counts, ``"M"`` = 2x2 max pool.
@@ -30,11 +32,13 @@ class NestedConvBlock(nn.Module):
     """``NestedConv2d -> [NestedBatchNorm2d] -> ReLU -> [Dropout] -> [OrderingUnit]``.
 
     The ordering unit (present iff ``ordered``) masks *after* normalisation and activation, so a hard
-    mask computes the sliced network (methods.md §7). Shapes: ``(B, C_in', H, W) -> (B, C_out', H', W')``.
+    mask computes the sliced network (docs/METHODS.md#variational-ordering-units).
+    Shapes: ``(B, C_in', H, W) -> (B, C_out', H', W')``.
 
-    Example:
-        >>> block = NestedConvBlock(3, 64, groups=16, frozen=2, norm="batch")
-        >>> h = block(x)
+    Example::
+
+        block = NestedConvBlock(3, 64, groups=16, kept=2, norm="batch")
+        h = block(x)
     """
 
     def __init__(
@@ -45,12 +49,12 @@ class NestedConvBlock(nn.Module):
         stride: int = 1,
         padding: int = 1,
         groups: int = 16,
-        frozen: int = 2,
+        kept: int = 2,
         ordered: bool = True,
         norm: str = "batch",
         dropout: float = 0.0,
-        weights: str = "point",
-        init_log_alpha: float = -8.0,
+        weight_posterior: str = "point",
+        init_log_alpha: float = DEFAULT_INIT_LOG_ALPHA,
         ordering: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -62,17 +66,15 @@ class NestedConvBlock(nn.Module):
             stride,
             padding,
             bias=norm == "none",
-            groups=groups if ordered else 1,
-            frozen=frozen if ordered else 0,
+            order_groups=groups if ordered else 1,
+            kept=kept if ordered else 0,
             ordered=ordered,
-            weights=weights,
+            weight_posterior=weight_posterior,
             init_log_alpha=init_log_alpha,  # type: ignore[arg-type]
         )
         self.bn = NestedBatchNorm2d(out_channels) if norm == "batch" else None
         self.drop = nn.Dropout(dropout) if dropout > 0 else None
-        self.ou = (
-            OrderingUnit(out_channels, groups, frozen, **(ordering or {})) if ordered else None
-        )
+        self.ou = OrderingUnit(out_channels, groups, kept, **(ordering or {})) if ordered else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv(x)
@@ -106,28 +108,27 @@ class NestedVGG(NestedModel):
     Args:
         layers: a plan like ``VGG_CONFIGS["11"]`` or a key of :data:`VGG_CONFIGS`.
         input_shape: ``(C, H, W)``.
+        **options: :class:`~bnn_nested.models.options.NestOptions` (groups, kept, norm, dropout,
+            weight_posterior, init_log_alpha, ordering, order_first, order_classifier_input).
 
-    Example:
-        >>> model = NestedVGG("11-wide", (3, 32, 32), 10, groups=32, frozen=2, norm="batch")
-        >>> logits = model(x, width=0.25)
+    Example::
+
+        model = NestedVGG("11-wide", (3, 32, 32), 10, groups=32, kept=2, norm="batch")
+        logits = model(x, width=0.25)
     """
+
+    #: Defaults of this model's :class:`~bnn_nested.models.options.NestOptions`.
+    DEFAULTS: dict[str, Any] = {"groups": 32, "norm": "batch"}
 
     def __init__(
         self,
         layers: str | list[int | str],
         input_shape: tuple[int, ...],
         num_classes: int,
-        groups: int = 32,
-        frozen: int = 2,
-        norm: str = "batch",
-        dropout: float = 0.0,
-        weights: str = "point",
-        init_log_alpha: float = -8.0,
-        ordering: dict[str, Any] | None = None,
-        order_first: bool = False,
-        order_classifier_input: bool = True,
+        **options: Any,
     ) -> None:
         super().__init__()
+        o = NestOptions.resolve(self.DEFAULTS, options)
         if isinstance(layers, str):
             if layers not in VGG_CONFIGS:
                 raise ValueError(f"variant must be one of {tuple(VGG_CONFIGS)}, got {layers!r}")
@@ -144,7 +145,9 @@ class NestedVGG(NestedModel):
                     mods.append(nn.MaxPool2d(2))
                     h, w = h // 2, w // 2
                 continue
-            ordered = (order_first or i != convs[0]) and (order_classifier_input or i != convs[-1])
+            ordered = (o.order_first or i != convs[0]) and (
+                o.order_classifier_input or i != convs[-1]
+            )
             mods.append(
                 NestedConvBlock(
                     c,
@@ -152,14 +155,14 @@ class NestedVGG(NestedModel):
                     3,
                     1,
                     1,
-                    groups,
-                    frozen,
+                    o.groups,
+                    o.kept,
                     ordered,
-                    norm,
-                    dropout,
-                    weights,
-                    init_log_alpha,
-                    ordering,
+                    o.norm,
+                    o.dropout,
+                    o.weight_posterior,
+                    o.init_log_alpha,
+                    o.ordering,
                 )
             )
             self.block_names.append(f"features.{len(mods) - 1}")
@@ -169,8 +172,8 @@ class NestedVGG(NestedModel):
             c * h * w,
             num_classes,
             ordered=False,
-            weights=weights,  # type: ignore[arg-type]
-            init_log_alpha=init_log_alpha,
+            weight_posterior=o.weight_posterior,  # type: ignore[arg-type]
+            init_log_alpha=o.init_log_alpha,
         )
 
     def forward_full(self, x: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ class UnorderedDimensionWarning(UserWarning):
     """A channel dimension was left unordered because masking and slicing it disagreed."""
 
 
-def _convert_modules(net: nn.Module, weights: str, init_log_alpha: float) -> None:
+def _convert_modules(net: nn.Module, weight_posterior: str, init_log_alpha: float) -> None:
     """Swap norms, attention and (for Gaussian weights) linear / conv layers for nested versions
     holding the same parameter objects."""
     for name, m in list(net.named_modules()):
@@ -43,21 +43,20 @@ def _convert_modules(net: nn.Module, weights: str, init_log_alpha: float) -> Non
                 setattr(new, b, getattr(m, b))
         elif type(m) is nn.MultiheadAttention:
             new = NestedMultiheadAttention.from_module(m)
-        elif weights == "gaussian" and type(m) is nn.Linear:
+        elif weight_posterior == "gaussian" and type(m) is nn.Linear:
             new = NestedLinear(
                 m.in_features,
                 m.out_features,
                 m.bias is not None,
                 ordered=False,
-                weights="gaussian",
+                weight_posterior="gaussian",
                 init_log_alpha=init_log_alpha,
             )
-        elif weights == "gaussian" and type(m) is nn.Conv2d and m.padding_mode == "zeros":
+        elif weight_posterior == "gaussian" and type(m) is nn.Conv2d and m.padding_mode == "zeros":
             kw = conv_args(m)
-            kw["conv_groups"] = kw.pop("groups")
             del kw["padding_mode"]
             new = NestedConv2d(
-                **kw, ordered=False, weights="gaussian", init_log_alpha=init_log_alpha
+                **kw, ordered=False, weight_posterior="gaussian", init_log_alpha=init_log_alpha
             )
         if new is None:
             continue
@@ -74,7 +73,7 @@ def nestify(
     *,
     groups: int = 16,
     kept: int = 2,
-    weights: str = "point",
+    weight_posterior: str = "point",
     init_log_alpha: float = DEFAULT_INIT_LOG_ALPHA,
     exclude: Sequence[str] = (),
     heads: bool = True,
@@ -90,7 +89,7 @@ def nestify(
         model: any ``nn.Module`` (its modules are reused, not copied: parameters stay shared).
         example_inputs: a tensor or a tuple of inputs for one forward pass (batch >= 2 helps BN).
         groups: maximum ordered groups per dimension; ``kept``: always-kept leading groups.
-        weights: ``"point"`` or ``"gaussian"`` (every ``Linear`` / ``Conv2d`` gets a multiplicative
+        weight_posterior: ``"point"`` or ``"gaussian"`` (every ``Linear`` / ``Conv2d`` gets a multiplicative
             Gaussian posterior with ``log_alpha = init_log_alpha``; means are the current weights).
         exclude: module names / ``fnmatch`` patterns whose channels are never ordered.
         heads: order attention heads (``nn.MultiheadAttention``) in groups of whole heads.
@@ -111,14 +110,16 @@ def nestify(
         >>> nm = nestify(torchvision.models.resnet18(), torch.randn(2, 3, 64, 64))
         >>> logits = nm(torch.randn(4, 3, 64, 64), width=0.25)
     """
-    if weights not in WEIGHT_KINDS:
-        raise ValueError(f"weights must be one of {WEIGHT_KINDS}, got {weights!r}")
+    if weight_posterior not in WEIGHT_KINDS:
+        raise ValueError(
+            f"weight_posterior must be one of {WEIGHT_KINDS}, got {weight_posterior!r}"
+        )
     if groups < 2:
         raise ValueError(f"groups must be >= 2, got {groups}")
     if kept < 0:
         raise ValueError(f"kept must be >= 0, got {kept}")
     structure = find_channel_dims(model, example_inputs, groups, kept, exclude, heads)
-    _convert_modules(model, weights, init_log_alpha)
+    _convert_modules(model, weight_posterior, init_log_alpha)
     nested = NestifiedModel(model, structure, ordering)
     if check and len(structure):
         verify(nested, example_inputs)

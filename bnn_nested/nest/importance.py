@@ -1,5 +1,5 @@
-"""From trained weights: importance ordering of every channel dimension (docs/METHODS.md,
-"Importance ordering").
+"""From trained weights: importance ordering of every channel dimension
+(docs/METHODS.md#importance-ordering).
 
 A trained network's channels come in no particular order, so its narrow prefixes are poor. Before
 nested fine-tuning, every ordered dimension is permuted so that its most important channels come

@@ -1,6 +1,6 @@
 """The model ``nestify`` returns: any network, run at any width by masking its consumers.
 
-How a nestified model runs at width ``r`` (docs/METHODS.md, "width structure"):
+How a nestified model runs at width ``r`` (docs/METHODS.md#width-structure):
 
 * every channel dimension ``d`` keeps its first ``kept_d + ceil(r K_d)`` groups (or the groups a
   per-dimension dict names);
@@ -168,7 +168,7 @@ class NestifiedModel(NestedModel):
         for d, n in zip(self.structure, self._active):
             u = self.unit(d.name)
             m: torch.Tensor | None = None
-            if self.training and u.sampling:
+            if self.training and u.masking:
                 m = u.sample_mask(batch if u.per_example else None)
             elif u.keep_scaling:
                 m = u.channel_keep_probs()

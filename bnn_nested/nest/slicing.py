@@ -85,9 +85,10 @@ def plain_copy(model: NestifiedModel, width: Width = 1.0) -> nn.Module:
 def sliced_network(model: NestifiedModel, width: Width, example_inputs: Any) -> nn.Module:
     """The plain network ``model`` computes at ``width`` in eval mode, physically sliced.
 
-    Example:
-        >>> small = sliced_network(nm, 0.25, x[:2])       # nn.Module, plain torch layers only
-        >>> torch.allclose(small(x), nm.eval()(x, width=0.25), atol=1e-5)
+    Example::
+
+        small = sliced_network(nm, 0.25, x[:2])       # nn.Module, plain torch layers only
+        torch.allclose(small(x), nm.eval()(x, width=0.25), atol=1e-5)
     """
     with model.width(width):
         active = model.active_groups()

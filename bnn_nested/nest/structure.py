@@ -4,8 +4,8 @@ A channel dimension is a set of (module, axis) pairs that must share one active 
 of the layers that produce it, the norm layers on it, every branch joined to it by a residual
 addition, both sides of a depthwise convolution, the slices of a concatenation, and the inputs of
 the layers that consume it. One ordering unit orders one dimension: it keeps the first
-``kept + n`` of the dimension's ``groups`` equal-sized channel groups (see docs/METHODS.md, "width
-structure").
+``kept + n`` of the dimension's ``groups`` equal-sized channel groups (see
+docs/METHODS.md#width-structure).
 
 Every piece of the library that needs to know "which layers does this unit order" reads this one
 structure: the keep-probability weighting of the weight KL, per-dimension allocation, the weights

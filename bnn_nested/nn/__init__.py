@@ -9,6 +9,7 @@ from bnn_nested.nn.nested import (
     NestedLinear,
     NestedMixin,
     active_param_count,
+    set_weight_noise,
 )
 from bnn_nested.nn.ordering_unit import OrderingUnit, active_groups, group_size, prior_logits
 
@@ -27,5 +28,6 @@ __all__ = [
     "recalibrate_bn",
     "group_size",
     "prior_logits",
+    "set_weight_noise",
     "sparse_vd_kl",
 ]

@@ -3,11 +3,11 @@ plus batch-norm statistics re-estimated *per width* (:func:`recalibrate_bn`).
 
 A sub-network at width ``r`` sees different feature statistics than the full network, so the running
 statistics learnt in training are wrong for it (Yu et al., *Slimmable Neural Networks*, 2019, and
-*Universally Slimmable Networks*, 2019: "BN calibration"; methods.md §1: the reference re-estimates
-them for each width on training data). Calibrated statistics are stored per *active channel count*
-``c`` of each norm layer: in a model whose ordered layers share ``groups``/``frozen`` a global width
-``r`` fixes ``c`` in every layer, so this is storage per width, and unordered layers (whose inputs do
-not depend on ``r``) share one entry.
+*Universally Slimmable Networks*, 2019: "BN calibration"; docs/METHODS.md#bn-re-estimation: the
+reference re-estimates them for each width on training data). Calibrated statistics are stored per
+(*active channel count* ``c``, *width key*) of each norm layer (:func:`width_key`), i.e. one row per
+calibrated width in every nested norm layer, including layers whose own channel count does not
+change with the width: their input still does (it is computed from narrower layers upstream).
 """
 
 from __future__ import annotations
@@ -233,9 +233,10 @@ def recalibrate_bn(
     Returns:
         ``{width: number of batches used}`` (a per-layer width is keyed by its sorted items).
 
-    Example:
-        >>> recalibrate_bn(model, train_loader, widths=[0.25, 0.5, 1.0], num_batches=50)
-        >>> probs = predict(model, x, width=0.25)      # uses the width-0.25 statistics
+    Example::
+
+        recalibrate_bn(model, train_loader, widths=[0.25, 0.5, 1.0], num_batches=50)
+        probs = predict(model, x, width=0.25)      # uses the width-0.25 statistics
     """
     if num_batches is not None and num_batches < 1:
         raise ValueError(f"num_batches must be >= 1 or None, got {num_batches}")

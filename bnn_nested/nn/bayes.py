@@ -9,15 +9,27 @@ Ashukha & Vetrov, *Variational Dropout Sparsifies Deep Neural Networks*, ICML 20
 
 ``-KL(q || p) ~= k1 * sigmoid(k2 + k3 * log_alpha) - 0.5 * log1p(exp(-log_alpha)) - k1``.
 
-Training uses the LRT (lower-variance gradients, Kingma et al. 2015). Monte-Carlo *prediction* must
+Training uses one of two estimators of the expected log-likelihood's gradient (``weight_noise``):
+
+- ``"lrt"`` (default): the LRT above, noise independent across examples and output elements; two
+  convolutions / matrix products per layer (mean and variance), the lower-variance gradient.
+- ``"shared"``: one weight tensor ``w ~ q(w)`` per mini-batch, shared by every example and location
+  (:func:`sampled_linear` / :func:`sampled_conv2d` with one sample; the plain reparameterisation of
+  Kingma & Welling 2014 applied to the weights, as in Blundell et al., *Weight Uncertainty in Neural
+  Networks*, ICML 2015). The same unbiased objective, one convolution per layer (the cost of a
+  point-weight layer plus the weight draw); its gradient has more variance, because the examples of
+  a batch share one noise draw (Kingma et al. 2015, §2.3).
+
+Monte-Carlo *prediction* must
 draw networks from ``q(W)``: per-element noise is not such a draw (a globally pooled output gets the
 wrong variance; two equal inputs disagree). :func:`sampled_linear` and :func:`sampled_conv2d` draw
 one weight tensor per Monte-Carlo sample, shared by the sample's inputs and locations, and run one
 matrix product / convolution per sample instead of the LRT's two.
 
-Example:
-    >>> out = lrt_linear(x, theta, log_alpha, bias)          # (B, out)
-    >>> kl = sparse_vd_kl(log_alpha).sum()
+Example::
+
+    out = lrt_linear(x, theta, log_alpha, bias)          # (B, out)
+    kl = sparse_vd_kl(log_alpha).sum()
 """
 
 from __future__ import annotations
@@ -35,6 +47,16 @@ LOG_ALPHA_MIN = -12.0
 LOG_ALPHA_MAX = 8.0
 #: Added to the LRT variance before the square root (keeps the gradient finite at zero variance).
 VAR_EPS = 1e-16
+#: Training estimators of Gaussian-weight layers (module docstring): ``"lrt"`` samples each
+#: pre-activation (two convolutions), ``"shared"`` one weight tensor per forward pass (one).
+WEIGHT_NOISE: tuple[str, ...] = ("lrt", "shared")
+
+
+def check_weight_noise(weight_noise: str) -> str:
+    """``weight_noise`` if it is one of :data:`WEIGHT_NOISE`, else a one-line ``ValueError``."""
+    if weight_noise not in WEIGHT_NOISE:
+        raise ValueError(f"weight_noise must be one of {WEIGHT_NOISE}, got {weight_noise!r}")
+    return weight_noise
 
 
 def clip_log_alpha(log_alpha: torch.Tensor) -> torch.Tensor:
@@ -91,17 +113,57 @@ def lrt_conv2d(
     Every output element gets its own noise (the LRT of Kingma et al. 2015 applied per location, as
     in Molchanov et al. 2017's convolutional layers).
     """
-    mean = F.conv2d(x, theta, bias, stride, padding, dilation, groups)
-    w_var = torch.exp(clip_log_alpha(log_alpha)) * theta * theta
-    var = F.conv2d(x * x, w_var, None, stride, padding, dilation, groups)
+    mean, var = lrt_conv2d_moments(x, theta, log_alpha, bias, stride, padding, dilation, groups)
     return mean + torch.sqrt(var + VAR_EPS) * torch.randn_like(mean)
+
+
+def lrt_conv2d_moments(
+    x: torch.Tensor,
+    theta: torch.Tensor,
+    log_alpha: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride,
+    padding,
+    dilation,
+    groups: int = 1,
+    fused: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean ``conv2d(x, theta) + b`` and variance ``conv2d(x^2, alpha theta^2)`` of the LRT's
+    pre-activation, both ``(B, C_out, H', W')``.
+
+    ``fused=True`` computes both in one grouped convolution of ``[x, x^2]`` (channels stacked) with
+    the weights ``[theta, alpha theta^2]``: the same numbers in one call. It was slower than two
+    convolutions on the CPU (docs/RESULTS.md, "Bayesian layer cost"), so :func:`lrt_conv2d` uses
+    two; it is kept for measurement.
+    """
+    w_var = torch.exp(clip_log_alpha(log_alpha)) * theta * theta
+    if not fused:
+        mean = F.conv2d(x, theta, bias, stride, padding, dilation, groups)
+        var = F.conv2d(x * x, w_var, None, stride, padding, dilation, groups)
+        return mean, var
+    c_out = theta.shape[0]
+    both = F.conv2d(
+        torch.cat([x, x * x], 1),
+        torch.cat([theta, w_var], 0),
+        None if bias is None else torch.cat([bias, torch.zeros_like(bias)]),
+        stride,
+        padding,
+        dilation,
+        2 * groups,
+    )
+    return both[:, :c_out], both[:, c_out:]
 
 
 def weight_samples(theta: torch.Tensor, log_alpha: torch.Tensor, samples: int) -> torch.Tensor:
     """``samples`` draws of ``w ~ N(theta, alpha theta^2)``: ``theta (1 + sqrt(alpha) eps)``,
     shape ``(samples, *theta.shape)``."""
+    if torch.is_grad_enabled() and log_alpha.requires_grad:
+        la = clip_log_alpha(log_alpha)
+    else:  # no gradient: the plain clamp (fewer passes over the weights in Monte-Carlo prediction)
+        la = log_alpha.clamp(LOG_ALPHA_MIN, LOG_ALPHA_MAX)
+    std = theta * torch.exp(0.5 * la)
     eps = torch.randn((samples,) + theta.shape, dtype=theta.dtype, device=theta.device)
-    return theta * (1.0 + torch.exp(0.5 * clip_log_alpha(log_alpha)) * eps)
+    return torch.addcmul(theta, std, eps)
 
 
 def sampled_linear(

@@ -23,9 +23,10 @@ class NestedModel(nn.Module):
     Subclasses implement :meth:`forward_full` (the forward pass, unaware of width); this class adds
     ``forward(x, width=None)``, ``with model.width(r):``, masking control, and the ordering KL.
 
-    Example:
-        >>> logits = model(x, width=0.5)           # explicit
-        >>> with model.width(0.25): logits = model(x)   # context manager
+    Example::
+
+        logits = model(x, width=0.5)           # explicit
+        with model.width(0.25): logits = model(x)   # context manager
 
     Reference: Cui et al., *Bayesian Nested Neural Networks*, CVPR 2021.
     """
@@ -118,7 +119,7 @@ class NestedModel(nn.Module):
 
     def masking(self, enabled: bool = True):
         """Enable or disable Downhill mask sampling (in training mode) inside the block."""
-        return self.unit_flag("sampling", enabled)
+        return self.unit_flag("masking", enabled)
 
     @contextmanager
     def stochastic(self, enabled: bool = True, samples: int | None = None):

@@ -15,9 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bnn_nested.config import DEFAULT_INIT_LOG_ALPHA
 from bnn_nested.nn.bayes import (
     LOG_ALPHA_MAX,
     LOG_ALPHA_MIN,
+    check_weight_noise,
     lrt_conv2d,
     lrt_linear,
     sampled_conv2d,
@@ -28,30 +30,30 @@ from bnn_nested.nn.ordering_unit import active_groups, group_size
 
 WeightKind = Literal["point", "gaussian"]
 WEIGHT_KINDS: tuple[str, ...] = ("point", "gaussian")
-#: Default initial ``log_alpha`` of Gaussian weights (small noise at the start of training).
-DEFAULT_INIT_LOG_ALPHA = -8.0
 
 
 class NestedMixin:
     """Width bookkeeping shared by nested layers.
 
     Attributes:
-        order_groups, frozen: output grouping for ordering (``ordered=False`` layers always output
+        order_groups, kept: output grouping for ordering (``ordered=False`` layers always output
             every channel); named ``order_groups`` so it never shadows ``nn.Conv2d.groups``.
         active_out_groups: groups used now (``None`` = all); set by ``NestedModel.set_width``.
     """
 
     order_groups: int
-    frozen: int
+    kept: int
     ordered: bool
     active_out_groups: int | None
+    #: Training estimator of Gaussian weights (class default, so every nested layer has one).
+    weight_noise: str = "lrt"
 
-    def _init_nested(self, out_channels: int, groups: int, frozen: int, ordered: bool) -> None:
-        self.group_size = group_size(out_channels, groups)
-        if not 0 <= frozen < groups and ordered:
-            raise ValueError(f"frozen must be in [0, groups) = [0, {groups}), got {frozen}")
-        self.order_groups = groups
-        self.frozen = frozen
+    def _init_nested(self, out_channels: int, order_groups: int, kept: int, ordered: bool) -> None:
+        self.group_size = group_size(out_channels, order_groups)
+        if not 0 <= kept < order_groups and ordered:
+            raise ValueError(f"kept must be in [0, order_groups) = [0, {order_groups}), got {kept}")
+        self.order_groups = order_groups
+        self.kept = kept
         self.ordered = ordered
         self.active_out_groups = None
         self.last_active: tuple[int, int] | None = None
@@ -60,12 +62,18 @@ class NestedMixin:
         self.stochastic = False
         self.mc_samples: int | None = None
 
-    def _init_weights_kind(self, weights: str, init_log_alpha: float) -> None:
-        """``weights="gaussian"`` adds ``log_alpha`` (same shape as ``weight``, which stays theta)."""
-        if weights not in WEIGHT_KINDS:
-            raise ValueError(f"weights must be one of {WEIGHT_KINDS}, got {weights!r}")
-        self.weights = weights
-        if weights == "gaussian":
+    def _init_weights_kind(
+        self, weight_posterior: str, init_log_alpha: float, weight_noise: str = "lrt"
+    ) -> None:
+        """``weight_posterior="gaussian"`` adds ``log_alpha`` (same shape as ``weight``, which stays theta);
+        ``weight_noise`` is its training estimator (:data:`~bnn_nested.nn.bayes.WEIGHT_NOISE`)."""
+        if weight_posterior not in WEIGHT_KINDS:
+            raise ValueError(
+                f"weight_posterior must be one of {WEIGHT_KINDS}, got {weight_posterior!r}"
+            )
+        self.weight_posterior = weight_posterior
+        self.weight_noise = check_weight_noise(weight_noise)
+        if weight_posterior == "gaussian":
             if not LOG_ALPHA_MIN <= float(init_log_alpha) <= LOG_ALPHA_MAX:
                 raise ValueError(
                     f"init_log_alpha must be in [{LOG_ALPHA_MIN}, {LOG_ALPHA_MAX}] (the range "
@@ -78,21 +86,23 @@ class NestedMixin:
 
     @property
     def bayesian(self) -> bool:
-        return getattr(self, "weights", "point") == "gaussian"
+        return getattr(self, "weight_posterior", "point") == "gaussian"
 
     def _sampling_weights(self) -> bool:
         return self.bayesian and (self.training or self.stochastic)  # type: ignore[attr-defined]
 
     def extra_repr(self) -> str:
-        nested = f"order_groups={self.order_groups}, frozen={self.frozen}, ordered={self.ordered}"
-        if getattr(self, "weights", "point") != "point":
-            nested += f", weights={self.weights}"
+        nested = f"order_groups={self.order_groups}, kept={self.kept}, ordered={self.ordered}"
+        if getattr(self, "weight_posterior", "point") != "point":
+            nested += (
+                f", weight_posterior={self.weight_posterior}, weight_noise={self.weight_noise}"
+            )
         return f"{super().extra_repr()}, {nested}"  # type: ignore[misc]
 
     def set_width(self, width: float) -> None:
         """Use the leading ``F + ceil(width * K)`` groups (ordered layers only)."""
         self.active_out_groups = (
-            active_groups(width, self.order_groups, self.frozen) if self.ordered else None
+            active_groups(width, self.order_groups, self.kept) if self.ordered else None
         )
 
     def set_active_groups(self, n: int | None) -> None:
@@ -111,7 +121,7 @@ class NestedMixin:
 
         ``sum_c P(c kept) * sum_{w in channel c} KL(q(w) || p(w))`` with the sparse-VD approximation
         (:func:`~bnn_nested.nn.bayes.sparse_vd_kl`, Molchanov et al. 2017, eq. 14) over the *full*
-        weight tensor (docs/METHODS.md, "Gaussian weights and the weight KL"). 0 for point weights.
+        weight tensor (docs/METHODS.md#gaussian-weights-and-the-weight-kl). 0 for point weights.
 
         Args:
             channel_keep: ``(out_channels,)`` keep probabilities (``None``: all ones).
@@ -135,12 +145,19 @@ class NestedLinear(NestedMixin, nn.Linear):
 
     Args:
         in_features, out_features, bias: as ``nn.Linear``.
-        groups: output groups ``G`` (divides ``out_features``); ``frozen``: always-kept groups.
+        order_groups: output groups ``G`` for ordering (divides ``out_features``); ``kept``:
+            always-kept groups.
         ordered: ``False`` for layers whose outputs are never truncated (e.g. the classifier).
+        weight_posterior: ``"point"`` or ``"gaussian"`` (``q(w) = N(theta, alpha theta^2)``, initial
+            ``log_alpha = init_log_alpha``); ``weight_noise``: the Gaussian weights' training
+            estimator, ``"lrt"`` or ``"shared"`` (:mod:`bnn_nested.nn.bayes`; see also
+            :func:`set_weight_noise`).
 
     Example:
-        >>> layer = NestedLinear(64, 128, groups=16, frozen=2)
-        >>> layer.set_width(0.5); y = layer(x)       # y.shape[-1] == 8 * (2 + 7)
+        >>> layer = NestedLinear(64, 128, order_groups=16, kept=2)
+        >>> layer.set_width(0.5)
+        >>> layer(torch.randn(4, 64)).shape  # 8 channels x (2 + ceil(0.5 * 14) = 9 groups)
+        torch.Size([4, 72])
 
     Reference: Cui et al., *Bayesian Nested Neural Networks*, CVPR 2021.
     """
@@ -150,15 +167,16 @@ class NestedLinear(NestedMixin, nn.Linear):
         in_features: int,
         out_features: int,
         bias: bool = True,
-        groups: int = 1,
-        frozen: int = 0,
+        order_groups: int = 1,
+        kept: int = 0,
         ordered: bool = True,
-        weights: WeightKind = "point",
+        weight_posterior: WeightKind = "point",
         init_log_alpha: float = DEFAULT_INIT_LOG_ALPHA,
+        weight_noise: str = "lrt",
     ) -> None:
         super().__init__(in_features, out_features, bias=bias)
-        self._init_nested(out_features, groups, frozen, ordered)
-        self._init_weights_kind(weights, init_log_alpha)
+        self._init_nested(out_features, order_groups, kept, ordered)
+        self._init_weights_kind(weight_posterior, init_log_alpha, weight_noise)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n_in = x.shape[-1]
@@ -170,23 +188,26 @@ class NestedLinear(NestedMixin, nn.Linear):
         b = self.bias[:n_out] if self.bias is not None else None
         if self._sampling_weights():
             la = self.log_alpha[:n_out, :n_in]
-            if self.training:  # local reparameterisation: the training gradient's estimator
-                return lrt_linear(x, w, la, b)
-            return sampled_linear(x, w, la, b, self.mc_samples or 1)
+            if not self.training:  # Monte-Carlo prediction: whole weight draws
+                return sampled_linear(x, w, la, b, self.mc_samples or 1)
+            if self.weight_noise == "shared":  # one weight draw for the whole batch
+                return sampled_linear(x, w, la, b, 1)
+            return lrt_linear(x, w, la, b)  # local reparameterisation
         return F.linear(x, w, b)
 
 
 class NestedConv2d(NestedMixin, nn.Conv2d):
     """``nn.Conv2d`` that runs at any width by slicing ``weight[:out_active, :in_active]``.
 
-    The ``groups`` argument here is the number of *channel groups for ordering*, stored as
-    ``order_groups``; the convolution's own grouping is ``conv_groups`` (``self.groups``), which
-    must be 1 for an ordered (sliced) layer. ``weights`` and
-    ``init_log_alpha`` as in :class:`NestedLinear`.
+    ``order_groups`` is the number of *channel groups for ordering*; ``groups`` is the
+    convolution's own grouping, as in ``nn.Conv2d``, which must be 1 for an ordered (sliced) layer.
+    ``weight_posterior``, ``init_log_alpha`` and ``weight_noise`` as in :class:`NestedLinear`.
 
     Example:
-        >>> conv = NestedConv2d(3, 64, 3, padding=1, groups=16, frozen=2)
-        >>> conv.set_width(0.25); y = conv(x)
+        >>> conv = NestedConv2d(3, 64, 3, padding=1, order_groups=16, kept=2)
+        >>> conv.set_width(0.25)
+        >>> conv(torch.randn(2, 3, 8, 8)).shape  # 4 channels x (2 + ceil(0.25 * 14) = 6 groups)
+        torch.Size([2, 24, 8, 8])
     """
 
     def __init__(
@@ -198,12 +219,13 @@ class NestedConv2d(NestedMixin, nn.Conv2d):
         padding: int | tuple[int, int] | str = 0,
         dilation: int | tuple[int, int] = 1,
         bias: bool = True,
-        groups: int = 1,
-        frozen: int = 0,
+        order_groups: int = 1,
+        kept: int = 0,
         ordered: bool = True,
-        weights: WeightKind = "point",
+        weight_posterior: WeightKind = "point",
         init_log_alpha: float = DEFAULT_INIT_LOG_ALPHA,
-        conv_groups: int = 1,
+        groups: int = 1,
+        weight_noise: str = "lrt",
     ) -> None:
         super().__init__(
             in_channels,
@@ -212,16 +234,16 @@ class NestedConv2d(NestedMixin, nn.Conv2d):
             stride,
             padding,
             dilation,
-            groups=conv_groups,
+            groups=groups,
             bias=bias,
         )
-        if conv_groups != 1 and ordered:
+        if groups != 1 and ordered:
             raise ValueError(
-                f"conv_groups: a grouped convolution ({conv_groups} groups) cannot be ordered by "
+                f"groups: a grouped convolution ({groups} groups) cannot be ordered by "
                 "slicing; use ordered=False (nestify masks its channels instead)"
             )
-        self._init_nested(out_channels, groups, frozen, ordered)
-        self._init_weights_kind(weights, init_log_alpha)
+        self._init_nested(out_channels, order_groups, kept, ordered)
+        self._init_weights_kind(weight_posterior, init_log_alpha, weight_noise)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n_in = x.shape[1]
@@ -234,10 +256,27 @@ class NestedConv2d(NestedMixin, nn.Conv2d):
         if self._sampling_weights():
             la = self.log_alpha[:n_out, :n_in]
             conv = (self.stride, self.padding, self.dilation, self.groups)
-            if self.training:  # local reparameterisation: the training gradient's estimator
-                return lrt_conv2d(x, w, la, b, *conv)
-            return sampled_conv2d(x, w, la, b, *conv, samples=self.mc_samples or 1)
+            if not self.training:  # Monte-Carlo prediction: whole weight draws
+                return sampled_conv2d(x, w, la, b, *conv, samples=self.mc_samples or 1)
+            if self.weight_noise == "shared":  # one weight draw for the whole batch
+                return sampled_conv2d(x, w, la, b, *conv, samples=1)
+            return lrt_conv2d(x, w, la, b, *conv)  # local reparameterisation
         return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+
+
+def set_weight_noise(model: nn.Module, weight_noise: str) -> nn.Module:
+    """Give every nested layer of ``model`` the training estimator ``weight_noise`` (``"lrt"`` or
+    ``"shared"``, :mod:`bnn_nested.nn.bayes`); point-weight layers keep it but never use it.
+
+    Example::
+
+        set_weight_noise(model, "shared")   # one weight draw per mini-batch and layer
+    """
+    check_weight_noise(weight_noise)
+    for m in model.modules():
+        if isinstance(m, NestedMixin):
+            m.weight_noise = weight_noise
+    return model
 
 
 def active_param_count(layer: nn.Module) -> int:

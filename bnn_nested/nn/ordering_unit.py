@@ -55,19 +55,19 @@ def group_size(channels: int, groups: int) -> int:
     return channels // groups
 
 
-def active_groups(width: float, groups: int, frozen: int) -> int:
+def active_groups(width: float, groups: int, kept: int) -> int:
     """Groups kept at global width ``r in (0, 1]``: ``F + ceil(r * K)`` with ``K = G - F``."""
     if not 0.0 < width <= 1.0:
         raise ValueError(f"width must be in (0, 1], got {width}")
-    K = groups - frozen
-    return frozen + min(K, math.ceil(width * K - 1e-9))
+    K = groups - kept
+    return kept + min(K, math.ceil(width * K - 1e-9))
 
 
 class OrderingUnit(nn.Module):
     r"""Variational ordering unit of one layer (Cui et al., *Bayesian Nested Neural Networks*, 2021).
 
-    The layer's ``channels`` outputs are split into ``groups`` contiguous groups; the first ``frozen``
-    are always kept, the other ``K = groups - frozen`` are ordered. The unit holds the continuation
+    The layer's ``channels`` outputs are split into ``groups`` contiguous groups; the first ``kept``
+    are always kept, the other ``K = groups - kept`` are ordered. The unit holds the continuation
     logits ``r`` of the stick-breaking posterior ``q(b)`` and the prior ``p(b)``. In training (when
     sampling is enabled) it multiplies its input's channels by a Downhill mask, resampled each forward
     pass (one per mini-batch, or one per example with ``per_example=True``); otherwise it is the
@@ -77,7 +77,7 @@ class OrderingUnit(nn.Module):
     Args:
         channels: number of channels of the ordered layer (dimension 1 of the input).
         groups: number of groups ``G`` (divides ``channels``).
-        frozen: always-kept leading groups ``F`` (``0 <= F < G``).
+        kept: always-kept leading groups ``F`` (``0 <= F < G``).
         temperature: Downhill temperature ``tau > 0`` (a buffer, changed by schedules).
         prior: ``"geometric"`` (truncated geometric with ``prior_pi``) or ``"uniform"``.
         init: initial continuation logit in ``[-5, 5]`` (reference 3.0), or ``"prior"`` to start at
@@ -91,15 +91,19 @@ class OrderingUnit(nn.Module):
     be 0 outside the range.
 
     Example:
-        >>> ou = OrderingUnit(channels=64, groups=16, frozen=2)
-        >>> h = ou(torch.relu(layer(x)))        # masked in training, identity in eval
+        >>> ou = OrderingUnit(channels=64, groups=16, kept=2)
+        >>> h = torch.relu(torch.randn(8, 64))   # a layer's activations
+        >>> bool((ou.train()(h)[:, :8] == h[:, :8]).all())   # masked in training, kept kept
+        True
+        >>> torch.equal(ou.eval()(h), h)         # identity in eval
+        True
     """
 
     def __init__(
         self,
         channels: int,
         groups: int,
-        frozen: int = 0,
+        kept: int = 0,
         temperature: float = 1.0,
         prior: PriorKind = "geometric",
         prior_pi: float = DEFAULT_PRIOR_PI,
@@ -113,12 +117,12 @@ class OrderingUnit(nn.Module):
         self.channels = channels
         self.groups = groups
         self.group_size = group_size(channels, groups)
-        if not 0 <= frozen < groups:
-            raise ValueError(f"frozen must be in [0, groups) = [0, {groups}), got {frozen}")
+        if not 0 <= kept < groups:
+            raise ValueError(f"kept must be in [0, groups) = [0, {groups}), got {kept}")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.frozen = frozen
-        self.K = groups - frozen
+        self.kept = kept
+        self.K = groups - kept
         self.register_buffer("prior_logits", prior_logits(prior, self.K, prior_pi))
         self.register_buffer("temperature", torch.tensor(float(temperature)))
         if init == "prior":
@@ -138,12 +142,12 @@ class OrderingUnit(nn.Module):
         self.hard = hard
         self.per_example = per_example
         self.keep_scaling = keep_scaling
-        self.sampling = True
+        self.masking = True  # draw Downhill masks in training (NestedModel.masking toggles it)
         self._last_sample: torch.Tensor | None = None  # the mask of the last forward (for kl())
 
     def extra_repr(self) -> str:
         return (
-            f"channels={self.channels}, groups={self.groups}, frozen={self.frozen}, "
+            f"channels={self.channels}, groups={self.groups}, kept={self.kept}, "
             f"prior={self.prior_kind}, learn={self.learn}, hard={self.hard}"
         )
 
@@ -175,7 +179,7 @@ class OrderingUnit(nn.Module):
           one (no forward pass with gradients in training since the last call) a fresh mask is
           drawn. Call ``kl()`` after the forward pass and before ``backward()`` of the same step.
 
-        See docs/METHODS.md, "The objective: each width sampler's own negative ELBO".
+        See docs/METHODS.md#ordering-kl.
         """
         m, self._last_sample = self._last_sample, None
         if not self.learn:
@@ -202,7 +206,7 @@ class OrderingUnit(nn.Module):
             return self.channel_keep_probs()
         if keep == "all":
             return None
-        n = active_groups(float(keep), self.groups, self.frozen) - self.frozen
+        n = active_groups(float(keep), self.groups, self.kept) - self.kept
         ordered = (torch.arange(self.K, device=self.r.device) < n).to(self.r.dtype)
         return self.expand_groups(ordered)
 
@@ -211,8 +215,8 @@ class OrderingUnit(nn.Module):
         return keep_probs_from_logits(self.logits())
 
     def expand_groups(self, group_values: torch.Tensor) -> torch.Tensor:
-        """Per-ordered-group values ``(..., K)`` -> per-channel ``(..., channels)``; frozen -> 1."""
-        ones = group_values.new_ones(group_values.shape[:-1] + (self.frozen,))
+        """Per-ordered-group values ``(..., K)`` -> per-channel ``(..., channels)``; kept -> 1."""
+        ones = group_values.new_ones(group_values.shape[:-1] + (self.kept,))
         return torch.cat([ones, group_values], -1).repeat_interleave(self.group_size, dim=-1)
 
     def channel_keep_probs(self) -> torch.Tensor:
@@ -242,7 +246,7 @@ class OrderingUnit(nn.Module):
         c = x.shape[1]
         if c > self.channels:
             raise ValueError(f"input has {c} channels, the unit was built for {self.channels}")
-        if self.training and self.sampling:
+        if self.training and self.masking:
             mask = self.sample_mask(x.shape[0] if self.per_example else None)[..., :c]
         elif self.keep_scaling:
             mask = self.channel_keep_probs()[:c]

@@ -7,7 +7,7 @@ Every method is a :class:`Regularizer` driven by the trainer (see ``base.py``)::
 """
 
 from bnn_nested.regularization.base import Regularizer
-from bnn_nested.regularization.config import RegularizationConfig, build_regularizer
+from bnn_nested.regularization.config import REGULARIZERS, RegularizationConfig, build_regularizer
 from bnn_nested.regularization.fixnorm import FixNorm
 from bnn_nested.regularization.invariant import (
     InvariantRegularizer,
@@ -31,6 +31,7 @@ __all__ = [
     "FixNorm",
     "InvariantRegularizer",
     "NoRegularization",
+    "REGULARIZERS",
     "RegularizationConfig",
     "Regularizer",
     "WeightDecay",

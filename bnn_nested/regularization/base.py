@@ -1,4 +1,4 @@
-"""The one interface every norm-control method implements (see methods.md §3-5).
+"""The one interface every norm-control method implements (see docs/METHODS.md#norm-control).
 
 The trainer calls, on every optimisation step::
 

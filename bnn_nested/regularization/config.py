@@ -26,14 +26,63 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-from bnn_nested.config import RegularizationConfig
+from bnn_nested.config import FIELDS_OF_KIND, RegularizationConfig
+from bnn_nested.registry import Registry
 from bnn_nested.regularization.base import Regularizer
 from bnn_nested.regularization.fixnorm import FixNorm
 from bnn_nested.regularization.invariant import InvariantRegularizer
 from bnn_nested.regularization.weight_decay import WeightDecay
 from bnn_nested.regularization.wrs import WeightRescaling
+
+#: kind -> builder(cfg, example_input) -> Regularizer
+REGULARIZERS: Registry[Callable[..., Regularizer]] = Registry(
+    "norm-control method", field="regularization.kind"
+)
+
+
+def _by_field_names(cls: type[Regularizer]) -> Callable[..., Regularizer]:
+    """Builder passing the kind's config fields (:data:`~bnn_nested.config.FIELDS_OF_KIND`) as the
+    keyword arguments of the same names, plus ``example_input``."""
+
+    def build(cfg: RegularizationConfig, example_input) -> Regularizer:
+        kwargs = {f: getattr(cfg, f) for f in sorted(FIELDS_OF_KIND[cfg.kind])}
+        return cls(**kwargs, example_input=example_input)
+
+    return build
+
+
+REGULARIZERS.register("wrs", _by_field_names(WeightRescaling))
+REGULARIZERS.register("fixnorm", _by_field_names(FixNorm))
+
+
+@REGULARIZERS.register("weight_decay")
+def _weight_decay(cfg: RegularizationConfig, example_input) -> Regularizer:
+    return WeightDecay(
+        coefficient=cfg.weight_decay,
+        mode=cfg.mode,
+        exclude_bias_and_norm=cfg.exclude_bias_and_norm,
+        exclude=cfg.exclude,
+    )
+
+
+@REGULARIZERS.register("invariant")
+def _invariant(cfg: RegularizationConfig, example_input) -> Regularizer:
+    return InvariantRegularizer(
+        coefficient=cfg.coefficient,
+        variant=cfg.variant,
+        include=cfg.include,
+        exclude=cfg.exclude,
+        blocks=cfg.blocks,
+    )
+
+
+@REGULARIZERS.register("none")
+def _none(cfg: RegularizationConfig, example_input) -> Regularizer:
+    return Regularizer()
 
 
 def build_regularizer(
@@ -46,40 +95,4 @@ def build_regularizer(
         example_input: a small batch used by wrs / fixnorm to find norm-followed weights
             (can also be given later to ``setup(model, example_input)``).
     """
-    if cfg.kind == "wrs":
-        return WeightRescaling(
-            granularity=cfg.granularity,
-            target=cfg.target,
-            every=cfg.every,
-            other_weight_decay=cfg.other_weight_decay,
-            include=cfg.include,
-            exclude=cfg.exclude,
-            example_input=example_input,
-        )
-    if cfg.kind == "fixnorm":
-        return FixNorm(
-            granularity=cfg.granularity,
-            classifier_norm=cfg.classifier_norm,
-            classifier_granularity=cfg.classifier_granularity,
-            classifier=cfg.classifier,
-            other_weight_decay=cfg.other_weight_decay,
-            include=cfg.include,
-            exclude=cfg.exclude,
-            example_input=example_input,
-        )
-    if cfg.kind == "weight_decay":
-        return WeightDecay(
-            coefficient=cfg.weight_decay,
-            mode=cfg.mode,
-            exclude_bias_and_norm=cfg.exclude_bias_and_norm,
-            exclude=cfg.exclude,
-        )
-    if cfg.kind == "invariant":
-        return InvariantRegularizer(
-            coefficient=cfg.coefficient,
-            variant=cfg.variant,
-            include=cfg.include,
-            exclude=cfg.exclude,
-            blocks=cfg.blocks,
-        )
-    return Regularizer()
+    return REGULARIZERS[cfg.kind](cfg, example_input)

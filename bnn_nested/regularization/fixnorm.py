@@ -1,4 +1,4 @@
-"""FixNorm (Zhou, Sun, Zhong; arXiv 2103.15345), methods.md §5.
+"""FixNorm (Zhou, Sun, Zhong; arXiv 2103.15345), docs/METHODS.md#fixnorm.
 
 Weight decay acts through (i) the effective learning rate of weights followed by normalization and
 (ii) the "cross-boundary risk" of the final classifier, which no normalization follows. FixNorm drops

@@ -1,4 +1,5 @@
-"""Weight-scale-shift-invariant regularizer (Liu, Cui, Chan; arXiv 2008.02965), methods.md §4.
+"""Weight-scale-shift-invariant regularizer (Liu, Cui, Chan; arXiv 2008.02965),
+docs/METHODS.md#scale-shift-invariant-regularizer.
 
 A positively homogeneous network (bias-free, ReLU / max-pool / linear) computes the same function
 after ``W_l -> a_l W_l`` with ``a_l > 0``, ``prod_l a_l = 1``; the L2 penalty ``sum_l ||W_l||^2``
@@ -16,7 +17,8 @@ branch) contributes a Lipschitz-type factor ``1 + prod_{l in b} ||W_l||_F``::
 
 This is invariant to shifts *inside* each block's branch. Layers outside every block (stem,
 classifier) do not enter this variant. The paper's exact formula could not be read; both forms
-follow methods.md §4. For Bayesian layers ``weight`` is the posterior mean theta.
+follow docs/METHODS.md#scale-shift-invariant-regularizer. For Bayesian layers ``weight`` is the
+posterior mean theta.
 
 Example::
 

@@ -1,4 +1,4 @@
-"""Which weights does a norm-control method act on? (methods.md §3-5)
+"""Which weights does a norm-control method act on? (docs/METHODS.md#which-weights-are-norm-followed)
 
 WRS and FixNorm rescale only weights that are *followed by a normalization layer*: batch norm (and
 group / layer norm) makes the network's function invariant to the scale of such a weight, so its

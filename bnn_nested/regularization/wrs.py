@@ -1,4 +1,5 @@
-"""Weight rescaling, WRS (Liu, Cui, Wan, Mao, Chan; arXiv 2102.03497), methods.md §3.
+"""Weight rescaling, WRS (Liu, Cui, Wan, Mao, Chan; arXiv 2102.03497),
+docs/METHODS.md#weight-rescaling-wrs.
 
 For a weight ``W`` followed by batch norm the network is invariant to ``W -> c W`` (c > 0), yet
 discrete-time SGD makes ``||W||`` grow (shrinking the effective learning rate) and noise orthogonal

@@ -14,10 +14,11 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
+from bnn_nested.config import LATENCY_MODES, check_choice
 from bnn_nested.cost import count_flops
 from bnn_nested.deploy.cache import read_cache, write_cache
 from bnn_nested.deploy.cascade import CascadeReport, CascadeScore, cascade_report
-from bnn_nested.deploy.profile import LATENCY_MODES, profile_widths
+from bnn_nested.deploy.profile import profile_widths
 from bnn_nested.deploy.select import VAL_METRICS_FILE, Candidate
 from bnn_nested.evaluation.evaluate import evaluate_widths
 from bnn_nested.io import is_number
@@ -48,9 +49,7 @@ def run_candidates(
     changed (e.g. ``--resume`` finished it) they are recomputed. ``loaded``: the
     :class:`~bnn_nested.runs.run.LoadedRun` of ``run_dir`` if the caller has it already.
     """
-    # profile_widths checks it too, but only after the validation pass has been evaluated
-    if latency_mode not in LATENCY_MODES:
-        raise ValueError(f"latency_mode must be one of {LATENCY_MODES}, got {latency_mode!r}")
+    check_choice("latency_mode", latency_mode, LATENCY_MODES)  # before the validation pass
 
     run = loaded if loaded is not None else load_run(run_dir)
     cfg = run.config
@@ -100,6 +99,7 @@ def run_candidates(
             rows[f"{c.width:g}"]["cls/acc"],
             rows[f"{c.width:g}"]["cal/ece"],
             c.latency_ms,
+            c.latency_iqr_ms,
         )
         for c in costs
     ]

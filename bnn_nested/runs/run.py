@@ -25,11 +25,11 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
-from bnn_nested.config import Config, ConfigError, build_config, load_config
-from bnn_nested.data import DataSplits, load_dataset
+from bnn_nested.config import Config, ConfigError, build_config, import_modules, load_config
+from bnn_nested.data import DATASETS, DataSplits, load_dataset
 from bnn_nested.evaluation.calibration import calibrated_predict, load_temperatures, temperature_for
-from bnn_nested.evaluation.ordering import write_ordering_report
-from bnn_nested.io import atomic_write, atomic_write_json, atomic_write_text
+from bnn_nested.evaluation.ordering import keep_probs_now, write_ordering_report
+from bnn_nested.io import atomic_write, atomic_write_json, atomic_write_text, first_line
 from bnn_nested.models import build_model
 from bnn_nested.models.registry import MODELS
 from bnn_nested.nest import (
@@ -54,6 +54,7 @@ from bnn_nested.runs.rundir import (
     remove_orphans,
     write_marker,
 )
+from bnn_nested.threads import apply_threads
 from bnn_nested.training.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -192,10 +193,9 @@ KNOWN_NUM_CLASSES: dict[str, int] = {
 def validate_run(cfg: Config) -> torch.device:
     """Checks that need no data (run before anything is written or loaded); returns the device."""
 
-    if cfg.model.name not in MODELS:
-        raise ValueError(
-            f"model.name: unknown model {cfg.model.name!r}; known models: {', '.join(sorted(MODELS))}"
-        )
+    import_modules(cfg)  # the config's ``imports``: user modules that register models / data
+    MODELS[cfg.model.name]  # unknown names: one line listing the accepted ones
+    DATASETS[cfg.data.name]
     shape = KNOWN_INPUT_SHAPES.get(cfg.data.name)
     if shape is not None:  # build the model without memory: groups, hidden sizes, variants
         n_classes = KNOWN_NUM_CLASSES[cfg.data.name] - len(cfg.data.held_out_classes)
@@ -226,9 +226,10 @@ def train_run(cfg: Config, out: str | Path, quiet: bool = False, overwrite: bool
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) every rank calls this; only rank 0 writes.
 
-    Example:
-        >>> out = train_run(load_config("configs/digits_mlp.yaml"), "runs/demo")
-        >>> run = load_run(out); run.model, run.config, run.splits
+    Example::
+
+        out = train_run(load_config("configs/digits_mlp.yaml"), "runs/demo")
+        run = load_run(out); run.model, run.config, run.splits
     """
     device = validate_run(cfg)
     check_run_dir(out, overwrite)
@@ -351,6 +352,7 @@ def _train(
     quiet: bool,
     resume: tuple[Path, dict[str, Any]] | None = None,
 ) -> Path:
+    apply_threads(cfg.train.threads)  # results are bit-identical only at the same thread count
     seed_everything(cfg.seed)  # identical on every rank: same masks and widths on all of them
     splits = load_dataset(cfg.data, seed=cfg.seed)
     model = build_model_for(cfg, splits)
@@ -384,15 +386,15 @@ def _train(
         checkpointer=checkpointer,
         teacher=teacher,
     )
+    if resume is None or cfg.ordering.init != "importance":  # else the init is not rebuilt here
+        trainer.initial_keep_probs = keep_probs_now(model)  # before any step (for ordering.md)
     if resume is not None:
         path, state = resume
         trainer.setup(train_loader)
         try:
             trainer.load_state_dict(state)
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as err:
-            first = (
-                str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-            )
+            first = first_line(err)
             raise CheckpointError(f"{path}: incompatible checkpoint ({first})") from None
         trainer.last_checkpoint = (path, trainer.step)
     bn_loader = calibration_loader(splits, cfg.data.eval_batch_size) if ctx.is_main else None
@@ -432,7 +434,7 @@ def _finish(
     try:
         recalibrate_bn_widths(model, splits, cfg.eval.widths, cfg.data.eval_batch_size, ctx.device)
         atomic_write_json(out / "history.json", trainer.history)
-        write_ordering_report(model, out)
+        write_ordering_report(model, out, getattr(trainer, "initial_keep_probs", None))
         bad = nonfinite_tensors(model.state_dict())
         if bad:  # never mark a run complete whose weights are NaN / Inf
             raise FloatingPointError(
@@ -635,12 +637,13 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
         cfg = build_config(state["config"])
     except (ConfigError, TypeError) as err:
         raise CheckpointError(f"{path}: incompatible checkpoint ({err})") from None
+    import_modules(cfg)
     splits = load_dataset(cfg.data, seed=cfg.seed)
     model = build_model_for(cfg, splits)
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as err:
-        first = str(err).strip().splitlines()[0][:200]
+        first = first_line(err)
         raise CheckpointError(
             f"{run_dir / CHECKPOINT}: incompatible checkpoint ({first})"
         ) from None

@@ -11,9 +11,10 @@
 * **Orphans.** :func:`remove_orphans` deletes the temporary files of atomic writes
   (``.NAME.XXXX.tmp``) that a killed writer left; only called under the lock.
 
-Example:
-    >>> with RunLock("runs/a"):
-    ...     remove_orphans("runs/a")
+Example::
+
+    with RunLock("runs/a"):
+        remove_orphans("runs/a")
 """
 
 from __future__ import annotations

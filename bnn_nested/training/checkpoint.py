@@ -5,9 +5,10 @@ A checkpoint is a dict of tensors and plain Python values (no pickled objects), 
 fsync'ed and renamed over it (:func:`bnn_nested.io.atomic_write`): a reader, or a resumed run after
 SIGKILL, sees either the previous checkpoint or the new one, never half of one.
 
-Example:
-    >>> save_checkpoint("runs/a/checkpoint.pt", {"model": model.state_dict(), "rng": capture_rng_state()})
-    >>> state = load_checkpoint("runs/a/checkpoint.pt")
+Example::
+
+    save_checkpoint("runs/a/checkpoint.pt", {"model": model.state_dict(), "rng": capture_rng_state()})
+    state = load_checkpoint("runs/a/checkpoint.pt")
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bnn_nested.io import atomic_write, refused_code
+from bnn_nested.io import atomic_write, first_line, refused_code
 
 #: 2: the zoo is built by ``nestify`` (model weights under ``net.``, one ordering unit per channel
 #: dimension). Format 1 runs were hand-nested models; they cannot be loaded (retrain them, or
@@ -40,11 +41,6 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     buf = io.BytesIO()
     torch.save(state, buf)
     return atomic_write(path, lambda f: f.write(buf.getvalue()))
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:200] if text else type(err).__name__
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -72,7 +68,7 @@ def read_checkpoint(
             bad = archive.testzip()
     except Exception as err:
         raise CheckpointError(
-            f"{path}: corrupt or truncated checkpoint ({_first_line(err)})"
+            f"{path}: corrupt or truncated checkpoint ({first_line(err)})"
         ) from None
     if bad is not None:
         raise CheckpointError(f"{path}: corrupt checkpoint (CRC mismatch in record {bad})")
@@ -86,7 +82,7 @@ def read_checkpoint(
                 "checkpoint holds only tensors and plain values"
             ) from None
         raise CheckpointError(
-            f"{path}: corrupt or truncated checkpoint ({_first_line(err)})"
+            f"{path}: corrupt or truncated checkpoint ({first_line(err)})"
         ) from None
     if not isinstance(state, dict) or "format_version" not in state:
         raise CheckpointError(f"{path}: not a bnn_nested checkpoint")

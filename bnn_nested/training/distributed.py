@@ -20,9 +20,10 @@ reads. Design (docs/multiprocess.md):
   as a single-process run, up to floating-point summation order;
 * only rank 0 writes files.
 
-Example:
-    >>> ctx = setup_distributed("cpu")          # single process: world_size 1, no process group
-    >>> sampler = EpochSampler(train_set, seed=0, rank=ctx.rank, world_size=ctx.world_size)
+Example::
+
+    ctx = setup_distributed("cpu")          # single process: world_size 1, no process group
+    sampler = EpochSampler(train_set, seed=0, rank=ctx.rank, world_size=ctx.world_size)
 """
 
 from __future__ import annotations
@@ -114,9 +115,10 @@ class EpochSampler(DistributedSampler):
     the batches the uninterrupted run would have seen. With ``world_size=1`` it is a plain seeded
     shuffle.
 
-    Example:
-        >>> s = EpochSampler(ds, seed=0); s.set_epoch(3); s.set_start(128)
-        >>> loader = DataLoader(ds, batch_size=64, sampler=s)
+    Example::
+
+        s = EpochSampler(ds, seed=0); s.set_epoch(3); s.set_start(128)
+        loader = DataLoader(ds, batch_size=64, sampler=s)
     """
 
     def __init__(self, dataset: Dataset, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:

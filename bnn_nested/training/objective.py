@@ -9,9 +9,10 @@ sampler, the KL is the ordering KL plus the weight KL weighted as the sampler sa
 (:attr:`~bnn_nested.training.samplers.WidthSampler.kl_keep`), and the penalty is the norm-control
 regulariser's. One object computes it for the trainer, the Pyro SVI check and the benchmarks.
 
-Example:
-    >>> objective = NegativeELBO(model, build_sampler(OrderingConfig()), n_train=len(train_set))
-    >>> loss, parts = objective(x, y, step=0, epoch=0, generator=torch.Generator())
+Example::
+
+    objective = NegativeELBO(model, build_sampler(OrderingConfig()), n_train=len(train_set))
+    loss, parts = objective(x, y, step=0, epoch=0, generator=torch.Generator())
 """
 
 from __future__ import annotations

@@ -5,11 +5,12 @@ backward (scaled under fp16) -> unscale -> gradient clipping -> ``regularizer.be
 ``optimizer.step`` -> ``model.project_()`` (ordering-unit parameters back in range) ->
 ``regularizer.after_step`` (e.g. WRS rescaling).
 
-Example:
-    >>> precision = Precision("bf16", torch.device("cpu"))
-    >>> step = OptimizerStep(make_optimizer(model, TrainConfig()), precision)
-    >>> with precision.autocast(): loss = objective(x, y, 0, 0, g)[0]
-    >>> step.backward(loss); step.apply(model, regularizer, step_count=1)
+Example::
+
+    precision = Precision("bf16", torch.device("cpu"))
+    step = OptimizerStep(make_optimizer(model, TrainConfig()), precision)
+    with precision.autocast(): loss = objective(x, y, 0, 0, g)[0]
+    step.backward(loss); step.apply(model, regularizer, step_count=1)
 """
 
 from __future__ import annotations

@@ -14,10 +14,11 @@ weights keep their local-reparameterisation noise inside the forward pass; their
 weighted KL enters the model as ``pyro.factor("weight_kl", -KL)``. Divided by ``N``, the SVI loss is
 the built-in trainer's per-example loss with the ``vou`` sampler (``kl_weight = 1``, no regularizer).
 
-Example:
-    >>> pm = PyroNestedModel(model, n_train=len(train_set))
-    >>> svi = pyro.infer.SVI(pm.model, pm.guide, pyro.optim.Adam({"lr": 1e-3}), TraceMeanField_ELBO())
-    >>> loss = svi.step(x, y) / len(train_set)
+Example::
+
+    pm = PyroNestedModel(model, n_train=len(train_set))
+    svi = pyro.infer.SVI(pm.model, pm.guide, pyro.optim.Adam({"lr": 1e-3}), TraceMeanField_ELBO())
+    loss = svi.step(x, y) / len(train_set)
 """
 
 from __future__ import annotations
@@ -73,9 +74,10 @@ class PyroNestedModel:
         n_train: training-set size ``N`` (the likelihood of a mini-batch is scaled by ``N / B``).
         name: prefix of the parameters in Pyro's param store.
 
-    Example:
-        >>> pm = PyroNestedModel(net, n_train=3250)
-        >>> elbo = TraceMeanField_ELBO().differentiable_loss(pm.model, pm.guide, x, y) / 3250
+    Example::
+
+        pm = PyroNestedModel(net, n_train=3250)
+        elbo = TraceMeanField_ELBO().differentiable_loss(pm.model, pm.guide, x, y) / 3250
     """
 
     def __init__(self, net: NestedModel, n_train: int, name: str = "nested") -> None:
@@ -89,7 +91,7 @@ class PyroNestedModel:
         self.name = name
 
     def _units(self) -> list[tuple[str, OrderingUnit]]:
-        return [(n, u) for n, u in self.net.ordering_units() if u.sampling]
+        return [(n, u) for n, u in self.net.ordering_units() if u.masking]
 
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Prior over masks, forward pass, weight-KL factor and the scaled likelihood."""

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from bnn_nested.registry import Registry
+
 
 @dataclass(frozen=True)
 class Pass:
@@ -69,7 +71,7 @@ class VOUSampler(WidthSampler):
     @property
     def kl_keep(self) -> str:
         # keep-weighting is an ELBO term for hard masks; with relaxed masks a heuristic (the seed
-        # paper's), see docs/METHODS.md
+        # paper's), see docs/METHODS.md#the-objective-each-width-samplers-own-negative-elbo
         return "posterior" if self.cfg.weight_kl == "keep" else "all"
 
     def passes(self, step, generator):
@@ -110,19 +112,14 @@ class FixedSampler(WidthSampler):
         return [Pass(self.cfg.fixed_width, mask=False)]
 
 
-SAMPLERS: dict[str, type[WidthSampler]] = {
-    s.name: s for s in (VOUSampler, NestedDropoutSampler, SandwichSampler, FixedSampler)
-}
+SAMPLERS: Registry[type[WidthSampler]] = Registry("width sampler", field="ordering.sampler")
+for _cls in (VOUSampler, NestedDropoutSampler, SandwichSampler, FixedSampler):
+    SAMPLERS.register(_cls.name, _cls)
 
 
 def build_sampler(cfg: Any) -> WidthSampler:
     """Sampler named ``cfg.sampler`` (an :class:`~bnn_nested.config.OrderingConfig`)."""
-    try:
-        return SAMPLERS[cfg.sampler](cfg)
-    except KeyError:
-        raise ValueError(
-            f"ordering.sampler: unknown sampler {cfg.sampler!r}; known: {', '.join(SAMPLERS)}"
-        ) from None
+    return SAMPLERS[cfg.sampler](cfg)
 
 
 def temperature_at(cfg: Any, epoch: int) -> float:

@@ -12,9 +12,10 @@ The trainer composes small parts, each its own module:
 It takes typed settings (:class:`~bnn_nested.config.TrainConfig`, :class:`~bnn_nested.config.
 OrderingConfig`), so it runs without a YAML file and on plain ``DataLoader`` objects.
 
-Example:
-    >>> trainer = Trainer(model, TrainConfig(epochs=5), OrderingConfig(sampler="vou"))
-    >>> history = trainer.fit(train_loader, val_loader)   # N = len(train_loader.dataset)
+Example::
+
+    trainer = Trainer(model, TrainConfig(epochs=5), OrderingConfig(sampler="vou"))
+    history = trainer.fit(train_loader, val_loader)   # N = len(train_loader.dataset)
 """
 
 from __future__ import annotations
@@ -30,11 +31,11 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from bnn_nested.config import Config, OrderingConfig, TrainConfig
 from bnn_nested.nn.batchnorm import nested_norms, recalibrate_bn
 from bnn_nested.nn.model import NestedModel
+from bnn_nested.progress import epoch_line, progress
 from bnn_nested.regularization.base import Regularizer
 from bnn_nested.training.checkpoint import capture_rng_state, restore_rng_state
 from bnn_nested.training.distributed import (
@@ -102,6 +103,11 @@ class Trainer:
         regularizer: norm control (default none); sampler: overrides ``ordering``'s.
         device, quiet, dist, checkpointer, teacher: where to train, progress output, the process
             group, the checkpoint callback, a frozen network to distil from.
+
+    Example::
+
+        trainer = Trainer(model, cfg, n_train=len(train_set))
+        history = trainer.fit(train_loader, val_loader)
     """
 
     def __init__(
@@ -122,6 +128,11 @@ class Trainer:
     ) -> None:
         if isinstance(train, Config):
             train, ordering, seed = train.train, ordering or train.ordering, train.seed
+        if ordering is not None and not isinstance(ordering, OrderingConfig):
+            raise TypeError(
+                f"ordering: expected an OrderingConfig, got {type(ordering).__name__} "
+                "(pass n_train= by keyword)"
+            )
         self.train_cfg: TrainConfig = train or TrainConfig()
         self.ordering_cfg: OrderingConfig = ordering or OrderingConfig()
         if n_train is not None and n_train < 1:
@@ -307,10 +318,9 @@ class Trainer:
         return means
 
     def _progress(self, it: Iterable, total: int | None, desc: str, initial: int = 0):
-        if self.quiet or not self.dist.is_main or not sys.stderr.isatty():
-            return it
 
-        return tqdm(it, total=total, desc=desc, leave=False, initial=initial)
+        enabled = not self.quiet and self.dist.is_main
+        return progress(it, total, desc, enabled=enabled, initial=initial)
 
     # -- checkpoints and signals ---------------------------------------------------------------
     def save_checkpoint(self, reason: str) -> Path | None:
@@ -396,12 +406,7 @@ class Trainer:
                     record["val_acc"] = self.validation_accuracy(val_loader, bn_loader)
                 self.history.append(record)
                 if not self.quiet and self.dist.is_main:
-                    extra = f" val_acc {record['val_acc']:.4f}" if "val_acc" in record else ""
-                    print(
-                        f"epoch {record['epoch']:3d} loss {record['loss']:.4f} "
-                        f"kl {record['kl']:.4f}{extra}",
-                        file=sys.stderr,
-                    )
+                    print(epoch_line(record), file=sys.stderr)
                 if self.dist.active:
                     check_replicas_agree(self.model, self.epoch)
                 if on_epoch_end is not None:

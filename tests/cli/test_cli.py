@@ -9,6 +9,7 @@ from bnn_nested.cli.main import main
 CONFIGS = __import__("pathlib").Path(__file__).parents[2] / "configs"
 
 
+@pytest.mark.slow
 def test_train_then_evaluate(tmp_path, capsys):
     run = tmp_path / "run"
     rc = main(

@@ -66,7 +66,7 @@ def test_compare_of_good_reports_still_works(tmp_path, capsys):
     assert main(["compare", *runs, "--out", str(out), "--metrics", "cls/acc,cal/ece"]) == 0
     data = json.loads((out / "compare.json").read_text())
     assert data["cls/acc"]["a"] == {"0.5": 0.9, "1": 0.95}
-    assert data["cal/ece"]["b"]["1"] != data["cal/ece"]["b"]["1"]  # missing: NaN
+    assert data["cal/ece"]["b"]["1"] is None  # missing: null (strict JSON, not NaN)
 
 
 class _Payload:

@@ -9,6 +9,8 @@ from bnn_nested.data.base import stratified_split
 from bnn_nested.data.mnist5k import load_mnist5k
 from bnn_nested.data.vision import ImageDataSplits
 
+pytestmark = pytest.mark.slow  # loading and splitting the 5000 images takes seconds
+
 
 @pytest.fixture(scope="module")
 def raw() -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,17 +13,17 @@ class TinyCNN(NestedModel):
     """conv-BN-ReLU-OU -> maxpool -> conv-BN-ReLU-OU -> global mean -> linear (4x4-ish inputs)."""
 
     def __init__(
-        self, c1: int = 8, c2: int = 16, groups: int = 4, frozen: int = 1, in_channels: int = 1
+        self, c1: int = 8, c2: int = 16, groups: int = 4, kept: int = 1, in_channels: int = 1
     ) -> None:
         super().__init__()
         self.c1 = NestedConv2d(
-            in_channels, c1, 3, padding=1, bias=False, groups=groups, frozen=frozen
+            in_channels, c1, 3, padding=1, bias=False, order_groups=groups, kept=kept
         )
         self.b1 = NestedBatchNorm2d(c1)
-        self.o1 = OrderingUnit(c1, groups, frozen)
-        self.c2 = NestedConv2d(c1, c2, 3, padding=1, bias=False, groups=groups, frozen=frozen)
+        self.o1 = OrderingUnit(c1, groups, kept)
+        self.c2 = NestedConv2d(c1, c2, 3, padding=1, bias=False, order_groups=groups, kept=kept)
         self.b2 = NestedBatchNorm2d(c2)
-        self.o2 = OrderingUnit(c2, groups, frozen)
+        self.o2 = OrderingUnit(c2, groups, kept)
         self.fc = NestedLinear(c2, 3, ordered=False)
 
     def forward_full(self, x: torch.Tensor) -> torch.Tensor:
@@ -52,7 +52,7 @@ def trained_like(model: NestedModel, x: torch.Tensor, steps: int = 3) -> NestedM
 
 def mlp() -> tuple[NestedMLP, torch.Tensor]:
     x = torch.randn(16, 8)
-    return trained_like(NestedMLP(8, 3, [16, 16], groups=4, frozen=1, norm="batch"), x), x
+    return trained_like(NestedMLP(8, 3, [16, 16], groups=4, kept=1, norm="batch"), x), x
 
 
 def cnn(in_channels: int = 1) -> tuple[TinyCNN, torch.Tensor]:

@@ -25,7 +25,7 @@ def _set_keep(unit, beta):
 
 
 def test_threshold_counts_hand_case():
-    model, x = cnn()  # groups 4, frozen 1 -> K = 3 ordered groups per layer
+    model, x = cnn()  # groups 4, kept 1 -> K = 3 ordered groups per layer
     assert unit_layers(model) == {"o1": ["c1"], "o2": ["c2"]}
     _set_keep(model.o1, [0.9, 0.5, 0.5])  # keep probs 0.9, 0.45, 0.225
     _set_keep(model.o2, [0.99, 0.99, 0.99])  # 0.99, 0.98, 0.97
@@ -66,7 +66,7 @@ def test_resnet_allocation_cuts_main_branch_and_shortcut_together():
     from bnn_nested.models import NestedResNet
 
     torch.manual_seed(0)
-    model = NestedResNet("20", (3, 32, 32), 10, groups=16, frozen=2).eval()
+    model = NestedResNet("20", (3, 32, 32), 10, groups=16, kept=2).eval()
     with torch.no_grad():  # a unit whose keep probabilities fall fast
         model.blocks[3].ou.r.fill_(-3.0)
     alloc = threshold_allocation(model, 0.97)

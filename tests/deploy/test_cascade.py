@@ -112,6 +112,7 @@ def _synthetic_stages(n=400, seed=0):
     return out, y
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", [0.5, 0.7, 0.8, 0.9])
 def test_choose_threshold_target_accuracy_is_brute_force_optimum(target):
     from bnn_nested.deploy.cascade import choose_threshold
@@ -136,6 +137,7 @@ def test_choose_threshold_target_accuracy_is_brute_force_optimum(target):
     assert r["cost/flops"] == pytest.approx(choice.val_flops)
 
 
+@pytest.mark.slow
 def test_choose_threshold_flops_budget_and_infeasible():
     from bnn_nested.deploy.cascade import choose_threshold
 

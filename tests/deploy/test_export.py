@@ -94,9 +94,15 @@ def _zoo():
 
     x8 = torch.randn(6, 1, 8, 8)
     lenet = NestedLeNet(
-        (1, 8, 8), 10, channels=(8, 16, 32), groups=4, frozen=1, norm="batch", weights="gaussian"
+        (1, 8, 8),
+        10,
+        channels=(8, 16, 32),
+        groups=4,
+        kept=1,
+        norm="batch",
+        weight_posterior="gaussian",
     )
-    resnet = NestedResNet("20", (1, 8, 8), 10, groups=4, frozen=1)
+    resnet = NestedResNet("20", (1, 8, 8), 10, groups=4, kept=1)
     return [(trained_like(lenet, x8), x8), (trained_like(resnet, x8), x8)]
 
 

@@ -25,10 +25,10 @@ class One(NestedModel):
 
 def test_flops_of_sliced_linear_and_conv_match_formula():
     # linear 10 -> 16 outputs in 8 groups, F=0; width 0.5 keeps 4 groups = 8 outputs.
-    lin = One(NestedLinear(10, 16, groups=8))
+    lin = One(NestedLinear(10, 16, order_groups=8))
     assert count_flops(lin, torch.zeros(3, 10), 0.5) == 2 * 3 * 10 * 8
     # conv 4 -> 12 channels, 3x3, 6x6 input, padding 1: MACs = B*H*W*out*in*9
-    conv = One(NestedConv2d(4, 12, 3, padding=1, groups=4, frozen=1))
+    conv = One(NestedConv2d(4, 12, 3, padding=1, order_groups=4, kept=1))
     # width 0.34: F + ceil(0.34 * 3) = 1 + 2 = 3 groups of 3 channels -> 9 outputs
     assert count_flops(conv, torch.zeros(2, 4, 6, 6), 0.34) == 2 * 2 * 6 * 6 * 9 * 4 * 9
     assert count_params(conv, torch.zeros(1, 4, 6, 6), 0.34) == 9 * 4 * 9 + 9

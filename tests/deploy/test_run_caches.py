@@ -50,6 +50,7 @@ def interrupted(tmp_path_factory):
     return run
 
 
+@pytest.mark.slow
 def test_select_after_resume_uses_the_final_checkpoint(interrupted, tmp_path, capsys):
     run = copy_run(interrupted, tmp_path / "run")
     early, err = _select(run, capsys)

@@ -188,6 +188,7 @@ def test_inference_module_whole_batch_without_layout_is_the_export():
     assert not isinstance(fast, MicroBatched)
 
 
+@pytest.mark.slow
 def test_saving_a_micro_batched_module_saves_the_module_inside(tmp_path):
     model, x = cnn(in_channels=3)
     fast = inference_module(model, 0.5, x[:2], micro_batch=4)
@@ -233,6 +234,7 @@ def test_compile_with_freezing_matches_eager_for_each_model():
             )
 
 
+@pytest.mark.slow
 def test_compile_for_inference_raises_the_recompile_limit(monkeypatch):
     import torch._dynamo.config as dynamo_config
 

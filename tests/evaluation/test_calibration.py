@@ -35,6 +35,7 @@ def _nll_numpy(probs: torch.Tensor, y: torch.Tensor, t: float) -> float:
     return float(-np.log(pbar[np.arange(len(y)), y.numpy()]).mean())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("t_true", [0.5, 1.0, 1.7, 3.0])
 def test_recovers_known_temperature_within_2_percent(t_true):
     probs, y = _synthetic(t_true)
@@ -43,6 +44,7 @@ def test_recovers_known_temperature_within_2_percent(t_true):
     assert fit.nll_after <= fit.nll_before
 
 
+@pytest.mark.slow
 def test_recovers_temperature_with_mc_samples():
     """S identical MC samples give the same fit as one sample."""
     probs, y = _synthetic(2.0, n=20000, seed=1)
@@ -52,6 +54,7 @@ def test_recovers_temperature_with_mc_samples():
     assert abs(fit8.temperature / 2.0 - 1) < 0.02
 
 
+@pytest.mark.slow
 def test_fit_matches_brute_force_grid():
     """The fitted T is the minimiser of an independent numpy NLL over a fine grid."""
     g = torch.Generator().manual_seed(3)

@@ -69,6 +69,7 @@ def test_threshold_is_finite_sample_quantile():
         conformal_threshold(s, 1.5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("score", ["thr", "aps", "raps"])
 @pytest.mark.parametrize("alpha", [0.05, 0.1])
 @pytest.mark.parametrize("nested", [False, True])

@@ -21,7 +21,7 @@ def digits():
 
 def _model(num_classes=10, dropout=0.0):
     torch.manual_seed(0)
-    return NestedMLP(64, num_classes, hidden=[32], groups=4, frozen=1, dropout=dropout).eval()
+    return NestedMLP(64, num_classes, hidden=[32], groups=4, kept=1, dropout=dropout).eval()
 
 
 def test_evaluate_matches_direct_metrics_and_counts_flops(digits):
@@ -67,6 +67,7 @@ def test_unknown_ood_set_is_clear(digits):
         make_ood_sets(digits, ["heldout"], 10)
 
 
+@pytest.mark.slow
 def test_report_write_and_round_trip(tmp_path, digits):
     rep = evaluate(_model(), digits, [0.25, 1.0], ood=["gaussian"], ood_size=30)
     written = rep.write(tmp_path)
@@ -107,7 +108,6 @@ def test_compare_command(tmp_path, capsys):
 def test_torchvision_ood_pair_reads_local_root(digits, monkeypatch):
     """A torchvision OOD set (e.g. SVHN for CIFAR-10) is loaded from the data root, normalised like
     the in-distribution set; without a root the error says so."""
-    import bnn_nested.data.vision as vision
 
     calls = []
 
@@ -115,8 +115,36 @@ def test_torchvision_ood_pair_reads_local_root(digits, monkeypatch):
         calls.append((name, root, normalize_like))
         return torch.utils.data.TensorDataset(torch.zeros(3, 64), torch.zeros(3, dtype=torch.long))
 
-    monkeypatch.setattr(vision, "load_torchvision_test", fake)
+    import bnn_nested.evaluation.evaluate as evaluate_mod
+
+    monkeypatch.setattr(evaluate_mod, "load_torchvision_test", fake)
     sets = make_ood_sets(digits, ["svhn"], 10, root="/data")
     assert calls == [("svhn", "/data", "digits")] and len(sets["svhn"]) == 3
     with pytest.raises(ValueError, match="needs a local data root"):
         make_ood_sets(digits, ["svhn"], 10)
+
+
+def test_ood_scores_use_the_temperature_scaled_prediction_on_both_sides(digits):
+    """With stored temperatures, in- and out-of-distribution scores come from the same calibrated
+    predictor: the AUROC equals one computed by hand from T-scaled probabilities on both sides
+    (scaling only one side, as before, changes the entropy AUROC)."""
+    from sklearn.metrics import roc_auc_score
+
+    model = _model()
+    gen = torch.Generator().manual_seed(1)
+    ood = torch.utils.data.TensorDataset(
+        torch.randn(200, 64, generator=gen) * 3, torch.zeros(200, dtype=torch.long)
+    )
+    temps = {1.0: 4.0}
+    rep = evaluate(model, digits, [1.0], ood={"noise": ood}, scores=["entropy"], temperatures=temps)
+
+    def entropy(x):
+        with torch.no_grad():
+            p = torch.softmax(model(x, width=1.0).double() / 4.0, -1)
+        return -(p * p.clamp_min(1e-300).log()).sum(-1)
+
+    x_in = torch.stack([digits.test[i][0] for i in range(len(digits.test))])
+    s_in, s_out = entropy(x_in), entropy(ood.tensors[0])
+    labels = [0] * len(s_in) + [1] * len(s_out)  # OOD is the positive class
+    expected = roc_auc_score(labels, torch.cat([s_in, s_out]).numpy())
+    assert rep.rows[1.0]["ood/noise/entropy/auroc"] == pytest.approx(expected, abs=1e-6)

@@ -20,7 +20,7 @@ class _Pool(NestedModel):
 
     def __init__(self, log_alpha: float):
         super().__init__()
-        self.conv = NestedConv2d(1, 1, 3, bias=False, ordered=False, weights="gaussian")
+        self.conv = NestedConv2d(1, 1, 3, bias=False, ordered=False, weight_posterior="gaussian")
         with torch.no_grad():
             self.conv.weight.copy_(torch.linspace(-1.0, 1.0, 9).view(1, 1, 3, 3))
             self.conv.log_alpha.fill_(log_alpha)
@@ -44,14 +44,16 @@ def test_globally_pooled_output_has_the_variance_of_real_weight_samples():
 
 def test_one_weight_sample_is_shared_by_the_batch_and_every_location():
     model = NestedLeNet(
-        (1, 8, 8), 4, (4, 8, 16), groups=4, frozen=1, weights="gaussian", init_log_alpha=-1.0
+        (1, 8, 8), 4, (4, 8, 16), groups=4, kept=1, weight_posterior="gaussian", init_log_alpha=-1.0
     ).eval()
     x = torch.randn(1, 1, 8, 8).expand(3, 1, 8, 8)  # the same input three times
     p = predict(model, x, samples=5)
     torch.testing.assert_close(p[:, 0], p[:, 1])
     torch.testing.assert_close(p[:, 0], p[:, 2])
     assert not torch.allclose(p[0], p[1])  # different samples differ
-    conv = NestedConv2d(1, 2, 3, padding=1, ordered=False, weights="gaussian", init_log_alpha=0.0)
+    conv = NestedConv2d(
+        1, 2, 3, padding=1, ordered=False, weight_posterior="gaussian", init_log_alpha=0.0
+    )
     conv.eval()
     conv.stochastic = True
     out = conv(torch.ones(1, 1, 6, 6))[0, :, 1:-1, 1:-1]  # interior: the same window everywhere
@@ -62,7 +64,7 @@ def test_linear_weight_samples_match_the_posterior_moments():
     """Per-sample weights of a Gaussian linear layer: output mean and variance per input match
     ``x theta`` and ``x^2 alpha theta^2`` within 5 standard errors (S = 20000, seeded)."""
     torch.manual_seed(1)
-    lin = NestedLinear(3, 1, bias=False, ordered=False, weights="gaussian")
+    lin = NestedLinear(3, 1, bias=False, ordered=False, weight_posterior="gaussian")
     with torch.no_grad():
         lin.weight.copy_(torch.tensor([[0.5, -1.0, 2.0]]))
         lin.log_alpha.copy_(torch.tensor([[-1.0, 0.0, -2.0]]))

@@ -27,7 +27,7 @@ def digits():
 
 def _model():
     torch.manual_seed(0)
-    return NestedMLP(64, 10, hidden=[32], groups=4, frozen=1).eval()
+    return NestedMLP(64, 10, hidden=[32], groups=4, kept=1).eval()
 
 
 def test_evaluate_applies_temperatures_and_reports_before(digits):
@@ -59,6 +59,7 @@ def test_evaluate_applies_temperatures_and_reports_before(digits):
         evaluate(model, digits, [1.0], alphas=[0.1], split="val")
 
 
+@pytest.mark.slow
 def test_export_bakes_the_temperature(tmp_path, digits):
     model = _model()
     x = digits.val.tensors[0][:16]
@@ -79,6 +80,7 @@ def _train(tmp_path):
     return run
 
 
+@pytest.mark.slow
 def test_cli_calibrate_then_everything_applies_it(tmp_path, capsys):
     from bnn_nested.runs.run import load_run
 

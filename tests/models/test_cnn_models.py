@@ -21,8 +21,8 @@ def _cfg(**kw):
         variant=None,
         hidden=[8, 16, 32],
         groups=4,
-        frozen=1,
-        weights="point",
+        kept=1,
+        weight_posterior="point",
         norm="batch",
         dropout=0.0,
         order_first=False,
@@ -35,10 +35,12 @@ def _cfg(**kw):
 
 def _models():
     return {
-        "lenet28": NestedLeNet((1, 28, 28), 10, (8, 16, 32), groups=4, frozen=1, norm="batch"),
-        "lenet8": NestedLeNet((64,), 10, (8, 16, 32), groups=4, frozen=1, weights="gaussian"),
-        "vgg": NestedVGG(SMALL_VGG, (3, 8, 8), 5, groups=4, frozen=1, weights="gaussian"),
-        "resnet": NestedResNet("20", (3, 8, 8), 5, groups=4, frozen=1),
+        "lenet28": NestedLeNet((1, 28, 28), 10, (8, 16, 32), groups=4, kept=1, norm="batch"),
+        "lenet8": NestedLeNet(
+            (64,), 10, (8, 16, 32), groups=4, kept=1, weight_posterior="gaussian"
+        ),
+        "vgg": NestedVGG(SMALL_VGG, (3, 8, 8), 5, groups=4, kept=1, weight_posterior="gaussian"),
+        "resnet": NestedResNet("20", (3, 8, 8), 5, groups=4, kept=1),
     }
 
 
@@ -67,15 +69,15 @@ def test_shapes_and_sliced_equals_zeroed_in_eval(name):
 
 
 def test_first_layer_and_classifier_not_ordered_by_default():
-    m = NestedVGG(SMALL_VGG, (3, 8, 8), 5, groups=4, frozen=1)
+    m = NestedVGG(SMALL_VGG, (3, 8, 8), 5, groups=4, kept=1)
     blocks = m.blocks()
     assert blocks[0].ou is None and not blocks[0].conv.ordered
     assert all(b.ou is not None for b in blocks[1:]) and not m.classifier.ordered
     m2 = NestedVGG(
-        SMALL_VGG, (3, 8, 8), 5, groups=4, frozen=1, order_first=True, order_classifier_input=False
+        SMALL_VGG, (3, 8, 8), 5, groups=4, kept=1, order_first=True, order_classifier_input=False
     )
     assert m2.blocks()[0].ou is not None and m2.blocks()[-1].ou is None
-    r = NestedResNet("20", (3, 8, 8), 5, groups=4, frozen=1, order_classifier_input=False)
+    r = NestedResNet("20", (3, 8, 8), 5, groups=4, kept=1, order_classifier_input=False)
     assert r.blocks[-1].ou is None
     assert r(torch.randn(2, 3, 8, 8), width=0.25).shape == (2, 5)
 
@@ -89,13 +91,13 @@ def test_residual_addition_slices_and_pads_the_shortcut():
 
 
 def test_model_hooks_name_real_modules():
-    r = NestedResNet("20", (3, 8, 8), 5, groups=4, frozen=1)
+    r = NestedResNet("20", (3, 8, 8), 5, groups=4, kept=1)
     names = dict(r.named_modules())
     assert len(r.residual_blocks()) == 9
     assert all(n in names for b in r.residual_blocks() for n in b)
     assert all(n in names for n in r.norm_followed_weights())
     assert "blocks.3.shortcut_conv" in r.norm_followed_weights()
-    v = NestedVGG("11", (3, 32, 32), 10, groups=32, frozen=2)
+    v = NestedVGG("11", (3, 32, 32), 10, groups=32, kept=2)
     assert len(v.norm_followed_weights()) == 8
     lenet = NestedLeNet((1, 28, 28), 10, (8, 16, 32), groups=4, norm="batch")
     assert lenet.norm_followed_weights() == ["conv1.conv", "conv2.conv", "fc"]
@@ -105,9 +107,9 @@ def test_model_hooks_name_real_modules():
 
 
 def test_vgg11_wide_channels_and_resnet18_builds():
-    v = NestedVGG("11-wide", (3, 32, 32), 10, groups=32, frozen=2)
+    v = NestedVGG("11-wide", (3, 32, 32), 10, groups=32, kept=2)
     assert [b.conv.out_channels for b in v.blocks()] == [96, 192, 384, 384, 768, 768, 768, 768]
-    r = NestedResNet("18", (3, 32, 32), 10, groups=32, frozen=2)
+    r = NestedResNet("18", (3, 32, 32), 10, groups=32, kept=2)
     assert r.classifier.in_features == 512 and len(r.blocks) == 8
 
 
@@ -125,7 +127,10 @@ def test_registry_builds_the_zoo_as_plain_networks_nested_by_nestify():
     assert len(streams) == 2
     assert "blocks.3.shortcut.0" in streams["blocks.3.conv2"]
     assert {"blocks.4.conv2", "blocks.5.conv2"} <= set(streams["blocks.3.conv2"])
-    with pytest.raises(ValueError, match="known models: .*lenet.*mlp.*resnet.*vgg"):
+    with pytest.raises(
+        ValueError,
+        match=r"model.name: unknown model .alexnet.; accepted: (?=.*lenet)(?=.*mlp)(?=.*resnet)(?=.*vgg)",
+    ):
         build_model(_cfg(name="alexnet"), {}, (1, 28, 28), 10)
     with pytest.raises(ValueError, match="variant must be one of"):
         build_model(_cfg(name="vgg", variant="13"), {}, (3, 32, 32), 10)
@@ -138,7 +143,7 @@ def test_nestified_lenet_computes_what_the_hand_nested_lenet_computes():
     """The zoo rebuilt by nestify equals the hand-nested NestedLeNet with the same weights at every
     width (eval, no norm)."""
     torch.manual_seed(0)
-    old = NestedLeNet((1, 28, 28), 10, (8, 16, 32), groups=4, frozen=1, norm="none").eval()
+    old = NestedLeNet((1, 28, 28), 10, (8, 16, 32), groups=4, kept=1, norm="none").eval()
     new = build_model(_cfg(norm="none"), {}, (1, 28, 28), 10).eval()
     names = {
         "conv1.0": "conv1.conv",
@@ -155,8 +160,20 @@ def test_nestified_lenet_computes_what_the_hand_nested_lenet_computes():
 
 
 def test_calibrate_bn_on_resnet_and_gaussian_kl_finite():
-    r = NestedResNet("20", (3, 8, 8), 5, groups=4, frozen=1, weights="gaussian")
+    r = NestedResNet("20", (3, 8, 8), 5, groups=4, kept=1, weight_posterior="gaussian")
     data = [(torch.randn(4, 3, 8, 8), torch.zeros(4)) for _ in range(2)]
     recalibrate_bn(r, data, widths=[0.25, 1.0], num_batches=2)
     assert r.blocks[0].bn2.calibrated_channels() == [8, 16]
     assert torch.isfinite(r.kl()) and r.kl() > 0
+
+
+def test_model_options_are_one_definition_with_per_model_defaults():
+    from bnn_nested.models import NestedLeNet, NestedResNet, NestedVGG
+
+    lenet = NestedLeNet((1, 8, 8), 4, (4, 8, 16), groups=4, kept=1)
+    assert lenet.conv2.ou.groups == 4 and lenet.conv2.ou.kept == 1
+    assert lenet.fc_bn is None  # LeNet's default: no batch norm
+    resnet = NestedResNet("20", (3, 8, 8), 5)
+    assert resnet.stem.ou is None or resnet.stem.ou.groups == 16  # ResNet's default groups
+    with pytest.raises(TypeError, match="unknown option 'group'; accepted: groups, kept"):
+        NestedVGG("11", (3, 8, 8), 5, group=4)

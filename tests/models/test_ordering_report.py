@@ -10,7 +10,7 @@ from bnn_nested.models import NestedLeNet, NestedMLP
 
 
 def test_report_values_by_hand(tmp_path):
-    model = NestedMLP(3, 2, hidden=[6], groups=3, frozen=1)  # K = 2
+    model = NestedMLP(3, 2, hidden=[6], groups=3, kept=1)  # K = 2
     unit = model.features[model.pairs[0][1]]
     with torch.no_grad():
         unit.r.copy_(torch.tensor([0.0, 0.0]))  # beta = 0.5, 0.5 -> P(b>=1)=0.5, P(b>=2)=0.25
@@ -27,7 +27,7 @@ def test_report_values_by_hand(tmp_path):
 
 
 def test_report_covers_every_ordered_layer_and_rejects_unordered_models():
-    lenet = NestedLeNet((1, 8, 8), 3, (4, 8, 8), groups=4, frozen=1)
+    lenet = NestedLeNet((1, 8, 8), 3, (4, 8, 8), groups=4, kept=1)
     assert list(ordering_report(lenet)) == ["conv2.ou", "fc_ou"]
     plain = NestedLeNet((1, 8, 8), 3, (4, 8, 8), groups=4, order_classifier_input=False)
     plain.conv2.ou = None

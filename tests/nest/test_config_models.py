@@ -25,6 +25,7 @@ def _err(capsys) -> str:
     return err
 
 
+@pytest.mark.slow
 def test_import_model_trains_evaluates_selects(tmp_path, capsys):
     rc, run = _train(
         tmp_path,
@@ -33,7 +34,7 @@ def test_import_model_trains_evaluates_selects(tmp_path, capsys):
             "model.target=tests.nest.factories:tiny_residual",
             "model.kwargs={width: 16}",
             "model.groups=4",
-            "model.frozen=1",
+            "model.kept=1",
             "train.epochs=2",
         ],
     )
@@ -93,6 +94,7 @@ def test_bad_model_fields_are_one_line_errors_and_write_nothing(tmp_path, capsys
     assert not run.exists()
 
 
+@pytest.mark.slow
 def test_torchvision_and_vit_build_nestified(tmp_path):
     from bnn_nested.models import build_model
 

@@ -199,7 +199,9 @@ def test_training_masks_reach_ordering_units_and_are_shared():
 def test_gaussian_weight_kl_weighted_by_keep_probability_of_the_produced_dimension():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
-    nm = _nest(net, torch.randn(2, 8), groups=4, kept=1, weights="gaussian", init_log_alpha=-3.0)
+    nm = _nest(
+        net, torch.randn(2, 8), groups=4, kept=1, weight_posterior="gaussian", init_log_alpha=-3.0
+    )
     unit = nm.unit("0")
     unit.hard = True  # exact categorical ordering KL: deterministic, so the sum can be compared
     keep = torch.cat([torch.ones(1), unit.keep_probs()]).repeat_interleave(4)  # per channel
@@ -219,7 +221,7 @@ def test_gaussian_layers_sample_in_training_and_use_means_in_eval():
     net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 3))
     x = torch.randn(2, 3, 6, 6)
     ref = net(x)
-    nm = _nest(net, x, groups=4, kept=0, weights="gaussian", init_log_alpha=0.0)
+    nm = _nest(net, x, groups=4, kept=0, weight_posterior="gaussian", init_log_alpha=0.0)
     torch.testing.assert_close(nm(x), ref)  # eval: the mean network
     nm.train()
     with nm.masking(False):
@@ -273,8 +275,8 @@ def test_exclude_and_bad_arguments():
     assert nm.structure.unordered["fc"] == "fc: excluded"
     assert not any("left" in d.modules("out") for d in nm.structure)
     assert "down" in nm.dims()  # left only consumes it: excluding left does not touch it
-    with pytest.raises(ValueError, match="weights must be one of"):
-        nestify(Mixed(), x, weights="laplace")
+    with pytest.raises(ValueError, match="weight_posterior must be one of"):
+        nestify(Mixed(), x, weight_posterior="laplace")
     with pytest.raises(ValueError, match="unknown dimension"):
         nm(x, width={"nope": 1})
     with pytest.raises(
@@ -382,6 +384,7 @@ def _random_graph(rng: random.Random) -> nn.Module:
     return nn.Sequential(*layers, nn.Linear(c, 3))
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_property_random_graphs_sliced_equals_masked_at_random_widths():
     """20 random graphs of residual / concatenation / depthwise / attention blocks, each at random
@@ -418,7 +421,7 @@ def test_residual_branches_and_norm_followed_of_the_zoo_resnet_read_from_the_str
     from bnn_nested.config import ModelConfig
     from bnn_nested.models import build_model
 
-    cfg = ModelConfig(name="resnet", variant="20", groups=4, frozen=1, norm="batch")
+    cfg = ModelConfig(name="resnet", variant="20", groups=4, kept=1, norm="batch")
     model = build_model(cfg, {}, (3, 8, 8), 10)
     expected = [[f"net.blocks.{i}.block1.0", f"net.blocks.{i}.conv2"] for i in range(9)]
     assert sorted(model.residual_blocks()) == sorted(expected)  # every block, shortcuts left out

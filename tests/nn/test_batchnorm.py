@@ -20,10 +20,10 @@ from bnn_nested.nn import (
 class Tiny(NestedModel):
     def __init__(self):
         super().__init__()
-        self.conv1 = NestedConv2d(1, 8, 3, padding=1, bias=False, groups=4, frozen=1)
+        self.conv1 = NestedConv2d(1, 8, 3, padding=1, bias=False, order_groups=4, kept=1)
         self.bn1 = NestedBatchNorm2d(8)
         self.ou1 = OrderingUnit(8, 4, 1)
-        self.conv2 = NestedConv2d(8, 8, 3, padding=1, bias=False, groups=4, frozen=1)
+        self.conv2 = NestedConv2d(8, 8, 3, padding=1, bias=False, order_groups=4, kept=1)
         self.bn2 = NestedBatchNorm2d(8)
         self.ou2 = OrderingUnit(8, 4, 1)
         self.fc = NestedLinear(8, 3, ordered=False)

@@ -19,7 +19,7 @@ def _moments(samples):
 
 def test_lrt_linear_matches_direct_weight_sampling():
     torch.manual_seed(1)
-    layer = NestedLinear(3, 2, weights="gaussian", init_log_alpha=0.0).train()
+    layer = NestedLinear(3, 2, weight_posterior="gaussian", init_log_alpha=0.0).train()
     with torch.no_grad():
         layer.log_alpha.copy_(torch.tensor([[0.0, -1.0, 0.5], [-0.5, 0.2, 0.0]]))
     x = torch.tensor([[0.7, -1.2, 0.4]])
@@ -38,7 +38,9 @@ def test_lrt_linear_matches_direct_weight_sampling():
 
 def test_lrt_conv_matches_direct_weight_sampling_on_sliced_weights():
     torch.manual_seed(2)
-    conv = NestedConv2d(3, 4, 3, padding=1, groups=2, weights="gaussian", init_log_alpha=-0.5)
+    conv = NestedConv2d(
+        3, 4, 3, padding=1, order_groups=2, weight_posterior="gaussian", init_log_alpha=-0.5
+    )
     conv.set_width(0.5)  # 2 of 4 output channels
     x = torch.randn(1, 2, 3, 3)  # 2 of 3 input channels
     lrt = conv.train()(x.expand(N_MC, 2, 3, 3)).detach()  # (N, 2, 3, 3)
@@ -55,7 +57,7 @@ def test_lrt_conv_matches_direct_weight_sampling_on_sliced_weights():
 
 
 def test_eval_uses_mean_weights_and_stochastic_mode_samples():
-    layer = NestedLinear(4, 3, weights="gaussian", init_log_alpha=0.0).eval()
+    layer = NestedLinear(4, 3, weight_posterior="gaussian", init_log_alpha=0.0).eval()
     x = torch.randn(5, 4)
     torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
     layer.stochastic = True
@@ -84,7 +86,7 @@ def test_sparse_vd_kl_formula_and_shape_against_exact_kl_differences():
 
 
 def test_weight_kl_is_weighted_per_output_channel_by_keep_probability():
-    layer = NestedConv2d(2, 4, 3, groups=4, weights="gaussian", init_log_alpha=-3.0)
+    layer = NestedConv2d(2, 4, 3, order_groups=4, weight_posterior="gaussian", init_log_alpha=-3.0)
     with torch.no_grad():
         layer.log_alpha.add_(torch.randn_like(layer.log_alpha))
     per_channel = sparse_vd_kl(layer.log_alpha).sum((1, 2, 3))
@@ -96,13 +98,15 @@ def test_weight_kl_is_weighted_per_output_channel_by_keep_probability():
     assert float(NestedLinear(3, 2).weight_kl(torch.ones(2))) == 0.0  # point weights
     with pytest.raises(ValueError, match="channel_keep"):
         layer.weight_kl(torch.ones(3))
-    with pytest.raises(ValueError, match="weights must be one of"):
-        NestedLinear(3, 2, weights="laplace")
+    with pytest.raises(ValueError, match="weight_posterior must be one of"):
+        NestedLinear(3, 2, weight_posterior="laplace")
 
 
 def test_model_kl_uses_ordering_unit_keep_probs():
-    model = NestedMLP(5, 3, hidden=[8], groups=4, frozen=1)
-    lin = NestedLinear(5, 8, groups=4, frozen=1, weights="gaussian", init_log_alpha=-2.0)
+    model = NestedMLP(5, 3, hidden=[8], groups=4, kept=1)
+    lin = NestedLinear(
+        5, 8, order_groups=4, kept=1, weight_posterior="gaussian", init_log_alpha=-2.0
+    )
     model.features[0] = lin
     unit: OrderingUnit = model.features[model.pairs[0][1]]
     unit.hard = True  # exact categorical ordering KL: deterministic, so the sum can be compared
@@ -114,11 +118,16 @@ def test_model_kl_uses_ordering_unit_keep_probs():
 
 @pytest.mark.parametrize("width", [0.25, 0.5, 1.0])
 def test_slicing_equals_zeroing_with_gaussian_mean_weights(width):
-    model = NestedMLP(6, 3, hidden=[8, 8], groups=4, frozen=1).eval()
+    model = NestedMLP(6, 3, hidden=[8, 8], groups=4, kept=1).eval()
     for i, _ in model.pairs:
         old = model.features[i]
         new = NestedLinear(
-            old.in_features, 8, groups=4, frozen=1, weights="gaussian", init_log_alpha=0.0
+            old.in_features,
+            8,
+            order_groups=4,
+            kept=1,
+            weight_posterior="gaussian",
+            init_log_alpha=0.0,
         )
         model.features[i] = new
     model.eval()

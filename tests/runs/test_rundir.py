@@ -120,7 +120,7 @@ def held(template, tmp_path):
         yield run, proc.pid
     finally:
         proc.kill()
-        proc.wait()
+        proc.communicate()  # waits and closes the pipe (else a ResourceWarning, an error here)
 
 
 def test_second_writer_is_refused_with_one_line(held, tmp_path, capsys):

@@ -204,7 +204,7 @@ def test_nan_loss_stops_naming_step_and_keeps_last_good_checkpoint(
 def _tiny_trainer(**train):
     cfg = build_config(
         {
-            "model": {"hidden": [16], "groups": 4, "frozen": 1},
+            "model": {"hidden": [16], "groups": 4, "kept": 1},
             "train": {"optimizer": "sgd", "lr": 0.1, **train},
         }
     )

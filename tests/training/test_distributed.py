@@ -44,7 +44,7 @@ def _cfg(sampler: str = "vou"):
         {
             "seed": 7,
             "data": {"batch_size": GLOBAL_BATCH},
-            "model": {"hidden": [16], "groups": 4, "frozen": 1},
+            "model": {"hidden": [16], "groups": 4, "kept": 1},
             "ordering": {"sampler": sampler, "temperature": 0.7},
             "train": {"epochs": EPOCHS, "lr": 0.01},
         }
@@ -115,7 +115,7 @@ def _worker(rank: int, world: int, tmp: str, sampler: str, with_run: bool) -> No
     cfg = build_config(
         {
             "data": {"batch_size": 64},
-            "model": {"hidden": [16], "groups": 4, "frozen": 1},
+            "model": {"hidden": [16], "groups": 4, "kept": 1},
             "train": {"epochs": 1},
         }
     )

@@ -42,6 +42,7 @@ def _argv(run, plain, *sets):
     return argv
 
 
+@pytest.mark.slow
 def test_init_from_importance_and_distillation_end_to_end(tmp_path, plain_mlp, capsys):
     plain, net = plain_mlp
     run = tmp_path / "run"

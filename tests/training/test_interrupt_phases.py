@@ -91,6 +91,7 @@ def _interrupt_line(capsys) -> str:
     return err[0]
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_post_training_steps_is_resumable(reference, tmp_path, monkeypatch, capsys):
     cfg, ref = reference
     run = tmp_path / "run"

@@ -20,17 +20,19 @@ from bnn_nested.training.trainer import Trainer
 N = 100
 
 
-def _setup(sampler, weights="gaussian", **over):
+def _setup(sampler, weight_posterior="gaussian", **over):
     cfg = build_config(
         {
-            "model": {"hidden": [16, 8], "groups": 4, "frozen": 1},
+            "model": {"hidden": [16, 8], "groups": 4, "kept": 1},
             "ordering": {"sampler": sampler, **over},
             "regularization": {"kind": "none"},
         }
     )
     torch.manual_seed(0)
     kw = build_sampler(cfg.ordering).ordering_kwargs()
-    model = NestedMLP(6, 3, [16, 8], 4, 1, kw, weights=weights, init_log_alpha=-3.0)
+    model = NestedMLP(
+        6, 3, [16, 8], 4, 1, kw, weight_posterior=weight_posterior, init_log_alpha=-3.0
+    )
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, NestedLinear):
@@ -61,6 +63,7 @@ def test_relaxed_unit_kl_is_the_log_ratio_at_the_sampled_mask():
     assert u.kl().item() == pytest.approx(want.item(), rel=1e-4, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_relaxed_unit_kl_averages_to_more_than_the_categorical_kl():
     """Averaged over draws the relaxed term estimates the relaxed KL, which exceeds the
     categorical KL (posterior r = 5 vs geometric prior 0.95, tau = 1)."""
@@ -146,7 +149,7 @@ def test_nested_dropout_samples_its_prior_even_above_sigmoid_5():
 
 def test_out_of_range_initial_values_are_refused():
     with pytest.raises(ValueError, match="init_log_alpha"):
-        NestedLinear(4, 4, weights="gaussian", init_log_alpha=-15.0)
+        NestedLinear(4, 4, weight_posterior="gaussian", init_log_alpha=-15.0)
     with pytest.raises(ValueError, match="init"):
         OrderingUnit(8, 4, 0, init=7.0)
     with pytest.raises(ConfigError, match="init_log_alpha"):
@@ -165,7 +168,7 @@ def test_logged_val_acc_is_the_accuracy_the_report_gives(tmp_path):
     cfg = build_config(
         {
             "data": {"name": "digits", "batch_size": 64},
-            "model": {"name": "mlp", "hidden": [64], "groups": 8, "frozen": 1, "norm": "batch"},
+            "model": {"name": "mlp", "hidden": [64], "groups": 8, "kept": 1, "norm": "batch"},
             "ordering": {"sampler": "nested_dropout", "prior_pi": 0.5},
             "train": {"epochs": 2, "lr": 0.01},
             "eval": {"widths": [0.25, 1.0]},
@@ -185,7 +188,7 @@ def test_log_alpha_exactly_at_a_bound_still_gets_its_gradient():
     so the clip inside the forward pass and the KL must pass the gradient straight through."""
     torch.manual_seed(0)
     for bound in (-12.0, 8.0):
-        lin = NestedLinear(4, 3, ordered=False, weights="gaussian", init_log_alpha=-3.0)
+        lin = NestedLinear(4, 3, ordered=False, weight_posterior="gaussian", init_log_alpha=-3.0)
         with torch.no_grad():
             lin.log_alpha.fill_(bound)
         lin.train()

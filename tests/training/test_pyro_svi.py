@@ -18,7 +18,7 @@ N = 200
 def _setup(gaussian_classifier: bool):
     cfg = build_config(
         {
-            "model": {"hidden": [8, 8], "groups": 4, "frozen": 1},
+            "model": {"hidden": [8, 8], "groups": 4, "kept": 1},
             "ordering": {"sampler": "vou", "temperature": 0.7},
             "regularization": {"kind": "none"},
         }
@@ -30,7 +30,7 @@ def _setup(gaussian_classifier: bool):
             u.r.copy_(torch.randn(3) * 2)
     if gaussian_classifier:  # after the last mask, so the random draws come in the same order
         model.classifier = NestedLinear(
-            8, 3, ordered=False, weights="gaussian", init_log_alpha=-1.0
+            8, 3, ordered=False, weight_posterior="gaussian", init_log_alpha=-1.0
         )
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(16, 5, generator=g), torch.randint(0, 3, (16,), generator=g)
