@@ -47,7 +47,7 @@ def worker(args: argparse.Namespace) -> None:
             {
                 "seed": 0,
                 "data": {"batch_size": args.global_batch},
-                "model": {"hidden": args.hidden, "groups": 16, "frozen": 1},
+                "model": {"hidden": args.hidden, "groups": 16},
                 "ordering": {"sampler": sampler},
                 "train": {"epochs": 1},
             }

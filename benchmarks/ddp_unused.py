@@ -31,7 +31,7 @@ from bnn_nested.training.samplers import build_sampler
 
 SHAPES = {"mlp": (6,), "lenet": (1, 28, 28), "resnet": (3, 32, 32)}
 MODEL = {
-    "mlp": {"hidden": [16], "frozen": 1},
+    "mlp": {"hidden": [16], "kept": 1},
     "lenet": {"hidden": [8, 16, 32], "norm": "batch"},
     "resnet": {"variant": "20", "norm": "batch"},
 }

@@ -256,7 +256,7 @@ def test_two_process_sigkill_then_resume_is_bit_identical(tmp_path, sampler):
             {
                 "seed": 5,
                 "data": {"name": "digits", "batch_size": 64},
-                "model": {"hidden": [16], "groups": 4, "frozen": 1},
+                "model": {"hidden": [16], "groups": 4, "kept": 1},
                 "ordering": {"sampler": sampler, "sandwich_random": 1},
                 "train": {"epochs": 2, "lr": 0.003, "checkpoint_every_steps": 5},
                 "eval": {"widths": [0.5, 1.0]},

@@ -29,7 +29,7 @@ def _cfg(log: str = "tensorboard"):
         {
             "seed": 1,
             "data": {"name": "digits", "batch_size": 128},
-            "model": {"hidden": [16], "groups": 4, "frozen": 1},
+            "model": {"hidden": [16], "groups": 4, "kept": 1},
             "ordering": {
                 "sampler": "vou",
                 "schedule": "exponential",
