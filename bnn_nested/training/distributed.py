@@ -162,10 +162,11 @@ class StepFlags:
     asynchronous all-reduce, started before the step's last backward pass and awaited after it
     (so it overlaps with DDP's gradient all-reduces).
 
-    Example:
-        >>> flags = StepFlags(stop=False, non_finite=False, ctx=ctx)   # starts the all-reduce
-        >>> loss.backward()
-        >>> stop_ranks, bad_ranks = flags.wait()
+    Example::
+
+        flags = StepFlags(stop=False, non_finite=False, ctx=ctx)   # starts the all-reduce
+        loss.backward()
+        stop_ranks, bad_ranks = flags.wait()
     """
 
     def __init__(self, stop: bool, non_finite: bool, ctx: DistContext) -> None:

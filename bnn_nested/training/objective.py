@@ -167,9 +167,10 @@ class PassLoss(nn.Module):
     the KL and the penalty included, so the autograd graph DDP inspects from the output reaches
     every parameter the step's loss uses.
 
-    Example:
-        >>> ddp = DistributedDataParallel(PassLoss(objective), find_unused_parameters=True)
-        >>> terms = ddp(x, y, plan[0], epoch=epoch)   # same arguments as NegativeELBO.pass_terms
+    Example::
+
+        ddp = DistributedDataParallel(PassLoss(objective), find_unused_parameters=True)
+        terms = ddp(x, y, plan[0], epoch=epoch)   # same arguments as NegativeELBO.pass_terms
     """
 
     def __init__(self, objective: NegativeELBO) -> None:

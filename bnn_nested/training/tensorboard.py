@@ -23,10 +23,11 @@ tag                           value
 The per-epoch line on stderr stays. ``tensorboard`` is an optional dependency
 (``pip install 'bnn-nested[tensorboard]'``); :func:`require_tensorboard` names it when missing.
 
-Example:
-    >>> logger = TensorBoardLogger("runs/a/tensorboard", trainer, widths=[0.25, 1.0], val_loader=val)
-    >>> trainer.fit(train_loader, val_loader, on_epoch_end=logger); logger.close()
-    $ tensorboard --logdir runs/a/tensorboard
+Example::
+
+    logger = TensorBoardLogger("runs/a/tensorboard", trainer, widths=[0.25, 1.0], val_loader=val)
+    trainer.fit(train_loader, val_loader, on_epoch_end=logger); logger.close()
+    # then, in a shell: tensorboard --logdir runs/a/tensorboard
 """
 
 from __future__ import annotations
