@@ -376,6 +376,9 @@ class TrainConfig(_Strict):
     distill_weight: float = Field(1.0, ge=0.0)
     distill_temperature: float = Field(2.0, gt=0.0)
     distill_loss: Literal["kl", "soft_ce"] = "kl"
+    log: Literal["none", "tensorboard"] = Field(
+        "none", description="tensorboard: event files under RUN/tensorboard/ (the extra)"
+    )
 
     @field_validator("threads", mode="before")
     @classmethod

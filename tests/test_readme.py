@@ -32,6 +32,7 @@ SKIP = {
     "make test": "runs this test suite (recursion)",
     "torchrun --nproc_per_node=2": "2-process training: tests/training/test_distributed.py",
     "torchrun --nproc_per_node=gpu": "needs CUDA GPUs",
+    "tensorboard --logdir": "starts a web server; the event files: tests/training/test_tensorboard.py",
     "bnn-nested train --config configs/mnist5k_lenet.yaml --out runs/ft --init-from": (
         "needs a trained plain LeNet; the same path runs in examples/from_trained.py "
         "(tests/test_examples.py)"

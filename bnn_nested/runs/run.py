@@ -72,6 +72,7 @@ from bnn_nested.training.distributed import (
 )
 from bnn_nested.training.optim import Precision, resolve_device
 from bnn_nested.training.samplers import build_sampler
+from bnn_nested.training.tensorboard import LOG_DIR, TensorBoardLogger, require_tensorboard
 from bnn_nested.training.trainer import Trainer, TrainingInterrupted
 
 CHECKPOINT = "checkpoint.pt"
@@ -208,6 +209,8 @@ def validate_run(cfg: Config) -> torch.device:
         except ValueError as err:
             msg = str(err)
             raise ValueError(msg if msg.startswith("model") else f"model: {msg}") from None
+    if cfg.train.log == "tensorboard":
+        require_tensorboard()
     device = resolve_device(cfg.train.device)
     Precision(cfg.train.precision, device)  # fp16 needs CUDA: refused before any file is written
     world = env_world_size()
@@ -394,15 +397,21 @@ def _train(
             first = first_line(err)
             raise CheckpointError(f"{path}: incompatible checkpoint ({first})") from None
         trainer.last_checkpoint = (path, trainer.step)
+    bn_loader = calibration_loader(splits, cfg.data.eval_batch_size) if ctx.is_main else None
+    logger = None
+    if ctx.is_main and cfg.train.log == "tensorboard":  # after the resumed state is loaded
+        logger = TensorBoardLogger(out / LOG_DIR, trainer, cfg.eval.widths, val_loader, bn_loader)
     try:
-        bn_loader = calibration_loader(splits, cfg.data.eval_batch_size) if ctx.is_main else None
-        trainer.fit(train_loader, val_loader, bn_loader=bn_loader)
+        trainer.fit(train_loader, val_loader, bn_loader=bn_loader, on_epoch_end=logger)
     except TrainingInterrupted as err:
         raise TrainingInterrupted(f"{err}; resume with: {hint}", err.checkpoint) from None
     except KeyboardInterrupt:  # a second Ctrl-C, or one before the guard was in place
         last = trainer.last_checkpoint
         kept = f"last checkpoint {last[0]} (step {last[1]}) kept" if last else "no checkpoint yet"
         raise TrainingInterrupted(f"interrupted; {kept}; resume with: {hint}") from None
+    finally:
+        if logger is not None:
+            logger.close()
     if ctx.is_main:
         _finish(out, trainer, cfg, splits, model, ctx, hint)
     return out

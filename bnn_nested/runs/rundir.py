@@ -52,6 +52,7 @@ RUN_ENTRIES = frozenset(
         "report.md",
         "plots",
         "deploy",
+        "tensorboard",
     }
 )
 #: Names of the temporary files :func:`bnn_nested.io.atomic_write` creates (``mkstemp``).

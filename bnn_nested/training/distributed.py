@@ -9,10 +9,12 @@ reads. Design (docs/multiprocess.md):
   generator) are identical on every rank at every step: all ranks train the same sub-network;
 * each rank reads its own shard of the epoch's permutation (:class:`EpochSampler`, a
   ``DistributedSampler`` whose order is a function of ``(seed, epoch)`` only);
-* after ``backward()`` the gradients are averaged over ranks with one all-reduce of a flat buffer
-  (the arithmetic of ``DistributedDataParallel``; done by hand because the sandwich sampler runs
-  several forward passes per backward, which the DDP wrapper does not allow); two extra entries of
-  that buffer carry the "stop" (SIGINT) and "non-finite loss" flags so all ranks stop together;
+* gradients are averaged by ``torch.nn.parallel.DistributedDataParallel`` (:func:`data_parallel`)
+  wrapping one pass of the objective (:class:`~bnn_nested.training.objective.PassLoss`): each pass
+  of a step runs its forward and backward separately, all but the last inside ``no_sync()`` (the
+  gradients accumulate locally), the last synchronised, so DDP's bucketed all-reduces overlap with
+  that backward pass; one small all-reduce of two flags per step (:class:`StepFlags`) carries the
+  "stop" (SIGINT) and "non-finite loss" flags so all ranks stop at the same step;
 * ``data.batch_size`` is the *global* batch (each rank takes ``batch_size / world_size``) and the
   KL is scaled by the global training-set size, so a run on N processes computes the same updates
   as a single-process run, up to floating-point summation order;
@@ -28,11 +30,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, DistributedSampler
 
 
@@ -135,35 +139,46 @@ class EpochSampler(DistributedSampler):
         return max(self.num_samples - self.start, 0)
 
 
-def average_gradients(
-    params: Iterable[torch.nn.Parameter], flags: torch.Tensor, world_size: int
-) -> torch.Tensor:
-    """All-reduce: average the gradients of ``params`` over ranks and sum ``flags`` (1-D float).
+def data_parallel(module: nn.Module, ctx: DistContext) -> DistributedDataParallel:
+    """``module`` wrapped in ``DistributedDataParallel`` for the ranks of ``ctx``.
 
-    All gradients and the flags travel in one flat buffer (one collective per step). Parameters
-    without a gradient on this rank count as zeros. Returns the summed flags.
+    * ``find_unused_parameters=True``: a pass may leave parameters out of its graph (a nestified
+      model's unordered parts, ordering parameters when no mask is drawn); DDP then marks them
+      ready instead of waiting for them. The built-in models do not need it with any sampler, and
+      ``static_graph`` fails with the sandwich sampler's ``no_sync()`` passes (docs/multiprocess.md).
+    * ``forward_sync_buffers=False``: batch-norm running statistics stay per rank (they do not
+      enter the training loss and a run re-estimates them at the end), so no broadcast per forward
+      pass (DDP still syncs them once, at construction).
+    * CUDA: ``device_ids=[ctx.device.index]``; CPU (gloo): none.
     """
-    params = [p for p in params if p.requires_grad]
-    if not params:
-        flags = flags.clone()
-        dist.all_reduce(flags)
-        return flags
-    dev = params[0].device
-    grads = [
-        (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in params
-    ]
-    flat = torch.cat(grads + [flags.to(dev, torch.float32)])
-    dist.all_reduce(flat)
-    offset = 0
-    for p, g in zip(params, grads):
-        n = g.numel()
-        avg = flat[offset : offset + n].div_(world_size).view_as(p).to(p.dtype)
-        if p.grad is None:
-            p.grad = avg.clone()
-        else:
-            p.grad.copy_(avg)
-        offset += n
-    return flat[offset:].cpu()
+    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return DistributedDataParallel(
+        module, device_ids=ids, forward_sync_buffers=False, find_unused_parameters=True
+    )
+
+
+class StepFlags:
+    """The stop (SIGINT) and non-finite-loss flags of one step, summed over ranks by one small
+    asynchronous all-reduce, started before the step's last backward pass and awaited after it
+    (so it overlaps with DDP's gradient all-reduces).
+
+    Example::
+
+        flags = StepFlags(stop=False, non_finite=False, ctx=ctx)   # starts the all-reduce
+        loss.backward()
+        stop_ranks, bad_ranks = flags.wait()
+    """
+
+    def __init__(self, stop: bool, non_finite: bool, ctx: DistContext) -> None:
+        dev = ctx.device if dist.get_backend() == "nccl" else torch.device("cpu")
+        self.buf = torch.tensor([float(stop), float(non_finite)], device=dev)
+        self.work = dist.all_reduce(self.buf, async_op=True)
+
+    def wait(self) -> tuple[int, int]:
+        """``(ranks that asked to stop, ranks whose loss was not finite)``."""
+        self.work.wait()
+        stop, bad = self.buf.cpu().tolist()
+        return int(stop), int(bad)
 
 
 def tensor_digest(t: torch.Tensor) -> int:

@@ -27,9 +27,9 @@ from torch import nn
 from bnn_nested.config import OrderingConfig, TrainConfig
 from bnn_nested.nn.model import NestedModel
 from bnn_nested.regularization.base import Regularizer
-from bnn_nested.training.samplers import WidthSampler, kl_weight_at
+from bnn_nested.training.samplers import Pass, WidthSampler, kl_weight_at
 
-__all__ = ["NegativeELBO", "distillation_loss"]
+__all__ = ["NegativeELBO", "PassLoss", "distillation_loss"]
 
 
 def distillation_loss(
@@ -84,35 +84,107 @@ class NegativeELBO:
         self.distill = distill or TrainConfig()
         self.autocast = autocast
 
+    def plan(self, step: int, generator: torch.Generator) -> list[Pass]:
+        """The passes of step ``step`` (sandwich widths are drawn from ``generator``)."""
+        return self.sampler.passes(step, generator)
+
+    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The kept teacher's logits on ``x`` (``None`` without a teacher)."""
+        if self.teacher is None:
+            return None
+        with torch.no_grad(), self.autocast():
+            return self.teacher(x).float()
+
+    def pass_terms(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        p: Pass,
+        target: torch.Tensor | None = None,
+        original: torch.Tensor | None = None,
+        epoch: int | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """One pass's terms: ``data`` (cross-entropy, or the soft cross-entropy to ``target``, the
+        first pass's detached predictive distribution, for a ``distill`` pass), ``distill`` (to the
+        teacher's logits ``original``), ``probs`` (detached softmax: the later passes' target) and,
+        when ``epoch`` is given (the step's last pass), ``kl`` (``kl_weight * KL / N``) and
+        ``penalty``. ``loss`` is their sum: back-propagating every pass's ``loss`` gives the
+        gradient of the step's loss."""
+        model = self.model
+        with model.width(p.width), model.masking(p.mask), self.autocast():
+            logits = model(x)
+        logits = logits.float()
+        if p.distill and target is not None:
+            data = torch.sum(-target * F.log_softmax(logits, -1), -1).mean()
+        else:
+            data = F.cross_entropy(logits, y)
+        terms = {"data": data, "probs": F.softmax(logits, -1).detach()}
+        loss = data
+        if original is not None:
+            terms["distill"] = distillation_loss(logits, original, self.distill)
+            loss = loss + terms["distill"]
+        if epoch is not None:  # after the forward pass: a relaxed mask's KL scores its sample
+            terms["kl"] = model.kl(keep=self.sampler.kl_keep) * (
+                kl_weight_at(self.ordering, epoch) / self.n_train
+            )
+            terms["penalty"] = self.regularizer.penalty(model)
+            loss = loss + terms["kl"] + terms["penalty"]
+        terms["loss"] = loss
+        return terms
+
+    def summarize(self, terms: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """The step's loss and its parts from its passes' :meth:`pass_terms` (the last one carries
+        the KL and the penalty): ``loss = data + kl + penalty + distill``."""
+        zero = terms[0]["data"].new_zeros(())
+        data, distill = zero, zero
+        for t in terms:
+            data = data + t["data"]
+            distill = distill + t.get("distill", zero)
+        kl, penalty = terms[-1]["kl"], terms[-1]["penalty"]
+        parts = {"loss": data + kl + penalty + distill, "data": data, "kl": kl, "penalty": penalty}
+        if self.teacher is not None:
+            parts["distill"] = distill
+        return parts
+
     def __call__(
         self, x: torch.Tensor, y: torch.Tensor, step: int, epoch: int, generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """The step's loss and its parts (``loss``, ``data``, ``kl``, ``penalty``, ``distill``)."""
-        model = self.model
-        data = x.new_zeros(())
-        distill = x.new_zeros(())
-        teacher: torch.Tensor | None = None
-        original = None
-        if self.teacher is not None:
-            with torch.no_grad(), self.autocast():
-                original = self.teacher(x).float()
-        for i, p in enumerate(self.sampler.passes(step, generator)):
-            with model.width(p.width), model.masking(p.mask), self.autocast():
-                logits = model(x)
-            logits = logits.float()
-            if original is not None:
-                distill = distill + distillation_loss(logits, original, self.distill)
-            if p.distill and teacher is not None:
-                data = data + torch.sum(-teacher * F.log_softmax(logits, -1), -1).mean()
-            else:
-                data = data + F.cross_entropy(logits, y)
-            if i == 0:
-                teacher = F.softmax(logits, -1).detach()
-        kl_w = kl_weight_at(self.ordering, epoch)
-        kl = model.kl(keep=self.sampler.kl_keep) * (kl_w / self.n_train)
-        penalty = self.regularizer.penalty(model)
-        loss = data + kl + penalty + distill
-        parts = {"loss": loss, "data": data, "kl": kl, "penalty": penalty}
-        if self.teacher is not None:
-            parts["distill"] = distill
-        return loss, {k: float(torch.as_tensor(v).detach()) for k, v in parts.items()}
+        original = self.teacher_logits(x)
+        plan = self.plan(step, generator)
+        terms: list[dict[str, torch.Tensor]] = []
+        for i, p in enumerate(plan):
+            target = terms[0]["probs"] if terms else None
+            last = epoch if i == len(plan) - 1 else None
+            terms.append(self.pass_terms(x, y, p, target, original, last))
+        parts = self.summarize(terms)
+        return parts["loss"], {k: float(torch.as_tensor(v).detach()) for k, v in parts.items()}
+
+
+class PassLoss(nn.Module):
+    """One pass of a :class:`NegativeELBO` as a module: the module that
+    ``torch.nn.parallel.DistributedDataParallel`` wraps. Its output holds every term of the pass,
+    the KL and the penalty included, so the autograd graph DDP inspects from the output reaches
+    every parameter the step's loss uses.
+
+    Example::
+
+        ddp = DistributedDataParallel(PassLoss(objective), find_unused_parameters=True)
+        terms = ddp(x, y, plan[0], epoch=epoch)   # same arguments as NegativeELBO.pass_terms
+    """
+
+    def __init__(self, objective: NegativeELBO) -> None:
+        super().__init__()
+        self.model = objective.model  # a submodule: DDP syncs the model's parameters
+        self.objective = [objective]  # in a list: not a submodule (it is not an nn.Module)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        p: Pass,
+        target: torch.Tensor | None = None,
+        original: torch.Tensor | None = None,
+        epoch: int | None = None,
+    ) -> dict[str, torch.Tensor]:
+        return self.objective[0].pass_terms(x, y, p, target, original, epoch)

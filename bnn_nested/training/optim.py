@@ -105,9 +105,11 @@ class OptimizerStep:
         self.precision = precision
         self.grad_clip = grad_clip
 
-    def backward(self, loss: torch.Tensor) -> None:
-        """Zero the gradients, then back-propagate ``loss`` (scaled under fp16)."""
-        self.optimizer.zero_grad(set_to_none=True)
+    def backward(self, loss: torch.Tensor, zero_grad: bool = True) -> None:
+        """Zero the gradients (unless ``zero_grad`` is false: accumulate, e.g. one backward per
+        pass of a step), then back-propagate ``loss`` (scaled under fp16)."""
+        if zero_grad:
+            self.optimizer.zero_grad(set_to_none=True)
         scaler = self.precision.scaler
         (scaler.scale(loss) if scaler is not None else loss).backward()
 

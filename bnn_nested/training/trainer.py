@@ -4,7 +4,8 @@ The trainer composes small parts, each its own module:
 
 * the objective (:class:`~bnn_nested.training.objective.NegativeELBO`);
 * the optimisation step, optimiser, schedule and mixed precision (:mod:`bnn_nested.training.optim`);
-* gradient averaging across processes and the replica check (:mod:`bnn_nested.training.distributed`);
+* data parallelism across processes (``DistributedDataParallel``), the stop/NaN flags and the
+  replica check (:mod:`bnn_nested.training.distributed`);
 * when to checkpoint and how SIGINT stops after a step (:mod:`bnn_nested.training.policy`);
 * RNG states for exact resume (:mod:`bnn_nested.training.checkpoint`).
 
@@ -23,11 +24,13 @@ import copy
 import math
 import sys
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from bnn_nested.config import Config, OrderingConfig, TrainConfig
 from bnn_nested.nn.batchnorm import nested_norms, recalibrate_bn
@@ -38,10 +41,11 @@ from bnn_nested.training.checkpoint import capture_rng_state, restore_rng_state
 from bnn_nested.training.distributed import (
     DistContext,
     EpochSampler,
-    average_gradients,
+    StepFlags,
     check_replicas_agree,
+    data_parallel,
 )
-from bnn_nested.training.objective import NegativeELBO
+from bnn_nested.training.objective import NegativeELBO, PassLoss
 from bnn_nested.training.optim import (
     OptimizerStep,
     Precision,
@@ -66,6 +70,10 @@ class TrainingInterrupted(KeyboardInterrupt):
     def __init__(self, message: str, checkpoint: Path | None = None) -> None:
         super().__init__(message)
         self.checkpoint = checkpoint
+
+
+def _detached(terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: torch.as_tensor(v).detach() for k, v in terms.items()}
 
 
 def _dataset_size(loader) -> int:
@@ -154,6 +162,7 @@ class Trainer:
         self.quiet = quiet
         self._setup_done = False
         self.dist = dist or DistContext(device=self.device)
+        self._ddp: DistributedDataParallel | None = None  # built by _forward on first use
         self.checkpointer = checkpointer
         self.last_checkpoint: tuple[Path, int] | None = None  # (path, step) of the last save
         self.batch_in_epoch = 0  # batches of the current epoch already trained (mid-epoch resume)
@@ -195,30 +204,60 @@ class Trainer:
             raise ValueError("n_train: unknown before fit(); pass n_train= to Trainer")
         return self.objective(x, y, self.step, self.epoch, self.generator)
 
+    def _forward(self) -> Callable[..., dict[str, torch.Tensor]]:
+        """One pass of the objective: ``DistributedDataParallel(PassLoss)`` across processes (built
+        on first use, after a resume has loaded the state), the objective itself in one process."""
+        assert self.objective is not None
+        if not self.dist.active:
+            return self.objective.pass_terms
+        if self._ddp is None or self._ddp.module.objective[0] is not self.objective:
+            self._ddp = data_parallel(PassLoss(self.objective), self.dist)
+        return self._ddp
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """One optimisation step on a batch; returns the loss parts.
+
+        Each pass of the sampler's plan runs its forward and backward on its own (the gradients
+        accumulate); across processes all passes but the last run inside DDP's ``no_sync()``, and
+        the last one's backward averages the accumulated gradients over ranks.
 
         Raises:
             NonFiniteLossError: the loss is NaN or Inf (the parameters are left untouched).
         """
+        if self.objective is None:
+            raise ValueError("n_train: unknown before fit(); pass n_train= to Trainer")
         self.model.train()
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
-        loss, parts = self.loss(x, y)
-        finite = math.isfinite(parts["loss"])
-        if not finite and not self.dist.active:
-            raise NonFiniteLossError(f"loss became {parts['loss']} at step {self.step}")
-        if finite:
-            self.stepper.backward(loss)
-        else:
-            self.optimizer.zero_grad(set_to_none=True)
-        if self.dist.active:
-            flags = torch.tensor([float(self._stop_requested), float(not finite)])
-            summed = average_gradients(self.model.parameters(), flags, self.dist.world_size)
-            self._stop_requested = bool(summed[0] > 0)
-            if summed[1] > 0:
+        objective, forward = self.objective, self._forward()
+        original = objective.teacher_logits(x)
+        plan = objective.plan(self.step, self.generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms: list[dict[str, torch.Tensor]] = []
+        flags: StepFlags | None = None
+        for i, p in enumerate(plan):
+            last = i == len(plan) - 1
+            target = terms[0]["probs"] if terms else None
+            sync = self._ddp.no_sync() if self._ddp is not None and not last else nullcontext()
+            with sync:
+                t = forward(x, y, p, target, original, self.epoch if last else None)
+                if last:
+                    parts = {
+                        k: float(v) for k, v in objective.summarize(terms + [_detached(t)]).items()
+                    }
+                    finite = math.isfinite(parts["loss"])
+                    if not self.dist.active and not finite:
+                        raise NonFiniteLossError(f"loss became {parts['loss']} at step {self.step}")
+                    if self.dist.active:
+                        flags = StepFlags(self._stop_requested, not finite, self.dist)
+                self.stepper.backward(t["loss"], zero_grad=False)
+            terms.append(_detached(t))
+        if flags is not None:
+            stop, bad = flags.wait()
+            self._stop_requested = stop > 0
+            if bad:
                 raise NonFiniteLossError(
-                    f"loss became non-finite on {int(summed[1])} rank(s) at step {self.step}"
+                    f"loss became non-finite on {bad} rank(s) at step {self.step}"
                 )
         self.step += 1
         self.stepper.apply(self.model, self.regularizer, self.step)
@@ -311,16 +350,17 @@ class Trainer:
         return correct / max(total, 1)
 
     @torch.no_grad()
-    def validation_accuracy(self, val_loader, bn_loader=None) -> float:
-        """Full-width accuracy; with ``bn_loader``, under batch-norm statistics re-estimated at full
-        width on it (the model's norm layers are restored afterwards, so training is unchanged)."""
+    def validation_accuracy(self, val_loader, bn_loader=None, width: float = 1.0) -> float:
+        """Accuracy at ``width`` (default full); with ``bn_loader``, under batch-norm statistics
+        re-estimated at that width on it (the model's norm layers are restored afterwards, so
+        training is unchanged)."""
         norms = nested_norms(self.model)
         if bn_loader is None or not norms:
-            return self.accuracy(val_loader)
+            return self.accuracy(val_loader, width)
         saved = [copy.deepcopy(bn.state_dict()) for bn in norms]
         try:
-            recalibrate_bn(self.model, bn_loader, [1.0], device=self.device)
-            return self.accuracy(val_loader)
+            recalibrate_bn(self.model, bn_loader, [width], device=self.device)
+            return self.accuracy(val_loader, width)
         finally:
             for bn, state in zip(norms, saved):
                 bn.load_state_dict(state)

@@ -32,7 +32,13 @@ def test_shape_and_single_sample_is_deterministic_mean_network():
 
 def _gaussian_mlp(init_log_alpha=-1.0):
     model = NestedMLP(
-        3, 2, hidden=[4], groups=4, kept=1, weight_posterior="gaussian", init_log_alpha=init_log_alpha
+        3,
+        2,
+        hidden=[4],
+        groups=4,
+        kept=1,
+        weight_posterior="gaussian",
+        init_log_alpha=init_log_alpha,
     ).eval()
     with torch.no_grad():  # larger weights: outputs far from uniform, a visible predictive spread
         model.features[0].weight.mul_(4.0)

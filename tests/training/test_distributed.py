@@ -1,15 +1,24 @@
-"""Data-parallel training: 2 CPU processes (gloo) reproduce a single-process run with the same
-global batch; ordering masks agree on every rank at every step; only rank 0 writes."""
+"""Data-parallel training on ``DistributedDataParallel``: 2 CPU processes (gloo) reproduce a
+single-process run with the same global batch for the ``vou``, ``nested_dropout`` and ``sandwich``
+samplers; ordering masks agree on every rank at every step; only rank 0 writes; a 2-process run
+killed with SIGKILL and resumed under torchrun ends with exactly the uninterrupted run's weights."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import yaml
 from torch.utils.data import DataLoader, TensorDataset
 
 from bnn_nested.config import build_config
@@ -23,7 +32,7 @@ from bnn_nested.training.distributed import (
     setup_distributed,
 )
 from bnn_nested.training.samplers import build_sampler
-from bnn_nested.training.trainer import Trainer
+from bnn_nested.training.trainer import NonFiniteLossError, Trainer
 
 N, GLOBAL_BATCH, EPOCHS = 128, 32, 3  # N divisible by the global batch: no padded last batch
 #: stated tolerance: the 2-process run averages two half-batch means (a different summation order)
@@ -65,7 +74,7 @@ def _train(cfg, ctx: DistContext) -> Trainer:
     return trainer
 
 
-def _worker(rank: int, world: int, tmp: str, sampler: str) -> None:
+def _worker(rank: int, world: int, tmp: str, sampler: str, with_run: bool) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{tmp}/pg", rank=rank, world_size=world)
     ctx = setup_distributed("cpu")
@@ -82,6 +91,24 @@ def _worker(rank: int, world: int, tmp: str, sampler: str) -> None:
     OrderingUnit.sample_mask = original
     torch.save(trainer.model.state_dict(), f"{tmp}/model{rank}.pt")
     (Path(tmp) / f"masks{rank}.json").write_text(json.dumps(digests))
+    if not with_run:
+        dist.destroy_process_group()
+        return
+    # the flags: a stop asked on rank 0 alone stops both; a NaN loss on rank 1 alone raises on both
+    x, y = _dataset().tensors
+    x, y = x[rank * 16 : rank * 16 + 16], y[rank * 16 : rank * 16 + 16]
+    trainer._stop_requested = rank == 0
+    trainer.train_step(x, y)
+    agreed = {"stop": trainer._stop_requested}
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    try:
+        trainer.train_step(x * float("nan") if rank == 1 else x, y)
+        agreed["nan"] = "no error"
+    except NonFiniteLossError as err:
+        agreed["nan"] = str(err)
+    after = trainer.model.state_dict()
+    agreed["untouched"] = all(torch.equal(before[k], after[k]) for k in before)
+    (Path(tmp) / f"flags{rank}.json").write_text(json.dumps(agreed))
     # the run directory path through train_run: only rank 0 writes files
     from bnn_nested.runs.run import train_run
 
@@ -96,13 +123,18 @@ def _worker(rank: int, world: int, tmp: str, sampler: str) -> None:
     dist.destroy_process_group()
 
 
+#: ordering masks drawn per step (NestedMLP([16]): one ordering unit; sandwich draws none)
+MASKS_PER_STEP = {"vou": 1, "nested_dropout": 1, "sandwich": 0}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("sampler", ["vou"])
+@pytest.mark.parametrize("sampler", ["vou", "nested_dropout", "sandwich"])
 def test_two_cpu_processes_match_one(tmp_path, sampler):
-    mp.spawn(_worker, args=(2, str(tmp_path), sampler), nprocs=2, join=True)
+    with_run = sampler == "vou"  # the run-directory check once
+    mp.spawn(_worker, args=(2, str(tmp_path), sampler, with_run), nprocs=2, join=True)
     # masks: identical on both ranks at every step (one mask per ordering unit per step)
     masks = json.loads((tmp_path / "masks0.json").read_text())
-    assert len(masks) == EPOCHS * (N // GLOBAL_BATCH) * 1  # NestedMLP([16]): one ordering unit
+    assert len(masks) == EPOCHS * (N // GLOBAL_BATCH) * MASKS_PER_STEP[sampler]
     assert all(len(set(d)) == 1 for d in masks)
     # replicas agree exactly; they match one process with the same global batch within ATOL
     m0 = torch.load(tmp_path / "model0.pt", weights_only=True)
@@ -114,6 +146,12 @@ def test_two_cpu_processes_match_one(tmp_path, sampler):
     assert moved > 1e-2  # training changed the weights, so agreement is not trivial
     for k in single:
         torch.testing.assert_close(m0[k], single[k], atol=ATOL, rtol=0)
+    if not with_run:
+        return
+    for rank in (0, 1):
+        agreed = json.loads((tmp_path / f"flags{rank}.json").read_text())
+        assert agreed["stop"] is True and agreed["untouched"] is True
+        assert agreed["nan"].startswith("loss became non-finite on 1 rank(s)")
     # train_run under 2 ranks: one run directory, written once, complete
     run = tmp_path / "run"
     ours = (".bnn-nested-run", ".bnn-nested.lock")  # the run's marker and lock file
@@ -148,3 +186,106 @@ def test_epoch_sampler_shards_are_the_global_batches():
     assert list(again) == full[40:] and len(again) == N - 40
     single.set_epoch(3)
     assert list(single) != full
+
+
+# -- exact resume of a 2-process run killed with SIGKILL (the real CLI under torchrun) ---------
+ROOT = Path(__file__).parents[2]
+#: The CLI, each step slowed by 20 ms so the parent can kill the job between checkpoints.
+CHILD = textwrap.dedent(
+    """
+    import sys, time
+    import torch
+    torch.set_num_threads(1)
+    from bnn_nested.training.trainer import NonFiniteLossError, Trainer
+    step = Trainer.train_step
+    def slow(self, x, y):
+        time.sleep(0.02)
+        return step(self, x, y)
+    Trainer.train_step = slow
+    from bnn_nested.cli.main import main
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+def _torchrun(script: Path, *args: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    return subprocess.Popen(
+        [*cmd, str(script), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
+
+
+def _descendants(pid: int) -> list[int]:
+    """Process ids below ``pid`` (from ``/proc``): torchrun starts its ranks in sessions of their
+    own, so killing its process group would not reach them."""
+    parent: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            parent[int(d.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    out, todo = [], [pid]
+    while todo:
+        here = todo.pop()
+        kids = [c for c, p in parent.items() if p == here]
+        out += kids
+        todo += kids
+    return out
+
+
+def _finish(proc: subprocess.Popen) -> None:
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds torchrun's ranks in /proc")
+@pytest.mark.parametrize("sampler", ["vou", "nested_dropout", "sandwich"])
+def test_two_process_sigkill_then_resume_is_bit_identical(tmp_path, sampler):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "seed": 5,
+                "data": {"name": "digits", "batch_size": 64},
+                "model": {"hidden": [16], "groups": 4, "kept": 1},
+                "ordering": {"sampler": sampler, "sandwich_random": 1},
+                "train": {"epochs": 2, "lr": 0.003, "checkpoint_every_steps": 5},
+                "eval": {"widths": [0.5, 1.0]},
+            }
+        )
+    )
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    common = ("--quiet",)
+    _finish(
+        _torchrun(script, "train", "--config", str(cfg), "--out", str(tmp_path / "ref"), *common)
+    )
+    run = tmp_path / "killed"
+    proc = _torchrun(script, "train", "--config", str(cfg), "--out", str(run), *common)
+    deadline = time.monotonic() + 240
+    while not (run / "checkpoint.pt").exists():
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert time.monotonic() < deadline, "no checkpoint within 240 s"
+        time.sleep(0.005)
+    for pid in [*_descendants(proc.pid), proc.pid]:  # the ranks first, then torchrun
+        os.kill(pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    partial = torch.load(run / "checkpoint.pt", weights_only=True)
+    ref = torch.load(tmp_path / "ref" / "checkpoint.pt", weights_only=True)
+    assert not partial["complete"] and partial["step"] < ref["step"]  # killed mid-run
+    assert partial["world_size"] == 2
+    _finish(_torchrun(script, "train", "--resume", str(run), *common))
+    final = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert final["complete"] and final["step"] == ref["step"]
+    for k in ref["model"]:
+        assert torch.equal(final["model"][k], ref["model"][k]), k
+    assert final["history"] == ref["history"]
