@@ -89,7 +89,7 @@ class NegativeELBO:
         return self.sampler.passes(step, generator)
 
     def teacher_logits(self, x: torch.Tensor) -> torch.Tensor | None:
-        """The kept teacher's logits on ``x`` (``None`` without a teacher)."""
+        """The frozen (not trained) teacher's logits on ``x`` (``None`` without a teacher)."""
         if self.teacher is None:
             return None
         with torch.no_grad(), self.autocast():
