@@ -312,7 +312,7 @@ def bad_argv(draw, cfg: str, out: str):
         if value.startswith("-"):  # argparse may take it for an option: then --set is named
             return good + ["--set", value], (("argument --set", "expected KEY=VALUE"),)
         return good + ["--set", value], ("expected KEY=VALUE",) + (
-            (f"override '{value}'",) if _shown(value) and "'" not in value else ()
+            (f"override {value!r}",) if _shown(value) and "'" not in value else ()
         )
     if kind == 3:  # a device that does not exist
         device = draw(words.filter(lambda w: w not in {"cpu", "cuda", "auto"}))
