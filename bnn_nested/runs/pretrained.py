@@ -53,20 +53,17 @@ from bnn_nested.io import (
     JsonFileError,
     atomic_write,
     atomic_write_json,
+    first_line,
     read_json,
     read_regular_file,
 )
 from bnn_nested.models import build_model
 from bnn_nested.nn.batchnorm import nested_norms
 from bnn_nested.nn.model import NestedModel
-from bnn_nested.runs.run import CHECKPOINT
-from bnn_nested.runs.rundir import is_run_dir
+from bnn_nested.runs.run import read_run_checkpoint
 from bnn_nested.training.checkpoint import (
     CheckpointError,
     nonfinite_tensors,
-    read_checkpoint,
-    require_finite,
-    require_keys,
 )
 from bnn_nested.training.samplers import build_sampler
 
@@ -142,31 +139,19 @@ def from_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Pretrai
             match its config (one line).
     """
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"{run_dir}: run directory not found")
-    path = run_dir / CHECKPOINT
-    if not path.exists() and is_run_dir(run_dir):
-        raise CheckpointError(
-            f"{run_dir}: no checkpoint yet; finish it with: bnn-nested train --resume {run_dir}"
-        )
-    state, digest = read_checkpoint(path)
-    require_keys(path, state, ("config", "model", "meta"))
+    path, state, digest, cfg = read_run_checkpoint(run_dir, ("config", "model", "meta"))
     if not isinstance(state["model"], dict):
         raise CheckpointError(f"{path}: incompatible checkpoint (model is not a state dict)")
-    require_finite(path, state["model"])
     try:
-        cfg = build_config(state["config"])
         shape = tuple(int(d) for d in state["meta"]["input_shape"])
         num_classes = int(state["meta"]["num_classes"])
-    except (ConfigError, TypeError, KeyError, ValueError) as err:
-        detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: incompatible checkpoint ({detail})") from None
+    except (TypeError, KeyError, ValueError) as err:
+        raise CheckpointError(f"{path}: incompatible checkpoint ({first_line(err)})") from None
     model = _build(cfg, shape, num_classes)
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as err:
-        first = str(err).strip().splitlines()[0][:200]
-        raise CheckpointError(f"{path}: incompatible checkpoint ({first})") from None
+        raise CheckpointError(f"{path}: incompatible checkpoint ({first_line(err)})") from None
     step = state.get("step")
     source = {
         "step": step if isinstance(step, int) else -1,
@@ -302,8 +287,9 @@ def from_pretrained(
             and isinstance(doc["input_shape"], list)
         )
     except (KeyError, TypeError, ValueError, ConfigError) as err:
-        detail = str(err).strip().splitlines()[0][:150] if str(err).strip() else repr(err)
-        raise PretrainedError(f"{cfg_path}: malformed ({detail})") from None
+        raise PretrainedError(
+            f"{cfg_path}: malformed ({first_line(err, 150, repr(err))})"
+        ) from None
     if not ok:
         raise PretrainedError(f"{cfg_path}: malformed (input_shape or num_classes out of range)")
     temps = _check_temperatures(doc.get("temperatures", {}), cfg_path)
@@ -323,7 +309,7 @@ def from_pretrained(
     try:
         state = safetensors.torch.load(data)
     except Exception as err:  # safetensors' own error type: a malformed header or body
-        detail = str(err).strip().splitlines()[0][:150] if str(err).strip() else repr(err)
+        detail = first_line(err, 150, repr(err))
         raise PretrainedError(f"{w_path}: corrupt safetensors file ({detail})") from None
     bad = nonfinite_tensors(state)
     if bad:

@@ -618,8 +618,21 @@ class LoadedRun:
         return new
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
-    """Rebuild the trained model, its config and its data splits from a run directory."""
+def read_run_checkpoint(
+    run_dir: str | Path, keys: tuple[str, ...] = ("config", "model"), map_location: Any = "cpu"
+) -> tuple[Path, dict[str, Any], str, Config]:
+    """Open a run directory's checkpoint: ``(path, state, sha256, config)``.
+
+    The one reader :func:`load_run` and :func:`~bnn_nested.runs.pretrained.from_run` share: the
+    directory and checkpoint must exist (a run stopped before its first checkpoint says how to
+    finish it), the file is read ``weights_only``, ``keys`` must be present, a state-dict model
+    must be finite, and the config must validate; the config's ``imports`` are imported (the
+    user's own run: its registered models and data sets are needed to rebuild it).
+
+    Raises:
+        FileNotFoundError: no such directory.
+        CheckpointError: one line naming the file.
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: run directory not found")
@@ -629,8 +642,8 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
             f"{run_dir}: no checkpoint yet (the run stopped or is still before its first one); "
             f"finish it with: bnn-nested train --resume {run_dir}"
         )
-    state, digest = read_checkpoint(path, map_location=device)
-    require_keys(path, state, ("config", "model"))
+    state, digest = read_checkpoint(path, map_location=map_location)
+    require_keys(path, state, keys)
     if isinstance(state["model"], dict):
         require_finite(path, state["model"])
     try:
@@ -638,6 +651,13 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
     except (ConfigError, TypeError) as err:
         raise CheckpointError(f"{path}: incompatible checkpoint ({err})") from None
     import_modules(cfg)
+    return path, state, digest, cfg
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
+    """Rebuild the trained model, its config and its data splits from a run directory."""
+    run_dir = Path(run_dir)
+    _, state, digest, cfg = read_run_checkpoint(run_dir, map_location=device)
     splits = load_dataset(cfg.data, seed=cfg.seed)
     model = build_model_for(cfg, splits)
     try:
