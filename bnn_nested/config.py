@@ -469,6 +469,27 @@ def import_modules(cfg: Config) -> None:
             raise ConfigError(f"imports: cannot import {name!r} ({str(err)[:150]})") from None
 
 
+def import_trusted(cfg: Config, allow_import: bool, where: str, error: type[Exception]) -> None:
+    """Import what a config read from a shared file names, only if its reader trusts the file.
+
+    Two config fields import (and so run) code: ``model.name: import`` (its ``model.target``) and
+    the top-level ``imports``. Without ``allow_import`` either is refused with one line
+    ``error(f"{where}: ...")``; otherwise the ``imports`` are imported (their registrations must
+    exist before the model is built). The one check both safe loaders use."""
+    if not allow_import:
+        if cfg.model.name == "import":
+            raise error(
+                f"{where}: its config imports {cfg.model.target!r} (model.name: import runs that "
+                "code); pass allow_import=True only for files you trust"
+            )
+        if cfg.imports:
+            raise error(
+                f"{where}: its config imports {cfg.imports[:3]!r} (imports run code); pass "
+                "allow_import=True only for files you trust"
+            )
+    import_modules(cfg)
+
+
 def _fields_at(loc: tuple[Any, ...]) -> list[str]:
     """Field names of the (sub-)model at location ``loc`` (for "did you mean" hints)."""
     model: Any = Config

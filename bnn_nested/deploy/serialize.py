@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bnn_nested.config import ConfigError, build_config, import_modules
+from bnn_nested.config import ConfigError, build_config, import_trusted
 from bnn_nested.deploy.export import EXPORT_FORMATS, ExportFormat, export_width
 from bnn_nested.deploy.onnx import ONNX_ATOL, OrtModule, check_inputs, onnx_bytes, verify_onnx
 from bnn_nested.deploy.runtime import MicroBatched
@@ -223,17 +223,7 @@ def load_width_weights(path: str | Path, allow_import: bool = False) -> nn.Modul
         raise UnsafeOrInvalidWeights(f"{path}: malformed spec ({str(err)[:150]})") from None
     if not ok:
         raise UnsafeOrInvalidWeights(f"{path}: malformed spec (width, input_shape or tensors)")
-    if cfg.model.name == "import" and not allow_import:
-        raise UnsafeOrInvalidWeights(
-            f"{path}: its config imports {cfg.model.target!r} (model.name: import runs that "
-            "code); pass allow_import=True only for files you trust"
-        )
-    if cfg.imports and not allow_import:
-        raise UnsafeOrInvalidWeights(
-            f"{path}: its config imports {cfg.imports[:3]!r} (imports run code); pass "
-            "allow_import=True only for files you trust"
-        )
-    import_modules(cfg)
+    import_trusted(cfg, allow_import, str(path), UnsafeOrInvalidWeights)
     with torch.random.fork_rng():  # building a model draws random initial weights
         model = build_model(
             cfg.model, build_sampler(cfg.ordering).ordering_kwargs(), shape, num_classes

@@ -42,7 +42,7 @@ from typing import Any
 import safetensors.torch
 import torch
 
-from bnn_nested.config import Config, ConfigError, build_config
+from bnn_nested.config import Config, ConfigError, build_config, import_trusted
 from bnn_nested.evaluation.calibration import (
     calibrated_predict,
     load_temperatures,
@@ -293,11 +293,7 @@ def from_pretrained(
     if not ok:
         raise PretrainedError(f"{cfg_path}: malformed (input_shape or num_classes out of range)")
     temps = _check_temperatures(doc.get("temperatures", {}), cfg_path)
-    if cfg.model.name == "import" and not allow_import:
-        raise PretrainedError(
-            f"{cfg_path}: its config imports {cfg.model.target!r} (model.name: import runs that "
-            "code); pass allow_import=True only for directories you trust"
-        )
+    import_trusted(cfg, allow_import, str(cfg_path), PretrainedError)
     data = read_regular_file(
         w_path, "weights file", MAX_WEIGHTS_BYTES, PretrainedError, "not found"
     )

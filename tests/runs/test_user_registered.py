@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 
 import pytest
+import torch
 import yaml
 
 from bnn_nested.cli.main import main
@@ -15,6 +16,7 @@ from bnn_nested.deploy.serialize import (
     load_width_weights,
     save_width_weights,
 )
+from bnn_nested.runs.pretrained import PretrainedError, from_pretrained, from_run
 from bnn_nested.runs.run import load_run
 
 
@@ -41,6 +43,13 @@ def test_user_model_and_data_from_config(tmp_path, capsys):
     with pytest.raises(UnsafeOrInvalidWeights, match=r"imports \['tests.user_plugin'\]"):
         load_width_weights(tmp_path / "w.pt")
     assert load_width_weights(tmp_path / "w.pt", allow_import=True)(x).shape == (2, 3)
+    # the pretrained directory is read with the same trust rule
+    from_run(run).save_pretrained(tmp_path / "pre")
+    with pytest.raises(PretrainedError, match=r"imports \['tests.user_plugin'\]"):
+        from_pretrained(tmp_path / "pre")
+    with torch.no_grad():
+        out = from_pretrained(tmp_path / "pre", allow_import=True).model(x)
+    assert torch.equal(out, loaded.model.eval()(x))
 
 
 def test_unknown_registered_name_lists_what_is_accepted(tmp_path, capsys):
