@@ -28,6 +28,7 @@ Example::
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 from collections.abc import Iterator
@@ -64,10 +65,17 @@ class DistContext:
             dist.barrier()
 
     def close(self) -> None:
-        """Destroy the process group if this context created it."""
+        """Destroy the process group if this context created it, and free it now.
+
+        ``destroy_process_group`` only unregisters the group; the group object (and gloo's worker
+        and transport threads) lives on while anything references it. ``gc.collect()`` frees what
+        is left in reference cycles now, while the interpreter is fully alive, instead of during
+        interpreter shutdown, where a C++ thread still running aborts the process
+        (docs/multiprocess.md, "Clean exit")."""
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
             self.owns_group = False
+            gc.collect()
 
 
 def env_world_size() -> int:

@@ -399,6 +399,22 @@ class Trainer:
             self.objective = self._objective(_dataset_size(train_loader))
         self.setup(train_loader)
         end = epochs if epochs is not None else self.train_cfg.epochs
+        try:
+            self._fit_epochs(train_loader, val_loader, end, on_epoch_end, bn_loader)
+        finally:
+            self.release_process_group()
+        return self.history
+
+    def release_process_group(self) -> None:
+        """Drop the ``DistributedDataParallel`` wrapper, the trainer's only reference to the
+        process group (a later step builds a new one). ``fit`` calls it on the way out, so that
+        ``destroy_process_group`` can free the group and join gloo's C++ threads while the
+        interpreter is fully alive: a group kept alive by a wrapper is torn down during
+        interpreter shutdown instead, where its threads can abort the process
+        (``terminate called without an active exception``; docs/multiprocess.md)."""
+        self._ddp = None
+
+    def _fit_epochs(self, train_loader, val_loader, end, on_epoch_end, bn_loader) -> None:
         with self.stop:
             while self.epoch < end:
                 record = {"epoch": self.epoch + 1, **self.train_epoch(train_loader)}
@@ -415,7 +431,6 @@ class Trainer:
                     self.save_checkpoint("epoch")
                 if self._stop_requested:
                     self._interrupt()
-        return self.history
 
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -5,6 +5,7 @@ killed with SIGKILL and resumed under torchrun ends with exactly the uninterrupt
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -74,8 +75,14 @@ def _train(cfg, ctx: DistContext) -> Trainer:
     return trainer
 
 
+def _threads() -> int:
+    """OS threads of this process (gloo's worker and transport threads included)."""
+    return len(os.listdir(f"/proc/{os.getpid()}/task"))
+
+
 def _worker(rank: int, world: int, tmp: str, sampler: str, with_run: bool) -> None:
     torch.set_num_threads(1)
+    before = _threads()
     dist.init_process_group("gloo", init_method=f"file://{tmp}/pg", rank=rank, world_size=world)
     ctx = setup_distributed("cpu")
     digests: list[list[int]] = []
@@ -92,7 +99,11 @@ def _worker(rank: int, world: int, tmp: str, sampler: str, with_run: bool) -> No
     torch.save(trainer.model.state_dict(), f"{tmp}/model{rank}.pt")
     (Path(tmp) / f"masks{rank}.json").write_text(json.dumps(digests))
     if not with_run:
+        # the trainer is still alive: after fit() it must hold no reference to the group, so
+        # destroying the group frees it and joins gloo's threads now, not at interpreter exit
         dist.destroy_process_group()
+        gc.collect()
+        (Path(tmp) / f"threads{rank}.json").write_text(json.dumps([before, _threads()]))
         return
     # the flags: a stop asked on rank 0 alone stops both; a NaN loss on rank 1 alone raises on both
     x, y = _dataset().tensors
@@ -136,6 +147,10 @@ def test_two_cpu_processes_match_one(tmp_path, sampler):
     masks = json.loads((tmp_path / "masks0.json").read_text())
     assert len(masks) == EPOCHS * (N // GLOBAL_BATCH) * MASKS_PER_STEP[sampler]
     assert all(len(set(d)) == 1 for d in masks)
+    if not with_run:  # no communication thread outlives the group (docs/multiprocess.md)
+        for rank in (0, 1):
+            before, after = json.loads((tmp_path / f"threads{rank}.json").read_text())
+            assert after == before, f"rank {rank}: {after - before} thread(s) left after destroy"
     # replicas agree exactly; they match one process with the same global batch within ATOL
     m0 = torch.load(tmp_path / "model0.pt", weights_only=True)
     m1 = torch.load(tmp_path / "model1.pt", weights_only=True)
