@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from bnn_nested.evaluation.calibration import TEMPERATURE_MODES, apply_temperature, fit_temperature
-from bnn_nested.evaluation.metrics import classification_report
+from bnn_nested.evaluation.metrics import classification_report, mutual_information
 from bnn_nested.evaluation.predict import predict_loader
 from bnn_nested.runs.run import load_run
 
@@ -38,6 +38,7 @@ def measure(run_dir: str, samples: int, seed: int = 0) -> dict:
         pv, yv = predict_loader(run.model, DataLoader(run.splits.val, batch_size=bs), w, samples)
         pt, yt = predict_loader(run.model, DataLoader(run.splits.test, batch_size=bs), w, samples)
         row = {f"raw/{k}": classification_report(pt, yt, cfg.eval.ece_bins)[k] for k in KEYS}
+        row["raw/mi"] = float(mutual_information(pt).mean())  # how much the samples disagree
         for mode in TEMPERATURE_MODES:
             t = fit_temperature(pv, yv, mode=mode).temperature
             rep = classification_report(apply_temperature(pt, t), yt, cfg.eval.ece_bins)
@@ -57,12 +58,12 @@ def main() -> None:
     results = [measure(r, args.samples) for r in args.runs]
     print(
         "| data | seed | ECE raw | ECE per_sample | ECE pooled | NLL raw | NLL per_sample "
-        "| NLL pooled | acc raw | acc per_sample | acc pooled |"
+        "| NLL pooled | acc raw | acc per_sample | acc pooled | mean MI |"
     )
-    print("|---|---|" + "---:|" * 9)
+    print("|---|---|" + "---:|" * 10)
     for r in results:
         m = r["mean"]
-        cells = [m[f"{p}/{k}"] for k in KEYS for p in ("raw", *TEMPERATURE_MODES)]
+        cells = [m[f"{p}/{k}"] for k in KEYS for p in ("raw", *TEMPERATURE_MODES)] + [m["raw/mi"]]
         print(f"| {r['data']} | {r['seed']} | " + " | ".join(f"{c:.4f}" for c in cells) + " |")
     for data in sorted({r["data"] for r in results}):
         ms = [r["mean"] for r in results if r["data"] == data]
@@ -70,7 +71,7 @@ def main() -> None:
             statistics.fmean(m[f"{p}/{k}"] for m in ms)
             for k in KEYS
             for p in ("raw", *TEMPERATURE_MODES)
-        ]
+        ] + [statistics.fmean(m["raw/mi"] for m in ms)]
         print(f"| {data} | mean | " + " | ".join(f"{c:.4f}" for c in cells) + " |")
     if args.out:
         with open(args.out, "w") as f:
