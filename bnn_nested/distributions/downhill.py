@@ -132,8 +132,11 @@ def downhill_kl_mc(q: Downhill, p: Downhill, value: torch.Tensor) -> torch.Tenso
 
     ``value`` is a sample of ``q`` (one estimate per sample; average them). Unbiased for the relaxed
     KL, and differentiable in ``q``'s logits both directly and through a reparameterised sample
-    (Maddison et al. 2017, §C). The ``(tau + 1) log s`` terms of the two densities cancel, so only
-    ``sum_i (lq_i - lp_i) - n [logsumexp(lq - tau log s) - logsumexp(lp - tau log s)]`` is computed.
+    (Maddison et al. 2017, §C). Each density is taken at its own temperature
+    (docs/METHODS.md#ordering-kl). At equal temperatures the ``(tau + 1) log s`` terms of the two
+    densities cancel, so only
+    ``sum_i (lq_i - lp_i) - n [logsumexp(lq - tau log s) - logsumexp(lp - tau log s)]`` is computed;
+    otherwise the two Concrete log-densities are subtracted in full.
 
     Example::
 
@@ -143,7 +146,12 @@ def downhill_kl_mc(q: Downhill, p: Downhill, value: torch.Tensor) -> torch.Tenso
     if q.K != p.K:
         raise ValueError(f"downhill_kl_mc needs equal K, got {q.K} and {p.K}")
     log_s = _log_simplex(getattr(value, "_unquantize", value))
-    return concrete_log_ratio(q.logits, p.logits, log_s, q._tau())
+    tq, tp = broadcast_all(q.temperature, p.temperature)
+    if torch.equal(tq, tp):
+        return concrete_log_ratio(q.logits, p.logits, log_s, q._tau())
+    return concrete_log_density(q.logits, log_s, q._tau()) - concrete_log_density(
+        p.logits, log_s, p._tau()
+    )
 
 
 def concrete_log_ratio(

@@ -100,3 +100,21 @@ def test_external_values_use_successive_differences():
     s = masks_to_simplex(m)
     ref = RelaxedOneHotCategorical(torch.tensor(0.7, dtype=torch.float64), logits=logits)
     torch.testing.assert_close(Downhill(logits, 0.7).log_prob(m), ref.log_prob(s))
+
+
+@pytest.mark.parametrize("tau_q,tau_p", [(0.5, 2.0), (1.0, 0.3), (0.7, 0.7)])
+def test_monte_carlo_kl_uses_each_distributions_own_temperature(tau_q, tau_p):
+    """Issue 28 item 6: ``downhill_kl_mc(q, p, m)`` == ``log q(m) - log p(m)`` with each density at
+    its own temperature, against torch's ``RelaxedOneHotCategorical`` in float64 (before the fix it
+    scored p at q's temperature: 0.12 where the log-ratio is -2.76)."""
+    torch.manual_seed(3)
+    q_logits = stick_breaking_logits(torch.linspace(2.0, -1.0, 4)).double()
+    p_logits = truncated_geometric_logits(0.9, 4).double()
+    q, p = Downhill(q_logits, tau_q), Downhill(p_logits, tau_p)
+    m = q.rsample((50,))
+    s = m._log_simplex.exp()
+    rq = RelaxedOneHotCategorical(torch.tensor(tau_q, dtype=torch.float64), logits=q_logits)
+    rp = RelaxedOneHotCategorical(torch.tensor(tau_p, dtype=torch.float64), logits=p_logits)
+    torch.testing.assert_close(
+        downhill_kl_mc(q, p, m), rq.log_prob(s) - rp.log_prob(s), rtol=1e-9, atol=1e-9
+    )

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 from matplotlib.image import imread
+from torch.utils.data import DataLoader
 
 from bnn_nested.cli.main import main
 from bnn_nested.data import hold_out_classes, load_digits
@@ -148,3 +149,94 @@ def test_ood_scores_use_the_temperature_scaled_prediction_on_both_sides(digits):
     labels = [0] * len(s_in) + [1] * len(s_out)  # OOD is the positive class
     expected = roc_auc_score(labels, torch.cat([s_in, s_out]).numpy())
     assert rep.rows[1.0]["ood/noise/entropy/auroc"] == pytest.approx(expected, abs=1e-6)
+
+
+def _noise_set(n=150, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.utils.data.TensorDataset(
+        torch.randn(n, 64, generator=gen) * 3, torch.zeros(n, dtype=torch.long)
+    )
+
+
+def test_logit_scores_are_computed_from_the_logits(digits):
+    """Issue 28 item 5: ``energy`` and ``max_logit`` were accepted, then failed ("needs logits")
+    after the test split was predicted. Their AUROC now equals one computed by hand from the
+    network's logits (Liu et al. eq. 5; -max logit) and scikit-learn."""
+    from sklearn.metrics import roc_auc_score
+
+    model, ood = _model(), _noise_set()
+    rep = evaluate(model, digits, [0.5], ood={"noise": ood}, scores=["energy", "max_logit"])
+    x_in = torch.stack([digits.test[i][0] for i in range(len(digits.test))])
+    with torch.no_grad():
+        z_in, z_out = model(x_in, width=0.5).double(), model(ood.tensors[0], width=0.5).double()
+    labels = [0] * len(z_in) + [1] * len(z_out)
+    for name, score in (
+        ("energy", lambda z: -torch.logsumexp(z, -1)),
+        ("max_logit", lambda z: -z.max(-1).values),
+    ):
+        expected = roc_auc_score(labels, torch.cat([score(z_in), score(z_out)]).numpy())
+        assert rep.rows[0.5][f"ood/noise/{name}/auroc"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_logit_scores_average_over_mc_samples(digits):
+    """With S > 1 the energy is the mean of the per-sample energies (docs/METHODS.md#ood-detection),
+    checked on the same seeded samples drawn by hand."""
+    from sklearn.metrics import roc_auc_score
+
+    from bnn_nested.evaluation.predict import predict_loader
+
+    model, ood = _model(dropout=0.3), _noise_set(n=60)
+    torch.manual_seed(11)
+    rep = evaluate(model, digits, [1.0], samples=3, ood={"noise": ood}, scores=["energy"])
+    torch.manual_seed(11)
+    z_in, _ = predict_loader(model, DataLoader(digits.test, 512), 1.0, 3, logits=True)
+    z_out, _ = predict_loader(model, DataLoader(ood, 512), 1.0, 3, logits=True)
+    s = torch.cat(
+        [-torch.logsumexp(z_in.double(), -1).mean(0), -torch.logsumexp(z_out.double(), -1).mean(0)]
+    )
+    expected = roc_auc_score([0] * z_in.shape[1] + [1] * z_out.shape[1], s.numpy())
+    assert rep.rows[1.0]["ood/noise/energy/auroc"] == pytest.approx(expected, abs=1e-9)
+
+
+def test_unknown_score_is_refused_before_any_prediction(digits, monkeypatch):
+    import bnn_nested.evaluation.evaluate as evaluate_mod
+
+    def no_prediction(*args, **kwargs):
+        raise AssertionError("predicted before refusing")
+
+    monkeypatch.setattr(evaluate_mod, "predict_loader", no_prediction)
+    with pytest.raises(ValueError, match="unknown OOD score 'energie'; accepted: msp"):
+        evaluate(_model(), digits, [1.0], ood={"noise": _noise_set()}, scores=["energie"])
+
+
+def test_pooled_temperature_in_evaluate(digits):
+    """A ``pooled`` temperature scores softmax(log p̄ / T) (one distribution): the report's NLL
+    equals a numpy computation on the same seeded samples, and mutual information (read off the
+    untempered samples) is still reported."""
+    import numpy as np
+
+    from bnn_nested.evaluation.calibration import Temperature
+    from bnn_nested.evaluation.predict import predict_loader
+
+    model = _model(dropout=0.3)
+    temps = {1.0: Temperature(2.0, "pooled", 4)}
+    torch.manual_seed(5)
+    rep = evaluate(model, digits, [1.0], samples=4, temperatures=temps, selective=None)
+    torch.manual_seed(5)
+    probs, y = predict_loader(model, DataLoader(digits.test, 512), 1.0, 4)
+    logq = np.log(probs.double().numpy().mean(0)) / 2.0
+    logq = logq - np.log(np.exp(logq).sum(-1, keepdims=True))
+    assert rep.rows[1.0]["cls/nll"] == pytest.approx(-logq[np.arange(len(y)), y.numpy()].mean())
+    assert rep.meta["temperature_modes"] == {"1": "pooled"}
+    torch.manual_seed(5)
+    rep = evaluate(
+        model,
+        digits,
+        [1.0],
+        samples=4,
+        temperatures=temps,
+        ood={"noise": _noise_set(n=40)},
+        selective="mutual_information",
+    )
+    assert 0.0 < rep.rows[1.0]["ood/noise/mutual_information/auroc"] < 1.0
+    assert rep.rows[1.0]["sel/aurc"] > 0.0

@@ -8,7 +8,7 @@ from typing import get_args
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from bnn_nested.evaluation import metrics as M
 from bnn_nested.evaluation import ood as O
@@ -117,20 +117,41 @@ def test_ood_metrics_match_sklearn():
 
 
 def _fpr95_brute_force(s_in: np.ndarray, s_out: np.ndarray) -> float:
-    """Largest threshold t (flag score >= t) detecting >= 95% of OOD; FPR on in-distribution."""
+    """Literature FPR95 (ODIN, energy score): smallest threshold t (accept as in-distribution when
+    score <= t) accepting >= 95% of in-distribution inputs; the share of OOD inputs accepted."""
+    for t in np.sort(np.unique(np.r_[s_in, s_out])):
+        if np.mean(s_in <= t) >= 0.95:
+            return float(np.mean(s_out <= t))
+    raise AssertionError("unreachable")
+
+
+def _fpr95_in_brute_force(s_in: np.ndarray, s_out: np.ndarray) -> float:
+    """Largest threshold t (flag score >= t) detecting >= 95% of OOD; share of in-dist flagged."""
     for t in np.sort(np.unique(np.r_[s_in, s_out]))[::-1]:
         if np.mean(s_out >= t) >= 0.95:
             return float(np.mean(s_in >= t))
     raise AssertionError("unreachable")
 
 
-def test_fpr95_hand():
+def test_fpr95_is_the_literatures_definition_hand():
+    """Issue 28 item 4: ``ood/fpr95`` is the share of OOD inputs accepted at 95% in-distribution
+    recall (Liang et al. 2018; Liu et al. 2020), not the share of in-distribution inputs flagged at
+    95% OOD recall (now ``ood/fpr95_in``)."""
+    s_in = np.arange(1.0, 21.0)  # accepting 19 of 20 (95%) needs t = 19
+    s_out = np.array([0.5, 1.5, 19.5, 25.0])  # 0.5 and 1.5 are accepted at t = 19
+    got = O.ood_metrics(s_in, s_out)
+    assert got["ood/fpr95"] == pytest.approx(0.5)
+    # flagging all 4 OOD inputs (95% of 4 is 4) needs t = 0.5, which flags every in-dist input
+    assert got["ood/fpr95_in"] == pytest.approx(1.0)
+
+
+def test_fpr95_in_hand():
     # OOD scores 1..20: detecting 19 of 20 (95%) needs threshold 2; in-dist 2.5 and 10.5 pass.
     s_out = np.arange(1.0, 21.0)
     s_in = np.array([0.5, 1.5, 2.5, 10.5])
-    assert O.ood_metrics(s_in, s_out)["ood/fpr95"] == pytest.approx(0.5)
+    assert O.ood_metrics(s_in, s_out)["ood/fpr95_in"] == pytest.approx(0.5)
     # With 10 OOD scores, 95% means all 10: threshold 1, so 1.5, 2.5, 10.5 pass.
-    assert O.ood_metrics(s_in, np.arange(1.0, 11.0))["ood/fpr95"] == pytest.approx(0.75)
+    assert O.ood_metrics(s_in, np.arange(1.0, 11.0))["ood/fpr95_in"] == pytest.approx(0.75)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -138,18 +159,39 @@ def test_fpr95_matches_brute_force_with_ties(seed):
     g = np.random.default_rng(seed)
     s_in = g.integers(0, 12, 57).astype(float)
     s_out = g.integers(4, 20, 43).astype(float)
-    assert O.ood_metrics(s_in, s_out)["ood/fpr95"] == pytest.approx(_fpr95_brute_force(s_in, s_out))
+    got = O.ood_metrics(s_in, s_out)
+    assert got["ood/fpr95"] == pytest.approx(_fpr95_brute_force(s_in, s_out))
+    assert got["ood/fpr95_in"] == pytest.approx(_fpr95_in_brute_force(s_in, s_out))
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_fpr95_matches_sklearn_roc_with_in_distribution_positive(seed):
+    """Read off scikit-learn's ROC curve with in-distribution positive and the scores negated
+    (the convention of the ODIN and energy-score papers): FPR at the first TPR >= 0.95."""
+    g = np.random.default_rng(seed)
+    s_in, s_out = g.normal(0.0, 1.0, 400), g.normal(1.0, 1.0, 300)
+    y_in = np.r_[np.ones(400), np.zeros(300)]
+    fpr, tpr, _ = roc_curve(y_in, -np.r_[s_in, s_out])
+    expected = fpr[np.argmax(tpr >= 0.95)]
+    assert O.ood_metrics(s_in, s_out)["ood/fpr95"] == pytest.approx(expected, abs=1e-12)
 
 
 def test_perfect_and_reversed_separation():
     s_in = torch.linspace(0.0, 1.0, 50)
     s_out = torch.linspace(2.0, 3.0, 30)
     perfect = O.ood_metrics(s_in, s_out)
-    expected = {"ood/auroc": 1.0, "ood/aupr_in": 1.0, "ood/aupr_out": 1.0, "ood/fpr95": 0.0}
+    expected = {
+        "ood/auroc": 1.0,
+        "ood/aupr_in": 1.0,
+        "ood/aupr_out": 1.0,
+        "ood/fpr95": 0.0,
+        "ood/fpr95_in": 0.0,
+    }
     assert perfect == pytest.approx(expected, abs=1e-12)
     reversed_ = O.ood_metrics(s_out, s_in)
     assert reversed_["ood/auroc"] == pytest.approx(0.0, abs=1e-12)
     assert reversed_["ood/fpr95"] == pytest.approx(1.0)
+    assert reversed_["ood/fpr95_in"] == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize(

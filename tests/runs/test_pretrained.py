@@ -292,3 +292,44 @@ def test_cli_bad_input_exits_2_and_writes_nothing(run_dir, tmp_path, capsys, cas
     err = capsys.readouterr().err.strip()
     assert err.startswith("bnn-nested: error:") and needle in err and "\n" not in err
     assert tree_digest(tmp_path) == before and tree_digest(run_dir) == run_before
+
+
+def test_predict_defaults_to_the_sample_count_the_temperature_was_fitted_with(saved, monkeypatch):
+    """Issue 28 item 2: a temperature fitted with S = 4 samples is stored with that S, survives the
+    round trip, and ``predict`` then draws 4 samples by default (it drew 1, the deterministic
+    network, to which that temperature does not belong); asking for another S warns."""
+    import bnn_nested.evaluation.calibration as calibration
+    from bnn_nested.evaluation.calibration import Temperature
+
+    monkeypatch.setattr(calibration, "_WARNED", set())
+    pre = from_pretrained(saved)
+    pre.temperatures = {w: Temperature(t, "per_sample", 4) for w, t in TEMPS.items()}
+    again = from_pretrained(pre.save_pretrained(saved.parent / "s4"))
+    doc = json.loads((saved.parent / "s4" / CONFIG_FILE).read_text())
+    assert doc["temperature_samples"] == 4 and doc["temperature_mode"] == "per_sample"
+    t = again.temperature(0.5)
+    assert (float(t), t.mode, t.samples) == (1.75, "per_sample", 4)
+    x = torch.randn(3, 1, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert again.predict(x, 0.5).shape == (4, 3, 10)
+        assert again.predict(x, 0.5, calibrated=False).shape == (1, 3, 10)
+    with pytest.warns(UserWarning, match="fitted with 4 Monte-Carlo sample"):
+        again.predict(x, 0.5, samples=1)
+    # the directory written before (temperatures fitted with one sample) predicts one sample
+    assert from_pretrained(saved).predict(x, 0.5).shape == (1, 3, 10)
+
+
+@pytest.mark.parametrize(
+    "field, value, needle",
+    [
+        ("temperature_mode", "mean", "temperature_mode must be one of per_sample, pooled"),
+        ("temperature_samples", 0, "temperature_samples must be an integer >= 1 or null"),
+    ],
+)
+def test_a_bad_temperature_field_is_refused_in_one_line(saved, field, value, needle):
+    doc = json.loads((saved / CONFIG_FILE).read_text())
+    doc[field] = value
+    (saved / CONFIG_FILE).write_text(json.dumps(doc))
+    with pytest.raises(PretrainedError, match=needle):
+        from_pretrained(saved)
