@@ -238,6 +238,11 @@ class ModelConfig(_Strict):
         description="Gaussian weights' training estimator: lrt (local reparameterisation, two "
         "convolutions per layer) or shared (one weight draw per mini-batch, one convolution)",
     )
+    weight_prior: Literal["log_uniform", "gaussian"] = Field(
+        "log_uniform",
+        description="prior of Gaussian weights: log_uniform (sparse VD's improper prior, the seed "
+        "paper's; ill-posed) or gaussian (N(0, s^2) per layer, s^2 by empirical Bayes)",
+    )
     arch: str | None = Field(None, description="name: torchvision: the architecture, e.g. resnet18")
     target: str | None = Field(
         None, description="name: import: 'package.module:factory' (runs that code)"
@@ -335,12 +340,29 @@ class OrderingConfig(_Strict):
         description="sampler 'vou': also run the unmasked full width each step and train the "
         "masked pass on its (detached) predictive distribution (in-place distillation)",
     )
+    gradient: Literal["straight_through", "score"] = Field(
+        "straight_through",
+        description="sampler 'vou', hard masks: gradient of the expected loss in the ordering "
+        "logits: straight_through (through the relaxed Downhill sample, biased) or score "
+        "(score function, leave-one-out baseline over two masked passes per step, unbiased)",
+    )
     weight_kl: Literal["keep", "all"] = Field(
         "keep",
         description="sampler 'vou': weight each channel's weight KL by its keep probability "
         "(q(W|b) = prior for dropped channels, the seed paper) or count every channel (q(W) "
         "independent of b)",
     )
+
+    @model_validator(mode="after")
+    def _score_gradient(self) -> OrderingConfig:
+        if self.gradient == "score" and not (
+            self.sampler == "vou" and self.hard and not self.per_example and not self.vou_distill
+        ):
+            raise ValueError(
+                "gradient: 'score' needs sampler 'vou' with hard: true, per_example: false and "
+                "vou_distill: false"
+            )
+        return self
 
     @model_validator(mode="after")
     def _schedule_range(self) -> OrderingConfig:
@@ -359,6 +381,9 @@ class TrainConfig(_Strict):
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     scheduler: Literal["none", "cosine"] = "none"
     grad_clip: float | None = Field(None, gt=0.0)
+    log_alpha_lr: float | None = Field(
+        None, gt=0.0, description="learning rate of Gaussian weights' log_alpha (None: lr)"
+    )
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     threads: int | str = Field(

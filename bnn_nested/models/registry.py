@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bnn_nested.nn.model import NestedModel
-from bnn_nested.nn.nested import set_weight_noise
+from bnn_nested.nn.nested import set_weight_noise, set_weight_prior
 from bnn_nested.registry import Registry
 
 #: name -> builder(model_cfg, ordering_kwargs, input_shape, num_classes) -> NestedModel
@@ -43,4 +43,5 @@ def build_model(
 ) -> NestedModel:
     """Build the model named ``model_cfg.name``; unknown names list the known ones."""
     model = MODELS[model_cfg.name](model_cfg, ordering, tuple(input_shape), num_classes)
+    set_weight_prior(model, getattr(model_cfg, "weight_prior", "log_uniform"))
     return set_weight_noise(model, getattr(model_cfg, "weight_noise", "lrt"))

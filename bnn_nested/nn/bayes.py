@@ -50,6 +50,17 @@ VAR_EPS = 1e-16
 #: Training estimators of Gaussian-weight layers (module docstring): ``"lrt"`` samples each
 #: pre-activation (two convolutions), ``"shared"`` one weight tensor per forward pass (one).
 WEIGHT_NOISE: tuple[str, ...] = ("lrt", "shared")
+#: Weight priors: ``"log_uniform"`` (improper, sparse VD's; its KL's constant is a convention, and
+#: Hron, Matthews & Ghahramani 2018 show the objective is then ill-posed) or ``"gaussian"`` (a
+#: proper ``N(0, s^2)`` per layer with the empirical-Bayes variance, :func:`gaussian_eb_kl`).
+WEIGHT_PRIORS: tuple[str, ...] = ("log_uniform", "gaussian")
+
+
+def check_weight_prior(weight_prior: str) -> str:
+    """``weight_prior`` if it is one of :data:`WEIGHT_PRIORS`, else a one-line ``ValueError``."""
+    if weight_prior not in WEIGHT_PRIORS:
+        raise ValueError(f"weight_prior must be one of {WEIGHT_PRIORS}, got {weight_prior!r}")
+    return weight_prior
 
 
 def check_weight_noise(weight_noise: str) -> str:
@@ -83,6 +94,40 @@ def sparse_vd_kl(log_alpha: torch.Tensor) -> torch.Tensor:
         - MOLCHANOV_K1
     )
     return -neg_kl
+
+
+def gaussian_eb_kl(
+    theta: torch.Tensor, log_alpha: torch.Tensor, channel_keep: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-output-channel ``KL(N(theta, alpha theta^2) || N(0, s^2))`` summed over each channel's
+    weights, with the layer's prior variance ``s^2`` set to its empirical-Bayes optimum.
+
+    For a zero-mean Gaussian prior the KL of one weight is
+    ``0.5 * (log(s^2 / sigma^2) + (sigma^2 + theta^2) / s^2 - 1)`` with ``sigma^2 = alpha theta^2``.
+    The keep-weighted sum ``sum_c keep_c KL_c`` is minimised in ``s^2`` by the keep-weighted mean
+    second moment ``s^2 = sum_c keep_c sum_w (theta^2 + sigma^2) / sum_c keep_c n_c`` (type-II
+    maximum likelihood of the ELBO, one variance per layer), which is what is used; at that optimum
+    the derivative in ``s^2`` is 0, so its dependence on the keep weights adds no gradient
+    (docs/METHODS.md#gaussian-weights-and-the-weight-kl).
+
+    Args:
+        theta, log_alpha: ``(out, ...)``; ``log_alpha`` clipped as everywhere.
+        channel_keep: ``(out,)`` keep weights of the output channels (``None``: all ones).
+
+    Returns:
+        ``(out,)``: the KL of each output channel's weights (not yet keep-weighted).
+    """
+    la = clip_log_alpha(log_alpha).flatten(1)
+    t2 = theta.flatten(1).pow(2)
+    var = torch.exp(la) * t2 + VAR_EPS
+    second = t2 + var
+    if channel_keep is None:
+        s2 = second.mean()
+    else:
+        k = channel_keep.to(second).unsqueeze(1)
+        s2 = (k * second).sum() / (k.sum() * second.shape[1]).clamp_min(VAR_EPS)
+    s2 = s2.clamp_min(VAR_EPS)
+    return 0.5 * (torch.log(s2) - torch.log(var) + second / s2 - 1.0).sum(1)
 
 
 def lrt_linear(

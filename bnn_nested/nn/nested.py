@@ -20,6 +20,8 @@ from bnn_nested.nn.bayes import (
     LOG_ALPHA_MAX,
     LOG_ALPHA_MIN,
     check_weight_noise,
+    check_weight_prior,
+    gaussian_eb_kl,
     lrt_conv2d,
     lrt_linear,
     sampled_conv2d,
@@ -47,6 +49,8 @@ class NestedMixin:
     active_out_groups: int | None
     #: Training estimator of Gaussian weights (class default, so every nested layer has one).
     weight_noise: str = "lrt"
+    #: Prior of Gaussian weights (:data:`~bnn_nested.nn.bayes.WEIGHT_PRIORS`).
+    weight_prior: str = "log_uniform"
 
     def _init_nested(self, out_channels: int, order_groups: int, kept: int, ordered: bool) -> None:
         self.group_size = group_size(out_channels, order_groups)
@@ -129,14 +133,16 @@ class NestedMixin:
         w = self.weight  # type: ignore[attr-defined]
         if not self.bayesian:
             return w.new_zeros(())
-        per_channel = sparse_vd_kl(self.log_alpha).flatten(1).sum(1)  # (out,)
+        if channel_keep is not None and channel_keep.shape != (w.shape[0],):
+            raise ValueError(
+                f"channel_keep must have shape {(w.shape[0],)}, got {tuple(channel_keep.shape)}"
+            )
+        if self.weight_prior == "gaussian":
+            per_channel = gaussian_eb_kl(w, self.log_alpha, channel_keep)
+        else:
+            per_channel = sparse_vd_kl(self.log_alpha).flatten(1).sum(1)  # (out,)
         if channel_keep is None:
             return per_channel.sum()
-        if channel_keep.shape != per_channel.shape:
-            raise ValueError(
-                f"channel_keep must have shape {tuple(per_channel.shape)}, "
-                f"got {tuple(channel_keep.shape)}"
-            )
         return (per_channel * channel_keep.to(per_channel)).sum()
 
 
@@ -276,6 +282,21 @@ def set_weight_noise(model: nn.Module, weight_noise: str) -> nn.Module:
     for m in model.modules():
         if isinstance(m, NestedMixin):
             m.weight_noise = weight_noise
+    return model
+
+
+def set_weight_prior(model: nn.Module, weight_prior: str) -> nn.Module:
+    """Give every nested layer of ``model`` the Gaussian-weight prior ``weight_prior``
+    (``"log_uniform"`` or ``"gaussian"``, :mod:`bnn_nested.nn.bayes`); point weights have no KL.
+
+    Example::
+
+        set_weight_prior(model, "gaussian")   # N(0, s^2) per layer, s^2 by empirical Bayes
+    """
+    check_weight_prior(weight_prior)
+    for m in model.modules():
+        if isinstance(m, NestedMixin):
+            m.weight_prior = weight_prior
     return model
 
 

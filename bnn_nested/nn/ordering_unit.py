@@ -24,6 +24,22 @@ from bnn_nested.distributions import (
 
 PriorKind = Literal["geometric", "uniform"]
 PRIOR_KINDS: tuple[str, ...] = ("geometric", "uniform")
+#: Gradient of the expected loss in the continuation logits ``r`` (docs/METHODS.md#ordering-kl):
+#: through the relaxed Downhill sample (straight-through), or the score function.
+GRADIENTS: tuple[str, ...] = ("straight_through", "score")
+
+
+def ordering_log_q(model: nn.Module) -> torch.Tensor | None:
+    """Sum of ``log q(b)`` over the ordering units of ``model`` that drew a score-function mask in
+    the last forward pass (consumed), or ``None`` when none did."""
+    parts = [
+        lq
+        for m in model.modules()
+        if isinstance(m, OrderingUnit)
+        for lq in [m.consume_log_q()]
+        if lq is not None
+    ]
+    return torch.stack(parts).sum(0) if parts else None
 
 
 def prior_logits(kind: str, K: int, pi: float = DEFAULT_PRIOR_PI) -> torch.Tensor:
@@ -112,6 +128,7 @@ class OrderingUnit(nn.Module):
         hard: bool = False,
         per_example: bool = False,
         keep_scaling: bool = False,
+        gradient: str = "straight_through",
     ) -> None:
         super().__init__()
         self.channels = channels
@@ -142,6 +159,12 @@ class OrderingUnit(nn.Module):
         self.hard = hard
         self.per_example = per_example
         self.keep_scaling = keep_scaling
+        if gradient not in GRADIENTS:
+            raise ValueError(f"gradient must be one of {GRADIENTS}, got {gradient!r}")
+        if gradient == "score" and not (hard and learn):
+            raise ValueError("gradient: 'score' needs hard masks and a learned ordering")
+        self.gradient = gradient
+        self._log_q: torch.Tensor | None = None  # log q(b) of the last score-function sample
         self.masking = True  # draw Downhill masks in training (NestedModel.masking toggles it)
         self._last_sample: torch.Tensor | None = None  # the mask of the last forward (for kl())
 
@@ -228,18 +251,33 @@ class OrderingUnit(nn.Module):
         logits = self.logits()
         if batch is not None:
             logits = logits.expand(batch, -1)
+        if self.gradient == "score" and torch.is_grad_enabled():
+            # an exact draw b ~ q(b) (Gumbel-max), no gradient through the mask; the gradient of
+            # the expected loss in r comes from log q(b) (the objective's score-function term)
+            m = downhill_rsample(logits.detach(), self.temperature, hard=True).detach()
+            b = m.sum(-1, keepdim=True).round().long()
+            self._log_q = logits.gather(-1, b).squeeze(-1)
+            return self.expand_groups(m)
         m = downhill_rsample(logits, self.temperature, self.hard)  # == self.posterior().rsample()
         if self.learn and not self.hard and torch.is_grad_enabled():
             self._last_sample = m  # for kl(): the relaxed term is estimated at this mask
         return self.expand_groups(m)
 
+    def consume_log_q(self) -> torch.Tensor | None:
+        """``log q(b)`` of the mask the last forward pass drew with ``gradient="score"`` (then
+        forgotten), differentiable in ``r``; ``None`` if no such mask was drawn."""
+        out, self._log_q = self._log_q, None
+        return out
+
     def train(self, mode: bool = True) -> OrderingUnit:
         self._last_sample = None  # a sample belongs to the training step that drew it
+        self._log_q = None
         return super().train(mode)
 
     def __getstate__(self) -> dict:
         state = dict(super().__getstate__())
         state["_last_sample"] = None  # a non-leaf tensor: not copied, pickled or deep-copied
+        state["_log_q"] = None
         return state
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ from torch import nn
 
 from bnn_nested.config import OrderingConfig, TrainConfig
 from bnn_nested.nn.model import NestedModel
+from bnn_nested.nn.ordering_unit import ordering_log_q
 from bnn_nested.regularization.base import Regularizer
 from bnn_nested.training.samplers import Pass, WidthSampler, kl_weight_at
 
@@ -83,10 +84,27 @@ class NegativeELBO:
         self.teacher = teacher
         self.distill = distill or TrainConfig()
         self.autocast = autocast
+        self._scored: list[tuple[torch.Tensor, torch.Tensor]] = []  # (log q(b), data) per pass
 
     def plan(self, step: int, generator: torch.Generator) -> list[Pass]:
         """The passes of step ``step`` (sandwich widths are drawn from ``generator``)."""
+        self._scored = []
         return self.sampler.passes(step, generator)
+
+    def score_term(self) -> torch.Tensor | None:
+        """The score-function surrogate of the step's passes (``ordering.gradient: score``):
+        ``sum_i (L_i - mean_{j != i} L_j) log q(b_i) / S`` over the ``S`` masked passes, with their
+        data terms ``L`` detached (each pass's baseline is the mean of the others: leave-one-out,
+        unbiased; Kool, van Hoof & Welling 2019). Its gradient in the ordering logits is an
+        unbiased estimate of the gradient of ``E_q(b)[L(b)]``; its value is not part of the loss
+        reported (docs/METHODS.md#ordering-kl)."""
+        scored, self._scored = self._scored, []
+        if len(scored) < 2:
+            return None
+        losses = torch.stack([lo for _, lo in scored])
+        n = len(scored)
+        baseline = (losses.sum() - losses) / (n - 1)
+        return sum((lo - bl) * lq for (lq, _), lo, bl in zip(scored, losses, baseline)) / n
 
     def teacher_logits(self, x: torch.Tensor) -> torch.Tensor | None:
         """The frozen (not trained) teacher's logits on ``x`` (``None`` without a teacher)."""
@@ -118,6 +136,11 @@ class NegativeELBO:
             data = torch.sum(-target * F.log_softmax(logits, -1), -1).mean()
         else:
             data = F.cross_entropy(logits, y)
+        if p.mask:
+            log_q = ordering_log_q(model)
+            if log_q is not None:
+                self._scored.append((log_q, data.detach()))
+        data = data * p.scale
         terms = {"data": data, "probs": F.softmax(logits, -1).detach()}
         loss = data
         if original is not None:
@@ -129,6 +152,9 @@ class NegativeELBO:
             )
             terms["penalty"] = self.regularizer.penalty(model)
             loss = loss + terms["kl"] + terms["penalty"]
+            surrogate = self.score_term()
+            if surrogate is not None:
+                loss = loss + surrogate
         terms["loss"] = loss
         return terms
 

@@ -42,15 +42,25 @@ def make_optimizer(
     model: nn.Module, cfg: TrainConfig, ordering_lr: float | None = None
 ) -> torch.optim.Optimizer:
     """Optimizer from a :class:`~bnn_nested.config.TrainConfig` (no built-in weight decay: the
-    regularizer owns norm control). Ordering parameters form their own group with ``ordering_lr``."""
+    regularizer owns norm control). Ordering parameters form their own group with ``ordering_lr``,
+    and with ``train.log_alpha_lr`` the Gaussian weights' ``log_alpha`` one with that rate."""
     ordering_ids = {
         id(p) for m in model.modules() if isinstance(m, OrderingUnit) for p in m.parameters()
     }
-    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ordering_ids]
-    order = [p for p in model.parameters() if p.requires_grad and id(p) in ordering_ids]
+    alpha_ids = (
+        {id(p) for n, p in model.named_parameters() if n.endswith("log_alpha")}
+        if cfg.log_alpha_lr is not None
+        else set()
+    )
+    trained = [p for p in model.parameters() if p.requires_grad]
+    rest = [p for p in trained if id(p) not in ordering_ids and id(p) not in alpha_ids]
+    order = [p for p in trained if id(p) in ordering_ids]
+    alpha = [p for p in trained if id(p) in alpha_ids]
     params: list[dict[str, Any]] = [{"params": rest, "name": "weights"}]
     if order:
         params.append({"params": order, "lr": ordering_lr or cfg.lr, "name": "ordering"})
+    if alpha:
+        params.append({"params": alpha, "lr": cfg.log_alpha_lr, "name": "log_alpha"})
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr)
     if cfg.optimizer == "adamw":

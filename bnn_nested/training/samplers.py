@@ -25,6 +25,7 @@ class Pass:
     width: float
     mask: bool
     distill: bool = False  # target = the first pass's (detached) predictive distribution
+    scale: float = 1.0  # weight of the pass's data term (the mean over several mask draws)
 
 
 class WidthSampler:
@@ -65,7 +66,7 @@ class VOUSampler(WidthSampler):
         kw = super().ordering_kwargs()
         # "importance": start at the prior; the run sets the importance profile after ordering
         init = "prior" if self.cfg.init == "importance" else self.cfg.init
-        kw.update(init=init, learn=True, hard=self.cfg.hard)
+        kw.update(init=init, learn=True, hard=self.cfg.hard, gradient=self.cfg.gradient)
         return kw
 
     @property
@@ -77,6 +78,8 @@ class VOUSampler(WidthSampler):
     def passes(self, step, generator):
         if self.cfg.vou_distill:  # the unmasked full width teaches the masked pass
             return [Pass(1.0, mask=False), Pass(1.0, mask=True, distill=True)]
+        if self.cfg.gradient == "score":  # two draws: each other's baseline (leave-one-out)
+            return [Pass(1.0, mask=True, scale=0.5), Pass(1.0, mask=True, scale=0.5)]
         return [Pass(1.0, mask=True)]
 
 
