@@ -116,27 +116,85 @@ def ordering_table(report: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: Epochs over which :func:`history_table` measures convergence (the largest change per epoch).
+CONVERGENCE_EPOCHS = 5
+
+
+def add_history(
+    report: dict[str, dict[str, Any]], history: list[dict[str, dict[str, float]]] | None
+) -> dict[str, dict[str, Any]]:
+    """Add ``expected_groups_history`` (one value per epoch, from the trainer's
+    ``posterior_history``) to every unit found in it."""
+    for name, r in report.items():
+        values = [h["expected_groups"][name] for h in history or [] if name in h["expected_groups"]]
+        if values:
+            r["expected_groups_history"] = [round(v, 4) for v in values]
+    return report
+
+
+def _max_step(values: list[float]) -> float:
+    tail = values[-(CONVERGENCE_EPOCHS + 1) :]
+    return max((abs(b - a) for a, b in zip(tail, tail[1:])), default=0.0)
+
+
+def history_table(history: list[dict[str, dict[str, float]]] | None) -> str:
+    """Markdown: per learned unit its expected groups, and per Gaussian layer its mean
+    ``log_alpha``, at a few epochs and the largest change per epoch over the last
+    :data:`CONVERGENCE_EPOCHS` epochs (a posterior that converged changes little there; one that
+    drifts at the optimiser's step size does not)."""
+    if not history:
+        return ""
+    n = len(history)
+    marks = sorted({0, n // 4, n // 2, (3 * n) // 4, n - 1})
+    head = " | ".join(f"epoch {i + 1}" for i in marks)
+    lines = [
+        "",
+        f"Per epoch ({n} epochs; largest change per epoch over the last {CONVERGENCE_EPOCHS}):",
+        "",
+        f"| quantity | {head} | max change / epoch |",
+        "|---|" + "---:|" * (len(marks) + 1),
+    ]
+    for key, label in (("expected_groups", "E[groups]"), ("mean_log_alpha", "mean log_alpha")):
+        for name in history[-1].get(key, {}):
+            vals = [h[key][name] for h in history if name in h.get(key, {})]
+            if len(vals) != n:
+                continue
+            cells = " | ".join(f"{vals[i]:.3f}" for i in marks)
+            lines.append(f"| {label} {name} | {cells} | {_max_step(vals):.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_ordering_report(
     model: NestedModel,
     out_dir: str | Path,
     initial: dict[str, list[float]] | None = None,
+    history: list[dict[str, dict[str, float]]] | None = None,
 ) -> dict[str, Path]:
     """Write ``keep_probs.json``, ``ordering.md`` and ``keep_probs.png`` into ``out_dir``.
 
     ``initial``: :func:`keep_probs_now` of the model before training (shown next to the learned
-    and prior keep probabilities; ``None``: not recorded)."""
+    and prior keep probabilities; ``None``: not recorded). ``history``: the trainer's
+    ``posterior_history`` (per-epoch expected groups and mean ``log_alpha``: a table in
+    ``ordering.md``, a panel in the plot, ``expected_groups_history`` in the JSON)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    report = add_initial(ordering_report(model), initial)
+    report = add_history(add_initial(ordering_report(model), initial), history)
     paths = {
         "json": atomic_write_json(out / "keep_probs.json", report),
-        "markdown": atomic_write_text(out / "ordering.md", ordering_table(report)),
+        "markdown": atomic_write_text(
+            out / "ordering.md", ordering_table(report) + history_table(history)
+        ),
         "plot": keep_prob_plot(
             {n: r["keep_probs"] for n, r in report.items()},
             out / "keep_probs.png",
             prior={n: r["prior_keep_probs"] for n, r in report.items()},
             initial={
                 n: r["initial_keep_probs"] for n, r in report.items() if "initial_keep_probs" in r
+            },
+            history={
+                n: r["expected_groups_history"]
+                for n, r in report.items()
+                if "expected_groups_history" in r
             },
         ),
     }

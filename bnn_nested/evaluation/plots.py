@@ -244,8 +244,10 @@ def keep_prob_plot(
     title: str = "learned keep probability per group",
     prior: Mapping[str, Tensor | Sequence[float]] | None = None,
     initial: Mapping[str, Tensor | Sequence[float]] | None = None,
+    history: Mapping[str, Sequence[float]] | None = None,
 ) -> Path:
-    """Bar chart per layer of the learned keep probability of each ordered channel group.
+    """Bar chart per layer of the learned keep probability of each ordered channel group, and with
+    ``history`` (layer name -> expected groups per epoch) one more panel of those curves.
 
     Group ``k`` (1-based, in the nesting order) is kept with probability ``keep_probs[layer][k-1]``;
     under the ordered (Downhill) masks this is non-increasing in ``k``.
@@ -279,8 +281,9 @@ def keep_prob_plot(
             )
         arrays[name] = arr
     n = len(arrays)
-    ncols = min(n, 3)
-    nrows = math.ceil(n / ncols)
+    panels = n + (1 if history else 0)
+    ncols = min(panels, 3)
+    nrows = math.ceil(panels / ncols)
     fig = Figure(figsize=(3.2 * ncols, 2.4 * nrows), layout="constrained")
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     for ax, (name, arr) in zip(axes, arrays.items()):
@@ -307,7 +310,16 @@ def keep_prob_plot(
         ax.set_title(str(name), fontsize=9)
         ax.set_xlabel("group (ordered)", fontsize=8)
         ax.set_ylabel("keep prob.", fontsize=8)
-    for ax in axes[n:]:
+    if history:
+        ax = axes[n]
+        for name, values in history.items():
+            ax.plot(np.arange(1, len(values) + 1), list(values), marker=".", label=str(name))
+        ax.set_title("expected groups per epoch", fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.set_ylabel("E[groups]", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=6)
+    for ax in axes[panels:]:
         ax.set_visible(False)
     fig.suptitle(title)
     return save_figure(fig, path)

@@ -434,7 +434,12 @@ def _finish(
     try:
         recalibrate_bn_widths(model, splits, cfg.eval.widths, cfg.data.eval_batch_size, ctx.device)
         atomic_write_json(out / "history.json", trainer.history)
-        write_ordering_report(model, out, getattr(trainer, "initial_keep_probs", None))
+        write_ordering_report(
+            model,
+            out,
+            getattr(trainer, "initial_keep_probs", None),
+            getattr(trainer, "posterior_history", None),
+        )
         bad = nonfinite_tensors(model.state_dict())
         if bad:  # never mark a run complete whose weights are NaN / Inf
             raise FloatingPointError(

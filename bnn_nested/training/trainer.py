@@ -35,6 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from bnn_nested.config import Config, OrderingConfig, TrainConfig
 from bnn_nested.nn.batchnorm import nested_norms, recalibrate_bn
 from bnn_nested.nn.model import NestedModel
+from bnn_nested.nn.ordering_unit import OrderingUnit
 from bnn_nested.progress import epoch_line, progress
 from bnn_nested.regularization.base import Regularizer
 from bnn_nested.training.checkpoint import capture_rng_state, restore_rng_state
@@ -83,6 +84,23 @@ def _dataset_size(loader) -> int:
         raise ValueError(
             "n_train: give the training-set size (the loader has no sized .dataset)"
         ) from None
+
+
+def posterior_summary(model: nn.Module) -> dict[str, dict[str, float]]:
+    """Where both posteriors stand now: ``expected_groups`` of every learned ordering unit
+    (``F + sum_k P(b >= k)``) and ``mean_log_alpha`` of every Gaussian-weight parameter, by name."""
+    with torch.no_grad():
+        groups = {
+            name: u.kept + float(u.keep_probs().sum())
+            for name, u in model.named_modules()
+            if isinstance(u, OrderingUnit) and u.learn
+        }
+        alphas = {
+            name[: -len(".log_alpha")]: float(p.mean())
+            for name, p in model.named_parameters()
+            if name.endswith("log_alpha")
+        }
+    return {"expected_groups": groups, "mean_log_alpha": alphas}
 
 
 class Trainer:
@@ -159,6 +177,9 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.history: list[dict[str, float]] = []
+        #: per epoch: each learned ordering unit's expected groups and each Gaussian layer's mean
+        #: log_alpha (:func:`posterior_summary`), so a report can show convergence, not drift
+        self.posterior_history: list[dict[str, dict[str, float]]] = []
         self.quiet = quiet
         self._setup_done = False
         self.dist = dist or DistContext(device=self.device)
@@ -421,6 +442,7 @@ class Trainer:
                 if val_loader is not None:
                     record["val_acc"] = self.validation_accuracy(val_loader, bn_loader)
                 self.history.append(record)
+                self.posterior_history.append(posterior_summary(self.model))
                 if not self.quiet and self.dist.is_main:
                     print(epoch_line(record), file=sys.stderr)
                 if self.dist.active:
@@ -449,6 +471,7 @@ class Trainer:
             "batch_in_epoch": self.batch_in_epoch,
             "epoch_sums": dict(self._epoch_sums),
             "history": self.history,
+            "posterior_history": self.posterior_history,
         }
 
     def load_state_dict(self, state: dict[str, Any], restore_rng: bool = True) -> None:
@@ -466,6 +489,7 @@ class Trainer:
         self.batch_in_epoch = int(state.get("batch_in_epoch", 0))
         self._epoch_sums = dict(state.get("epoch_sums", {}))
         self.history = list(state.get("history", []))
+        self.posterior_history = list(state.get("posterior_history", []))
         self._setup_done = True
         if restore_rng and "rng" in state:
             restore_rng_state(state["rng"])
