@@ -13,7 +13,8 @@ method (width sampler) and seed. Reported:
 * **recovery** (per teacher, method, seed): final expected groups ``E[groups] = kept + sum_k
   P(b >= k)`` of each ordering unit, the largest per-epoch change over the last 5 epochs of
   ``E[groups]`` and of the mean ``log_alpha`` of every Gaussian layer (item 2: < 0.2 groups and
-  < 0.05 per epoch), full-width test accuracy (mean network).
+  < 0.05 per epoch), the net change per epoch over the same epochs (close to the largest change:
+  a steady drift, which per-epoch limits alone miss), full-width test accuracy (mean network).
 * **learning-rate sensitivity** (item 2, methods that learn the ordering): the same runs with
   ``ordering.lr`` 4x smaller and 4x larger; the largest move of any unit's final ``E[groups]``
   (target <= 1.5 groups).
@@ -34,9 +35,10 @@ Every student setting comes from a config (:func:`bnn_nested.config.build_config
 then the method's ``ordering.sampler``, then ``--set KEY=VALUE`` (all methods) and ``--set
 METHOD:KEY=VALUE`` (one method), so new library options run without changing this script.
 
-    .venv/bin/python benchmarks/width_recovery.py                  # 3 seeds, defaults (~3 min)
+    .venv/bin/python benchmarks/width_recovery.py                  # 3 seeds: ~5 min CPU, 1 thread
     .venv/bin/python benchmarks/width_recovery.py --set ordering.lr=0.01 --out runs/wr
     .venv/bin/python benchmarks/width_recovery.py --quick          # smoke run (< 20 s)
+    .venv/bin/python benchmarks/width_recovery.py --from-json runs/wr/width_recovery.json
 """
 
 from __future__ import annotations
@@ -109,12 +111,13 @@ class Teacher:
         self,
         widths: Sequence[int],
         seed: int,
-        d: int = IN_FEATURES,
+        d: int | None = IN_FEATURES,
         noise: float = 0.05,
         bias: float = 0.5,
         classes: int = NUM_CLASSES,
     ):
         w1, w2 = widths
+        d = d or w1
         if w1 > d or w2 > w1 or w1 % w2:
             raise ValueError(f"teacher widths {tuple(widths)}: need w2 | w1, w2 <= w1 <= d = {d}")
         self.widths, self.d, self.noise, self.bias = (w1, w2), d, noise, bias
@@ -150,9 +153,10 @@ def teacher_data(
     n_test: int,
     noise: float = 0.05,
     bias: float = 0.5,
+    d: int | None = IN_FEATURES,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Train and test data of the teacher of ``widths`` for ``seed`` (deterministic per seed)."""
-    t = Teacher(widths, seed, noise=noise, bias=bias)
+    t = Teacher(widths, seed, d=d, noise=noise, bias=bias)
     x, y = t.sample(n_train)
     xt, yt = t.sample(n_test)
     return x, y, xt, yt
@@ -247,6 +251,26 @@ def last_change(series: list[float], last: int = LAST) -> float:
     return max((abs(b - a) for a, b in zip(tail, tail[1:])), default=0.0)
 
 
+def net_change(series: list[float], last: int = LAST) -> float:
+    """|Net change| over the last ``last`` epochs, per epoch: close to :func:`last_change` when the
+    value moves the same way every epoch (a steady drift that per-epoch limits alone can miss)."""
+    tail = series[-(last + 1) :]
+    return abs(tail[-1] - tail[0]) / max(len(tail) - 1, 1)
+
+
+def drift(r: dict) -> dict[str, float]:
+    """Largest net change per epoch (last ``LAST`` epochs) of E[groups] and mean log_alpha."""
+    return {
+        "groups": max((net_change(v) for v in r["history_groups"].values()), default=0.0),
+        "log_alpha": max((net_change(v) for v in r["history_log_alpha"].values()), default=0.0),
+    }
+
+
+def steady(max_change: float, net: float, floor: float) -> bool:
+    """A steady drift: the value moves by >= ``floor`` per epoch, nearly always the same way."""
+    return max_change >= floor and net >= 0.8 * max_change
+
+
 def train_student(overrides: list[str], data, n_test_batch: int = 1000) -> dict[str, Any]:
     cfg = build_config({}, overrides)
     x, y, xt, yt = data
@@ -332,15 +356,18 @@ def needed_table(res: dict) -> str:
 def recovery_table(res: dict) -> str:
     lines = [
         "| teacher (groups) | method | seed | E[groups] L1 | E[groups] L2 | max dE/epoch (last 5) "
-        "| max d mean log_alpha/epoch (last 5) | test acc % (full width) | s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| net dE/epoch (last 5) | max d mean log_alpha/epoch (last 5) | net d log_alpha/epoch "
+        "(last 5) | test acc % (full width) | s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["students"]:
         eg = list(r["expected_groups"].values())
+        d = drift(r)
         lines.append(
             f"| {r['teacher']} {tuple(r['teacher_groups'])} | {r['label']} | {r['seed']} | "
-            f"{eg[0]:.2f} | {eg[1]:.2f} | {r['max_change_groups']:.3f} | "
-            f"{r['max_change_log_alpha']:.4f} | {100 * r['test_acc']:.1f} | {r['seconds']:.1f} |"
+            f"{eg[0]:.2f} | {eg[1]:.2f} | {r['max_change_groups']:.3f} | {d['groups']:.3f} | "
+            f"{r['max_change_log_alpha']:.4f} | {d['log_alpha']:.4f} | "
+            f"{100 * r['test_acc']:.1f} | {r['seconds']:.1f} |"
         )
     return "\n".join(lines)
 
@@ -384,6 +411,13 @@ def summary(res: dict) -> tuple[str, dict]:
         c["max_change_groups"] = max(r["max_change_groups"] for r in runs)
         c["max_change_log_alpha"] = max(r["max_change_log_alpha"] for r in runs)
         c["converged"] = c["max_change_groups"] < 0.2 and c["max_change_log_alpha"] < 0.05
+        c["net_change_groups"] = max(drift(r)["groups"] for r in runs)
+        c["net_change_log_alpha"] = max(drift(r)["log_alpha"] for r in runs)
+        c["steady_drift"] = any(
+            steady(r["max_change_groups"], drift(r)["groups"], 0.02)
+            or steady(r["max_change_log_alpha"], drift(r)["log_alpha"], 0.005)
+            for r in runs
+        )
         checks[lab] = c
         parts = []
         if "wide_minus_narrow" in c:
@@ -393,7 +427,10 @@ def summary(res: dict) -> tuple[str, dict]:
             parts.append(f"{mixed[0]} L1 - L2 {c['layer_gap_' + mixed[0]]:+.2f}")
         parts.append(
             f"last-{LAST}-epoch max change {c['max_change_groups']:.3f} groups, "
-            f"{c['max_change_log_alpha']:.4f} log_alpha (converged: {c['converged']})"
+            f"{c['max_change_log_alpha']:.4f} log_alpha per epoch (< 0.2 and < 0.05: "
+            f"{c['converged']}); net {c['net_change_groups']:.3f} groups, "
+            f"{c['net_change_log_alpha']:.4f} log_alpha per epoch (steady drift: "
+            f"{c['steady_drift']})"
         )
         text.append(f"- {lab}: " + "; ".join(parts))
     sens = res.get("lr_sensitivity", [])
@@ -436,6 +473,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--n-train", type=int, default=4000)
     p.add_argument("--n-test", type=int, default=4000)
     p.add_argument("--noise", type=float, default=0.05, help="label noise: x the score's std")
+    p.add_argument(
+        "--input-dim", type=int, default=IN_FEATURES, help="0: the teacher's layer-1 width"
+    )
     p.add_argument("--bias", type=float, default=0.5, help="teacher's layer-1 offset (kink)")
     p.add_argument("--methods", nargs="+", default=["vou", "nested_dropout"])
     p.add_argument(
@@ -462,7 +502,12 @@ def main(argv: list[str] | None = None) -> dict:
         help="smoke run: 1 seed, 6 epochs, 400 points, one lr factor",
     )
     p.add_argument("--out", default=None, help="folder for width_recovery.json / .md")
+    p.add_argument("--from-json", default=None, help="re-print the tables of a saved JSON")
     args = p.parse_args(argv)
+    if args.from_json:
+        res = json.loads(Path(args.from_json).read_text())
+        print(render(res) + f"\n\nTotal time: {res['seconds']:.0f} s")
+        return res
     if args.quick:
         args.seeds, args.epochs, args.n_train, args.n_test = 1, 6, 400, 400
         args.lr_factors = [f for f in args.lr_factors if f > 1][:1]
@@ -476,7 +521,7 @@ def main(argv: list[str] | None = None) -> dict:
     res: dict[str, Any] = {
         "settings": (
             f"seeds {args.seeds}, epochs {args.epochs}, n_train {args.n_train}, n_test "
-            f"{args.n_test}, noise {args.noise}, bias {args.bias}, methods {' '.join(args.methods)}, set "
+            f"{args.n_test}, input dim {args.input_dim}, noise {args.noise}, bias {args.bias}, methods {' '.join(args.methods)}, set "
             f"{' '.join(args.set) or '-'}"
         ),
         "args": vars(args),
@@ -488,7 +533,9 @@ def main(argv: list[str] | None = None) -> dict:
     for t in teachers:
         runs: dict[str, list[dict]] = {v: [] for v in plain_variants(t.widths)}
         for seed in range(args.seeds):
-            data = teacher_data(t.widths, seed, args.n_train, args.n_test, args.noise, args.bias)
+            data = teacher_data(
+                t.widths, seed, args.n_train, args.n_test, args.noise, args.bias, args.input_dim
+            )
             for var, widths in plain_variants(t.widths).items():
                 runs[var].append(
                     train_plain(widths, data, seed, args.epochs, args.plain_lr, batch_size)
@@ -499,7 +546,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"[needed] {t.name}: {json.dumps(verdict)}", file=sys.stderr)
     for t in teachers:
         for seed in range(args.seeds):
-            data = teacher_data(t.widths, seed, args.n_train, args.n_test, args.noise, args.bias)
+            data = teacher_data(
+                t.widths, seed, args.n_train, args.n_test, args.noise, args.bias, args.input_dim
+            )
             for method in args.methods:
                 over = student_overrides(method, args.set, seed, args.epochs)
                 r = train_student(over, data)

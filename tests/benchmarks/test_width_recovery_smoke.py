@@ -73,6 +73,12 @@ def test_needed_verdict_on_a_tiny_case():
 def test_last_change_and_overrides():
     assert wr.last_change([5.0, 4.0, 3.5, 3.4, 3.4, 3.3, 3.3], last=5) == pytest.approx(0.5)
     assert wr.last_change([5.0, 4.0, 3.5, 3.4, 3.4, 3.3, 3.3], last=3) == pytest.approx(0.1)
+    drifting = [5.0, 4.9, 4.8, 4.7, 4.6, 4.5]
+    assert wr.net_change(drifting) == pytest.approx(0.1)
+    assert wr.steady(wr.last_change(drifting), wr.net_change(drifting), 0.02)
+    jitter = [5.0, 5.1, 5.0, 5.1, 5.0, 5.1]
+    assert wr.net_change(jitter) == pytest.approx(0.02)
+    assert not wr.steady(wr.last_change(jitter), wr.net_change(jitter), 0.02)
     over = wr.student_overrides(
         "vou",
         ["ordering.lr=0.01", "nested_dropout:ordering.prior_pi=0.9", "vou:train.lr=0.002"],
@@ -96,3 +102,5 @@ def test_quick_run_writes_tables(tmp_path):
         assert len(r["history_log_alpha"]) == 3  # two hidden layers and the classifier
         assert 0.0 <= r["test_acc"] <= 1.0
     assert set(res["needed"]) == {t.name for t in wr.TEACHERS}
+    again = wr.main(["--from-json", str(tmp_path / "width_recovery.json")])
+    assert again["students"] == saved["students"]
