@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{', ABORT at exit' if aborted else ''}, {time.perf_counter() - t0:.0f} s",
                     flush=True,
                 )
+                if not ok:  # what went wrong, from the ranks' own words
+                    print("  " + "\n  ".join(p.stderr.strip().splitlines()[-8:]), flush=True)
     finally:
         neighbour.terminate()
     print(f"{args.runs - failed} of {args.runs} runs exited 0 with complete outputs")
