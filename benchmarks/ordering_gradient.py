@@ -136,7 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     exact, L = exact_gradient(model, unit, unit.r.detach(), x, y)
     print(f"L(b), b = 0..{unit.K}: " + " ".join(f"{v:.3f}" for v in L.tolist()))
     print(f"exact gradient: {' '.join(f'{v:+.4f}' for v in exact.tolist())}\n")
-    print("| estimator | tau | relative bias | its s.e. | cosine(mean, exact) | variance / ||exact||^2 |")
+    print(
+        "| estimator | tau | relative bias | its s.e. | cosine(mean, exact) | variance / ||exact||^2 |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     norm2 = float(exact.pow(2).sum())
     for tau in args.temperatures:

@@ -229,6 +229,12 @@ class NestifiedModel(NestedModel):
         total = next(self.parameters()).new_zeros(())
         for _, u in self.ordering_units():
             total = total + u.kl()
+        return total + self.weight_kl(keep)
+
+    def weight_kl(self, keep: str | float = "posterior") -> torch.Tensor:
+        """The weight part of :meth:`kl`: every Gaussian layer's KL, each output channel weighted as
+        ``keep`` says (0 for point weights)."""
+        total = next(self.parameters()).new_zeros(())
         for name, layer in self.net.named_modules():
             if not (isinstance(layer, NestedMixin) and layer.bayesian):
                 continue

@@ -173,6 +173,11 @@ class NestedModel(nn.Module):
         total = next(self.parameters()).new_zeros(())
         for _, u in self.ordering_units():
             total = total + u.kl()
+        return total + self.weight_kl(keep)
+
+    def weight_kl(self, keep: str | float = "posterior") -> torch.Tensor:
+        """The weight part of :meth:`kl` (0 for point weights)."""
+        total = next(self.parameters()).new_zeros(())
         for layer, unit in self.weight_kl_pairs():
             if not getattr(layer, "bayesian", False):
                 continue  # point weights: no weight KL

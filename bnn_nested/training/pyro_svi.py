@@ -57,12 +57,9 @@ def fixed_masks(model: NestedModel, masks: dict[str, torch.Tensor]) -> Iterator[
 
 
 def weight_kl(model: NestedModel) -> torch.Tensor:
-    """Keep-probability-weighted weight KL of every layer (0 for point weights)."""
-    total = next(model.parameters()).new_zeros(())
-    for layer, unit in model.weight_kl_pairs():
-        keep = unit.channel_keep_probs() if unit is not None else None
-        total = total + layer.weight_kl(keep)
-    return total
+    """Keep-probability-weighted weight KL of every layer (0 for point weights): the model's own
+    (``model.weight_kl("posterior")``, the trainer's), for hand-nested and nestified models alike."""
+    return model.weight_kl("posterior")
 
 
 class PyroNestedModel:

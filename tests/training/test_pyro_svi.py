@@ -85,3 +85,36 @@ def test_example_script_smoke_runs_one_step(capsys):
     spec.loader.exec_module(mod)
     assert mod.main(["--steps", "1"]) == 0
     assert "cls/acc" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "model_cfg, shape",
+    [
+        ({"name": "mlp", "hidden": [8, 8], "groups": 4, "kept": 1}, (5,)),
+        ({"name": "lenet", "hidden": [4, 8, 16], "groups": 4, "kept": 1}, (1, 28, 28)),
+    ],
+)
+def test_svi_loss_equals_trainer_loss_on_nestified_gaussian_models_from_configs(model_cfg, shape):
+    """The models a config builds are nestified: the SVI weight KL must be theirs (it was 0)."""
+    from bnn_nested.models.registry import build_model
+
+    cfg = build_config(
+        {
+            "model": {**model_cfg, "weight_posterior": "gaussian", "init_log_alpha": -2.0},
+            "ordering": {"sampler": "vou", "hard": True},
+            "regularization": {"kind": "none"},
+        }
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg.model, build_sampler(cfg.ordering).ordering_kwargs(), shape, 3)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(8, *shape, generator=g), torch.randint(0, 3, (8,), generator=g)
+    trainer = Trainer(model, cfg, n_train=N, quiet=True)
+    model.train()
+    torch.manual_seed(7)
+    expected, parts = trainer.loss(x, y)
+    pm = PyroNestedModel(model, n_train=N)
+    torch.manual_seed(7)
+    got = TraceMeanField_ELBO().differentiable_loss(pm.model, pm.guide, x, y) / N
+    assert parts["kl"] > 0.5  # KL / N: the weight KL is most of it
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
