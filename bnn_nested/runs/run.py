@@ -155,9 +155,8 @@ def prepare_run_dir(out: str | Path, overwrite: bool = False) -> Path:
     while holding the run's lock (:class:`~bnn_nested.runs.rundir.RunLock`)."""
     out = Path(out)
     check_run_dir(out, overwrite)
-    if not is_empty(out):
-        clear_run(out)
-    write_marker(out)
+    write_marker(out)  # first: a kill while clearing leaves a run the next --overwrite accepts
+    clear_run(out)
     return out
 
 
