@@ -23,6 +23,17 @@ def bounded_int(name: str, value: int | None, low: int, high: int) -> None:
         raise UsageError(f"{name} must be in [{low}, {high}], got {str(value)[:40]}")
 
 
+def add_allow_import_argument(parser) -> None:
+    """``--allow-import``: trust a run whose config imports modules (its ``imports`` or
+    ``model.name: import``); importing runs their code, so it is refused without the flag."""
+    parser.add_argument(
+        "--allow-import",
+        action="store_true",
+        help="trust the run's config to import its modules (imports, model.name: import); "
+        "importing runs their code: only for runs you trust",
+    )
+
+
 def note_unfinished(loaded, run_dir) -> None:
     """Say on stderr (one line) when the run's checkpoint is not the final one."""
     text = loaded.unfinished_note(run_dir)

@@ -11,7 +11,13 @@ import sys
 from pathlib import Path
 
 from bnn_nested.cli import uncertainty
-from bnn_nested.cli.common import UsageError, bounded_int, note_unfinished, parse_widths
+from bnn_nested.cli.common import (
+    UsageError,
+    add_allow_import_argument,
+    bounded_int,
+    note_unfinished,
+    parse_widths,
+)
 from bnn_nested.config import DEFAULT_OOD_SCORES, MAX_SAMPLES, OOD_SCORES
 from bnn_nested.threads import add_threads_argument, apply_threads
 
@@ -42,6 +48,7 @@ def add_parser(sub) -> None:
     e.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     uncertainty.add_arguments(e)
     add_threads_argument(e)
+    add_allow_import_argument(e)
     e.set_defaults(handler=run)
 
 
@@ -61,7 +68,7 @@ def run(args) -> int:
     )
 
     run_dir = Path(args.run)
-    loaded = load_run(run_dir)
+    loaded = load_run(run_dir, allow_import=args.allow_import)
     note_unfinished(loaded, run_dir)
     cfg = loaded.config
     widths = args.widths or cfg.eval.widths

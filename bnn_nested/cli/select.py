@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import json
 
-from bnn_nested.cli.common import UsageError, bounded_int, note_unfinished, parse_widths
+from bnn_nested.cli.common import (
+    UsageError,
+    add_allow_import_argument,
+    bounded_int,
+    note_unfinished,
+    parse_widths,
+)
 from bnn_nested.config import LATENCY_MODES, MAX_BATCH, MAX_SAMPLES
 from bnn_nested.threads import add_threads_argument, apply_threads
 
@@ -51,6 +57,7 @@ def add_parser(sub) -> None:
         help="ignore the run's stored temperatures (fitted by `evaluate --calibrate temperature`)",
     )
     s.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_allow_import_argument(s)
     s.set_defaults(handler=run)
 
 
@@ -91,7 +98,7 @@ def run(args) -> int:
         args.max_flops, args.max_latency_ms, args.max_params, args.min_accuracy, args.max_ece
     )
     threads = apply_threads(args.threads)
-    loaded = load_run(args.run)
+    loaded = load_run(args.run, allow_import=args.allow_import)
     note_unfinished(loaded, args.run)
     cands = run_candidates(
         args.run,

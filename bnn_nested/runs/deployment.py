@@ -38,6 +38,7 @@ def run_candidates(
     latency_mode: str = "sliced",
     temperature: bool = True,
     loaded: Any = None,
+    allow_import: bool = False,
 ) -> list[Candidate]:
     """Candidates for a trained run: costs from :func:`~bnn_nested.deploy.profile.profile_widths`
     and validation accuracy/ECE from ``evaluate_widths`` on ``run.splits.val``; both cached in the
@@ -47,11 +48,12 @@ def run_candidates(
     the validation probabilities first (the ECE is then the calibrated one).
     Both caches are keyed by the run's checkpoint (:mod:`bnn_nested.deploy.cache`): after the run
     changed (e.g. ``--resume`` finished it) they are recomputed. ``loaded``: the
-    :class:`~bnn_nested.runs.run.LoadedRun` of ``run_dir`` if the caller has it already.
+    :class:`~bnn_nested.runs.run.LoadedRun` of ``run_dir`` if the caller has it already;
+    ``allow_import``: :func:`~bnn_nested.runs.run.load_run`'s.
     """
     check_choice("latency_mode", latency_mode, LATENCY_MODES)  # before the validation pass
 
-    run = loaded if loaded is not None else load_run(run_dir)
+    run = loaded if loaded is not None else load_run(run_dir, allow_import=allow_import)
     cfg = run.config
     widths = list(widths or cfg.eval.widths)
     samples = samples or cfg.eval.samples
@@ -125,11 +127,13 @@ def cascade_run(
     score: CascadeScore = "msp",
     alpha: float = 0.1,
     temperature: bool = True,
+    allow_import: bool = False,
 ) -> CascadeReport:
     """:func:`cascade_report` for a run directory (``bnn-nested cascade RUN``): widths default to
     ``eval.widths``, samples to ``eval.samples``; the run's stored temperatures are applied when
-    ``temperature``; FLOPs per width from :func:`~bnn_nested.cost.count_flops`."""
-    run = load_run(run_dir)
+    ``temperature``; FLOPs per width from :func:`~bnn_nested.cost.count_flops`; ``allow_import``:
+    :func:`~bnn_nested.runs.run.load_run`'s."""
+    run = load_run(run_dir, allow_import=allow_import)
     widths = sorted(float(w) for w in (widths or run.config.eval.widths))
     samples = samples or run.config.eval.samples
     if score == "mutual_information" and samples < 2:

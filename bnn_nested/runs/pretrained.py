@@ -129,9 +129,12 @@ class Pretrained:
 # --------------------------------------------------------------------------- from a run
 
 
-def from_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Pretrained:
+def from_run(
+    run_dir: str | Path, device: str | torch.device = "cpu", allow_import: bool = False
+) -> Pretrained:
     """The trained model of a run directory (its checkpoint, read with ``weights_only``, and its
-    stored temperatures); the data set is not loaded.
+    stored temperatures); the data set is not loaded. A run whose config imports modules is
+    refused unless ``allow_import`` (:func:`~bnn_nested.runs.run.check_run_imports`).
 
     Raises:
         FileNotFoundError: no such directory.
@@ -139,7 +142,9 @@ def from_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Pretrai
             match its config (one line).
     """
     run_dir = Path(run_dir)
-    path, state, digest, cfg = read_run_checkpoint(run_dir, ("config", "model", "meta"))
+    path, state, digest, cfg = read_run_checkpoint(
+        run_dir, ("config", "model", "meta"), allow_import=allow_import
+    )
     if not isinstance(state["model"], dict):
         raise CheckpointError(f"{path}: incompatible checkpoint (model is not a state dict)")
     try:

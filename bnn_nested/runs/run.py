@@ -617,16 +617,41 @@ class LoadedRun:
         return new
 
 
+class RunImportRefused(CheckpointError):
+    """A run's config would import modules (run code) and the reader did not allow it."""
+
+
+def check_run_imports(cfg: Config, allow_import: bool, path: str | Path) -> None:
+    """Import the modules a run's config names (``imports``; ``model.name: import`` is imported
+    when the model is built) only if the reader trusts the run: a run directory may come from
+    someone else, and importing runs code. Without ``allow_import`` raise
+    :class:`RunImportRefused` (one line naming ``path`` and ``--allow-import``)."""
+    if not allow_import:
+        names = [cfg.model.target] if cfg.model.name == "import" else []
+        names += list(cfg.imports)
+        if names:
+            shown = ", ".join(repr(str(n)[:80]) for n in names[:3])
+            raise RunImportRefused(
+                f"{path}: its config imports {shown} (importing runs that code); pass "
+                "--allow-import (allow_import=True) only for runs you trust"
+            )
+    import_modules(cfg)
+
+
 def read_run_checkpoint(
-    run_dir: str | Path, keys: tuple[str, ...] = ("config", "model"), map_location: Any = "cpu"
+    run_dir: str | Path,
+    keys: tuple[str, ...] = ("config", "model"),
+    map_location: Any = "cpu",
+    allow_import: bool = False,
 ) -> tuple[Path, dict[str, Any], str, Config]:
     """Open a run directory's checkpoint: ``(path, state, sha256, config)``.
 
     The one reader :func:`load_run` and :func:`~bnn_nested.runs.pretrained.from_run` share: the
     directory and checkpoint must exist (a run stopped before its first checkpoint says how to
     finish it), the file is read ``weights_only``, ``keys`` must be present, a state-dict model
-    must be finite, and the config must validate; the config's ``imports`` are imported (the
-    user's own run: its registered models and data sets are needed to rebuild it).
+    must be finite, and the config must validate. A config that imports modules (``imports``,
+    ``model.name: import``) is refused unless ``allow_import`` (:func:`check_run_imports`); with
+    it the ``imports`` are imported (the registered models and data sets rebuild the run).
 
     Raises:
         FileNotFoundError: no such directory.
@@ -649,14 +674,22 @@ def read_run_checkpoint(
         cfg = build_config(state["config"])
     except (ConfigError, TypeError) as err:
         raise CheckpointError(f"{path}: incompatible checkpoint ({err})") from None
-    import_modules(cfg)
+    check_run_imports(cfg, allow_import, path)
     return path, state, digest, cfg
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
-    """Rebuild the trained model, its config and its data splits from a run directory."""
+def load_run(
+    run_dir: str | Path, device: str | torch.device = "cpu", allow_import: bool = False
+) -> LoadedRun:
+    """Rebuild the trained model, its config and its data splits from a run directory.
+
+    ``allow_import``: trust the run's config to import modules (its ``imports``, ``model.name:
+    import``); without it such a run is refused (:class:`RunImportRefused`), as
+    :func:`~bnn_nested.runs.pretrained.from_pretrained` refuses such a directory."""
     run_dir = Path(run_dir)
-    _, state, digest, cfg = read_run_checkpoint(run_dir, map_location=device)
+    _, state, digest, cfg = read_run_checkpoint(
+        run_dir, map_location=device, allow_import=allow_import
+    )
     splits = load_dataset(cfg.data, seed=cfg.seed)
     model = build_model_for(cfg, splits)
     try:
