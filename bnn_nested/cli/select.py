@@ -52,6 +52,12 @@ def add_parser(sub) -> None:
         "without --max-latency-ms, latency is still measured and shown",
     )
     s.add_argument(
+        "--remeasure",
+        action="store_true",
+        help="time the widths again instead of replaying the latencies cached in "
+        "RUN/deploy/profile.json (e.g. after they were measured on a busy machine)",
+    )
+    s.add_argument(
         "--no-temperature",
         action="store_true",
         help="ignore the run's stored temperatures (fitted by `evaluate --calibrate temperature`)",
@@ -107,10 +113,11 @@ def run(args) -> int:
         args.batch_size,
         threads,
         repeats=args.repeats,
-        latency=args.max_latency_ms is not None or args.latency_mode is not None,
+        latency=args.max_latency_ms is not None or args.latency_mode is not None or args.remeasure,
         latency_mode=args.latency_mode or "sliced",
         temperature=not args.no_temperature,
         loaded=loaded,
+        remeasure=args.remeasure,
     )
     sel = select_width(cands, cons)
     if args.json:

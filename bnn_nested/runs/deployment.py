@@ -16,9 +16,9 @@ from torch.utils.data import DataLoader
 
 from bnn_nested.config import LATENCY_MODES, check_choice
 from bnn_nested.cost import count_flops
-from bnn_nested.deploy.cache import read_cache, write_cache
+from bnn_nested.deploy.cache import drop_entries, note, read_cache, write_cache, written_at
 from bnn_nested.deploy.cascade import CascadeReport, CascadeScore, cascade_report
-from bnn_nested.deploy.profile import profile_widths
+from bnn_nested.deploy.profile import PROFILE_FILE, profile_widths
 from bnn_nested.deploy.select import VAL_METRICS_FILE, Candidate
 from bnn_nested.evaluation.evaluate import evaluate_widths
 from bnn_nested.io import is_number
@@ -39,6 +39,7 @@ def run_candidates(
     temperature: bool = True,
     loaded: Any = None,
     allow_import: bool = False,
+    remeasure: bool = False,
 ) -> list[Candidate]:
     """Candidates for a trained run: costs from :func:`~bnn_nested.deploy.profile.profile_widths`
     and validation accuracy/ECE from ``evaluate_widths`` on ``run.splits.val``; both cached in the
@@ -50,6 +51,10 @@ def run_candidates(
     changed (e.g. ``--resume`` finished it) they are recomputed. ``loaded``: the
     :class:`~bnn_nested.runs.run.LoadedRun` of ``run_dir`` if the caller has it already;
     ``allow_import``: :func:`~bnn_nested.runs.run.load_run`'s.
+
+    Latencies are timed once and then replayed from the cache, with a note on stderr saying when
+    they were measured (a timing taken on a busy machine would otherwise be kept silently);
+    ``remeasure`` drops the cached timings of this checkpoint and times the widths again.
     """
     check_choice("latency_mode", latency_mode, LATENCY_MODES)  # before the validation pass
 
@@ -81,6 +86,10 @@ def run_candidates(
         cache[key] = {"rows": rows}
         write_cache(cache_path, run.checkpoint_id, cache)
     example = run.splits.val[0][0].unsqueeze(0)
+    profile_path = run_dir / PROFILE_FILE
+    if remeasure and latency:
+        drop_entries(profile_path, run.checkpoint_id, _timed)
+    before = read_cache(profile_path, run.checkpoint_id) if latency else {}
     costs = profile_widths(
         run.model,
         example,
@@ -93,6 +102,14 @@ def run_candidates(
         cache_dir=run_dir,
         checkpoint=run.checkpoint_id,
     )
+    if latency:
+        timed = [c.to_dict() for c in costs]
+        replayed = [e for e in before.values() if e.get("costs") == timed]
+        if replayed:
+            note(
+                f"latencies replayed from {profile_path}, measured {written_at(replayed[0])}; "
+                "pass --remeasure (remeasure=True) to time the widths again"
+            )
     return [
         Candidate(
             c.width,
@@ -105,6 +122,11 @@ def run_candidates(
         )
         for c in costs
     ]
+
+
+def _timed(entry: dict[str, Any]) -> bool:
+    """A profile cache entry holding latencies (what ``remeasure`` drops)."""
+    return bool(entry["settings"]["latency"])
 
 
 def _rows_valid(entry: dict[str, Any]) -> bool:
