@@ -71,6 +71,11 @@ def run(args) -> int:
     loaded = load_run(run_dir, allow_import=args.allow_import)
     note_unfinished(loaded, run_dir)
     cfg = loaded.config
+    if args.split == "val" and not loaded.splits.has_val:
+        raise UsageError(
+            f"{run_dir}: its data set {cfg.data.name!r} has no validation split; --split val "
+            "has nothing to evaluate (use --split test)"
+        )
     widths = args.widths or cfg.eval.widths
     samples = args.samples or cfg.eval.samples
     loaded.recalibrate_bn(widths)

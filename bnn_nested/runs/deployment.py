@@ -59,6 +59,7 @@ def run_candidates(
     check_choice("latency_mode", latency_mode, LATENCY_MODES)  # before the validation pass
 
     run = loaded if loaded is not None else load_run(run_dir, allow_import=allow_import)
+    require_val(run, run_dir, "select ranks widths by validation accuracy")
     cfg = run.config
     widths = list(widths or cfg.eval.widths)
     samples = samples or cfg.eval.samples
@@ -124,6 +125,15 @@ def run_candidates(
     ]
 
 
+def require_val(run: Any, run_dir: str | Path, why: str) -> None:
+    """Refuse (one line) a run whose data has no validation split, saying ``why`` it is needed."""
+    if not run.splits.has_val:
+        raise ValueError(
+            f"{run_dir}: its data set {run.config.data.name!r} has no validation split (the "
+            f"loader returned none); {why}"
+        )
+
+
 def _timed(entry: dict[str, Any]) -> bool:
     """A profile cache entry holding latencies (what ``remeasure`` drops)."""
     return bool(entry["settings"]["latency"])
@@ -156,6 +166,7 @@ def cascade_run(
     ``temperature``; FLOPs per width from :func:`~bnn_nested.cost.count_flops`; ``allow_import``:
     :func:`~bnn_nested.runs.run.load_run`'s."""
     run = load_run(run_dir, allow_import=allow_import)
+    require_val(run, run_dir, "cascade chooses its threshold on validation data")
     widths = sorted(float(w) for w in (widths or run.config.eval.widths))
     samples = samples or run.config.eval.samples
     if score == "mutual_information" and samples < 2:

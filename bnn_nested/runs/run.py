@@ -99,11 +99,12 @@ def make_loaders(
     splits: DataSplits,
     dist: DistContext | None = None,
     device: torch.device | str = "cpu",
-) -> tuple[DataLoader, DataLoader, DataLoader]:
+) -> tuple[DataLoader, DataLoader | None, DataLoader]:
     """Train / val / test loaders. The training order of epoch ``e`` depends only on
     ``(cfg.seed, e)`` (:class:`EpochSampler`), so a resumed run sees the same batches; with
     ``world_size`` ranks each takes ``data.batch_size / world_size`` examples of every global batch.
-    Pinned memory on CUDA."""
+    Pinned memory on CUDA. The val loader is ``None`` for data without a validation split
+    (``splits.has_val``): training then logs no ``val_acc`` and re-estimates no batch norm for it."""
     dist = dist or DistContext()
     if cfg.data.batch_size % dist.world_size:
         raise ValueError(
@@ -120,11 +121,15 @@ def make_loaders(
         generator=torch.Generator().manual_seed(cfg.seed),
         **kw,
     )
-    val = DataLoader(
-        splits.val,
-        batch_size=cfg.data.eval_batch_size,
-        generator=torch.Generator().manual_seed(cfg.seed),
-        **kw,
+    val = (
+        DataLoader(
+            splits.val,
+            batch_size=cfg.data.eval_batch_size,
+            generator=torch.Generator().manual_seed(cfg.seed),
+            **kw,
+        )
+        if splits.has_val
+        else None
     )
     test = DataLoader(
         splits.test,
