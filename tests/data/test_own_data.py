@@ -105,3 +105,24 @@ def test_load_dataset_of_a_registered_loader_without_val(tmp_path):
     cfg = load_config(_config(tmp_path, "own_noval"))
     splits = load_dataset(cfg.data)
     assert len(splits.val) == 0 and not splits.has_val and splits.num_train == 60
+
+
+def test_the_saved_config_of_a_registered_loader_has_no_fractions_it_ignores(noval_runs, tmp_path):
+    import torch
+
+    from bnn_nested.config import load_config
+
+    run = noval_runs["own_noval"]
+    saved = yaml.safe_load((run / "config.yaml").read_text())["data"]
+    stored = torch.load(run / "checkpoint.pt", weights_only=True)["config"]["data"]
+    for data in (saved, stored):
+        assert "val_fraction" not in data and "test_fraction" not in data, data
+    # given explicitly, they are the user's (their loader may read them): kept
+    path = _config(tmp_path, "own_noval")
+    raw = yaml.safe_load(path.read_text())
+    raw["data"]["val_fraction"] = 0.3
+    path.write_text(yaml.safe_dump(raw))
+    assert load_config(path).to_dict()["data"]["val_fraction"] == 0.3
+    # a built-in data set splits by them: kept
+    digits = load_config(path, ["data.name=digits"]).to_dict()["data"]
+    assert digits["val_fraction"] == 0.3 and digits["test_fraction"] == 0.2
