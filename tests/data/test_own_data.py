@@ -126,3 +126,28 @@ def test_the_saved_config_of_a_registered_loader_has_no_fractions_it_ignores(nov
     # a built-in data set splits by them: kept
     digits = load_config(path, ["data.name=digits"]).to_dict()["data"]
     assert digits["val_fraction"] == 0.3 and digits["test_fraction"] == 0.2
+
+
+def test_the_readme_example_trains_and_evaluates(tmp_path, monkeypatch, capsys):
+    """The loader of README.md's "Your own data", saved as my_data.py, with the config it names."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Your own data", 1)[1].split("\n## ", 1)[0]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    (tmp_path / "my_data.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))  # PYTHONPATH=.
+    monkeypatch.delitem(sys.modules, "my_data", raising=False)
+    flow = re.search(r"`(\{imports: \[my_data\].*?\})`", section, re.S).group(1)
+    cfg = yaml.safe_load(flow.replace("\n", " "))
+    cfg["train"] = {"epochs": 1, "device": "cpu"}
+    (tmp_path / "my.yaml").write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "runs" / "blobs"
+    argv = ["train", "--config", str(tmp_path / "my.yaml"), "--out", str(run), "--quiet"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert main(["evaluate", str(run), "--no-plots"]) == 2  # imports a module: trusted only ...
+    assert "--allow-import" in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--no-plots", "--allow-import"]) == 0  # ... when told
+    report = json.loads((run / "report.json").read_text())
+    assert report["meta"]["data"] == "my_blobs" and report["widths"]
