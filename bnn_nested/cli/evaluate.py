@@ -26,6 +26,17 @@ def _names(text: str) -> list[str]:
     return [t for t in text.replace(",", " ").split() if t]
 
 
+def drop_mutual_information(args, scores: list[str]) -> list[str]:
+    """``scores`` without mutual information, for a model whose samples are identical; asked for
+    by name (``--scores``, ``--selective-score``) it is refused: it would be float noise."""
+    why = "the model's Monte-Carlo samples are identical (point weights, no dropout)"
+    if args.scores and "mutual_information" in args.scores:
+        raise UsageError(f"--scores mutual_information: {why}; it would be float noise")
+    if args.selective_score == "mutual_information":
+        raise UsageError(f"--selective-score mutual_information: {why}; it would be float noise")
+    return [s for s in scores if s != "mutual_information"]
+
+
 def add_parser(sub) -> None:
     e = sub.add_parser("evaluate", help="per-width report of a trained run")
     e.add_argument("run", help="run directory written by `bnn-nested train`")
@@ -79,6 +90,14 @@ def run(args) -> int:
     widths = args.widths or cfg.eval.widths
     samples = args.samples or cfg.eval.samples
     loaded.recalibrate_bn(widths)
+    if samples > 1 and loaded.samples_identical(max(widths)):
+        scores = drop_mutual_information(args, scores)
+        print(
+            f"bnn-nested: note: {run_dir}'s model is deterministic (point weights, no dropout): its "
+            f"{samples} Monte-Carlo samples are identical, so mutual information (0 up to float "
+            "rounding) is not reported",
+            file=sys.stderr,
+        )
     extra, notes = uncertainty.evaluate_kwargs(args, loaded, run_dir, widths, samples)
     report = evaluate(
         loaded.model,

@@ -172,6 +172,11 @@ def cascade_run(
     if score == "mutual_information" and samples < 2:
         raise ValueError("score 'mutual_information' needs samples > 1 (it is 0 for one sample)")
     run.recalibrate_bn(widths)
+    if score == "mutual_information" and run.samples_identical(max(widths)):
+        raise ValueError(
+            "--score mutual_information: the model's Monte-Carlo samples are identical (point "
+            "weights, no dropout); it would be float noise"
+        )
     temps = run.temperatures() if temperature else {}
     bs = run.config.data.eval_batch_size
     x0 = run.splits.val[0][0].unsqueeze(0)

@@ -597,6 +597,18 @@ class LoadedRun:
         t = temperature_for(self.temperatures(), width) if calibrated else 1.0
         return calibrated_predict(self.model, x, width, samples or self.config.eval.samples, t)
 
+    def samples_identical(self, width: float = 1.0, n: int = 16) -> bool:
+        """Whether the model's Monte-Carlo samples are all the same network (point weights and no
+        dropout or other noise): two samples of ``n`` examples agree to float rounding. Their
+        mutual information is then rounding noise, not uncertainty."""
+        from bnn_nested.evaluation.predict import predict  # deferred: only evaluate asks
+
+        data = self.splits.val if self.splits.has_val else self.splits.test
+        x = torch.stack([data[i][0] for i in range(min(n, len(data)))])
+        x = x.to(next(self.model.parameters()).device)
+        probs = predict(self.model, x, width, samples=2, chunk=None)
+        return bool((probs[0] - probs[1]).abs().max() <= 1e-6)
+
     @property
     def complete(self) -> bool:
         """The checkpoint is the final one of a finished run."""
