@@ -79,7 +79,10 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    """Write ``text`` as UTF-8. A character UTF-8 cannot hold (a file name's undecodable byte, which
+    Python carries as a lone surrogate such as ``\udcff``) is written as that escape, so a run in a
+    folder whose name is not UTF-8 still gets its reports."""
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8", "backslashreplace")))
 
 
 def atomic_write_json(path: str | Path, obj: Any, strict: bool = False) -> Path:

@@ -68,6 +68,11 @@ def run(args) -> int:
         raise UsageError(f"--alpha must be in (0, 1), got {args.alpha}")
     if args.widths is not None and len(set(args.widths)) != len(args.widths):
         raise UsageError(f"--widths must be distinct, got {args.widths}")
+    if args.widths is not None and len(args.widths) < 2:
+        raise UsageError(
+            f"--widths: a cascade needs at least two widths to escalate between, got "
+            f"{args.widths[0]:g}; for one width see `bnn-nested evaluate --widths {args.widths[0]:g}`"
+        )
     if args.score == "mutual_information" and args.samples == 1:
         raise UsageError("--score mutual_information needs --samples > 1")
     apply_threads(args.threads)

@@ -84,6 +84,11 @@ def run(args) -> int:
     if args.threads is not None:
         overrides.append(f"train.threads={args.threads}")
     if args.init_from is not None:
+        if Path(args.init_from).is_dir():
+            raise UsageError(
+                f"--init-from: {args.init_from} is a folder; give the state-dict file in it "
+                "(torch.save(net.state_dict(), PATH))"
+            )
         if not Path(args.init_from).is_file():
             raise UsageError(f"--init-from: no such file {args.init_from}")
         overrides.append(f"model.init_from={Path(args.init_from).resolve()}")

@@ -168,6 +168,11 @@ def cascade_run(
     run = load_run(run_dir, allow_import=allow_import)
     require_val(run, run_dir, "cascade chooses its threshold on validation data")
     widths = sorted(float(w) for w in (widths or run.config.eval.widths))
+    if len(widths) < 2:  # from the run's eval.widths: say where they came from
+        raise ValueError(
+            f"{run_dir}: eval.widths has one width ({widths[0]:g}); a cascade needs at least two "
+            "widths: give them with --widths, e.g. --widths 0.5,1"
+        )
     samples = samples or run.config.eval.samples
     if score == "mutual_information" and samples < 2:
         raise ValueError("score 'mutual_information' needs samples > 1 (it is 0 for one sample)")

@@ -147,8 +147,14 @@ def check_run_dir(out: str | Path, overwrite: bool = False) -> None:
     if str(out).strip() == "":
         raise RunExistsError("--out: empty path; name the run directory to create")
     out = Path(out)
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise RunExistsError(f"{out} exists and is not a directory")
+    if out.is_symlink():
+        target = os.readlink(out)
+        raise RunExistsError(
+            f"--out: {out} is a symbolic link (to {target[:200]}); runs are not written through "
+            "links: give the folder itself"
+        )
+    if out.exists() and not out.is_dir():
+        raise RunExistsError(f"--out: {out} exists and is not a directory")
     if out.exists() and not is_empty(out):
         if not overwrite:
             raise RunExistsError(f"{out} already exists; pass --overwrite to replace it")

@@ -1,0 +1,112 @@
+"""Messages and paths of issue 28 ("what a new user hit"): each case names the cause in one line,
+or works."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from bnn_nested.cli.main import main
+from tests.trained_runs import copy_run, train_tiny, tree_digest, write_config
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    run = tmp_path_factory.mktemp("msg28") / "run"
+    assert train_tiny(run) == 0
+    return run
+
+
+def _one_error_line(capsys) -> str:
+    out = capsys.readouterr()
+    lines = [ln for ln in out.err.strip().splitlines() if not ln.startswith("bnn-nested: note:")]
+    assert len(lines) == 1 and lines[0].startswith("bnn-nested: error:"), out.err[-2000:]
+    assert "Traceback" not in out.err and len(lines[0]) < 600
+    return lines[0]
+
+
+def test_a_run_in_a_folder_whose_name_is_not_utf8_can_be_evaluated(template, tmp_path, capsys):
+    run = copy_run(template, tmp_path / os.fsdecode(b"bad\xffname"))
+    assert main(["evaluate", str(run), "--no-plots", "--widths", "1"]) == 0, capsys.readouterr()
+    assert "bad\\udcffname" in (run / "report.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("widths", [["--widths", "1"], []])
+def test_a_one_stage_cascade_is_refused_in_one_line(template, tmp_path, capsys, widths):
+    run = copy_run(template, tmp_path / "run")
+    if not widths:  # the run's own eval.widths has one width
+        import torch
+
+        state = torch.load(run / "checkpoint.pt", weights_only=True)
+        state["config"]["eval"]["widths"] = [1.0]
+        torch.save(state, run / "checkpoint.pt")
+    before = tree_digest(run)
+    assert main(["cascade", str(run), "--target-accuracy", "0.5", *widths]) == 2
+    line = _one_error_line(capsys)
+    assert "at least two widths" in line and "torch" not in line
+    assert tree_digest(run) == before
+
+
+def test_init_from_a_folder_says_it_is_a_folder(tmp_path, capsys):
+    cfg = write_config(tmp_path / "cfg.yaml")
+    argv = ["train", "--config", str(cfg), "--out", str(tmp_path / "run"), "--init-from"]
+    assert main([*argv, str(tmp_path)]) == 2
+    line = _one_error_line(capsys)
+    assert "is a folder" in line and "no such file" not in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_out_as_a_link_to_a_folder_says_it_is_a_link(template, tmp_path, capsys):
+    run = copy_run(template, tmp_path / "run")
+    link = tmp_path / "link"
+    link.symlink_to(run)
+    before = tree_digest(run)
+    assert train_tiny(link, "--overwrite") == 2
+    line = _one_error_line(capsys)
+    assert "symbolic link" in line and "not a directory" not in line
+    assert tree_digest(run) == before
+
+
+def test_escape_bytes_in_a_config_key_are_not_echoed_raw(tmp_path, capsys):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text('data: {name: digits}\nmodel: {name: mlp, "\\e[31mred\\a\\u202e": 1}\n')
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "run")]) == 2
+    line = _one_error_line(capsys)
+    assert "\x1b" not in line and "\x07" not in line and "\u202e" not in line
+    assert "\\x1b[31mred\\x07\\u202e" in line
+
+
+def test_a_syntax_error_in_the_users_module_is_one_line(tmp_path, capsys, monkeypatch):
+    (tmp_path / "broken_mod28.py").write_text("def f(:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = write_config(tmp_path / "cfg.yaml", imports=["broken_mod28"])
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "run")]) == 2
+    line = _one_error_line(capsys)
+    assert "syntax error" in line and "broken_mod28.py, line 1" in line
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "sections",
+    [
+        {"imports": ["my_pkg28"]},
+        {"model": {"name": "import", "target": "my_pkg28.models:build"}},
+    ],
+)
+def test_a_module_not_on_the_path_gets_a_pythonpath_hint(tmp_path, capsys, sections):
+    cfg = write_config(tmp_path / "cfg.yaml", **sections)
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "run")]) == 2
+    line = _one_error_line(capsys)
+    assert "my_pkg28" in line and "PYTHONPATH" in line
+
+
+@pytest.mark.filterwarnings(
+    "default"
+)  # as a user's Python shows them (the suite makes them errors)
+def test_warnings_are_one_line_without_source_paths(tmp_path, capsys):
+    cfg = write_config(tmp_path / "cfg.yaml")
+    cfg.write_text(cfg.read_text().replace("kept: 1", "frozen: 1"))  # deprecated key: a warning
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["bnn-nested: warning: model.frozen is deprecated: use model.kept"], err
