@@ -58,8 +58,13 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
             temporary file is removed; the message names ``path`` and whether an older one is kept.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:  # a folder that cannot be created or written (read-only): named, as a failed write is
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        kept = "the previous version is kept" if path.exists() else "nothing was written"
+        reason = err.strerror or os.strerror(err.errno or errno.EIO)
+        raise FileWriteError(err.errno, f"could not write {path} ({reason}); {kept}") from None
     try:
         os.fchmod(fd, new_file_mode())  # mkstemp creates 0600; others may read a shared run
         with os.fdopen(fd, "wb") as f:
