@@ -172,6 +172,30 @@ def first_line(err: BaseException | str, limit: int = 200, default: str | None =
     return line if len(line) <= limit else line[: max(limit - 3, 0)] + "..."
 
 
+def lock_holder(path: str | Path) -> str | None:
+    """Whether another process holds the advisory lock (``fcntl.flock``) on the file ``path``:
+    ``None`` when nobody does (or there is no such file, or no ``fcntl``), else what the holder
+    wrote into it (its process id, ``""`` if unreadable). Takes and drops the lock at once; creates
+    nothing. Lets a command refuse a locked run before loading anything."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0))
+    except (OSError, ValueError):
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 def is_number(value: Any, finite: bool = False) -> bool:
     """``value`` is an int or float (not a bool); with ``finite``, also not NaN or Inf."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
