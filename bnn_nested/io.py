@@ -14,6 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+try:  # POSIX; elsewhere no lock is seen
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
 #: Largest JSON file read (reports, caches, profiles); ours are a few KiB.
 MAX_JSON_BYTES = 16 << 20
 
@@ -177,9 +182,7 @@ def lock_holder(path: str | Path) -> str | None:
     ``None`` when nobody does (or there is no such file, or no ``fcntl``), else what the holder
     wrote into it (its process id, ``""`` if unreadable). Takes and drops the lock at once; creates
     nothing. Lets a command refuse a locked run before loading anything."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
+    if fcntl is None:  # pragma: no cover - not POSIX
         return None
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0))

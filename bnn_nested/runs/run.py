@@ -29,6 +29,7 @@ from bnn_nested.config import Config, ConfigError, build_config, import_modules,
 from bnn_nested.data import DATASETS, DataSplits, load_dataset
 from bnn_nested.evaluation.calibration import calibrated_predict, load_temperatures, temperature_for
 from bnn_nested.evaluation.ordering import keep_probs_now, write_ordering_report
+from bnn_nested.evaluation.predict import predict
 from bnn_nested.io import atomic_write, atomic_write_json, atomic_write_text, first_line
 from bnn_nested.models import build_model
 from bnn_nested.models.registry import MODELS
@@ -607,8 +608,6 @@ class LoadedRun:
         """Whether the model's Monte-Carlo samples are all the same network (point weights and no
         dropout or other noise): two samples of ``n`` examples agree to float rounding. Their
         mutual information is then rounding noise, not uncertainty."""
-        from bnn_nested.evaluation.predict import predict  # deferred: only evaluate asks
-
         data = self.splits.val if self.splits.has_val else self.splits.test
         x = torch.stack([data[i][0] for i in range(min(n, len(data)))])
         x = x.to(next(self.model.parameters()).device)
