@@ -10,6 +10,7 @@ import os
 import re
 import stat
 import tempfile
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -197,6 +198,15 @@ def lock_holder(path: str | Path) -> str | None:
         return None
     finally:
         os.close(fd)
+
+
+def visible(text: str) -> str:
+    """``text`` with control and format characters (terminal escape sequences, bidi overrides) and
+    undecodable file-name bytes (lone surrogates) written as escapes (``\\x1b``, ``\\udcff``):
+    what the command line prints of a file's content never acts on the terminal."""
+    return "".join(
+        repr(c)[1:-1] if unicodedata.category(c) in ("Cc", "Cf", "Cs") else c for c in text
+    )
 
 
 def is_number(value: Any, finite: bool = False) -> bool:

@@ -12,12 +12,11 @@ import importlib
 import os
 import re
 import sys
-import unicodedata
 import warnings
 
 from bnn_nested.cli.common import Parser, UsageError
 from bnn_nested.config import ConfigError
-from bnn_nested.io import first_line
+from bnn_nested.io import first_line, visible
 
 #: Command modules; each defines ``add_parser(subparsers)`` (setting ``handler``) and ``run(args)``.
 COMMAND_MODULES = ("train", "evaluate", "compare", "select", "cascade", "export_weights")
@@ -86,14 +85,6 @@ def _one_line(err: BaseException | str) -> str:
             "(e.g. PYTHONPATH=. bnn-nested ...)"
         )
     return text
-
-
-def visible(text: str) -> str:
-    """``text`` with control and format characters (escape sequences, bidi overrides) and
-    undecodable file-name bytes written as escapes (``\\x1b``, ``\\udcff``)."""
-    return "".join(
-        repr(c)[1:-1] if unicodedata.category(c) in ("Cc", "Cf", "Cs") else c for c in text
-    )
 
 
 def _escape_unprintable_output() -> None:

@@ -55,6 +55,7 @@ from bnn_nested.runs.rundir import (
     remove_orphans,
     write_marker,
 )
+from bnn_nested.safeyaml import read_text_file, safe_load
 from bnn_nested.threads import apply_threads
 from bnn_nested.training.checkpoint import (
     CheckpointError,
@@ -577,6 +578,10 @@ def save_run_checkpoint(
     return save_checkpoint(out / CHECKPOINT, state)
 
 
+#: :meth:`LoadedRun.config_edits` of a ``config.yaml`` that is not a YAML mapping.
+UNREADABLE = "<unreadable>"
+
+
 @dataclass
 class LoadedRun:
     model: NestedModel
@@ -630,6 +635,21 @@ class LoadedRun:
             f"bnn-nested train --resume {run_dir}"
         )
 
+    def config_edits(self) -> list[str]:
+        """Dotted keys where the run's ``config.yaml`` differs from the config in its checkpoint
+        (the one every command uses: the checkpoint's weights were trained under it), e.g.
+        ``["eval.samples"]``; ``[UNREADABLE]`` for a file that is not a YAML mapping; ``[]`` when
+        they agree or there is no ``config.yaml``."""
+        if self.run_dir is None or not (self.run_dir / CONFIG).exists():
+            return []
+        try:
+            saved = safe_load(read_text_file(self.run_dir / CONFIG, "config"))
+        except (OSError, ValueError):
+            saved = None
+        if not isinstance(saved, dict):
+            return [UNREADABLE]
+        return _differing_keys(saved, self.checkpoint.get("config", {}))
+
     def recalibrate_bn(self, widths: list[float]) -> list[float]:
         """Calibrate batch norm for the ``widths`` that training did not (those outside
         ``eval.widths``); returns them."""
@@ -658,6 +678,16 @@ def check_run_imports(cfg: Config, allow_import: bool, path: str | Path) -> None
                 "--allow-import (allow_import=True) only for runs you trust"
             )
     import_modules(cfg)
+
+
+def _differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested mappings (sorted)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += _differing_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix[:-1] or "config"]
 
 
 def read_run_checkpoint(

@@ -10,6 +10,8 @@ import pytest
 from bnn_nested.cli.main import main
 from tests.trained_runs import copy_run, train_tiny, tree_digest, write_config
 
+EVAL = ["--no-plots", "--widths", "1"]
+
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory):
@@ -110,3 +112,15 @@ def test_warnings_are_one_line_without_source_paths(tmp_path, capsys):
     assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "run"), "--quiet"]) == 0
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["bnn-nested: warning: model.frozen is deprecated: use model.kept"], err
+
+
+def test_evaluate_says_when_config_yaml_was_edited(template, tmp_path, capsys):
+    run = copy_run(template, tmp_path / "run")
+    assert main(["evaluate", str(run), *EVAL]) == 0
+    assert "config.yaml" not in capsys.readouterr().err  # unedited: no note
+    text = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(text.replace("samples: 1", "samples: 7") + '"\\e[2J": 1\n')
+    assert main(["evaluate", str(run), *EVAL]) == 0
+    notes = [ln for ln in capsys.readouterr().err.splitlines() if "config.yaml" in ln]
+    assert len(notes) == 1 and "eval.samples" in notes[0] and "not applied" in notes[0], notes
+    assert "\x1b" not in notes[0] and "\\x1b[2J" in notes[0]
