@@ -27,10 +27,23 @@ from torch.utils.data import DataLoader
 
 from bnn_nested.config import Config, ConfigError, build_config, import_modules, load_config
 from bnn_nested.data import DATASETS, DataSplits, load_dataset
-from bnn_nested.evaluation.calibration import calibrated_predict, load_temperatures, temperature_for
+from bnn_nested.evaluation.calibration import (
+    TEMPERATURE_FILE,
+    calibrated_predict,
+    load_temperatures,
+    temperature_for,
+)
 from bnn_nested.evaluation.ordering import keep_probs_now, write_ordering_report
 from bnn_nested.evaluation.predict import predict
-from bnn_nested.io import atomic_write, atomic_write_json, atomic_write_text, first_line
+from bnn_nested.io import (
+    JsonFileError,
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    first_line,
+    is_number,
+    read_json,
+)
 from bnn_nested.models import build_model
 from bnn_nested.models.registry import MODELS
 from bnn_nested.nest import (
@@ -578,6 +591,44 @@ def save_run_checkpoint(
     return save_checkpoint(out / CHECKPOINT, state)
 
 
+def check_temperature_file(path: Path) -> None:
+    """A run's stored temperatures have the layout ``evaluate --calibrate temperature`` writes
+    (``{"step": int, "widths": {width: {"temperature": number > 0}}}``); else a one-line
+    ``ValueError`` naming the file and what is wrong (not Python's ``KeyError`` text). A missing
+    file is fine (no temperatures)."""
+    if not path.exists():
+        return
+    try:
+        doc = read_json(path, "temperature file")
+    except JsonFileError as err:
+        raise ValueError(f"{err}; refit with evaluate --calibrate temperature") from None
+    what = None
+    if not isinstance(doc, dict):
+        what = f"a JSON {type(doc).__name__}, not an object"
+    elif not isinstance(doc.get("widths"), dict):
+        what = "no 'widths' mapping"
+    elif "step" in doc and (not isinstance(doc["step"], int) or isinstance(doc["step"], bool)):
+        what = "'step' is not an integer"
+    else:
+        for w, entry in doc["widths"].items():
+            try:
+                ok_width = 0.0 < float(w) <= 1.0
+            except ValueError:
+                ok_width = False
+            t = entry.get("temperature") if isinstance(entry, dict) else None
+            if not ok_width:
+                what = f"width {w[:40]!r} is not a number in (0, 1]"
+            elif not (is_number(t, finite=True) and t > 0):
+                what = f"width {w[:40]}: no 'temperature' number > 0"
+            if what:
+                break
+    if what:
+        raise ValueError(
+            f"{path}: malformed temperature file ({what}); refit with evaluate --calibrate "
+            "temperature, or delete it"
+        )
+
+
 #: :meth:`LoadedRun.config_edits` of a ``config.yaml`` that is not a YAML mapping.
 UNREADABLE = "<unreadable>"
 
@@ -598,6 +649,7 @@ class LoadedRun:
 
         if self.run_dir is None:
             return {}
+        check_temperature_file(self.run_dir / TEMPERATURE_FILE)
         return load_temperatures(self.run_dir, self.checkpoint.get("step"))
 
     def predict(

@@ -4,6 +4,7 @@ or works."""
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -124,3 +125,42 @@ def test_evaluate_says_when_config_yaml_was_edited(template, tmp_path, capsys):
     notes = [ln for ln in capsys.readouterr().err.splitlines() if "config.yaml" in ln]
     assert len(notes) == 1 and "eval.samples" in notes[0] and "not applied" in notes[0], notes
     assert "\x1b" not in notes[0] and "\\x1b[2J" in notes[0]
+
+
+#: Python's own words for a failure inside the code, never a reason a user can act on.
+#: (``"('widths')"`` is a KeyError's text: a quoted name alone in parentheses.)
+INTERNALS = re.compile(
+    r"NoneType|subscriptable|list indices|invalid literal|object has no|\('\w+'\)"
+)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        '{"step": 19}',
+        '{"step": 19, "widths": {"1": null}}',
+        "[1]",
+        '{"step": "x", "widths": {}}',
+        '{"widths": {"1": {"temperature": -1}}}',
+        '{"widths": {"wide": {"temperature": 1.5}}}',
+        "{not json",
+    ],
+)
+@pytest.mark.parametrize("command", ["evaluate", "select", "cascade"])
+def test_a_malformed_temperature_file_is_named_without_python_internals(
+    template, tmp_path, capsys, doc, command
+):
+    run = copy_run(template, tmp_path / "run")
+    (run / "calibration").mkdir()
+    path = run / "calibration" / "temperature.json"
+    path.write_text(doc)
+    argv = {
+        "evaluate": ["evaluate", str(run), *EVAL],
+        "select": ["select", str(run), "--widths", "1"],
+        "cascade": ["cascade", str(run), "--target-accuracy", "0.1", "--no-plots"],
+    }[command]
+    assert main(argv) == 2
+    line = _one_error_line(capsys)
+    assert str(path) in line and not INTERNALS.search(line), line
+    if command == "evaluate":  # the fix the message names works
+        assert main([*argv, "--calibrate", "temperature"]) == 0
