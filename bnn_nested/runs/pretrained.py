@@ -150,8 +150,11 @@ def from_run(
     try:
         shape = tuple(int(d) for d in state["meta"]["input_shape"])
         num_classes = int(state["meta"]["num_classes"])
-    except (TypeError, KeyError, ValueError) as err:
-        raise CheckpointError(f"{path}: incompatible checkpoint ({first_line(err)})") from None
+    except (TypeError, KeyError, ValueError):  # Python's text ("('meta')") would not say what
+        raise CheckpointError(
+            f"{path}: incompatible checkpoint (meta: needs input_shape, a list of sizes, and "
+            "num_classes, an integer)"
+        ) from None
     model = _build(cfg, shape, num_classes)
     try:
         model.load_state_dict(state["model"])

@@ -591,6 +591,14 @@ def save_run_checkpoint(
     return save_checkpoint(out / CHECKPOINT, state)
 
 
+def _json_kind(value: Any) -> str:
+    """JSON's name for the type of a decoded value (``null``, ``an array``, ...)."""
+    if value is None or isinstance(value, bool):
+        return "null" if value is None else "true/false"
+    kinds = ((str, "a string"), ((int, float), "a number"), (list, "an array"))
+    return next((name for t, name in kinds if isinstance(value, t)), "a value")
+
+
 def check_temperature_file(path: Path) -> None:
     """A run's stored temperatures have the layout ``evaluate --calibrate temperature`` writes
     (``{"step": int, "widths": {width: {"temperature": number > 0}}}``); else a one-line
@@ -604,7 +612,7 @@ def check_temperature_file(path: Path) -> None:
         raise ValueError(f"{err}; refit with evaluate --calibrate temperature") from None
     what = None
     if not isinstance(doc, dict):
-        what = f"a JSON {type(doc).__name__}, not an object"
+        what = f"JSON {_json_kind(doc)}, not an object"
     elif not isinstance(doc.get("widths"), dict):
         what = "no 'widths' mapping"
     elif "step" in doc and (not isinstance(doc["step"], int) or isinstance(doc["step"], bool)):
@@ -650,7 +658,10 @@ class LoadedRun:
         if self.run_dir is None:
             return {}
         check_temperature_file(self.run_dir / TEMPERATURE_FILE)
-        return load_temperatures(self.run_dir, self.checkpoint.get("step"))
+        step = self.checkpoint.get("step")
+        if not isinstance(step, int) or isinstance(step, bool):  # a damaged checkpoint's step
+            step = -1  # matches no fit: stored temperatures are ignored (with a warning)
+        return load_temperatures(self.run_dir, step)
 
     def predict(
         self, x: torch.Tensor, width: float, samples: int | None = None, calibrated: bool = True

@@ -164,3 +164,33 @@ def test_a_malformed_temperature_file_is_named_without_python_internals(
     assert str(path) in line and not INTERNALS.search(line), line
     if command == "evaluate":  # the fix the message names works
         assert main([*argv, "--calibrate", "temperature"]) == 0
+
+
+@pytest.mark.filterwarnings("default:.*fitted on checkpoint step:UserWarning")
+@pytest.mark.parametrize(
+    "edit, argv",
+    [  # found by tests/cli/test_file_sweep.py once it covered cascade and export-weights
+        (
+            {"step": ""},
+            ["cascade", "--target-accuracy", "0.1", "--widths", "0.5,1", "--no-plots"],
+        ),
+        ({"meta": None}, ["export-weights", "--out", "EXPORTED"]),
+    ],
+)
+def test_a_damaged_checkpoint_entry_is_not_python_internals(template, tmp_path, capsys, edit, argv):
+    import torch
+
+    run = copy_run(template, tmp_path / "run")
+    argv = [a.replace("EXPORTED", str(tmp_path / "w")) for a in argv]
+    assert main(["evaluate", str(run), *EVAL, "--calibrate", "temperature"]) == 0
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    state.update(edit)
+    torch.save(state, run / "checkpoint.pt")
+    capsys.readouterr()
+    rc = main([argv[0], str(run), *argv[1:]])
+    if rc == 2:
+        line = _one_error_line(capsys)
+        assert str(run / "checkpoint.pt") in line and not INTERNALS.search(line), line
+    else:
+        assert rc in (0, 1)
+        assert "Traceback" not in capsys.readouterr().err
