@@ -1,4 +1,5 @@
-"""A read-only run can be evaluated (issue 28): ``evaluate --out DIR`` writes the report to ``DIR``
+"""A read-only run can be evaluated (issue 28), and a failed write names the file, not the
+temporary file it was being written through: ``evaluate --out DIR`` writes the report to ``DIR``
 and nothing into the run; a run that cannot be written says so and names ``--out``. ``DIR`` is
 refused when it holds files evaluate did not write (as ``compare --out``)."""
 
@@ -31,10 +32,10 @@ def read_only(template, tmp_path, monkeypatch):
     run = copy_run(template, tmp_path / "run")
     real = tempfile.mkstemp
 
-    def mkstemp(*a, dir=None, **kw):
-        if dir is not None and str(dir).startswith(str(run)):
-            raise PermissionError(errno.EROFS, "Read-only file system")
-        return real(*a, dir=dir, **kw)
+    def mkstemp(*a, dir=None, prefix="", **kw):
+        if dir is not None and str(dir).startswith(str(run)):  # as the OS says it: temp name too
+            raise PermissionError(errno.EROFS, "Read-only file system", f"{dir}/{prefix}k1ll3d.tmp")
+        return real(*a, dir=dir, prefix=prefix, **kw)
 
     monkeypatch.setattr(bio.tempfile, "mkstemp", mkstemp)
     return run
@@ -45,7 +46,8 @@ def test_a_read_only_run_is_evaluated_with_out(read_only, tmp_path, capsys):
     assert main(["evaluate", str(read_only), *ARGV]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Read-only" in err[0] and "--out" in err[0], err
-    assert str(read_only / "report.json") in err[0]  # names the file
+    assert str(read_only / "report.json") in err[0]  # names the file,
+    assert ".tmp" not in err[0]  # not the temporary one it was written through
     out = tmp_path / "report"
     assert main(["evaluate", str(read_only), *ARGV, "--out", str(out)]) == 0
     assert json.loads((out / "report.json").read_text())["widths"]
