@@ -78,8 +78,6 @@ def add_parser(sub) -> None:
 def check_out(out: Path) -> None:
     """Refuse ``--out`` unless evaluate may write it: missing, an empty folder, or one an earlier
     ``evaluate --out`` wrote (it holds :data:`MARKER`). Touches nothing."""
-    if not str(out).strip():
-        raise UsageError("--out: empty path; name the folder to write the report to")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out: {out} exists and is not a folder; choose another --out")
     if out.is_dir() and next(out.iterdir(), None) is not None and not (out / MARKER).is_file():
@@ -92,6 +90,8 @@ def check_out(out: Path) -> None:
 def run(args) -> int:
     bounded_int("--samples", args.samples, 1, MAX_SAMPLES)
     if args.out is not None:
+        if not args.out.strip():  # Path("") would be the current folder
+            raise UsageError("--out: empty path; name the folder to write the report to")
         check_out(Path(args.out))
         if args.calibrate == "temperature":
             raise UsageError(

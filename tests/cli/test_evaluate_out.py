@@ -64,3 +64,13 @@ def test_evaluate_out_refuses_a_folder_it_did_not_write(template, tmp_path, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "did not write" in err[0] and str(out) in err[0], err
     assert tree_digest(out) == before
+
+
+@pytest.mark.parametrize("out", ["", " "])
+def test_evaluate_out_refuses_an_empty_path(template, tmp_path, monkeypatch, capsys, out):
+    monkeypatch.chdir(tmp_path)
+    before = tree_digest(tmp_path)
+    assert main(["evaluate", str(template), *ARGV, "--out", out]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--out: empty path" in err[0], err
+    assert tree_digest(tmp_path) == before
