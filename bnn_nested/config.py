@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import pydantic
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bnn_nested.safeyaml import YamlError, read_text_file, safe_load
@@ -210,6 +211,17 @@ class DataConfig(_Strict):
     held_out_classes: list[int] = Field(
         default_factory=list, description="classes removed from training, used as OOD ('heldout')"
     )
+
+    @pydantic.model_serializer(mode="wrap")
+    def _drop_unused_fractions(self, handler):
+        """A data set registered by the user splits itself: the default ``val_fraction`` /
+        ``test_fraction`` would misdescribe its run, so they are stored only when given."""
+        out = handler(self)
+        if self.name not in BUILTIN_DATA:
+            for key in ("val_fraction", "test_fraction"):
+                if key not in self.model_fields_set:
+                    out.pop(key, None)
+        return out
 
 
 #: Old model keys -> their names now (``frozen`` read as "not trained" to PyTorch users;

@@ -10,9 +10,15 @@ import os
 import re
 import stat
 import tempfile
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
+
+try:  # POSIX; elsewhere no lock is seen
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
 
 #: Largest JSON file read (reports, caches, profiles); ours are a few KiB.
 MAX_JSON_BYTES = 16 << 20
@@ -58,8 +64,13 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
             temporary file is removed; the message names ``path`` and whether an older one is kept.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:  # a folder that cannot be created or written (read-only): named, as a failed write is
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        kept = "the previous version is kept" if path.exists() else "nothing was written"
+        reason = err.strerror or os.strerror(err.errno or errno.EIO)
+        raise FileWriteError(err.errno, f"could not write {path} ({reason}); {kept}") from None
     try:
         os.fchmod(fd, new_file_mode())  # mkstemp creates 0600; others may read a shared run
         with os.fdopen(fd, "wb") as f:
@@ -79,7 +90,10 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    """Write ``text`` as UTF-8. A character UTF-8 cannot hold (a file name's undecodable byte, which
+    Python carries as a lone surrogate such as ``\udcff``) is written as that escape, so a run in a
+    folder whose name is not UTF-8 still gets its reports."""
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8", "backslashreplace")))
 
 
 def atomic_write_json(path: str | Path, obj: Any, strict: bool = False) -> Path:
@@ -162,6 +176,37 @@ def first_line(err: BaseException | str, limit: int = 200, default: str | None =
         return default if default is not None else type(err).__name__
     line = text.splitlines()[0]
     return line if len(line) <= limit else line[: max(limit - 3, 0)] + "..."
+
+
+def lock_holder(path: str | Path) -> str | None:
+    """Whether another process holds the advisory lock (``fcntl.flock``) on the file ``path``:
+    ``None`` when nobody does (or there is no such file, or no ``fcntl``), else what the holder
+    wrote into it (its process id, ``""`` if unreadable). Takes and drops the lock at once; creates
+    nothing. Lets a command refuse a locked run before loading anything."""
+    if fcntl is None:  # pragma: no cover - not POSIX
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0))
+    except (OSError, ValueError):
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def visible(text: str) -> str:
+    """``text`` with control and format characters (terminal escape sequences, bidi overrides) and
+    undecodable file-name bytes (lone surrogates) written as escapes (``\\x1b``, ``\\udcff``):
+    what the command line prints of a file's content never acts on the terminal."""
+    return "".join(
+        repr(c)[1:-1] if unicodedata.category(c) in ("Cc", "Cf", "Cs") else c for c in text
+    )
 
 
 def is_number(value: Any, finite: bool = False) -> bool:

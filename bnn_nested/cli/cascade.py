@@ -13,7 +13,7 @@ import json
 import math
 from pathlib import Path
 
-from bnn_nested.cli.common import UsageError, parse_widths
+from bnn_nested.cli.common import UsageError, add_allow_import_argument, parse_widths
 from bnn_nested.config import CASCADE_SCORES
 from bnn_nested.io import atomic_write_json
 from bnn_nested.threads import add_threads_argument, apply_threads
@@ -44,6 +44,7 @@ def add_parser(sub) -> None:
     c.add_argument("--no-plots", action="store_true", help="skip the PNG plot")
     c.add_argument("--json", action="store_true", help="print the result as JSON")
     add_threads_argument(c)
+    add_allow_import_argument(c)
     c.set_defaults(handler=run)
 
 
@@ -67,6 +68,11 @@ def run(args) -> int:
         raise UsageError(f"--alpha must be in (0, 1), got {args.alpha}")
     if args.widths is not None and len(set(args.widths)) != len(args.widths):
         raise UsageError(f"--widths must be distinct, got {args.widths}")
+    if args.widths is not None and len(args.widths) < 2:
+        raise UsageError(
+            f"--widths: a cascade needs at least two widths to escalate between, got "
+            f"{args.widths[0]:g}; for one width see `bnn-nested evaluate --widths {args.widths[0]:g}`"
+        )
     if args.score == "mutual_information" and args.samples == 1:
         raise UsageError("--score mutual_information needs --samples > 1")
     apply_threads(args.threads)
@@ -79,6 +85,7 @@ def run(args) -> int:
         args.score,
         args.alpha,
         temperature=not args.no_temperature,
+        allow_import=args.allow_import,
     )
     run_dir = Path(args.run)
     atomic_write_json(run_dir / "cascade.json", rep.to_dict())

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from bnn_nested.io import visible
+
 
 class UsageError(Exception):
     """Bad command-line input (exit status 2)."""
@@ -23,11 +25,38 @@ def bounded_int(name: str, value: int | None, low: int, high: int) -> None:
         raise UsageError(f"{name} must be in [{low}, {high}], got {str(value)[:40]}")
 
 
+def add_allow_import_argument(parser) -> None:
+    """``--allow-import``: trust a run whose config imports modules (its ``imports`` or
+    ``model.name: import``); importing runs their code, so it is refused without the flag."""
+    parser.add_argument(
+        "--allow-import",
+        action="store_true",
+        help="trust the run's config to import its modules (imports, model.name: import); "
+        "importing runs their code: only for runs you trust",
+    )
+
+
 def note_unfinished(loaded, run_dir) -> None:
-    """Say on stderr (one line) when the run's checkpoint is not the final one."""
+    """Say on stderr (one line each) when the run's checkpoint is not the final one, and when the
+    run's ``config.yaml`` was edited after training (the checkpoint's config is what is used)."""
     text = loaded.unfinished_note(run_dir)
     if text:
         print(f"bnn-nested: note: {text}", file=sys.stderr)
+    edits = loaded.config_edits()
+    if edits == ["<unreadable>"]:  # runs.run.UNREADABLE (not imported: that imports torch)
+        text = (
+            f"{run_dir}/config.yaml is not a readable YAML mapping; the config the checkpoint "
+            "was trained with is used"
+        )
+        print(f"bnn-nested: note: {visible(text)}", file=sys.stderr)
+    elif edits:
+        shown = ", ".join(edits[:6]) + (f" (+{len(edits) - 6} more)" if len(edits) > 6 else "")
+        text = (
+            f"{run_dir}/config.yaml differs from the config the checkpoint was trained with "
+            f"({shown[:300]}); edits there are not applied: the checkpoint's config is used "
+            "(--widths / --samples set what to evaluate; retrain to change the rest)"
+        )
+        print(f"bnn-nested: note: {visible(text)}", file=sys.stderr)
 
 
 def parse_widths(text: str) -> list[float]:

@@ -4,7 +4,9 @@ Each run must have been evaluated (``report.json``); writes ``compare.json`` (va
 undefined metric is ``null``), ``compare.md`` and ``plots/*_vs_width.png`` under ``--out``, and
 removes the ``*_vs_width.png`` a previous compare left there for metrics not compared now.
 
-``--out`` defaults to ``compare/`` beside the runs (in the deepest folder holding all of them:
+``--out`` must be a new or empty folder, or one an earlier compare wrote (it holds
+:data:`MARKER`); any other existing folder is refused (exit 2, nothing written), so a user's own
+``compare.md`` or plots are never replaced. ``--out`` defaults to ``compare/`` beside the runs (in the deepest folder holding all of them:
 ``runs/A runs/B`` -> ``runs/compare``), so the result does not depend on the working directory.
 Runs evaluated on different data sets (``meta.data`` of their reports) are refused unless
 ``--mixed-data`` is given; their rows are then flagged in ``compare.md``.
@@ -24,6 +26,8 @@ from bnn_nested.threads import add_threads_argument
 
 #: File name pattern of the plots compare writes (and may remove when stale).
 PLOT_SUFFIX = "_vs_width.png"
+#: Written first into every folder compare writes: only a folder holding it is written again.
+MARKER = ".bnn-nested-compare"
 
 
 def add_parser(sub) -> None:
@@ -102,6 +106,24 @@ def remove_stale_plots(plots: Path, keep: set[str]) -> list[Path]:
     return removed
 
 
+def check_out(out: Path) -> None:
+    """Refuse ``out`` unless compare may write it: missing, an empty folder, or a folder an earlier
+    compare wrote (it holds :data:`MARKER`). Touches nothing."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out: {out} exists and is not a folder; choose another --out")
+    if not out.is_dir():
+        return
+    try:
+        empty = next(out.iterdir(), None) is None
+    except OSError as err:
+        raise UsageError(f"--out: cannot read {out} ({err.strerror or err})") from None
+    if not empty and not (out / MARKER).is_file():
+        raise UsageError(
+            f"--out: {out} already exists and was not written by bnn-nested compare (no "
+            f"{MARKER}); compare does not replace files it did not write; choose another --out"
+        )
+
+
 def check_report(path: Path, report: Any) -> dict:
     """``report`` as :meth:`Report.to_dict` writes it: ``{"widths": {width: {metric: number}}}``
     with widths in (0, 1]; else a one-line :class:`UsageError` naming ``path``."""
@@ -175,7 +197,11 @@ def run(args) -> int:
     if mixed:
         print(f"bnn-nested: warning: runs on different data sets ({listed})", file=sys.stderr)
     md, data = compare_reports(reports, metrics)
+    if args.out is not None and not args.out.strip():
+        raise UsageError("--out: empty path; name the folder to write")
     out = Path(args.out) if args.out is not None else default_out(args.runs)
+    check_out(out)
+    atomic_write_json(out / MARKER, {"tool": "bnn-nested", "kind": "compare"})
     atomic_write_json(out / "compare.json", data, strict=True)  # NaN -> null
     atomic_write_text(out / "compare.md", head + md)
     names = {f"{m.replace('/', '_')}{PLOT_SUFFIX}" for m in metrics}

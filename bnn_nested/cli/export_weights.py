@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from bnn_nested.cli.common import UsageError
+from bnn_nested.cli.common import UsageError, add_allow_import_argument
 
 
 def add_parser(sub) -> None:
@@ -29,6 +29,7 @@ def add_parser(sub) -> None:
         action="store_true",
         help="replace a directory that export-weights wrote before",
     )
+    add_allow_import_argument(p)
     p.set_defaults(handler=run)
 
 
@@ -43,7 +44,7 @@ def run(args) -> int:
     )
 
     check_pretrained_out(args.out, args.overwrite)  # before the checkpoint is read
-    pre = from_run(args.run)
+    pre = from_run(args.run, allow_import=args.allow_import)
     if not pre.source.get("complete", False):
         print(
             f"bnn-nested: note: {args.run} is unfinished (checkpoint at step "

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import json
 
-from bnn_nested.cli.common import UsageError, bounded_int, note_unfinished, parse_widths
+from bnn_nested.cli.common import (
+    UsageError,
+    add_allow_import_argument,
+    bounded_int,
+    note_unfinished,
+    parse_widths,
+)
 from bnn_nested.config import LATENCY_MODES, MAX_BATCH, MAX_SAMPLES
 from bnn_nested.threads import add_threads_argument, apply_threads
 
@@ -46,11 +52,18 @@ def add_parser(sub) -> None:
         "without --max-latency-ms, latency is still measured and shown",
     )
     s.add_argument(
+        "--remeasure",
+        action="store_true",
+        help="time the widths again instead of replaying the latencies cached in "
+        "RUN/deploy/profile.json (e.g. after they were measured on a busy machine)",
+    )
+    s.add_argument(
         "--no-temperature",
         action="store_true",
         help="ignore the run's stored temperatures (fitted by `evaluate --calibrate temperature`)",
     )
     s.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_allow_import_argument(s)
     s.set_defaults(handler=run)
 
 
@@ -91,7 +104,7 @@ def run(args) -> int:
         args.max_flops, args.max_latency_ms, args.max_params, args.min_accuracy, args.max_ece
     )
     threads = apply_threads(args.threads)
-    loaded = load_run(args.run)
+    loaded = load_run(args.run, allow_import=args.allow_import)
     note_unfinished(loaded, args.run)
     cands = run_candidates(
         args.run,
@@ -100,10 +113,11 @@ def run(args) -> int:
         args.batch_size,
         threads,
         repeats=args.repeats,
-        latency=args.max_latency_ms is not None or args.latency_mode is not None,
+        latency=args.max_latency_ms is not None or args.latency_mode is not None or args.remeasure,
         latency_mode=args.latency_mode or "sliced",
         temperature=not args.no_temperature,
         loaded=loaded,
+        remeasure=args.remeasure,
     )
     sel = select_width(cands, cons)
     if args.json:

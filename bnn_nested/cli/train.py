@@ -11,7 +11,24 @@ from pathlib import Path
 
 from bnn_nested.cli.common import UsageError
 from bnn_nested.config import load_config
+from bnn_nested.io import lock_holder
 from bnn_nested.threads import add_threads_argument
+
+#: :data:`bnn_nested.runs.rundir.LOCK` (not imported: that package imports torch, and a locked
+#: run is refused before torch is loaded).
+RUN_LOCK = ".bnn-nested.lock"
+
+
+def refuse_if_locked(run_dir: str) -> None:
+    """Refuse at once (before torch is imported) a run another process is writing; the lock is
+    taken again, for real, by the writer itself."""
+    holder = lock_holder(Path(run_dir) / RUN_LOCK)
+    if holder is not None:
+        who = f" (process {holder})" if holder.isdigit() else ""
+        raise UsageError(
+            f"{run_dir} is being written by another bnn-nested process{who}; wait for it to "
+            "finish or stop it first"
+        )
 
 
 def _report(out) -> None:
@@ -67,6 +84,7 @@ def run(args) -> int:
             raise UsageError(
                 f"--resume continues a run as it was configured; drop {', '.join(given)}"
             )
+        refuse_if_locked(args.resume)
         from bnn_nested.runs.run import (
             resume_run,  # deferred: imports torch; --help and usage errors stay fast
         )
@@ -78,12 +96,18 @@ def run(args) -> int:
         raise UsageError("train needs --config FILE and --out RUN (or --resume RUN)")
     if not args.out.strip():
         raise UsageError("--out: empty path; name the run directory to create")
+    refuse_if_locked(args.out)
     overrides = list(args.overrides)
     if args.device is not None:
         overrides.append(f"train.device={args.device}")
     if args.threads is not None:
         overrides.append(f"train.threads={args.threads}")
     if args.init_from is not None:
+        if Path(args.init_from).is_dir():
+            raise UsageError(
+                f"--init-from: {args.init_from} is a folder; give the state-dict file in it "
+                "(torch.save(net.state_dict(), PATH))"
+            )
         if not Path(args.init_from).is_file():
             raise UsageError(f"--init-from: no such file {args.init_from}")
         overrides.append(f"model.init_from={Path(args.init_from).resolve()}")

@@ -89,6 +89,13 @@ def evaluate_kwargs(
         raise UsageError("--selective-score mutual_information needs --samples > 1")
     lines = []
     temps: dict[float, float] = {}
+    no_val = not loaded.splits.has_val
+    if no_val:
+        why = f"{run_dir}: its data set {loaded.config.data.name!r} has no validation split"
+        if args.calibrate == "temperature":
+            raise UsageError(f"{why}; --calibrate temperature fits on it")
+        if args.alpha:
+            raise UsageError(f"{why}; --alpha: conformal sets are calibrated on it")
     if args.calibrate == "temperature":
         fits = fit_run_temperatures(
             loaded, widths, samples, loaded.config.data.eval_batch_size, out_dir=run_dir
@@ -110,6 +117,9 @@ def evaluate_kwargs(
                 "to ignore): " + ", ".join(f"{w:g}: {t:.3f}" for w, t in sorted(temps.items()))
             )
     alphas = args.alpha if args.alpha is not None else ([0.1] if args.split == "test" else [])
+    if no_val and args.alpha is None:
+        alphas = []
+        lines.append("no validation split: conformal sets (calibrated on it) are not reported")
     kwargs = {
         "temperatures": temps or None,
         "alphas": alphas,

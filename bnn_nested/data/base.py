@@ -15,7 +15,9 @@ class DataSplits:
 
     Attributes:
         train, val, test: map-style datasets yielding ``(x, y)`` with ``x`` a float tensor of
-            shape ``input_shape`` and ``y`` an integer class index.
+            shape ``input_shape`` and ``y`` an integer class index in ``[0, num_classes)``.
+            ``val`` may be empty (a loader may also return ``None``, read as empty): the data has
+            no validation split (:attr:`has_val`); training then logs no ``val_acc``.
         num_classes: number of classes ``C``.
         input_shape: shape of one example, e.g. ``(64,)`` for flat digits or ``(1, 28, 28)``.
         name: data set name as used in configs.
@@ -34,9 +36,111 @@ class DataSplits:
     name: str
 
     @property
+    def has_val(self) -> bool:
+        """The data has a validation split (what ``select``, ``cascade``, temperature scaling and
+        conformal sets are fitted on)."""
+        return len(self.val) > 0  # type: ignore[arg-type]
+
+    @property
     def num_train(self) -> int:
         """Number of training examples ``N`` (the ELBO's KL is scaled by ``1 / N``)."""
         return len(self.train)  # type: ignore[arg-type]
+
+
+class EmptyDataset(Dataset):
+    """No examples: the validation split of data that has none."""
+
+    def __len__(self) -> int:
+        return 0
+
+    def __getitem__(self, i: int):
+        raise IndexError("the data set has no validation split")
+
+
+def check_splits(splits: object, name: str) -> DataSplits:
+    """What a registered loader returned, checked before anything is trained: a
+    :class:`DataSplits` with non-empty train and test splits, ``num_classes >= 2``, an
+    ``input_shape`` of positive sizes, and first train / test examples ``(x, y)`` with ``x`` a float
+    tensor of that shape and ``y`` a class in ``[0, num_classes)``. ``val=None`` becomes an empty
+    split (no validation data). Returns the splits.
+
+    Raises:
+        ValueError: one line naming the loader (``data.name``) and what is wrong.
+    """
+    where = f"data.name {name!r}: the registered loader"
+    if not isinstance(splits, DataSplits):
+        what = "None" if splits is None else type(splits).__name__
+        raise ValueError(
+            f"{where} returned {what}, not DataSplits(train, val, test, num_classes, "
+            "input_shape, name)"
+        )
+    if splits.val is None:
+        splits.val = EmptyDataset()
+    n = splits.num_classes
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(f"{where} returned num_classes={str(n)[:40]}; it must be an int >= 2")
+    shape = splits.input_shape
+    ok = isinstance(shape, (tuple, list)) and len(shape) > 0
+    if not ok or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+        raise ValueError(
+            f"{where} returned input_shape={str(shape)[:60]}; it must be a tuple of sizes > 0, "
+            "e.g. (64,) or (1, 28, 28)"
+        )
+    splits.input_shape = tuple(shape)
+    for part in ("train", "val", "test"):
+        ds = getattr(splits, part)
+        try:
+            size = len(ds)
+        except TypeError:
+            raise ValueError(
+                f"{where} returned a {part} split of type {type(ds).__name__} without a length; "
+                "use a map-style Dataset (e.g. TensorDataset)"
+            ) from None
+        if size == 0 and part != "val":
+            raise ValueError(f"{where} returned no examples: the {part} split is empty")
+        if size:
+            _check_example(ds, part, splits, where)
+    return splits
+
+
+def _check_example(ds: Dataset, part: str, splits: DataSplits, where: str) -> None:
+    try:
+        x, y = ds[0]
+    except Exception as err:  # the user's dataset: any failure is a one-line message
+        raise ValueError(
+            f"{where}: {part}[0] is not an (x, y) pair ({type(err).__name__}: "
+            f"{str(err).strip()[:80]})"
+        ) from None
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise ValueError(
+            f"{where}: {part}[0] x must be a float tensor, got "
+            f"{getattr(x, 'dtype', type(x).__name__)}"
+        )
+    if tuple(x.shape) != splits.input_shape:
+        raise ValueError(
+            f"{where}: {part}[0] x has shape {tuple(x.shape)} but input_shape is "
+            f"{splits.input_shape}"
+        )
+    try:
+        label = int(y)
+    except (TypeError, ValueError, RuntimeError):
+        label = None
+    if label is None or not 0 <= label < splits.num_classes:
+        raise ValueError(
+            f"{where}: {part}[0] label {str(y)[:40]} is not a class in "
+            f"[0, num_classes={splits.num_classes})"
+        )
+    tensors = getattr(ds, "tensors", None)  # a TensorDataset: every label is checked at once
+    if isinstance(tensors, tuple) and len(tensors) == 2 and isinstance(tensors[1], torch.Tensor):
+        labels = tensors[1]
+        if labels.is_floating_point() or labels.is_complex():
+            raise ValueError(f"{where}: {part} labels must be integers, got {labels.dtype}")
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= splits.num_classes:
+            raise ValueError(
+                f"{where}: {part} labels span [{lo}, {hi}], outside [0, "
+                f"num_classes={splits.num_classes})"
+            )
 
 
 def stratified_split(

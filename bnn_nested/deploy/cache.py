@@ -6,7 +6,9 @@ checkpoint is stale and is recomputed (and dropped on the next write), so ``sele
 run uses the final checkpoint's numbers. A cache file that is corrupt, not JSON or of the wrong
 shape is ignored with a one-line note naming it, and rewritten.
 
-File layout: ``{key: {"checkpoint": {...} | null, ...entry}}``, one key per set of settings.
+File layout: ``{key: {"checkpoint": {...} | null, "written": "2026-12-07T14:03:00Z", ...entry}}``,
+one key per set of settings; ``written`` is when the entry was computed (kept while the entry is
+replayed, so a reader can say how old a cached latency is: :func:`written_at`).
 
 Example::
 
@@ -17,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -72,5 +75,45 @@ def read_cache(
 def write_cache(
     path: str | Path, checkpoint: dict[str, Any] | None, entries: dict[str, dict[str, Any]]
 ) -> Path:
-    """Write ``entries`` (each tagged with ``checkpoint``) atomically; stale entries are gone."""
-    return atomic_write_json(path, {k: {**e, "checkpoint": checkpoint} for k, e in entries.items()})
+    """Write ``entries`` (each tagged with ``checkpoint``, and with ``written``: now, unless the
+    entry was read from the cache and has it) atomically; stale entries are gone."""
+    now = utc_now()
+    return atomic_write_json(
+        path, {k: {"written": now, **e, "checkpoint": checkpoint} for k, e in entries.items()}
+    )
+
+
+def drop_entries(
+    path: str | Path,
+    checkpoint: dict[str, Any] | None,
+    drop: Callable[[dict[str, Any]], bool],
+    valid: Callable[[dict[str, Any]], bool] = lambda e: True,
+) -> int:
+    """Remove the entries of the cache at ``path`` for which ``drop(entry)`` holds (e.g. timings to
+    measure again); returns how many were removed (the file is rewritten only then)."""
+    entries = read_cache(path, checkpoint, valid)
+    keep = {}
+    for k, e in entries.items():
+        try:
+            gone = bool(drop(e))
+        except (TypeError, ValueError, KeyError, AttributeError):
+            gone = True
+        if not gone:
+            keep[k] = e
+    if len(keep) < len(entries):
+        write_cache(path, checkpoint, keep)
+    return len(entries) - len(keep)
+
+
+def utc_now() -> str:
+    """The current time, UTC, to the second (``2026-12-07T14:03:00Z``)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def written_at(entry: dict[str, Any]) -> str:
+    """When a cache entry was computed, for a message (``"at an unknown time"`` for entries
+    written before the time was recorded, or a malformed one)."""
+    w = entry.get("written")
+    if isinstance(w, str) and len(w) == 20 and w[:4].isdigit() and w.endswith("Z"):
+        return f"at {w[:10]} {w[11:19]} UTC"
+    return "at an unknown time"

@@ -53,6 +53,15 @@ def _check(widths: Sequence[float], thresholds: Sequence[float], score: str) -> 
         )
 
 
+def _two_stages(n: int, widths: Sequence[float] | None = None) -> None:
+    """A threshold is chosen between stages: refuse fewer than two, in one line."""
+    if n < 2:
+        shown = f" ({', '.join(f'{w:g}' for w in widths)})" if widths else ""
+        raise ValueError(
+            f"widths: a cascade needs at least two widths to escalate between, got {n}{shown}"
+        )
+
+
 def uncertainty(probs: torch.Tensor, score: CascadeScore) -> torch.Tensor:
     """Score ``(N,)`` of probabilities ``(S, N, C)``; higher = more uncertain."""
     if score == "mutual_information" and probs.shape[0] < 2:
@@ -269,6 +278,7 @@ def choose_threshold(
     """
     if (target_accuracy is None) == (max_flops is None):
         raise ValueError("give exactly one of target_accuracy and max_flops")
+    _two_stages(len(probs_per_stage))
     if len(flops_per_width) != len(probs_per_stage):
         raise ValueError("flops_per_width needs one entry per stage")
     if target_accuracy is not None and not 0.0 <= target_accuracy <= 1.0:
@@ -367,6 +377,7 @@ def cascade_report(
     on the validation data). ``val`` / ``test``: precomputed :func:`stage_probs` outputs."""
 
     _check(widths, [0.0] * (len(widths) - 1), score)
+    _two_stages(len(widths), widths)
     val = val or stage_probs(model, val_loader, widths, samples, temperatures)
     test = test or stage_probs(model, test_loader, widths, samples, temperatures)
     (pv, yv), (pt, yt) = val, test

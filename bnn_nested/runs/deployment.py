@@ -16,9 +16,9 @@ from torch.utils.data import DataLoader
 
 from bnn_nested.config import LATENCY_MODES, check_choice
 from bnn_nested.cost import count_flops
-from bnn_nested.deploy.cache import read_cache, write_cache
+from bnn_nested.deploy.cache import drop_entries, note, read_cache, write_cache, written_at
 from bnn_nested.deploy.cascade import CascadeReport, CascadeScore, cascade_report
-from bnn_nested.deploy.profile import profile_widths
+from bnn_nested.deploy.profile import PROFILE_FILE, profile_widths
 from bnn_nested.deploy.select import VAL_METRICS_FILE, Candidate
 from bnn_nested.evaluation.evaluate import evaluate_widths
 from bnn_nested.io import is_number
@@ -38,6 +38,8 @@ def run_candidates(
     latency_mode: str = "sliced",
     temperature: bool = True,
     loaded: Any = None,
+    allow_import: bool = False,
+    remeasure: bool = False,
 ) -> list[Candidate]:
     """Candidates for a trained run: costs from :func:`~bnn_nested.deploy.profile.profile_widths`
     and validation accuracy/ECE from ``evaluate_widths`` on ``run.splits.val``; both cached in the
@@ -47,11 +49,17 @@ def run_candidates(
     the validation probabilities first (the ECE is then the calibrated one).
     Both caches are keyed by the run's checkpoint (:mod:`bnn_nested.deploy.cache`): after the run
     changed (e.g. ``--resume`` finished it) they are recomputed. ``loaded``: the
-    :class:`~bnn_nested.runs.run.LoadedRun` of ``run_dir`` if the caller has it already.
+    :class:`~bnn_nested.runs.run.LoadedRun` of ``run_dir`` if the caller has it already;
+    ``allow_import``: :func:`~bnn_nested.runs.run.load_run`'s.
+
+    Latencies are timed once and then replayed from the cache, with a note on stderr saying when
+    they were measured (a timing taken on a busy machine would otherwise be kept silently);
+    ``remeasure`` drops the cached timings of this checkpoint and times the widths again.
     """
     check_choice("latency_mode", latency_mode, LATENCY_MODES)  # before the validation pass
 
-    run = loaded if loaded is not None else load_run(run_dir)
+    run = loaded if loaded is not None else load_run(run_dir, allow_import=allow_import)
+    require_val(run, run_dir, "select ranks widths by validation accuracy")
     cfg = run.config
     widths = list(widths or cfg.eval.widths)
     samples = samples or cfg.eval.samples
@@ -79,6 +87,10 @@ def run_candidates(
         cache[key] = {"rows": rows}
         write_cache(cache_path, run.checkpoint_id, cache)
     example = run.splits.val[0][0].unsqueeze(0)
+    profile_path = run_dir / PROFILE_FILE
+    if remeasure and latency:
+        drop_entries(profile_path, run.checkpoint_id, _timed)
+    before = read_cache(profile_path, run.checkpoint_id) if latency else {}
     costs = profile_widths(
         run.model,
         example,
@@ -91,6 +103,14 @@ def run_candidates(
         cache_dir=run_dir,
         checkpoint=run.checkpoint_id,
     )
+    if latency:
+        timed = [c.to_dict() for c in costs]
+        replayed = [e for e in before.values() if e.get("costs") == timed]
+        if replayed:
+            note(
+                f"latencies replayed from {profile_path}, measured {written_at(replayed[0])}; "
+                "pass --remeasure (remeasure=True) to time the widths again"
+            )
     return [
         Candidate(
             c.width,
@@ -103,6 +123,20 @@ def run_candidates(
         )
         for c in costs
     ]
+
+
+def require_val(run: Any, run_dir: str | Path, why: str) -> None:
+    """Refuse (one line) a run whose data has no validation split, saying ``why`` it is needed."""
+    if not run.splits.has_val:
+        raise ValueError(
+            f"{run_dir}: its data set {run.config.data.name!r} has no validation split (the "
+            f"loader returned none); {why}"
+        )
+
+
+def _timed(entry: dict[str, Any]) -> bool:
+    """A profile cache entry holding latencies (what ``remeasure`` drops)."""
+    return bool(entry["settings"]["latency"])
 
 
 def _rows_valid(entry: dict[str, Any]) -> bool:
@@ -125,16 +159,29 @@ def cascade_run(
     score: CascadeScore = "msp",
     alpha: float = 0.1,
     temperature: bool = True,
+    allow_import: bool = False,
 ) -> CascadeReport:
     """:func:`cascade_report` for a run directory (``bnn-nested cascade RUN``): widths default to
     ``eval.widths``, samples to ``eval.samples``; the run's stored temperatures are applied when
-    ``temperature``; FLOPs per width from :func:`~bnn_nested.cost.count_flops`."""
-    run = load_run(run_dir)
+    ``temperature``; FLOPs per width from :func:`~bnn_nested.cost.count_flops`; ``allow_import``:
+    :func:`~bnn_nested.runs.run.load_run`'s."""
+    run = load_run(run_dir, allow_import=allow_import)
+    require_val(run, run_dir, "cascade chooses its threshold on validation data")
     widths = sorted(float(w) for w in (widths or run.config.eval.widths))
+    if len(widths) < 2:  # from the run's eval.widths: say where they came from
+        raise ValueError(
+            f"{run_dir}: eval.widths has one width ({widths[0]:g}); a cascade needs at least two "
+            "widths: give them with --widths, e.g. --widths 0.5,1"
+        )
     samples = samples or run.config.eval.samples
     if score == "mutual_information" and samples < 2:
         raise ValueError("score 'mutual_information' needs samples > 1 (it is 0 for one sample)")
     run.recalibrate_bn(widths)
+    if score == "mutual_information" and run.samples_identical(max(widths)):
+        raise ValueError(
+            "--score mutual_information: the model's Monte-Carlo samples are identical (point "
+            "weights, no dropout); it would be float noise"
+        )
     temps = run.temperatures() if temperature else {}
     bs = run.config.data.eval_batch_size
     x0 = run.splits.val[0][0].unsqueeze(0)

@@ -145,9 +145,12 @@ class Pretrained:
 # --------------------------------------------------------------------------- from a run
 
 
-def from_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Pretrained:
+def from_run(
+    run_dir: str | Path, device: str | torch.device = "cpu", allow_import: bool = False
+) -> Pretrained:
     """The trained model of a run directory (its checkpoint, read with ``weights_only``, and its
-    stored temperatures); the data set is not loaded.
+    stored temperatures); the data set is not loaded. A run whose config imports modules is
+    refused unless ``allow_import`` (:func:`~bnn_nested.runs.run.check_run_imports`).
 
     Raises:
         FileNotFoundError: no such directory.
@@ -155,14 +158,19 @@ def from_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Pretrai
             match its config (one line).
     """
     run_dir = Path(run_dir)
-    path, state, digest, cfg = read_run_checkpoint(run_dir, ("config", "model", "meta"))
+    path, state, digest, cfg = read_run_checkpoint(
+        run_dir, ("config", "model", "meta"), allow_import=allow_import
+    )
     if not isinstance(state["model"], dict):
         raise CheckpointError(f"{path}: incompatible checkpoint (model is not a state dict)")
     try:
         shape = tuple(int(d) for d in state["meta"]["input_shape"])
         num_classes = int(state["meta"]["num_classes"])
-    except (TypeError, KeyError, ValueError) as err:
-        raise CheckpointError(f"{path}: incompatible checkpoint ({first_line(err)})") from None
+    except (TypeError, KeyError, ValueError):  # Python's text ("('meta')") would not say what
+        raise CheckpointError(
+            f"{path}: incompatible checkpoint (meta: needs input_shape, a list of sizes, and "
+            "num_classes, an integer)"
+        ) from None
     model = _build(cfg, shape, num_classes)
     try:
         model.load_state_dict(state["model"])

@@ -27,9 +27,23 @@ from torch.utils.data import DataLoader
 
 from bnn_nested.config import Config, ConfigError, build_config, import_modules, load_config
 from bnn_nested.data import DATASETS, DataSplits, load_dataset
-from bnn_nested.evaluation.calibration import calibrated_predict, load_temperatures, temperature_for
+from bnn_nested.evaluation.calibration import (
+    TEMPERATURE_FILE,
+    calibrated_predict,
+    load_temperatures,
+    temperature_for,
+)
 from bnn_nested.evaluation.ordering import keep_probs_now, write_ordering_report
-from bnn_nested.io import atomic_write, atomic_write_json, atomic_write_text, first_line
+from bnn_nested.evaluation.predict import predict
+from bnn_nested.io import (
+    JsonFileError,
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    first_line,
+    is_number,
+    read_json,
+)
 from bnn_nested.models import build_model
 from bnn_nested.models.registry import MODELS
 from bnn_nested.nest import (
@@ -54,6 +68,7 @@ from bnn_nested.runs.rundir import (
     remove_orphans,
     write_marker,
 )
+from bnn_nested.safeyaml import read_text_file, safe_load
 from bnn_nested.threads import apply_threads
 from bnn_nested.training.checkpoint import (
     CheckpointError,
@@ -99,11 +114,12 @@ def make_loaders(
     splits: DataSplits,
     dist: DistContext | None = None,
     device: torch.device | str = "cpu",
-) -> tuple[DataLoader, DataLoader, DataLoader]:
+) -> tuple[DataLoader, DataLoader | None, DataLoader]:
     """Train / val / test loaders. The training order of epoch ``e`` depends only on
     ``(cfg.seed, e)`` (:class:`EpochSampler`), so a resumed run sees the same batches; with
     ``world_size`` ranks each takes ``data.batch_size / world_size`` examples of every global batch.
-    Pinned memory on CUDA."""
+    Pinned memory on CUDA. The val loader is ``None`` for data without a validation split
+    (``splits.has_val``): training then logs no ``val_acc`` and re-estimates no batch norm for it."""
     dist = dist or DistContext()
     if cfg.data.batch_size % dist.world_size:
         raise ValueError(
@@ -120,11 +136,15 @@ def make_loaders(
         generator=torch.Generator().manual_seed(cfg.seed),
         **kw,
     )
-    val = DataLoader(
-        splits.val,
-        batch_size=cfg.data.eval_batch_size,
-        generator=torch.Generator().manual_seed(cfg.seed),
-        **kw,
+    val = (
+        DataLoader(
+            splits.val,
+            batch_size=cfg.data.eval_batch_size,
+            generator=torch.Generator().manual_seed(cfg.seed),
+            **kw,
+        )
+        if splits.has_val
+        else None
     )
     test = DataLoader(
         splits.test,
@@ -142,8 +162,14 @@ def check_run_dir(out: str | Path, overwrite: bool = False) -> None:
     if str(out).strip() == "":
         raise RunExistsError("--out: empty path; name the run directory to create")
     out = Path(out)
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise RunExistsError(f"{out} exists and is not a directory")
+    if out.is_symlink():
+        target = os.readlink(out)
+        raise RunExistsError(
+            f"--out: {out} is a symbolic link (to {target[:200]}); runs are not written through "
+            "links: give the folder itself"
+        )
+    if out.exists() and not out.is_dir():
+        raise RunExistsError(f"--out: {out} exists and is not a directory")
     if out.exists() and not is_empty(out):
         if not overwrite:
             raise RunExistsError(f"{out} already exists; pass --overwrite to replace it")
@@ -155,9 +181,8 @@ def prepare_run_dir(out: str | Path, overwrite: bool = False) -> Path:
     while holding the run's lock (:class:`~bnn_nested.runs.rundir.RunLock`)."""
     out = Path(out)
     check_run_dir(out, overwrite)
-    if not is_empty(out):
-        clear_run(out)
-    write_marker(out)
+    write_marker(out)  # first: a kill while clearing leaves a run the next --overwrite accepts
+    clear_run(out)
     return out
 
 
@@ -571,6 +596,56 @@ def save_run_checkpoint(
     return save_checkpoint(out / CHECKPOINT, state)
 
 
+def _json_kind(value: Any) -> str:
+    """JSON's name for the type of a decoded value (``null``, ``an array``, ...)."""
+    if value is None or isinstance(value, bool):
+        return "null" if value is None else "true/false"
+    kinds = ((str, "a string"), ((int, float), "a number"), (list, "an array"))
+    return next((name for t, name in kinds if isinstance(value, t)), "a value")
+
+
+def check_temperature_file(path: Path) -> None:
+    """A run's stored temperatures have the layout ``evaluate --calibrate temperature`` writes
+    (``{"step": int, "widths": {width: {"temperature": number > 0}}}``); else a one-line
+    ``ValueError`` naming the file and what is wrong (not Python's ``KeyError`` text). A missing
+    file is fine (no temperatures)."""
+    if not path.exists():
+        return
+    try:
+        doc = read_json(path, "temperature file")
+    except JsonFileError as err:
+        raise ValueError(f"{err}; refit with evaluate --calibrate temperature") from None
+    what = None
+    if not isinstance(doc, dict):
+        what = f"JSON {_json_kind(doc)}, not an object"
+    elif not isinstance(doc.get("widths"), dict):
+        what = "no 'widths' mapping"
+    elif "step" in doc and (not isinstance(doc["step"], int) or isinstance(doc["step"], bool)):
+        what = "'step' is not an integer"
+    else:
+        for w, entry in doc["widths"].items():
+            try:
+                ok_width = 0.0 < float(w) <= 1.0
+            except ValueError:
+                ok_width = False
+            t = entry.get("temperature") if isinstance(entry, dict) else None
+            if not ok_width:
+                what = f"width {w[:40]!r} is not a number in (0, 1]"
+            elif not (is_number(t, finite=True) and t > 0):
+                what = f"width {w[:40]}: no 'temperature' number > 0"
+            if what:
+                break
+    if what:
+        raise ValueError(
+            f"{path}: malformed temperature file ({what}); refit with evaluate --calibrate "
+            "temperature, or delete it"
+        )
+
+
+#: :meth:`LoadedRun.config_edits` of a ``config.yaml`` that is not a YAML mapping.
+UNREADABLE = "<unreadable>"
+
+
 @dataclass
 class LoadedRun:
     model: NestedModel
@@ -587,7 +662,11 @@ class LoadedRun:
 
         if self.run_dir is None:
             return {}
-        return load_temperatures(self.run_dir, self.checkpoint.get("step"))
+        check_temperature_file(self.run_dir / TEMPERATURE_FILE)
+        step = self.checkpoint.get("step")
+        if not isinstance(step, int) or isinstance(step, bool):  # a damaged checkpoint's step
+            step = -1  # matches no fit: stored temperatures are ignored (with a warning)
+        return load_temperatures(self.run_dir, step)
 
     def predict(
         self, x: torch.Tensor, width: float, samples: int | None = None, calibrated: bool = True
@@ -597,6 +676,16 @@ class LoadedRun:
 
         t = temperature_for(self.temperatures(), width) if calibrated else 1.0
         return calibrated_predict(self.model, x, width, samples or self.config.eval.samples, t)
+
+    def samples_identical(self, width: float = 1.0, n: int = 16) -> bool:
+        """Whether the model's Monte-Carlo samples are all the same network (point weights and no
+        dropout or other noise): two samples of ``n`` examples agree to float rounding. Their
+        mutual information is then rounding noise, not uncertainty."""
+        data = self.splits.val if self.splits.has_val else self.splits.test
+        x = torch.stack([data[i][0] for i in range(min(n, len(data)))])
+        x = x.to(next(self.model.parameters()).device)
+        probs = predict(self.model, x, width, samples=2, chunk=None)
+        return bool((probs[0] - probs[1]).abs().max() <= 1e-6)
 
     @property
     def complete(self) -> bool:
@@ -614,6 +703,21 @@ class LoadedRun:
             f"bnn-nested train --resume {run_dir}"
         )
 
+    def config_edits(self) -> list[str]:
+        """Dotted keys where the run's ``config.yaml`` differs from the config in its checkpoint
+        (the one every command uses: the checkpoint's weights were trained under it), e.g.
+        ``["eval.samples"]``; ``[UNREADABLE]`` for a file that is not a YAML mapping; ``[]`` when
+        they agree or there is no ``config.yaml``."""
+        if self.run_dir is None or not (self.run_dir / CONFIG).exists():
+            return []
+        try:
+            saved = safe_load(read_text_file(self.run_dir / CONFIG, "config"))
+        except (OSError, ValueError):
+            saved = None
+        if not isinstance(saved, dict):
+            return [UNREADABLE]
+        return _differing_keys(saved, self.checkpoint.get("config", {}))
+
     def recalibrate_bn(self, widths: list[float]) -> list[float]:
         """Calibrate batch norm for the ``widths`` that training did not (those outside
         ``eval.widths``); returns them."""
@@ -623,16 +727,51 @@ class LoadedRun:
         return new
 
 
+class RunImportRefused(CheckpointError):
+    """A run's config would import modules (run code) and the reader did not allow it."""
+
+
+def check_run_imports(cfg: Config, allow_import: bool, path: str | Path) -> None:
+    """Import the modules a run's config names (``imports``; ``model.name: import`` is imported
+    when the model is built) only if the reader trusts the run: a run directory may come from
+    someone else, and importing runs code. Without ``allow_import`` raise
+    :class:`RunImportRefused` (one line naming ``path`` and ``--allow-import``)."""
+    if not allow_import:
+        names = [cfg.model.target] if cfg.model.name == "import" else []
+        names += list(cfg.imports)
+        if names:
+            shown = ", ".join(repr(str(n)[:80]) for n in names[:3])
+            raise RunImportRefused(
+                f"{path}: its config imports {shown} (importing runs that code); pass "
+                "--allow-import (allow_import=True) only for runs you trust"
+            )
+    import_modules(cfg)
+
+
+def _differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested mappings (sorted)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += _differing_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix[:-1] or "config"]
+
+
 def read_run_checkpoint(
-    run_dir: str | Path, keys: tuple[str, ...] = ("config", "model"), map_location: Any = "cpu"
+    run_dir: str | Path,
+    keys: tuple[str, ...] = ("config", "model"),
+    map_location: Any = "cpu",
+    allow_import: bool = False,
 ) -> tuple[Path, dict[str, Any], str, Config]:
     """Open a run directory's checkpoint: ``(path, state, sha256, config)``.
 
     The one reader :func:`load_run` and :func:`~bnn_nested.runs.pretrained.from_run` share: the
     directory and checkpoint must exist (a run stopped before its first checkpoint says how to
     finish it), the file is read ``weights_only``, ``keys`` must be present, a state-dict model
-    must be finite, and the config must validate; the config's ``imports`` are imported (the
-    user's own run: its registered models and data sets are needed to rebuild it).
+    must be finite, and the config must validate. A config that imports modules (``imports``,
+    ``model.name: import``) is refused unless ``allow_import`` (:func:`check_run_imports`); with
+    it the ``imports`` are imported (the registered models and data sets rebuild the run).
 
     Raises:
         FileNotFoundError: no such directory.
@@ -655,14 +794,22 @@ def read_run_checkpoint(
         cfg = build_config(state["config"])
     except (ConfigError, TypeError) as err:
         raise CheckpointError(f"{path}: incompatible checkpoint ({err})") from None
-    import_modules(cfg)
+    check_run_imports(cfg, allow_import, path)
     return path, state, digest, cfg
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
-    """Rebuild the trained model, its config and its data splits from a run directory."""
+def load_run(
+    run_dir: str | Path, device: str | torch.device = "cpu", allow_import: bool = False
+) -> LoadedRun:
+    """Rebuild the trained model, its config and its data splits from a run directory.
+
+    ``allow_import``: trust the run's config to import modules (its ``imports``, ``model.name:
+    import``); without it such a run is refused (:class:`RunImportRefused`), as
+    :func:`~bnn_nested.runs.pretrained.from_pretrained` refuses such a directory."""
     run_dir = Path(run_dir)
-    _, state, digest, cfg = read_run_checkpoint(run_dir, map_location=device)
+    _, state, digest, cfg = read_run_checkpoint(
+        run_dir, map_location=device, allow_import=allow_import
+    )
     splits = load_dataset(cfg.data, seed=cfg.seed)
     model = build_model_for(cfg, splits)
     try:

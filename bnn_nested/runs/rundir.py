@@ -50,6 +50,8 @@ RUN_ENTRIES = frozenset(
         "ordering.md",
         "report.json",
         "report.md",
+        "calibration",  # evaluate --calibrate temperature
+        "cascade.json",  # cascade
         "plots",
         "deploy",
         "tensorboard",
@@ -127,12 +129,20 @@ def check_replaceable(run_dir: str | Path) -> None:
         )
 
 
+#: What a run is: removed last by :func:`clear_run` (the checkpoint, then the config).
+_IDENTITY = ("checkpoint.pt", "config.yaml")
+
+
 def clear_run(run_dir: str | Path) -> None:
-    """Delete everything in ``run_dir`` except the lock file (call under the lock, after
-    :func:`check_replaceable`)."""
-    for p in Path(run_dir).iterdir():
-        if p.name == LOCK:
-            continue
+    """Delete everything in ``run_dir`` except the lock file and the marker (call under the lock,
+    after :func:`check_replaceable`).
+
+    The products of the old run (reports, history, plots, caches) go first, then its checkpoint,
+    then its config: a kill at any point leaves either products beside the checkpoint and config
+    they describe, or none; the marker stays, so the next ``--overwrite`` finishes the job."""
+    entries = [p for p in Path(run_dir).iterdir() if p.name not in (LOCK, MARKER)]
+    entries.sort(key=lambda p: (_IDENTITY.index(p.name) if p.name in _IDENTITY else -1, p.name))
+    for p in entries:
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)
         else:

@@ -1,6 +1,6 @@
 """A model and a data set registered by the user's own module reach every command through the
-config's ``imports`` (train, evaluate, select), and the safe weights loader refuses them unless
-told to trust the file."""
+config's ``imports`` (train, and evaluate / select with ``--allow-import``), and the safe loaders
+refuse them unless told to trust the file."""
 
 from __future__ import annotations
 
@@ -34,9 +34,11 @@ def test_user_model_and_data_from_config(tmp_path, capsys):
     sys.modules.pop("tests.user_plugin", None)  # a fresh process would not have it either
     run = tmp_path / "run"
     assert main(["train", "--config", str(path), "--out", str(run), "--quiet"]) == 0
-    assert main(["evaluate", str(run)]) == 0, capsys.readouterr().err
+    assert main(["evaluate", str(run)]) == 2  # the run imports a module: trusted only when told
+    assert "--allow-import" in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--allow-import"]) == 0, capsys.readouterr().err
     assert "0.5" in capsys.readouterr().out
-    loaded = load_run(run)
+    loaded = load_run(run, allow_import=True)
     assert loaded.splits.name == "blobs"
     x = loaded.splits.val[0][0].unsqueeze(0).repeat(2, 1)
     save_width_weights(loaded.model, loaded.config, 0.5, x, tmp_path / "w.pt")
@@ -44,7 +46,7 @@ def test_user_model_and_data_from_config(tmp_path, capsys):
         load_width_weights(tmp_path / "w.pt")
     assert load_width_weights(tmp_path / "w.pt", allow_import=True)(x).shape == (2, 3)
     # the pretrained directory is read with the same trust rule
-    from_run(run).save_pretrained(tmp_path / "pre")
+    from_run(run, allow_import=True).save_pretrained(tmp_path / "pre")
     with pytest.raises(PretrainedError, match=r"imports \['tests.user_plugin'\]"):
         from_pretrained(tmp_path / "pre")
     with torch.no_grad():
