@@ -354,7 +354,9 @@ class Trainer:
 
     def _interrupt(self) -> None:
         path = self.save_checkpoint("interrupt")
-        where = f"step {self.step} (epoch {self.epoch + 1})"
+        # mid-epoch: the epoch under way; at an epoch's end: the epoch just finished (not the next)
+        epoch = self.epoch + 1 if self.batch_in_epoch else self.epoch
+        where = f"step {self.step} (epoch {epoch} of {self.train_cfg.epochs})"
         saved = f"checkpoint saved to {path}" if path is not None else "no checkpoint saved"
         raise TrainingInterrupted(f"interrupted after {where}; {saved}", path)
 

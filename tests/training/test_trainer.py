@@ -153,3 +153,17 @@ def test_fp16_on_cpu_is_refused_once_with_the_field_named():
     cfg = TrainConfig(precision="fp16", device="auto")  # statically fine; resolves to the CPU here
     with pytest.raises(ValueError, match=r"train.precision: 'fp16' needs CUDA"):
         Trainer(NestedMLP(6, 3, [16], 4, 1, {}), cfg, n_train=8)
+
+
+def test_a_stop_at_the_end_of_the_last_epoch_names_that_epoch():
+    """Ctrl-C during the last epoch of a 2-epoch run: 'epoch 2 of 2', not 'epoch 3'."""
+    from bnn_nested.training.trainer import TrainingInterrupted
+
+    cfg, model = _setup()
+    tr = Trainer(model, cfg, quiet=True)
+
+    def stop_at_last(trainer, record):
+        trainer._stop_requested = record["epoch"] == 2
+
+    with pytest.raises(TrainingInterrupted, match=r"\(epoch 2 of 2\)"):
+        tr.fit(DataLoader(_data(), batch_size=16), on_epoch_end=stop_at_last)
