@@ -53,15 +53,37 @@ def _adapt_input_channels(net: nn.Module, channels: int) -> None:
             return
 
 
+def check_classifier_output(net: nn.Module, example: torch.Tensor, num_classes: int) -> None:
+    """One line naming ``model`` when ``net`` does not map ``example`` (a batch of 2) to a tensor of
+    shape ``(2, num_classes)``: one logit per class, which the objective and every metric assume
+    (a wrong shape otherwise surfaced as cross-entropy's 'spatial targets' message)."""
+    with torch.no_grad():
+        out = net.eval()(example)
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if shape != (example.shape[0], num_classes):
+        raise ValueError(
+            f"model: the network maps a batch of {example.shape[0]} inputs of shape "
+            f"{tuple(example.shape[1:])} to {shape}; expected ({example.shape[0]}, {num_classes}): "
+            "one logit per class"
+        )
+
+
 def nest_plain(
-    cfg: Any, ordering: dict[str, Any], net: nn.Module, input_shape: tuple[int, ...]
+    cfg: Any,
+    ordering: dict[str, Any],
+    net: nn.Module,
+    input_shape: tuple[int, ...],
+    num_classes: int | None = None,
 ) -> NestifiedModel:
-    """Nest a plain network built from a config (or, on the meta device, wrap it unconverted)."""
+    """Nest a plain network built from a config (or, on the meta device, wrap it unconverted);
+    with ``num_classes``, first check that it outputs one logit per class."""
     if _on_meta():
         return NestifiedModel(net, WidthStructure(), ordering)
     # a private generator: converting must not move the global random stream (a run's masks)
     example = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
     try:
+        if num_classes is not None:
+            check_classifier_output(net, example, num_classes)
         return nestify(
             net.eval(),
             example,
@@ -134,4 +156,4 @@ def _build_import(cfg, ordering, input_shape, num_classes) -> NestifiedModel:
         raise ValueError(
             f"model.target: {cfg.target!r} returned {type(net).__name__}, not an nn.Module"
         )
-    return nest_plain(cfg, ordering, net, tuple(input_shape))
+    return nest_plain(cfg, ordering, net, tuple(input_shape), num_classes)
