@@ -15,13 +15,16 @@ from __future__ import annotations
 import fnmatch
 import math
 import traceback
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
 import torch_pruning as tp
 from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils import _pytree as pytree
 
 from bnn_nested.nest.structure import ChannelDim, Member, WidthStructure
 
@@ -32,6 +35,37 @@ _PER_CHANNEL = (nn.PReLU,)
 
 def as_tuple(example_inputs: Any) -> tuple:
     return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+
+
+def call(model: nn.Module, inputs: Any) -> Any:
+    """``model`` on ``inputs``: a dict is keyword arguments (a tokenizer's batch), a tuple / list
+    positional arguments, anything else the one positional argument."""
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    return model(*as_tuple(inputs))
+
+
+def trace_inputs(inputs: Any) -> Any:
+    """``inputs`` as Torch-Pruning's ``build_dependency`` takes them (a dict stays keywords)."""
+    return dict(inputs) if isinstance(inputs, Mapping) else as_tuple(inputs)
+
+
+def first_example(inputs: Any) -> Any:
+    """``inputs`` with every tensor cut to its first example (batch 1)."""
+    return pytree.tree_map(
+        lambda t: t[:1] if isinstance(t, torch.Tensor) and t.dim() > 0 else t, inputs
+    )
+
+
+def tensor_leaves(out: Any) -> list[torch.Tensor]:
+    """The tensors of a (nested) output: a tensor, tuple, list, dict or ``ModelOutput``."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, Mapping):
+        return [t for v in out.values() for t in tensor_leaves(v)]
+    if isinstance(out, (tuple, list)):
+        return [t for v in out for t in tensor_leaves(v)]
+    return []
 
 
 def is_depthwise(m: nn.Module) -> bool:
@@ -48,19 +82,73 @@ def largest_divisor(n: int, at_most: int) -> int:
 
 def last_weight_layer(model: nn.Module, example_inputs: Any) -> str | None:
     """Name of the last ``Linear`` / ``Conv`` called in a forward pass (the classifier)."""
+    return _forward_facts(model, example_inputs)[0]
+
+
+_RESHAPES = {torch.Tensor.view, torch.Tensor.reshape, torch.reshape, torch.Tensor.unflatten}
+
+
+class _HeadSplits(TorchFunctionMode):
+    """Records how the outputs of linear layers are reshaped: ``(..., C) -> (..., H, d)`` splits
+    the ``C`` output features into ``H`` heads of ``d`` features (separate q / k / v projections);
+    ``(..., C) -> (..., 3, H, d)`` is a fused q/k/v projection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.outputs: dict[int, tuple[str, torch.Tensor]] = {}
+        self.blocks: dict[str, int] = {}
+        self.fused: dict[str, tuple[int, ...]] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        x = args[0] if args else None
+        if func in _RESHAPES and isinstance(x, torch.Tensor) and isinstance(out, torch.Tensor):
+            seen = self.outputs.get(id(x))
+            if seen is not None and seen[1] is x and x.dim() >= 1:
+                k = x.dim() - 1
+                c = x.shape[-1]
+                tail = tuple(out.shape[k:])
+                if (
+                    out.dim() > x.dim()
+                    and tuple(out.shape[:k]) == tuple(x.shape[:k])
+                    and math.prod(tail) == c
+                    and 1 < tail[-1] < c
+                ):
+                    if len(tail) > 2:
+                        self.fused[seen[0]] = tail
+                    else:
+                        prev = self.blocks.get(seen[0], tail[-1])
+                        self.blocks[seen[0]] = prev * tail[-1] // math.gcd(prev, tail[-1])
+        return out
+
+
+def _forward_facts(model: nn.Module, example_inputs: Any):
+    """One forward pass: the classifier (last ``Linear`` / ``Conv`` called), the head size of each
+    linear layer whose output is split into heads, the fused q/k/v projections, and the names of
+    the modules called."""
     order: list[str] = []
+    called: set[str] = set()
+    splits = _HeadSplits()
+
+    def hook(mod, _inp, out, name):
+        called.add(name)
+        if isinstance(mod, (nn.Linear, *_CONV)) and not name.endswith("out_proj"):
+            order.append(name)
+        if isinstance(mod, nn.Linear) and isinstance(out, torch.Tensor):
+            splits.outputs[id(out)] = (name, out)
+
     handles = [
-        m.register_forward_hook(lambda _m, _i, _o, n=name: order.append(n))
+        m.register_forward_hook(lambda m_, i_, o_, n=name: hook(m_, i_, o_, n))
         for name, m in model.named_modules()
-        if isinstance(m, (nn.Linear, *_CONV)) and not name.endswith("out_proj")
+        if name
     ]
     try:
-        with torch.no_grad():
-            model(*as_tuple(example_inputs))
+        with torch.no_grad(), splits:
+            call(model, example_inputs)
     finally:
         for h in handles:
             h.remove()
-    return order[-1] if order else None
+    return (order[-1] if order else None), splits.blocks, splits.fused, called
 
 
 def _role(m: nn.Module, handler: str) -> str | None:
@@ -83,6 +171,8 @@ def _reason(m: nn.Module, name: str, role: str) -> str | None:
         return f"{name}: attention embedding width"
     if role == "unsupported":
         return f"{name}: {type(m).__name__} is not supported on an ordered channel dimension"
+    if isinstance(m, nn.GroupNorm) and m.num_channels % m.num_groups:
+        return f"{name}: GroupNorm with {m.num_channels} channels in {m.num_groups} groups"
     if isinstance(m, _CONV) and m.groups > 1 and not is_depthwise(m):
         return f"{name}: grouped convolution ({m.groups} groups) on this width"
     if isinstance(m, _CONV) and m.padding_mode != "zeros":
@@ -122,7 +212,7 @@ def find_channel_dims(
     model.eval()
     names = {id(m): n for n, m in model.named_modules()}
     modules = dict(model.named_modules())
-    classifier = last_weight_layer(model, example_inputs)
+    classifier, blocks, fused, called = _forward_facts(model, example_inputs)
     structure = WidthStructure()
     tolerant = ExitStack()  # Torch-Pruning re-maps indices on every group query, not only at build
     tolerant.enter_context(_tolerant_reshapes())
@@ -152,11 +242,11 @@ def find_channel_dims(
                     sorted({n for n, _, r in items if r == "in"}),
                 )
             )
-            reason = _unresolved(group) or _dim_reason(items, classifier, exclude)
+            reason = _unresolved(group) or _dim_reason(items, classifier, exclude, fused)
             if reason is not None:
                 structure.unordered[rname] = reason
                 continue
-            dim, reason = _dimension(rname, group, size, groups, kept, names)
+            dim, reason = _dimension(rname, group, size, groups, kept, names, blocks)
             if dim is None:
                 structure.unordered[rname] = reason
                 continue
@@ -170,6 +260,7 @@ def find_channel_dims(
             for name, m in modules.items():
                 if isinstance(m, nn.MultiheadAttention):
                     _add_heads(structure, name, m, groups, kept, exclude)
+        _list_unsupported(structure, modules, called)
     finally:
         tolerant.close()
         model.train(was_training)
@@ -259,9 +350,12 @@ def _tolerant_reshapes():
 def _dependency_graph(model: nn.Module, example_inputs: Any):
     """Torch-Pruning's dependency graph of ``model``; its failures become one-line errors."""
     try:
-        with torch.enable_grad(), _tolerant_reshapes():  # the graph is traced through autograd
+        with torch.enable_grad(), _tolerant_reshapes(), warnings.catch_warnings():
+            # traced through autograd; Torch-Pruning's own warnings ("Maximum recursive depth
+            # reached!" on an RNN) say nothing a user can act on
+            warnings.filterwarnings("ignore", category=UserWarning, module="torch_pruning")
             return tp.DependencyGraph().build_dependency(
-                model, example_inputs=as_tuple(example_inputs), verbose=False
+                model, example_inputs=trace_inputs(example_inputs), verbose=False
             )
     except Exception as e:  # noqa: BLE001 - any failure inside the tracer is reported alike
         where = traceback.extract_tb(e.__traceback__)[-1].name
@@ -283,8 +377,14 @@ def _unresolved(group) -> str | None:
     return None
 
 
-def _dim_reason(items, classifier: str | None, exclude: Sequence[str]) -> str | None:
+def _dim_reason(items, classifier: str | None, exclude: Sequence[str], fused=None) -> str | None:
+    for n, _, r in items:
+        if fused and n in fused and r in ("out", "depthwise"):
+            return f"{n}: fused q/k/v projection (features split as {fused[n]})"
     if not any(r == "in" for _, _, r in items):
+        for n, m, r in items:  # consumed by a module we cannot slice (ConvTranspose2d, RNN ...)
+            if r == "unsupported" and not isinstance(m, (nn.LayerNorm, nn.MultiheadAttention)):
+                return _reason(m, n, r)
         return "no layer consumes it (it reaches the model's output)"
     for n, m, r in items:
         if n == classifier and r in ("out", "depthwise"):
@@ -297,7 +397,9 @@ def _dim_reason(items, classifier: str | None, exclude: Sequence[str]) -> str | 
     return None
 
 
-def _dimension(rname, group, size, groups, kept, names) -> tuple[ChannelDim | None, str]:
+def _dimension(
+    rname, group, size, groups, kept, names, blocks=None
+) -> tuple[ChannelDim | None, str]:
     """Partition a Torch-Pruning group into ordered groups; ``(None, reason)`` if it cannot be.
 
     The slices of a concatenation share one width: each producer's channels (an *atom*: the
@@ -324,19 +426,49 @@ def _dimension(rname, group, size, groups, kept, names) -> tuple[ChannelDim | No
         return None, "channels with no producing layer"
     sizes = {int(atom[r]) for r in range(size)}
     limit = math.gcd(*sizes)
-    gns = [m for _, _, m, _, _ in rows if isinstance(m, nn.GroupNorm)]
+    blocks = blocks or {}
+    gns = [(n, m, idxs) for n, _, m, idxs, _ in rows if isinstance(m, nn.GroupNorm)]
     if gns and len(sizes | {size}) > 1:
-        return None, "GroupNorm over a concatenation"
-    for gn in gns:  # ordered groups must be unions of whole GroupNorm groups
-        limit = math.gcd(limit, gn.num_groups)
+        return None, f"{gns[0][0]}: GroupNorm over a concatenation"
+    for n, gn, idxs in gns:  # ordered groups must be unions of the GroupNorm groups it covers
+        per = gn.num_channels // gn.num_groups
+        covered = {i // per for i in idxs}
+        if len(set(idxs)) != per * len(covered):
+            return None, f"{n}: the dimension covers part of a GroupNorm group"
+        limit = math.gcd(limit, len(covered))
+    block = 1
+    for n, role, _, _, roots in rows:  # attention heads: ordered groups are whole heads
+        d = blocks.get(n)
+        if d is None or role != "out":
+            continue
+        if len(set(roots)) % d:
+            return None, f"{n}: {len(set(roots))} features are not whole heads of {d}"
+        limit = math.gcd(limit, len(set(roots)) // d)
+        block = block * d // math.gcd(block, d)
     g = largest_divisor(limit, groups)
     if g < 2:
-        return None, f"{size} channels cannot be split into >= 2 equal groups"
+        what = "whole heads" if block > 1 else "equal groups"
+        return None, f"{size} channels cannot be split into >= 2 {what}"
     root_group = torch.empty(size, dtype=torch.long)
     for k in set(owner.tolist()):
         idx = (owner == k).nonzero().flatten()  # this slice's channels, in order
         root_group[idx] = torch.arange(len(idx)) * g // len(idx)
+    for n, role, m, idxs, roots in rows:  # every GroupNorm group / head in one ordered group
+        unit = (
+            m.num_channels // m.num_groups
+            if isinstance(m, nn.GroupNorm)
+            else (blocks.get(n) if role == "out" else None)
+        )
+        if unit is None:
+            continue
+        cells: dict[int, set[int]] = {}
+        for i, r in zip(idxs, roots):
+            cells.setdefault(i // unit, set()).add(int(root_group[r]))
+        if any(len(v) > 1 for v in cells.values()):
+            kind = "GroupNorm group" if isinstance(m, nn.GroupNorm) else "attention head"
+            return None, f"{n}: an ordered group would split a {kind}"
     dim = ChannelDim(rname, size, g, min(kept, g - 1), root=rname, root_group=root_group)
+    dim.block = block
     dim.root_slice = owner.clone()
     done: set[tuple[str, str]] = set()
     for n, role, m, idxs, roots in rows:
@@ -359,6 +491,27 @@ def _dimension(rname, group, size, groups, kept, names) -> tuple[ChannelDim | No
     }  # named after its first-registered producer
     dim.name = min(dim.modules("out", "depthwise"), key=order.__getitem__)
     return dim, ""
+
+
+#: Modules whose channels the analysis orders (or reports with a reason on their dimension).
+_KNOWN = (nn.Linear, *_CONV, *_NORM, *_PER_CHANNEL, nn.LayerNorm, nn.MultiheadAttention)
+
+
+def _list_unsupported(structure: WidthStructure, modules: dict[str, nn.Module], called) -> None:
+    """Every module with its own parameters that the analysis cannot order (``Embedding``, RNNs,
+    transposed convolutions, transformers' ``Conv1D`` ...) and that is on no ordered dimension
+    goes into ``structure.unordered`` with its reason: nothing is skipped silently."""
+    on_dims = {m.module for d in structure.dims for m in d.members}
+    for name, m in modules.items():
+        if not name or isinstance(m, _KNOWN) or name in on_dims or name in structure.unordered:
+            continue
+        if not any(True for _ in m.parameters(recurse=False)):
+            continue
+        what = type(m).__name__
+        if name not in called:
+            structure.unordered[name] = f"{name}: {what} is not called in the example forward pass"
+        else:
+            structure.unordered[name] = f"{name}: {what} is not supported; its widths stay whole"
 
 
 def _add_heads(structure, name, m: nn.MultiheadAttention, groups, kept, exclude) -> None:

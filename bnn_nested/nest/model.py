@@ -51,6 +51,34 @@ def _mask_input(module: nn.Module, args: tuple) -> tuple | None:
     return (x * mask.to(x.dtype),) + args[1:]
 
 
+def select_output(out: Any, output: Any) -> Any:
+    """The part of a network's output named by ``output``: ``None`` (all of it), a key of a dict /
+    ``ModelOutput`` (``"logits"``), an index of a tuple, or a callable applied to the output."""
+    if output is None:
+        return out
+    if callable(output):
+        return output(out)
+    try:
+        return out[output]
+    except (KeyError, IndexError, TypeError):
+        if isinstance(out, Mapping):
+            has = f"keys {list(out.keys())}"
+        elif isinstance(out, (tuple, list)):
+            has = f"{len(out)} items"
+        else:
+            has = f"a {type(out).__name__}"
+        raise ValueError(
+            f"output={output!r}: the network's output has no such entry ({has})"
+        ) from None
+
+
+def _first_tensor(inputs: tuple, kwargs: dict) -> torch.Tensor | None:
+    for x in (*inputs, *kwargs.values()):
+        if isinstance(x, torch.Tensor) and x.dim() > 0:
+            return x
+    return None
+
+
 def _key(name: str) -> str:
     return name.replace(".", "__")
 
@@ -69,7 +97,8 @@ class NestifiedModel(NestedModel):
         structure: its :class:`~bnn_nested.nest.structure.WidthStructure`.
         units: one :class:`~bnn_nested.nn.OrderingUnit` per dimension (key: name with ``.`` -> ``__``).
 
-    A width is a float ``r in (0, 1]`` or ``{dimension name: groups kept}``.
+    A width is a float ``r in (0, 1]`` or ``{dimension name: groups kept}``. ``output`` names the
+    part of the network's output the model returns (:func:`select_output`; ``None``: all of it).
     """
 
     def __init__(
@@ -77,9 +106,11 @@ class NestifiedModel(NestedModel):
         net: nn.Module,
         structure: WidthStructure,
         ordering: dict[str, Any] | None = None,
+        output: Any = None,
     ) -> None:
         super().__init__()
         self.net = net
+        self.output = output
         self.structure = structure
         self.ordering_kwargs = dict(ordering or {})
         self.units = nn.ModuleDict(
@@ -210,13 +241,14 @@ class NestifiedModel(NestedModel):
         return self._run(x)
 
     def _run(self, *inputs: Any, **kwargs: Any) -> Any:
-        first = inputs[0] if inputs else None
-        batch = first.shape[0] if isinstance(first, torch.Tensor) and first.dim() > 0 else None
+        first = _first_tensor(inputs, kwargs)
+        batch = first.shape[0] if first is not None else None
         self._apply_masks(self._group_masks(batch))
         try:
-            return self.net(*inputs, **kwargs)
+            out = self.net(*inputs, **kwargs)
         finally:
             self._clear_masks()
+        return select_output(out, self.output)
 
     # -- ordering ------------------------------------------------------------------------------
     def keep_probs(self) -> dict[str, torch.Tensor]:

@@ -15,13 +15,17 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-import torch_pruning as tp
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from bnn_nested.nest.analysis import _tolerant_reshapes, as_tuple
+from bnn_nested.nest.analysis import (
+    _dependency_graph,
+    _tolerant_reshapes,
+    call,
+    first_example,
+)
 from bnn_nested.nest.attention import NestedMultiheadAttention, PrunedMultiheadAttention
-from bnn_nested.nest.model import NestifiedModel, _mask_input, replace_module
+from bnn_nested.nest.model import NestifiedModel, _mask_input, replace_module, select_output
 from bnn_nested.nn.batchnorm import _NestedBatchNorm, width_key
 from bnn_nested.nn.model import Width
 from bnn_nested.nn.nested import NestedConv2d, NestedLinear
@@ -81,6 +85,45 @@ def plain_copy(model: NestifiedModel, width: Width = 1.0) -> nn.Module:
     return net.eval()
 
 
+class SelectOutput(nn.Module):
+    """``select_output(net(...), output)``: the sliced network of a model built with ``output=``."""
+
+    def __init__(self, net: nn.Module, output: Any) -> None:
+        super().__init__()
+        self.net = net
+        self.output = output
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return select_output(self.net(*args, **kwargs), self.output)
+
+
+#: Attributes holding an attention module's head count / inner width (transformers, timm ...)
+_HEAD_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head")
+_WIDTH_ATTRS = ("all_head_size", "inner_dim")
+_HEAD_DIM_ATTRS = ("attention_head_size", "head_dim", "head_size", "dim_head")
+
+
+def _update_head_counts(net: nn.Module, structure) -> None:
+    """After whole heads were cut from separate q / k / v projections, set the head count (and the
+    inner width) that the attention module stores, wherever it names them as transformers / timm
+    do (a module that reshapes with ``-1`` needs none of this)."""
+    for d in structure:
+        if d.kind != "channels" or d.block <= 1:
+            continue
+        for name in d.modules("out"):
+            parent = net.get_submodule(name.rpartition(".")[0]) if "." in name else net
+            proj = net.get_submodule(name)
+            hd = next((getattr(parent, a) for a in _HEAD_DIM_ATTRS if hasattr(parent, a)), None)
+            if not isinstance(hd, int) or hd <= 0 or proj.out_features % hd:
+                continue
+            for a in _HEAD_ATTRS:
+                if isinstance(getattr(parent, a, None), int):
+                    setattr(parent, a, proj.out_features // hd)
+            for a in _WIDTH_ATTRS:
+                if isinstance(getattr(parent, a, None), int):
+                    setattr(parent, a, proj.out_features)
+
+
 @torch.no_grad()
 def sliced_network(model: NestifiedModel, width: Width, example_inputs: Any) -> nn.Module:
     """The plain network ``model`` computes at ``width`` in eval mode, physically sliced.
@@ -93,7 +136,6 @@ def sliced_network(model: NestifiedModel, width: Width, example_inputs: Any) -> 
     with model.width(width):
         active = model.active_groups()
     net = plain_copy(model, width)
-    inputs = as_tuple(example_inputs)
     cut = [d for d in model.structure if active[d.name] < d.groups]
     channel_dims = [d for d in cut if d.kind == "channels"]
     if channel_dims:
@@ -103,10 +145,7 @@ def sliced_network(model: NestifiedModel, width: Width, example_inputs: Any) -> 
             if isinstance(m, nn.GroupNorm)
         }
         with _tolerant_reshapes():
-            with torch.enable_grad():  # the dependency graph is traced through autograd
-                dg = tp.DependencyGraph().build_dependency(
-                    net, example_inputs=inputs, verbose=False
-                )
+            dg = _dependency_graph(net, example_inputs)
             for d in channel_dims:
                 root = net.get_submodule(d.root)
                 fn = dg.get_pruner_of_module(root).prune_out_channels
@@ -115,6 +154,7 @@ def sliced_network(model: NestifiedModel, width: Width, example_inputs: Any) -> 
         for n, m in net.named_modules():  # keep each GroupNorm group's size
             if isinstance(m, nn.GroupNorm):
                 m.num_groups = m.num_channels // gn_size[n]
+        _update_head_counts(net, channel_dims)
     for d in cut:
         if d.kind == "heads":
             member = d.members[0]
@@ -123,6 +163,8 @@ def sliced_network(model: NestifiedModel, width: Width, example_inputs: Any) -> 
             replace_module(
                 net, member.module, PrunedMultiheadAttention.from_module(mha, keep).eval()
             )
+    if model.output is not None:
+        return SelectOutput(net, model.output).eval()
     return net.eval()
 
 
@@ -152,7 +194,7 @@ def counting_flops():
 def network_flops(net: nn.Module, example_inputs: Any) -> int:
     """FLOPs (= 2 x MACs) of one forward pass of ``net`` on ``example_inputs`` (whole batch)."""
     with counting_flops() as counter:
-        net(*as_tuple(example_inputs))
+        call(net, example_inputs)
     return int(counter.get_total_flops())
 
 
@@ -160,5 +202,6 @@ def sliced_cost(model: NestifiedModel, width: Width, example_inputs: Any) -> tup
     """``(FLOPs per example, parameters)`` of the sliced network (FLOPs = 2 x MACs, counted by
     ``torch.utils.flop_counter`` on one example)."""
     net = sliced_network(model, width, example_inputs)
-    one = tuple(t[:1] if isinstance(t, torch.Tensor) else t for t in as_tuple(example_inputs))
-    return network_flops(net, one), sum(p.numel() for p in net.parameters())
+    return network_flops(net, first_example(example_inputs)), sum(
+        p.numel() for p in net.parameters()
+    )
