@@ -172,8 +172,20 @@ def _sdpa_flops(q, k, v, *args, out_shape=None, **kwargs) -> int:
     return sdpa_flop_count(q, k, v)  # QK^T and AV: 2 x MACs of both matmuls
 
 
-# CPU's attention kernel has no formula in FlopCounterMode (the CUDA kernels do)
-_CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops}
+def _rnn_layer_flops(x, w_ih, w_hh, *args, out_shape=None, **kwargs) -> int:
+    """One direction of one recurrent layer: the input and hidden matmuls at every step."""
+    steps = 1
+    for n in x[:-1]:
+        steps *= n
+    return 2 * steps * (w_ih[0] * w_ih[1] + w_hh[0] * w_hh[1])
+
+
+# CPU's attention kernel and its fused LSTM layer have no formula in FlopCounterMode (the CUDA
+# attention kernels do)
+_CPU_ATTENTION = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops,
+    torch.ops.aten.mkldnn_rnn_layer: _rnn_layer_flops,
+}
 
 
 @contextmanager

@@ -95,6 +95,17 @@ def test_separate_qkv_heads_ordered_whole_and_masked_equals_sliced_at_every_cut(
 
 
 @torch.no_grad()
+def test_importance_ordering_moves_whole_heads_of_separate_projections():
+    torch.manual_seed(0)
+    ids = _batch()["input_ids"]
+    net = TextModel(as_dict=False).eval()
+    ref = net(ids)
+    nm = nestify(net, ids, groups=8, kept=0, order="importance").eval()
+    torch.testing.assert_close(nm(ids), ref)  # the function at full width is unchanged
+    torch.testing.assert_close(sliced_network(nm, 0.25, ids)(ids), nm(ids, width=0.25))
+
+
+@torch.no_grad()
 def test_dict_input_and_dict_output_named_by_output():
     torch.manual_seed(0)
     batch = _batch()
