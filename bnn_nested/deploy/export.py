@@ -36,6 +36,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from bnn_nested.nest import NestifiedModel, sliced_network
+from bnn_nested.nest.analysis import call, tensor_leaves
+from bnn_nested.nest.convert import CHECK_RTOL, call_nested, find_inexact
 from bnn_nested.nn.model import NestedModel, Width
 from bnn_nested.nn.nested import NestedMixin
 from bnn_nested.nn.ordering_unit import OrderingUnit
@@ -279,13 +281,10 @@ def export_width(
 def _recheck(model: NestifiedModel, width: Width, example: Any, out: nn.Module) -> None:
     """Masked == sliced on the weights being exported (the conversion check saw other weights:
     a layer that was the identity at initialisation can mix channels after training)."""
-    from bnn_nested.nest.analysis import call, tensor_leaves
-    from bnn_nested.nest.convert import CHECK_RTOL, _call, find_inexact
-
     was = model.training
     model.eval()
     try:
-        masked = tensor_leaves(_call(model, example, width))
+        masked = tensor_leaves(call_nested(model, example, width))
         plain = tensor_leaves(call(out, example))
     finally:
         model.train(was)

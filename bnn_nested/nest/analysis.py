@@ -216,54 +216,55 @@ def find_channel_dims(
     structure = WidthStructure()
     tolerant = ExitStack()  # Torch-Pruning re-maps indices on every group query, not only at build
     tolerant.enter_context(_tolerant_reshapes())
-    try:
-        dg = _dependency_graph(model, example_inputs)
-        seen: set[tuple[str, str]] = set()
-        for group in _groups(dg, names, structure):
-            root_dep = group[0].dep
-            root = root_dep.target.module
-            rname = names.get(id(root))
-            if rname is None or (rname, "out") in seen or (rname, "depthwise") in seen:
-                continue
-            items = []
-            for it in group:
-                m = it.dep.target.module
-                n = names.get(id(m))
-                if n is None:  # an operation node (add, cat, reshape ...), not a module
+    tolerant.enter_context(_time_limit(model, names))
+    with tolerant:
+        try:
+            dg = _dependency_graph(model, example_inputs)
+            seen: set[tuple[str, str]] = set()
+            for group in _groups(dg, names, structure):
+                root_dep = group[0].dep
+                root = root_dep.target.module
+                rname = names.get(id(root))
+                if rname is None or (rname, "out") in seen or (rname, "depthwise") in seen:
                     continue
-                role = _role(m, it.dep.handler.__name__)
-                items.append((n, m, role))
-                if role in ("out", "depthwise"):
-                    seen.add((n, role))
-            size = len(group[0].idxs)
-            structure.links.append(
-                (
-                    sorted({n for n, _, r in items if r == "out"}),
-                    sorted({n for n, _, r in items if r == "in"}),
+                items = []
+                for it in group:
+                    m = it.dep.target.module
+                    n = names.get(id(m))
+                    if n is None:  # an operation node (add, cat, reshape ...), not a module
+                        continue
+                    role = _role(m, it.dep.handler.__name__)
+                    items.append((n, m, role))
+                    if role in ("out", "depthwise"):
+                        seen.add((n, role))
+                size = len(group[0].idxs)
+                structure.links.append(
+                    (
+                        sorted({n for n, _, r in items if r == "out"}),
+                        sorted({n for n, _, r in items if r == "in"}),
+                    )
                 )
-            )
-            reason = _unresolved(group) or _dim_reason(items, classifier, exclude, fused)
-            if reason is not None:
-                structure.unordered[rname] = reason
-                continue
-            dim, reason = _dimension(rname, group, size, groups, kept, names, blocks)
-            if dim is None:
-                structure.unordered[rname] = reason
-                continue
-            structure.dims.append(dim)
-        for m in modules.values():
-            node = dg.module2node.get(m) if isinstance(m, _NORM) else None
-            for inp in node.inputs if node is not None else []:
-                if isinstance(inp.module, (nn.Linear, *_CONV)) and id(inp.module) in names:
-                    structure.followed_by_norm.append(names[id(inp.module)])
-        if heads:
-            for name, m in modules.items():
-                if isinstance(m, nn.MultiheadAttention):
-                    _add_heads(structure, name, m, groups, kept, exclude)
-        _list_unsupported(structure, modules, called)
-    finally:
-        tolerant.close()
-        model.train(was_training)
+                reason = _unresolved(group) or _dim_reason(items, classifier, exclude, fused)
+                if reason is not None:
+                    structure.unordered[rname] = reason
+                    continue
+                dim, reason = _dimension(rname, group, size, groups, kept, names, blocks)
+                if dim is None:
+                    structure.unordered[rname] = reason
+                    continue
+                structure.dims.append(dim)
+            for m in modules.values():
+                node = dg.module2node.get(m) if isinstance(m, _NORM) else None
+                for inp in node.inputs if node is not None else []:
+                    if isinstance(inp.module, (nn.Linear, *_CONV)) and id(inp.module) in names:
+                        structure.followed_by_norm.append(names[id(inp.module)])
+            if heads:
+                for name, m in modules.items():
+                    if isinstance(m, nn.MultiheadAttention):
+                        _add_heads(structure, name, m, groups, kept, exclude)
+            _list_unsupported(structure, modules, called)
+        finally:
+            model.train(was_training)
     order = {n: i for i, n in enumerate(modules)}  # registration order of the naming module
     structure.dims.sort(key=lambda d: order[d.members[0].module if d.kind == "heads" else d.name])
     return structure
@@ -296,6 +297,62 @@ def _groups(dg, names: dict[int, str], structure: WidthStructure):
 
 class UnsupportedModelError(ValueError):
     """The network's channel dependencies could not be analysed (one line, naming where)."""
+
+
+#: Seconds the graph analysis of one network may take (``find_channel_dims``; 0: no limit). It is
+#: enforced with ``SIGALRM`` where that exists and this is the main thread.
+MAX_ANALYSIS_S = 300.0
+
+
+class _AnalysisTimeout(BaseException):  # not an Exception: nothing on the way may swallow it
+    pass
+
+
+def _where(frame, names: dict[int, str]) -> str:
+    """The innermost module of the model (or graph node's module) seen in a stack of frames."""
+    while frame is not None:
+        for v in frame.f_locals.values():
+            mod = getattr(v, "module", v)
+            if isinstance(mod, nn.Module) and names.get(id(mod)):
+                return names[id(mod)]
+        frame = frame.f_back
+    return "?"
+
+
+@contextmanager
+def _time_limit(model: nn.Module, names: dict[int, str]):
+    """Raise a one-line :class:`UnsupportedModelError` naming the module being analysed when the
+    analysis runs over :data:`MAX_ANALYSIS_S` seconds (the alarm repeats each second, in case a
+    bare ``except`` inside the tracer swallowed it)."""
+    import signal
+    import threading
+
+    limit = MAX_ANALYSIS_S
+    usable = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    if not limit or not usable:
+        yield
+        return
+    fired: list[str] = []
+
+    def alarm(_signum, frame):
+        if not fired:
+            fired.append(_where(frame, names))
+        raise _AnalysisTimeout
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, limit, 1.0)
+    try:
+        yield
+    except BaseException:
+        if not fired:
+            raise
+        raise UnsupportedModelError(
+            f"nestify: the graph analysis of {type(model).__name__} ran over {limit:g} s (at "
+            f"{fired[0]}); exclude that part or raise bnn_nested.nest.analysis.MAX_ANALYSIS_S"
+        ) from None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 #: Refuse a flatten index mapping larger than this (a consumer after ``flatten`` has ``C x H x W``

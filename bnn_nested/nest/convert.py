@@ -135,7 +135,7 @@ def nestify(
             was = nested.training
             nested.eval()
             try:
-                _call(nested, example_inputs, None)
+                call_nested(nested, example_inputs, None)
             finally:
                 nested.train(was)
     if check and len(structure):
@@ -147,7 +147,7 @@ def nestify(
     return nested
 
 
-def _call(nested: NestifiedModel, inputs: Any, width: Width | None) -> Any:
+def call_nested(nested: NestifiedModel, inputs: Any, width: Width | None) -> Any:
     if isinstance(inputs, Mapping):
         return nested(**inputs, width=width)
     return nested(*(inputs if isinstance(inputs, (tuple, list)) else (inputs,)), width=width)
@@ -160,7 +160,7 @@ def mismatch(nested: NestifiedModel, width: Width, example_inputs: Any) -> float
     was = nested.training
     nested.eval()
     try:
-        masked = tensor_leaves(_call(nested, example_inputs, width))
+        masked = tensor_leaves(call_nested(nested, example_inputs, width))
         plain = sliced_network(nested, width, example_inputs)
         out = tensor_leaves(call(plain, example_inputs))
         if len(masked) != len(out) or not masked:

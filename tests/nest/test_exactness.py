@@ -279,3 +279,22 @@ def test_group_norm_over_separate_branches_ordered_in_whole_norm_groups():
     nm = nestify(net, x, groups=8, kept=0, order="importance").eval()
     torch.testing.assert_close(nm(x), ref)  # importance ordering keeps the function
     torch.testing.assert_close(sliced_network(nm, 0.25, x)(x), nm(x, width=0.25))
+
+
+def test_graph_analysis_bounded_in_time_with_a_one_line_error(monkeypatch):
+    from bnn_nested.nest import UnsupportedModelError, analysis
+
+    class Deep(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = nn.ModuleList(nn.Linear(16, 16) for _ in range(200))
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = x + torch.relu(layer(x))
+            return x
+
+    monkeypatch.setattr(analysis, "MAX_ANALYSIS_S", 0.02)
+    with pytest.raises(UnsupportedModelError, match=r"ran over 0.02 s \(at [^?]") as info:
+        nestify(Deep().eval(), torch.randn(2, 16))
+    assert "\n" not in str(info.value)
