@@ -262,6 +262,8 @@ def find_channel_dims(
                 for name, m in modules.items():
                     if isinstance(m, nn.MultiheadAttention):
                         _add_heads(structure, name, m, groups, kept, exclude)
+                for name, tail in fused.items():
+                    _add_fused_heads(structure, name, tail, modules, groups, kept, exclude)
             _list_unsupported(structure, modules, called)
         finally:
             model.train(was_training)
@@ -588,4 +590,60 @@ def _add_heads(structure, name, m: nn.MultiheadAttention, groups, kept, exclude)
     dim.members = [
         Member(name, "heads", torch.arange(h), group, type(m).__name__, root=torch.arange(h))
     ]
+    structure.dims.append(dim)
+
+
+def _add_fused_heads(structure, name, tail, modules, groups, kept, exclude) -> None:
+    """Heads of a fused q/k/v projection (timm's ``Attention``: ``qkv`` reshaped to
+    ``(..., 3, H, d)``, heads attended, concatenated and fed to one output projection).
+
+    The heads dimension has two members: the projection's rows (role ``out``: row
+    ``i * H d + h d + j`` belongs to head ``h``) and the output projection's columns (role ``in``:
+    the consumer whose input mask drops a head). Only the layout of timm's ``Attention`` is
+    accepted: a parent module with ``num_heads == H`` and ``head_dim == d``, exactly one other
+    linear child reading ``H d`` features, and no norm between the heads and that projection."""
+    key = f"{name}.heads"
+    parent_name = name.rpartition(".")[0]
+    parent = modules.get(parent_name)
+    qkv = modules[name]
+    if len(tail) != 3 or tail[0] != 3 or parent is None or not isinstance(qkv, nn.Linear):
+        structure.unordered[key] = f"{name}: fused projection split as {tail}, not (3, heads, d)"
+        return
+    _, h, d = tail
+    if _matches(name, exclude) or _matches(parent_name, exclude):
+        structure.unordered[key] = f"{name}: excluded"
+        return
+    outs = [
+        (n, m)
+        for n, m in parent.named_children()
+        if isinstance(m, nn.Linear) and m is not qkv and m.in_features == h * d
+    ]
+    norm = getattr(parent, "norm", None)
+    if (
+        getattr(parent, "num_heads", None) != h
+        or getattr(parent, "head_dim", None) != d
+        or len(outs) != 1
+        or not (norm is None or isinstance(norm, nn.Identity))
+        or qkv.out_features != 3 * h * d
+    ):
+        structure.unordered[key] = (
+            f"{name}: fused q/k/v projection in a {type(parent).__name__} of unknown layout"
+        )
+        return
+    g = largest_divisor(h, groups)
+    if g < 2:
+        structure.unordered[key] = f"{name}: {h} head(s) cannot be split into groups"
+        return
+    proj = f"{parent_name}.{outs[0][0]}" if parent_name else outs[0][0]
+    group = torch.arange(h) // (h // g)
+    rows = torch.arange(3 * h * d)
+    row_head = (rows % (h * d)) // d
+    cols = torch.arange(h * d)
+    col_head = cols // d
+    dim = ChannelDim(key, h, g, min(kept, g - 1), kind="heads", root=name, root_group=group)
+    dim.members = [
+        Member(name, "out", rows, group[row_head], "Linear", root=row_head),
+        Member(proj, "in", cols, group[col_head], "Linear", root=col_head),
+    ]
+    structure.unordered.pop(name, None)  # its channels are ordered as these heads now
     structure.dims.append(dim)

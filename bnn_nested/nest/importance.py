@@ -65,7 +65,7 @@ def _heads_cols(mha: nn.MultiheadAttention, t: torch.Tensor) -> torch.Tensor:
 def _score(
     net: nn.Module, dim: ChannelDim, kind: str, grads: dict[str, torch.Tensor] | None
 ) -> torch.Tensor:
-    if dim.kind == "heads":
+    if dim.members[0].role == "heads":  # nn.MultiheadAttention (fused heads: producer rows)
         mha = net.get_submodule(dim.members[0].module)
         w = mha.out_proj.weight.detach()
         if kind == "taylor":
@@ -115,7 +115,7 @@ def _taylor(
             with torch.enable_grad():
                 F.cross_entropy(nested(x), y).backward()
             for d in nested.structure:
-                if d.kind == "heads":
+                if d.members[0].role == "heads":
                     mha = net.get_submodule(d.members[0].module)
                     gw = mha.out_proj.weight.grad * mha.out_proj.weight.detach()
                     scores[d.name] += _heads_cols(mha, gw).double().pow(2)

@@ -133,7 +133,7 @@ class NestifiedModel(NestedModel):
             m._nest_mask = None
             self._hooks.append(m.register_forward_pre_hook(_mask_input))
         for d in self.structure:  # a hook (no-op here) keeps nn.TransformerEncoderLayer off its
-            if d.kind == "heads":  # fused fast path, which would bypass the head mask
+            if d.members[0].role == "heads":  # fused fast path, which would bypass the head mask
                 m = self.net.get_submodule(d.members[0].module)
                 self._hooks.append(m.register_forward_pre_hook(_mask_input))
 
@@ -220,7 +220,7 @@ class NestifiedModel(NestedModel):
                     vec = v if vec is None else vec * v
             mod._nest_mask = vec
         for d, m in zip(self.structure, masks):
-            if d.kind == "heads":
+            if d.members[0].role == "heads":
                 mha = self.net.get_submodule(d.members[0].module)
                 mha.head_mask = None if m is None else m[..., d.members[0].group.to(m.device)]
 
@@ -228,7 +228,7 @@ class NestifiedModel(NestedModel):
         for name in self.structure.consumers():
             self.net.get_submodule(name)._nest_mask = None
         for d in self.structure:
-            if d.kind == "heads":
+            if d.members[0].role == "heads":
                 self.net.get_submodule(d.members[0].module).head_mask = None
 
     def forward(self, *inputs: Any, width: Width | None = None, **kwargs: Any) -> Any:

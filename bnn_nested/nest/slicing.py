@@ -124,6 +124,35 @@ def _update_head_counts(net: nn.Module, structure) -> None:
                     setattr(parent, a, proj.out_features)
 
 
+def _linear_like(m: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    new = nn.Linear(weight.shape[1], weight.shape[0], bias is not None)
+    new = new.to(device=weight.device, dtype=weight.dtype)
+    new.weight.data.copy_(weight)
+    if bias is not None:
+        new.bias.data.copy_(bias)
+    return new.train(m.training)
+
+
+def _cut_fused_heads(net: nn.Module, d, n: int) -> None:
+    """Keep the first ``n`` groups of heads of a fused q/k/v projection: its rows and the output
+    projection's columns of the kept heads; the parent's ``num_heads`` / ``attn_dim`` follow."""
+    qkv, proj = d.members
+    keep_rows = qkv.index[qkv.group < n]
+    keep_cols = proj.index[proj.group < n]
+    a, b = net.get_submodule(qkv.module), net.get_submodule(proj.module)
+    replace_module(net, qkv.module, _linear_like(a, a.weight[keep_rows], _rows(a.bias, keep_rows)))
+    replace_module(net, proj.module, _linear_like(b, b.weight[:, keep_cols], b.bias))
+    parent = net.get_submodule(qkv.module.rpartition(".")[0])
+    heads = int(len(torch.unique(qkv.root[qkv.group < n])))
+    parent.num_heads = heads
+    if isinstance(getattr(parent, "attn_dim", None), int):
+        parent.attn_dim = heads * parent.head_dim
+
+
+def _rows(t: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | None:
+    return None if t is None else t[idx]
+
+
 @torch.no_grad()
 def sliced_network(model: NestifiedModel, width: Width, example_inputs: Any) -> nn.Module:
     """The plain network ``model`` computes at ``width`` in eval mode, physically sliced.
@@ -156,7 +185,9 @@ def sliced_network(model: NestifiedModel, width: Width, example_inputs: Any) -> 
                 m.num_groups = m.num_channels // gn_size[n]
         _update_head_counts(net, channel_dims)
     for d in cut:
-        if d.kind == "heads":
+        if d.kind == "heads" and d.members[0].role == "out":
+            _cut_fused_heads(net, d, active[d.name])
+        elif d.kind == "heads":
             member = d.members[0]
             mha = net.get_submodule(member.module)
             keep = member.index[member.group < active[d.name]]

@@ -298,3 +298,84 @@ def test_graph_analysis_bounded_in_time_with_a_one_line_error(monkeypatch):
     with pytest.raises(UnsupportedModelError, match=r"ran over 0.02 s \(at [^?]") as info:
         nestify(Deep().eval(), torch.randn(2, 16))
     assert "\n" not in str(info.value)
+
+
+class FusedAttention(nn.Module):
+    """timm's ``Attention``: one fused q/k/v projection reshaped to ``(B, N, 3, H, d)``."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.attn_dim = dim
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.norm = nn.Identity()
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        h = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(self.norm(h.transpose(1, 2).reshape(b, n, self.attn_dim)))
+
+
+class FusedViT(nn.Module):
+    def __init__(self, dim: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.embed = nn.Linear(6, dim)
+        self.attn, self.ln = FusedAttention(dim, heads), nn.LayerNorm(dim)
+        self.fc1, self.fc2, self.head = nn.Linear(dim, 64), nn.Linear(64, dim), nn.Linear(dim, 3)
+
+    def forward(self, x):
+        h = self.embed(x)
+        h = self.ln(h + self.attn(h))
+        h = h + self.fc2(F.gelu(self.fc1(h)))
+        return self.head(h.mean(1))
+
+
+@torch.no_grad()
+def test_fused_qkv_heads_ordered_and_sliced_like_a_hand_built_smaller_attention():
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnorderedDimensionWarning)
+        nm = nestify(FusedViT().eval(), x, groups=4, kept=0).eval()
+    heads = nm.structure["attn.qkv.heads"]
+    assert heads.kind == "heads" and heads.groups == 4 and "fc1" in nm.dims()
+    for n in range(1, 5):
+        ref = FusedViT(heads=n).eval()  # n heads of 8: the first n heads' weights
+        state = nm.net.state_dict()
+        rows = torch.cat([torch.arange(8 * n) + i * 32 for i in range(3)])
+        state["attn.qkv.weight"], state["attn.qkv.bias"] = state["attn.qkv.weight"][rows], None
+        ref.attn.qkv = nn.Linear(32, 24 * n)
+        ref.attn.proj = nn.Linear(8 * n, 32)
+        ref.attn.attn_dim, ref.attn.head_dim = 8 * n, 8
+        state["attn.qkv.bias"] = nm.net.attn.qkv.bias[rows]
+        state["attn.proj.weight"] = state["attn.proj.weight"][:, : 8 * n]
+        ref.load_state_dict(state)
+        width = {"attn.qkv.heads": n}
+        torch.testing.assert_close(nm(x, width=width), ref(x))
+        torch.testing.assert_close(sliced_network(nm, width, x)(x), nm(x, width=width))
+    net = FusedViT().eval()
+    before = net(x)
+    nm = nestify(net, x, groups=4, kept=0, order="importance").eval()
+    torch.testing.assert_close(nm(x), before)  # whole heads move together
+    for width in (0.25, 0.5, *_allocations(nm, random.Random(0), 2)):
+        torch.testing.assert_close(sliced_network(nm, width, x)(x), nm(x, width=width))
+
+
+def test_timm_vit_heads_ordered_and_flops_follow_the_width():
+    timm = pytest.importorskip("timm", reason="optional extra: bnn-nested[timm]")
+    from bnn_nested.nest import sliced_cost
+
+    torch.manual_seed(0)
+    net = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=32, depth=2, num_heads=4, num_classes=3
+    )
+    x = torch.randn(2, 3, 32, 32)
+    nm = nestify(net.eval(), x, kept=0).eval()
+    assert sum(d.kind == "heads" for d in nm.structure) == 2
+    full = sliced_cost(nm, 1.0, x)[0]
+    with torch.no_grad():
+        for width in (0.25, 0.5):
+            torch.testing.assert_close(sliced_network(nm, width, x)(x), nm(x, width=width))
+    assert sliced_cost(nm, 0.25, x)[0] / full < 0.35
