@@ -29,8 +29,6 @@ from bnn_nested.evaluation.conformal import SET_SCORES, conformal_sets, nested_c
 from bnn_nested.evaluation.metrics import classification_report, mean_probs, reliability_data
 from bnn_nested.evaluation.ood import (
     BELOW_CHANCE_EXPLANATION,
-    SCORE_INPUTS,
-    SCORES,
     below_chance,
     compute_score,
     ood_metrics,
@@ -49,8 +47,6 @@ SYNTHETIC_OOD = ("gaussian", "uniform", "patches")
 DEFAULT_SCORES = DEFAULT_OOD_SCORES
 #: Widest line of :meth:`Report.table` (a wider table is split into blocks).
 MAX_TABLE_COLUMNS = 120
-#: Scores (OOD and selective) read off the spread of the Monte-Carlo samples, not off ``p̄``.
-SAMPLE_SCORES = ("mutual_information", "expected_entropy")
 
 
 @dataclass
@@ -287,12 +283,8 @@ def evaluate(
     ``cost/flops`` (FLOPs = 2 x MACs per example), and the issue-15 actions on uncertainty:
 
     * ``temperatures`` (width -> ``T``, :mod:`~bnn_nested.evaluation.calibration`): every metric is
-      computed on the temperature-scaled probabilities (in each temperature's mode,
-      ``per_sample`` for plain numbers); ``raw/cls/nll``, ``raw/cls/brier``, ``raw/cal/ece`` are
-      the values before, ``cal/temperature`` the ``T`` used. Scores read off the spread of the
-      samples (:data:`SAMPLE_SCORES`) use the untempered samples under a ``pooled`` temperature
-      (which leaves one distribution); ``max_logit`` and ``energy`` always use the network's
-      untempered logits (docs/METHODS.md#ood-detection).
+      computed on the temperature-scaled probabilities; ``raw/cls/nll``, ``raw/cls/brier``,
+      ``raw/cal/ece`` are the values before, ``cal/temperature`` the ``T`` used.
     * ``alphas``: split-conformal sets at level ``1 - alpha`` calibrated on ``splits.val``
       (:mod:`~bnn_nested.evaluation.conformal`, score ``set_score``): ``set/<alpha>/coverage`` and
       ``set/<alpha>/size``; with ``nested_sets`` also ``set/<alpha>/nested/...`` (sets nested
@@ -309,8 +301,6 @@ def evaluate(
         scores: OOD score names from :data:`bnn_nested.evaluation.ood.SCORES`; higher = more OOD.
     """
 
-    for s in scores:
-        SCORES[s]  # unknown names: one line listing the accepted ones, before any prediction
     alphas = [float(a) for a in alphas]
     if alphas:
         if set_score not in SET_SCORES:
@@ -339,10 +329,6 @@ def evaluate(
     )
     if temperatures:
         report.meta["temperatures"] = {f"{w:g}": temperature_for(temperatures, w) for w in widths}
-        report.meta["temperature_modes"] = {
-            f"{w:g}": getattr(temperature_for(temperatures, w), "mode", "per_sample")
-            for w in widths
-        }
     if selective:
         report.meta["selective_score"] = selective
     if alphas:
@@ -357,49 +343,26 @@ def evaluate(
         len(widths) * sum(len(_loader(d, batch_size)) for d in sets), "evaluate", enabled=progress
     )
 
-    # max_logit / energy need the logits: carried through prediction (probs = softmax(logits))
-    with_logits = bool(ood_sets) and any(SCORE_INPUTS[s] == "logits" for s in report.meta["scores"])
-
     def counted(dataset, what: str, w: float):
         for batch in _loader(dataset, batch_size):
             yield batch
             bar.update(desc=f"evaluate width {w:g}{what}")
 
-    def predicted(dataset, what: str, w: float):
-        """``(probs, logits or None, targets)`` of one data set at width ``w``."""
-        out, y = predict_loader(
-            model, counted(dataset, what, w), w, samples, device, logits=with_logits
-        )
-        if with_logits:
-            return torch.softmax(out, -1), out, y
-        return out, None, y
-
-    def scores_of(probs, spread, logits) -> dict[str, torch.Tensor]:
-        return {
-            s: compute_score(s, logits=logits)
-            if SCORE_INPUTS[s] == "logits"
-            else compute_score(s, probs=spread if s in SAMPLE_SCORES else probs)
-            for s in report.meta["scores"]
-        }
-
     for w in widths:
-        probs, logits, targets = predicted(data, "", w)
+        probs, targets = predict_loader(model, counted(data, "", w), w, samples, device)
         t = temperature_for(temperatures, w)
         row = {}
-        spread = probs  # the samples that SAMPLE_SCORES read
         if temperatures:
             raw = classification_report(probs, targets, n_bins=n_bins)
             row.update({f"raw/{k}": raw[k] for k in ("cls/nll", "cls/brier", "cal/ece")})
             probs = apply_temperature(probs, t)
-            if probs.shape[0] == spread.shape[0]:  # per_sample: the tempered samples
-                spread = probs
         row.update(classification_report(probs, targets, n_bins=n_bins))
         if temperatures:
             row["cal/temperature"] = t
         report.reliability[float(w)] = reliability_data(probs, targets, n_bins=n_bins)
         if selective:
             errors = mean_probs(probs).argmax(-1) != targets
-            unc = selective_score(spread if selective in SAMPLE_SCORES else probs, selective)
+            unc = selective_score(probs, selective)
             row["sel/aurc"] = aurc(errors, unc)
             row["sel/eaurc"] = eaurc(errors, unc)
             report.risk_coverage[float(w)] = risk_coverage(errors, unc)
@@ -410,17 +373,16 @@ def evaluate(
             set_probs["val"].append(mean_probs(apply_temperature(pv, t)))
             set_probs["test"].append(mean_probs(probs))
         if ood_sets:
-            in_scores = scores_of(probs, spread, logits)
+            in_scores = {s: compute_score(s, probs=probs) for s in report.meta["scores"]}
             for name, ds in ood_sets.items():
-                out_probs, out_logits, _ = predicted(ds, f" ood {name}", w)
-                out_spread = out_probs
+                out_probs, _ = predict_loader(
+                    model, counted(ds, f" ood {name}", w), w, samples, device
+                )
                 if temperatures:  # the same calibrated prediction as the in-distribution scores
-                    tempered = apply_temperature(out_probs, t)
-                    out_spread = tempered if tempered.shape[0] == out_probs.shape[0] else out_probs
-                    out_probs = tempered
-                out_scores = scores_of(out_probs, out_spread, out_logits)
+                    out_probs = apply_temperature(out_probs, t)
                 for s, sc_in in in_scores.items():
-                    for k, v in ood_metrics(sc_in, out_scores[s]).items():
+                    sc_out = compute_score(s, probs=out_probs)
+                    for k, v in ood_metrics(sc_in, sc_out).items():
                         row[f"ood/{name}/{s}/{k.split('/', 1)[1]}"] = v
         row["cost/flops"] = float(count_flops(model, x0, w))
         report.rows[float(w)] = row

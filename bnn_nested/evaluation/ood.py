@@ -20,10 +20,8 @@ name                 input        score (higher = more OOD)
 ==================== ============ ====================================================
 
 Metrics (scikit-learn): AUROC, AUPR-Out (OOD positive), AUPR-In (in-distribution positive,
-scores negated), FPR95 as the papers define it (ODIN, Liang et al. 2018; energy score, Liu et al.
-2020): the share of OOD inputs accepted as in-distribution at the threshold that keeps 95% of the
-in-distribution inputs; and ``fpr95_in``, the share of in-distribution inputs flagged at the
-threshold that detects 95% of OOD inputs (docs/METHODS.md#ood-detection).
+scores negated), FPR95 (false-positive rate on in-distribution at the first threshold that
+detects 95% of OOD inputs).
 
 Example::
 
@@ -69,8 +67,7 @@ OODScore = Literal[
     "msp", "max_logit", "energy", "entropy", "mutual_information", "expected_entropy"
 ]
 
-#: Recall at which ``ood/fpr95`` (in-distribution recall) and ``ood/fpr95_in`` (OOD recall) are
-#: read off.
+#: True-positive rate (fraction of OOD inputs detected) at which ``ood/fpr95`` is read off.
 TPR_LEVEL: float = 0.95
 
 #: Whether a larger value is better, for every key returned by :func:`ood_metrics`.
@@ -79,7 +76,6 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "ood/aupr_in": True,
     "ood/aupr_out": True,
     "ood/fpr95": False,
-    "ood/fpr95_in": False,
 }
 
 
@@ -285,18 +281,15 @@ def ood_metrics(
     * ``ood/auroc``: ``roc_auc_score(is_ood, score)``;
     * ``ood/aupr_out``: ``average_precision_score(is_ood, score)`` (OOD positive);
     * ``ood/aupr_in``: ``average_precision_score(1 - is_ood, -score)`` (in-distribution positive);
-    * ``ood/fpr95`` (the literature's FPR at 95% TPR, in-distribution positive: Liang et al. 2018,
-      Liu et al. 2020): fraction of OOD inputs accepted (``score <= t``) at the smallest threshold
-      ``t`` that accepts at least :data:`TPR_LEVEL` = 95% of in-distribution inputs;
-    * ``ood/fpr95_in`` (OOD positive): fraction of in-distribution inputs flagged
-      (``score >= t``) at the largest threshold ``t`` that flags at least 95% of OOD inputs.
+    * ``ood/fpr95``: fraction of in-distribution inputs flagged (``score >= t``) at the largest
+      threshold ``t`` that flags at least :data:`TPR_LEVEL` = 95% of OOD inputs.
 
     Args:
         scores_in: ``(N_in,)`` scores of in-distribution inputs.
         scores_out: ``(N_out,)`` scores of OOD inputs.
 
     Returns:
-        dict with the five keys above (see :data:`HIGHER_IS_BETTER`).
+        dict with the four keys above (see :data:`HIGHER_IS_BETTER`).
 
     Raises:
         ValueError: empty, non-1-D or non-finite scores.
@@ -314,19 +307,15 @@ def ood_metrics(
     s_in, s_out = _as_scores(scores_in, "scores_in"), _as_scores(scores_out, "scores_out")
     scores = np.concatenate([s_in, s_out])
     is_ood = np.concatenate([np.zeros(s_in.size, dtype=int), np.ones(s_out.size, dtype=int)])
-
-    def fpr_at_95(positive: np.ndarray, score: np.ndarray) -> float:
-        fpr, tpr, _ = roc_curve(positive, score, drop_intermediate=False)
-        # tpr is non-decreasing as the threshold falls; take the first point reaching 95% (a tiny
-        # tolerance guards against k / n landing one ulp below 0.95).
-        return float(fpr[int(np.searchsorted(tpr, TPR_LEVEL - 1e-12, side="left"))])
-
+    fpr, tpr, _ = roc_curve(is_ood, scores, drop_intermediate=False)
+    # tpr is non-decreasing as the threshold falls; take the first point reaching 95% (a tiny
+    # tolerance guards against k / n landing one ulp below 0.95).
+    first = int(np.searchsorted(tpr, TPR_LEVEL - 1e-12, side="left"))
     return {
         "ood/auroc": float(roc_auc_score(is_ood, scores)),
         "ood/aupr_in": float(average_precision_score(1 - is_ood, -scores)),
         "ood/aupr_out": float(average_precision_score(is_ood, scores)),
-        "ood/fpr95": fpr_at_95(1 - is_ood, -scores),
-        "ood/fpr95_in": fpr_at_95(is_ood, scores),
+        "ood/fpr95": float(fpr[first]),
     }
 
 

@@ -25,10 +25,8 @@ def predict(
     samples: int = 1,
     chunk: int | None = 1,
     keep_scaling: bool = False,
-    logits: bool = False,
 ) -> torch.Tensor:
-    """Predictive probabilities at ``width``: shape ``(S, B, C)`` (with ``logits``: each sample's
-    logits instead, ``softmax`` of which are the probabilities).
+    """Predictive probabilities at ``width``: shape ``(S, B, C)``.
 
     With ``samples > 1`` the model runs in Monte-Carlo mode (dropout active; each Bayesian layer
     draws one weight tensor from ``q(W)`` per sample, shared by the batch and every location: the
@@ -56,16 +54,15 @@ def predict(
     model.eval()
     try:
         with model.width(width), keep_scaled(model, keep_scaling):
-            out_fn = (lambda z: z) if logits else (lambda z: torch.softmax(z, -1))
             if samples == 1:
-                return out_fn(model(x)).unsqueeze(0)
+                return torch.softmax(model(x), -1).unsqueeze(0)
             chunk = chunk or samples
             out = []
             for start in range(0, samples, chunk):
                 s = min(chunk, samples - start)
                 xs = x.unsqueeze(0).expand((s,) + x.shape).reshape((s * x.shape[0],) + x.shape[1:])
                 with model.stochastic(True, samples=s):
-                    out.append(out_fn(model(xs)).view(s, x.shape[0], -1))
+                    out.append(torch.softmax(model(xs), -1).view(s, x.shape[0], -1))
             return torch.cat(out, 0)
     finally:
         model.train(was_training)
@@ -79,17 +76,14 @@ def predict_loader(
     samples: int = 1,
     device: str | torch.device | None = None,
     keep_scaling: bool = False,
-    logits: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``predict`` over a loader: ``(probs (S, N, C), targets (N,))`` on the CPU (``logits``: the
-    logits ``(S, N, C)`` instead of the probabilities).
+    """``predict`` over a loader: ``(probs (S, N, C), targets (N,))`` on the CPU.
 
     Inputs are moved to ``device`` (``None``: the device of the model's parameters)."""
     if device is None:
         device = module_device(model)
     probs, targets = [], []
     for x, y in loader:
-        out = predict(model, x.to(device), width, samples, keep_scaling=keep_scaling, logits=logits)
-        probs.append(out.cpu())
+        probs.append(predict(model, x.to(device), width, samples, keep_scaling=keep_scaling).cpu())
         targets.append(y)
     return torch.cat(probs, 1), torch.cat(targets)

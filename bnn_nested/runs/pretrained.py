@@ -10,8 +10,6 @@ Layout (the one Hugging Face uses, so the directory can be uploaded as it is)::
                              "input_shape": [..], "num_classes": N,
                              "temperatures": {"0.5": T, ..},  (one per width, fitted on val:
                                                 docs/METHODS.md#temperature-scaling-per-width)
-                             "temperature_mode": "per_sample", "temperature_samples": S,
-                                                (how they were fitted; absent: per_sample, unknown)
                              "bn_calibrated_widths": [..], "weights_sha256": "..", "source": {..}}
 
 **Loading runs no code from the directory**: ``config.json`` is read as JSON (bounded, regular file
@@ -30,7 +28,7 @@ Example::
 
     from_run("runs/demo").save_pretrained("shared/demo")       # bnn-nested export-weights
     pre = from_pretrained("shared/demo")                        # anywhere, no run needed
-    probs = pre.predict(x, width=0.5)      # (S, B, C), calibrated, S = the temperature's own S
+    probs = pre.predict(x, width=0.5)                           # (S, B, C), calibrated
 """
 
 from __future__ import annotations
@@ -46,8 +44,6 @@ import torch
 
 from bnn_nested.config import Config, ConfigError, build_config, import_trusted
 from bnn_nested.evaluation.calibration import (
-    TEMPERATURE_MODES,
-    Temperature,
     calibrated_predict,
     load_temperatures,
     temperature_for,
@@ -103,8 +99,7 @@ class Pretrained:
     config: Config
     input_shape: tuple[int, ...]
     num_classes: int
-    #: temperature per width (``{}``: none fitted; ``bnn-nested evaluate --calibrate temperature``);
-    #: :class:`~bnn_nested.evaluation.calibration.Temperature` values know their mode and sample count
+    #: temperature per width (``{}``: none fitted; ``bnn-nested evaluate --calibrate temperature``)
     temperatures: dict[float, float] = field(default_factory=dict)
     #: where it came from: ``{"step", "complete", "checkpoint_sha256"}`` of the run's checkpoint
     source: dict[str, Any] = field(default_factory=dict)
@@ -119,22 +114,11 @@ class Pretrained:
         return sorted(k for k in keys if 0.0 < k <= 1.0)
 
     def predict(
-        self,
-        x: torch.Tensor,
-        width: float,
-        samples: int | None = None,
-        calibrated: bool = True,
+        self, x: torch.Tensor, width: float, samples: int = 1, calibrated: bool = True
     ) -> torch.Tensor:
         """``(S, B, C)`` probabilities at ``width``; the stored temperature of that width applied
-        (in its mode; ``(1, B, C)`` for a ``pooled`` one) when ``calibrated``.
-
-        ``samples`` defaults to the number of Monte-Carlo samples the temperature was fitted with
-        (1 without a calibrated temperature or when unknown): a temperature calibrates only that
-        sample count, and applying it at another warns
-        (docs/METHODS.md#temperature-scaling-per-width)."""
+        when ``calibrated``."""
         t = self.temperature(width) if calibrated else 1.0
-        if samples is None:
-            samples = getattr(t, "samples", None) or 1
         return calibrated_predict(self.model, x, width, samples, t)
 
     def save_pretrained(self, out_dir: str | Path, overwrite: bool = False) -> Path:
@@ -229,24 +213,12 @@ def save_pretrained(pretrained: Pretrained, out_dir: str | Path, overwrite: bool
     data = safetensors.torch.save(tensors, metadata={"format": PRETRAINED_FORMAT})
     temps = {width_key(w): float(t) for w, t in sorted(pretrained.temperatures.items())}
     _check_temperatures(temps, out)
-    how = {
-        (getattr(t, "mode", "per_sample"), getattr(t, "samples", None))
-        for t in pretrained.temperatures.values()
-    }
-    if len(how) > 1:
-        raise ValueError(
-            f"temperatures fitted in different modes or sample counts {sorted(how, key=str)}; "
-            "refit them together (bnn-nested evaluate --calibrate temperature)"
-        )
-    mode, fitted = how.pop() if how else ("per_sample", None)
     doc = {
         "format": PRETRAINED_FORMAT,
         "config": pretrained.config.to_dict(),
         "input_shape": [int(d) for d in pretrained.input_shape],
         "num_classes": int(pretrained.num_classes),
         "temperatures": temps,
-        "temperature_mode": mode,
-        "temperature_samples": fitted,
         "bn_calibrated_widths": pretrained.bn_calibrated_widths(),
         "weights_sha256": hashlib.sha256(data).hexdigest(),
         "source": dict(pretrained.source),
@@ -257,20 +229,7 @@ def save_pretrained(pretrained: Pretrained, out_dir: str | Path, overwrite: bool
     return out
 
 
-def _check_temperatures(
-    temps: Any, where: Path, mode: Any = "per_sample", samples: Any = None
-) -> dict[float, float]:
-    if mode not in TEMPERATURE_MODES:
-        raise PretrainedError(
-            f"{where}: temperature_mode must be one of {', '.join(TEMPERATURE_MODES)}, got "
-            f"{str(mode)[:20]!r}"
-        )
-    if samples is not None and (
-        isinstance(samples, bool) or not isinstance(samples, int) or samples < 1
-    ):
-        raise PretrainedError(
-            f"{where}: temperature_samples must be an integer >= 1 or null, got {str(samples)[:20]!r}"
-        )
+def _check_temperatures(temps: Any, where: Path) -> dict[float, float]:
     if not isinstance(temps, dict):
         raise PretrainedError(f"{where}: temperatures must be a mapping width -> temperature")
     out = {}
@@ -284,7 +243,7 @@ def _check_temperatures(
                 f"{where}: temperatures: width {str(k)[:20]!r} -> {str(v)[:20]!r} is not a width "
                 "in (0, 1] with a temperature > 0"
             )
-        out[w] = Temperature(t, mode, samples)
+        out[w] = t
     return out
 
 
@@ -333,12 +292,7 @@ def from_pretrained(
         ) from None
     if not ok:
         raise PretrainedError(f"{cfg_path}: malformed (input_shape or num_classes out of range)")
-    temps = _check_temperatures(
-        doc.get("temperatures", {}),
-        cfg_path,
-        doc.get("temperature_mode", "per_sample"),
-        doc.get("temperature_samples"),
-    )
+    temps = _check_temperatures(doc.get("temperatures", {}), cfg_path)
     import_trusted(cfg, allow_import, str(cfg_path), PretrainedError)
     data = read_regular_file(
         w_path, "weights file", MAX_WEIGHTS_BYTES, PretrainedError, "not found"
