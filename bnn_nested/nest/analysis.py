@@ -57,6 +57,27 @@ def first_example(inputs: Any) -> Any:
     )
 
 
+def select_output(out: Any, output: Any) -> Any:
+    """The part of a network's output named by ``output``: ``None`` (all of it), a key of a dict /
+    ``ModelOutput`` (``"logits"``), an index of a tuple, or a callable applied to the output."""
+    if output is None:
+        return out
+    if callable(output):
+        return output(out)
+    try:
+        return out[output]
+    except (KeyError, IndexError, TypeError):
+        if isinstance(out, Mapping):
+            has = f"keys {list(out.keys())}"
+        elif isinstance(out, (tuple, list)):
+            has = f"{len(out)} items"
+        else:
+            has = f"a {type(out).__name__}"
+        raise ValueError(
+            f"output={output!r}: the network's output has no such entry ({has})"
+        ) from None
+
+
 def tensor_leaves(out: Any) -> list[torch.Tensor]:
     """The tensors of a (nested) output: a tensor, tuple, list, dict or ``ModelOutput``."""
     if isinstance(out, torch.Tensor):
@@ -86,23 +107,38 @@ def last_weight_layer(model: nn.Module, example_inputs: Any) -> str | None:
 
 
 _RESHAPES = {torch.Tensor.view, torch.Tensor.reshape, torch.reshape, torch.Tensor.unflatten}
+_SPLITS = {torch.Tensor.split, torch.split, torch.Tensor.chunk, torch.chunk}
 
 
 class _HeadSplits(TorchFunctionMode):
     """Records how the outputs of linear layers are reshaped: ``(..., C) -> (..., H, d)`` splits
     the ``C`` output features into ``H`` heads of ``d`` features (separate q / k / v projections);
-    ``(..., C) -> (..., 3, H, d)`` is a fused q/k/v projection."""
+    ``(..., C) -> (..., 3, H, d)``, or three equal pieces of the features each reshaped to
+    ``(..., H, d)`` (GPT-2), is a fused q/k/v projection."""
 
     def __init__(self) -> None:
         super().__init__()
         self.outputs: dict[int, tuple[str, torch.Tensor]] = {}
+        self.pieces: dict[int, tuple[str, torch.Tensor, int]] = {}  # split of an output
         self.blocks: dict[str, int] = {}
         self.fused: dict[str, tuple[int, ...]] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         x = args[0] if args else None
+        if func in _SPLITS and isinstance(x, torch.Tensor) and isinstance(out, (tuple, list)):
+            seen = self.outputs.get(id(x))
+            dim = (kwargs or {}).get("dim", args[2] if len(args) > 2 else 0)
+            if seen is not None and seen[1] is x and dim in (-1, x.dim() - 1):
+                for piece in out:
+                    self.pieces[id(piece)] = (seen[0], piece, len(out))
         if func in _RESHAPES and isinstance(x, torch.Tensor) and isinstance(out, torch.Tensor):
+            piece = self.pieces.get(id(x))
+            if piece is not None and piece[1] is x and piece[2] == 3 and x.dim() >= 1:
+                k = x.dim() - 1
+                tail = tuple(out.shape[k:])
+                if len(tail) == 2 and out.dim() == x.dim() + 1 and 1 < tail[-1] < x.shape[-1]:
+                    self.fused[piece[0]] = (3, *tail)
             seen = self.outputs.get(id(x))
             if seen is not None and seen[1] is x and x.dim() >= 1:
                 k = x.dim() - 1
@@ -201,7 +237,10 @@ def find_channel_dims(
             largest divisor of ``C`` not above it, and of every ``GroupNorm``'s group count on it).
         kept: leading groups always kept (reduced to ``groups - 1`` where a dimension has fewer).
         exclude: module names or ``fnmatch`` patterns whose channels are never ordered.
-        heads: order ``nn.MultiheadAttention`` heads (in groups of whole heads).
+        heads: order attention heads (in groups of whole heads).
+        (The graph is traced from every tensor of the output, a tuple / dict / ``ModelOutput``
+        included: each consumer of a dimension must be cut, even one whose result a nested model's
+        ``output=`` does not select.)
 
     Dimensions that cannot be ordered exactly are listed in ``structure.unordered`` with a reason:
     the classifier's outputs, LayerNorm / attention embedding widths, grouped convolutions,
@@ -318,7 +357,7 @@ def _where(frame, names: dict[int, str]) -> str:
             if isinstance(mod, nn.Module) and names.get(id(mod)):
                 return names[id(mod)]
         frame = frame.f_back
-    return "?"
+    return "the graph as a whole"
 
 
 @contextmanager
@@ -414,7 +453,10 @@ def _dependency_graph(model: nn.Module, example_inputs: Any):
             # reached!" on an RNN) say nothing a user can act on
             warnings.filterwarnings("ignore", category=UserWarning, module="torch_pruning")
             return tp.DependencyGraph().build_dependency(
-                model, example_inputs=trace_inputs(example_inputs), verbose=False
+                model,
+                example_inputs=trace_inputs(example_inputs),
+                output_transform=tensor_leaves,  # every tensor of the output (no cache objects)
+                verbose=False,
             )
     except Exception as e:  # noqa: BLE001 - any failure inside the tracer is reported alike
         where = traceback.extract_tb(e.__traceback__)[-1].name

@@ -69,6 +69,25 @@ def _convert_modules(net: nn.Module, weight_posterior: str, init_log_alpha: floa
         replace_module(net, name, new)
 
 
+def _conv1d_as_linear(net: nn.Module) -> None:
+    """Replace transformers' ``Conv1D`` (GPT-2: ``x @ W + b`` with ``W`` of shape ``(in, out)``)
+    by the equivalent ``nn.Linear`` (the weight transposed: new parameter tensors)."""
+    for name, m in list(net.named_modules()):
+        w = getattr(m, "weight", None)
+        if type(m).__name__ != "Conv1D" or not isinstance(w, torch.Tensor) or w.dim() != 2:
+            continue
+        if getattr(m, "nf", w.shape[1]) != w.shape[1]:
+            continue
+        lin = nn.Linear(w.shape[0], w.shape[1], bias=m.bias is not None)
+        lin = lin.to(device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            lin.weight.copy_(w.t())
+            if m.bias is not None:
+                lin.bias.copy_(m.bias)
+        lin.train(m.training)
+        replace_module(net, name, lin)
+
+
 def nestify(
     model: nn.Module,
     example_inputs: Any,
@@ -89,7 +108,8 @@ def nestify(
     """Make ``model`` nested: every coupled channel dimension ordered by a variational ordering unit.
 
     Args:
-        model: any ``nn.Module`` (its modules are reused, not copied: parameters stay shared).
+        model: any ``nn.Module`` (its modules are reused, not copied: parameters stay shared, except
+            that transformers' ``Conv1D`` layers become ``nn.Linear`` with the weight transposed).
         example_inputs: inputs of one forward pass (batch >= 2 helps BN): a tensor, a tuple of
             positional inputs, or a dict of keyword inputs (a tokenizer's batch).
         groups: maximum ordered groups per dimension; ``kept``: always-kept leading groups.
@@ -127,6 +147,7 @@ def nestify(
         raise ValueError(f"groups must be >= 2, got {groups}")
     if kept < 0:
         raise ValueError(f"kept must be >= 0, got {kept}")
+    _conv1d_as_linear(model)
     structure = find_channel_dims(model, example_inputs, groups, kept, exclude, heads)
     _convert_modules(model, weight_posterior, init_log_alpha)
     nested = NestifiedModel(model, structure, ordering, output)

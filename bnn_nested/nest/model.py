@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bnn_nested.nest.analysis import _CONV
+from bnn_nested.nest.analysis import _CONV, select_output
 from bnn_nested.nest.structure import WidthStructure
 from bnn_nested.nn.batchnorm import (
     _NestedBatchNorm,
@@ -49,27 +49,6 @@ def _mask_input(module: nn.Module, args: tuple) -> tuple | None:
     if mask.dim() == 2 and x.dim() > 2:  # per-example mask on (N, ..., C)
         mask = mask.reshape((mask.shape[0],) + (1,) * (x.dim() - 2) + (mask.shape[1],))
     return (x * mask.to(x.dtype),) + args[1:]
-
-
-def select_output(out: Any, output: Any) -> Any:
-    """The part of a network's output named by ``output``: ``None`` (all of it), a key of a dict /
-    ``ModelOutput`` (``"logits"``), an index of a tuple, or a callable applied to the output."""
-    if output is None:
-        return out
-    if callable(output):
-        return output(out)
-    try:
-        return out[output]
-    except (KeyError, IndexError, TypeError):
-        if isinstance(out, Mapping):
-            has = f"keys {list(out.keys())}"
-        elif isinstance(out, (tuple, list)):
-            has = f"{len(out)} items"
-        else:
-            has = f"a {type(out).__name__}"
-        raise ValueError(
-            f"output={output!r}: the network's output has no such entry ({has})"
-        ) from None
 
 
 def _first_tensor(inputs: tuple, kwargs: dict) -> torch.Tensor | None:

@@ -145,8 +145,9 @@ def _cut_fused_heads(net: nn.Module, d, n: int) -> None:
     parent = net.get_submodule(qkv.module.rpartition(".")[0])
     heads = int(len(torch.unique(qkv.root[qkv.group < n])))
     parent.num_heads = heads
-    if isinstance(getattr(parent, "attn_dim", None), int):
-        parent.attn_dim = heads * parent.head_dim
+    for attr in ("attn_dim", "split_size"):  # timm's Attention, GPT-2's attention
+        if isinstance(getattr(parent, attr, None), int):
+            setattr(parent, attr, heads * parent.head_dim)
 
 
 def _rows(t: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | None:
