@@ -598,10 +598,21 @@ def _dimension(
 _KNOWN = (nn.Linear, *_CONV, *_NORM, *_PER_CHANNEL, nn.LayerNorm, nn.MultiheadAttention)
 
 
+#: Layer types whose widths the analysis never orders (their channels stay whole).
+_UNSUPPORTED = (
+    nn.Embedding,
+    nn.EmbeddingBag,
+    nn.RNNBase,
+    nn.modules.conv._ConvTransposeNd,
+    nn.Bilinear,
+)
+
+
 def _list_unsupported(structure: WidthStructure, modules: dict[str, nn.Module], called) -> None:
-    """Every module with its own parameters that the analysis cannot order (``Embedding``, RNNs,
-    transposed convolutions, transformers' ``Conv1D`` ...) and that is on no ordered dimension
-    goes into ``structure.unordered`` with its reason: nothing is skipped silently."""
+    """Every layer with its own parameters that the analysis does not order and that is on no
+    ordered dimension goes into ``structure.unordered`` with its reason: ``Embedding``, RNNs,
+    transposed convolutions (never ordered), and layers of types it does not know (a dimension
+    through one is ordered only if the conversion check passes): nothing is skipped silently."""
     on_dims = {m.module for d in structure.dims for m in d.members}
     for name, m in modules.items():
         if not name or isinstance(m, _KNOWN) or name in on_dims or name in structure.unordered:
@@ -611,8 +622,13 @@ def _list_unsupported(structure: WidthStructure, modules: dict[str, nn.Module], 
         what = type(m).__name__
         if name not in called:
             structure.unordered[name] = f"{name}: {what} is not called in the example forward pass"
-        else:
+        elif isinstance(m, _UNSUPPORTED):
             structure.unordered[name] = f"{name}: {what} is not supported; its widths stay whole"
+        elif not any(True for _ in m.children()):
+            structure.unordered[name] = (
+                f"{name}: {what} is not a layer type the analysis knows (a dimension through it "
+                "is ordered only if the conversion check passes)"
+            )
 
 
 def _add_heads(structure, name, m: nn.MultiheadAttention, groups, kept, exclude) -> None:
