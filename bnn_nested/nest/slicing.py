@@ -237,8 +237,17 @@ def counting_flops():
 
 def network_flops(net: nn.Module, example_inputs: Any) -> int:
     """FLOPs (= 2 x MACs) of one forward pass of ``net`` on ``example_inputs`` (whole batch)."""
-    with counting_flops() as counter:
-        call(net, example_inputs)
+    # FlopCounterMode's module tracker fails on a parameter fed to a submodule as it is (timm's
+    # PiT / CaiT class tokens) while it requires grad under no_grad: count without grads
+    flags = [(p, p.requires_grad) for p in net.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        with counting_flops() as counter:
+            call(net, example_inputs)
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
     return int(counter.get_total_flops())
 
 
