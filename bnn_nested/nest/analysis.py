@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import signal
+import threading
 import traceback
 import warnings
 from collections.abc import Mapping, Sequence
@@ -365,9 +367,6 @@ def _time_limit(model: nn.Module, names: dict[int, str]):
     """Raise a one-line :class:`UnsupportedModelError` naming the module being analysed when the
     analysis runs over :data:`MAX_ANALYSIS_S` seconds (the alarm repeats each second, in case a
     bare ``except`` inside the tracer swallowed it)."""
-    import signal
-    import threading
-
     limit = MAX_ANALYSIS_S
     usable = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
     if not limit or not usable:

@@ -47,4 +47,3 @@ def test_lstm_flops_counted():
     assert "LSTM" in nm.structure.unordered["lstm"]
     lstm = 2 * 5 * 4 * 16 * (8 + 16)  # 4 gates, input and hidden matmuls, 5 steps
     assert count_flops(nm, x) == lstm + 2 * 16 * 3
-
