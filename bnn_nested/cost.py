@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from bnn_nested.nest import NestifiedModel, sliced_network
+from bnn_nested.nest.analysis import first_example
 from bnn_nested.nest.slicing import network_flops
 from bnn_nested.nn.model import NestedModel, Width
 from bnn_nested.nn.nested import NestedMixin, active_param_count
@@ -26,7 +27,8 @@ __all__ = ["count_flops", "count_params"]
 
 @torch.no_grad()
 def count_flops(model: NestedModel, example: torch.Tensor, width: Width = 1.0) -> int:
-    """FLOPs (= 2 x MACs) of one forward pass of ``example`` (whole batch) at ``width``.
+    """FLOPs (= 2 x MACs) of one forward pass of ``example`` (whole batch) at ``width``
+    (a nestified model's ``example`` may be a tuple of inputs or a dict of keyword inputs).
 
     Example::
 
@@ -53,7 +55,8 @@ def count_params(model: NestedModel, example: torch.Tensor, width: Width = 1.0) 
     parameter counts in full.
     """
     if isinstance(model, NestifiedModel):
-        return sum(p.numel() for p in sliced_network(model, width, example[:1]).parameters())
+        net = sliced_network(model, width, first_example(example))
+        return sum(p.numel() for p in net.parameters())
     was_training = model.training
     model.eval()
     seen_norm_channels: dict[nn.Module, int] = {}

@@ -36,6 +36,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from bnn_nested.nest import NestifiedModel, sliced_network
+from bnn_nested.nest.analysis import call, tensor_leaves
+from bnn_nested.nest.convert import CHECK_RTOL, call_nested, find_inexact
 from bnn_nested.nn.model import NestedModel, Width
 from bnn_nested.nn.nested import NestedMixin
 from bnn_nested.nn.ordering_unit import OrderingUnit
@@ -261,8 +263,9 @@ def export_width(
         if fold_batchnorm:
             try:
                 out = _fold_all(fx.symbolic_trace(out))
-            except (fx.proxy.TraceError, TypeError, NotImplementedError):
-                pass  # control flow FX cannot trace: keep the batch norms unfolded
+            except Exception:  # noqa: BLE001 - FX cannot trace it: keep the batch norms unfolded
+                pass
+        _recheck(model, width, example, out)
     else:
         out = _export_zoo(model, width, example, fold_batchnorm)
     out.eval()
@@ -273,6 +276,36 @@ def export_width(
     if temperature is not None and temperature != 1.0:
         out = TemperatureScaled(out, temperature).eval()
     return out
+
+
+def _recheck(model: NestifiedModel, width: Width, example: Any, out: nn.Module) -> None:
+    """Masked == sliced on the weights being exported (the conversion check saw other weights:
+    a layer that was the identity at initialisation can mix channels after training)."""
+    was = model.training
+    model.eval()
+    try:
+        masked = tensor_leaves(call_nested(model, example, width))
+        plain = tensor_leaves(call(out, example))
+    finally:
+        model.train(was)
+    worst = 0.0
+    for a, b in zip(masked, plain):
+        if a.shape != b.shape:
+            worst = float("inf")
+        elif a.is_floating_point():
+            scale = a.abs().max().clamp_min(1e-12)
+            worst = max(worst, float((a - b.to(a)).abs().max() / scale))
+    if len(masked) != len(plain):
+        worst = float("inf")
+    if not worst <= CHECK_RTOL:
+        with model.width(width):
+            groups = {d.name: d.groups for d in model.structure}
+            cut = {n: k for n, k in model.active_groups().items() if k < groups[n]}
+        bad = find_inexact(model, example, redraw=False, cuts=[cut]) or ["(a combination)"]
+        raise ValueError(
+            f"export_width: masked and sliced networks differ by {worst:.2g} (relative) at width "
+            f"{width} on these weights, on dimension(s) {bad[:5]}; nestify again with exclude=..."
+        )
 
 
 def _export_zoo(

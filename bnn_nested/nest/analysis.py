@@ -14,14 +14,19 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import signal
+import threading
 import traceback
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
 import torch_pruning as tp
 from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils import _pytree as pytree
 
 from bnn_nested.nest.structure import ChannelDim, Member, WidthStructure
 
@@ -32,6 +37,58 @@ _PER_CHANNEL = (nn.PReLU,)
 
 def as_tuple(example_inputs: Any) -> tuple:
     return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+
+
+def call(model: nn.Module, inputs: Any) -> Any:
+    """``model`` on ``inputs``: a dict is keyword arguments (a tokenizer's batch), a tuple / list
+    positional arguments, anything else the one positional argument."""
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    return model(*as_tuple(inputs))
+
+
+def trace_inputs(inputs: Any) -> Any:
+    """``inputs`` as Torch-Pruning's ``build_dependency`` takes them (a dict stays keywords)."""
+    return dict(inputs) if isinstance(inputs, Mapping) else as_tuple(inputs)
+
+
+def first_example(inputs: Any) -> Any:
+    """``inputs`` with every tensor cut to its first example (batch 1)."""
+    return pytree.tree_map(
+        lambda t: t[:1] if isinstance(t, torch.Tensor) and t.dim() > 0 else t, inputs
+    )
+
+
+def select_output(out: Any, output: Any) -> Any:
+    """The part of a network's output named by ``output``: ``None`` (all of it), a key of a dict /
+    ``ModelOutput`` (``"logits"``), an index of a tuple, or a callable applied to the output."""
+    if output is None:
+        return out
+    if callable(output):
+        return output(out)
+    try:
+        return out[output]
+    except (KeyError, IndexError, TypeError):
+        if isinstance(out, Mapping):
+            has = f"keys {list(out.keys())}"
+        elif isinstance(out, (tuple, list)):
+            has = f"{len(out)} items"
+        else:
+            has = f"a {type(out).__name__}"
+        raise ValueError(
+            f"output={output!r}: the network's output has no such entry ({has})"
+        ) from None
+
+
+def tensor_leaves(out: Any) -> list[torch.Tensor]:
+    """The tensors of a (nested) output: a tensor, tuple, list, dict or ``ModelOutput``."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, Mapping):
+        return [t for v in out.values() for t in tensor_leaves(v)]
+    if isinstance(out, (tuple, list)):
+        return [t for v in out for t in tensor_leaves(v)]
+    return []
 
 
 def is_depthwise(m: nn.Module) -> bool:
@@ -48,19 +105,88 @@ def largest_divisor(n: int, at_most: int) -> int:
 
 def last_weight_layer(model: nn.Module, example_inputs: Any) -> str | None:
     """Name of the last ``Linear`` / ``Conv`` called in a forward pass (the classifier)."""
+    return _forward_facts(model, example_inputs)[0]
+
+
+_RESHAPES = {torch.Tensor.view, torch.Tensor.reshape, torch.reshape, torch.Tensor.unflatten}
+_SPLITS = {torch.Tensor.split, torch.split, torch.Tensor.chunk, torch.chunk}
+
+
+class _HeadSplits(TorchFunctionMode):
+    """Records how the outputs of linear layers are reshaped: ``(..., C) -> (..., H, d)`` splits
+    the ``C`` output features into ``H`` heads of ``d`` features (separate q / k / v projections);
+    ``(..., C) -> (..., 3, H, d)``, or three equal pieces of the features each reshaped to
+    ``(..., H, d)`` (GPT-2), is a fused q/k/v projection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.outputs: dict[int, tuple[str, torch.Tensor]] = {}
+        self.pieces: dict[int, tuple[str, torch.Tensor, int]] = {}  # split of an output
+        self.blocks: dict[str, int] = {}
+        self.fused: dict[str, tuple[int, ...]] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        x = args[0] if args else None
+        if func in _SPLITS and isinstance(x, torch.Tensor) and isinstance(out, (tuple, list)):
+            seen = self.outputs.get(id(x))
+            dim = (kwargs or {}).get("dim", args[2] if len(args) > 2 else 0)
+            if seen is not None and seen[1] is x and dim in (-1, x.dim() - 1):
+                for piece in out:
+                    self.pieces[id(piece)] = (seen[0], piece, len(out))
+        if func in _RESHAPES and isinstance(x, torch.Tensor) and isinstance(out, torch.Tensor):
+            piece = self.pieces.get(id(x))
+            if piece is not None and piece[1] is x and piece[2] == 3 and x.dim() >= 1:
+                k = x.dim() - 1
+                tail = tuple(out.shape[k:])
+                if len(tail) == 2 and out.dim() == x.dim() + 1 and 1 < tail[-1] < x.shape[-1]:
+                    self.fused[piece[0]] = (3, *tail)
+            seen = self.outputs.get(id(x))
+            if seen is not None and seen[1] is x and x.dim() >= 1:
+                k = x.dim() - 1
+                c = x.shape[-1]
+                tail = tuple(out.shape[k:])
+                if (
+                    out.dim() > x.dim()
+                    and tuple(out.shape[:k]) == tuple(x.shape[:k])
+                    and math.prod(tail) == c
+                    and 1 < tail[-1] < c
+                ):
+                    if len(tail) > 2:
+                        self.fused[seen[0]] = tail
+                    else:
+                        prev = self.blocks.get(seen[0], tail[-1])
+                        self.blocks[seen[0]] = prev * tail[-1] // math.gcd(prev, tail[-1])
+        return out
+
+
+def _forward_facts(model: nn.Module, example_inputs: Any):
+    """One forward pass: the classifier (last ``Linear`` / ``Conv`` called), the head size of each
+    linear layer whose output is split into heads, the fused q/k/v projections, and the names of
+    the modules called."""
     order: list[str] = []
+    called: set[str] = set()
+    splits = _HeadSplits()
+
+    def hook(mod, _inp, out, name):
+        called.add(name)
+        if isinstance(mod, (nn.Linear, *_CONV)) and not name.endswith("out_proj"):
+            order.append(name)
+        if isinstance(mod, nn.Linear) and isinstance(out, torch.Tensor):
+            splits.outputs[id(out)] = (name, out)
+
     handles = [
-        m.register_forward_hook(lambda _m, _i, _o, n=name: order.append(n))
+        m.register_forward_hook(lambda m_, i_, o_, n=name: hook(m_, i_, o_, n))
         for name, m in model.named_modules()
-        if isinstance(m, (nn.Linear, *_CONV)) and not name.endswith("out_proj")
+        if name
     ]
     try:
-        with torch.no_grad():
-            model(*as_tuple(example_inputs))
+        with torch.no_grad(), splits:
+            call(model, example_inputs)
     finally:
         for h in handles:
             h.remove()
-    return order[-1] if order else None
+    return (order[-1] if order else None), splits.blocks, splits.fused, called
 
 
 def _role(m: nn.Module, handler: str) -> str | None:
@@ -83,6 +209,8 @@ def _reason(m: nn.Module, name: str, role: str) -> str | None:
         return f"{name}: attention embedding width"
     if role == "unsupported":
         return f"{name}: {type(m).__name__} is not supported on an ordered channel dimension"
+    if isinstance(m, nn.GroupNorm) and m.num_channels % m.num_groups:
+        return f"{name}: GroupNorm with {m.num_channels} channels in {m.num_groups} groups"
     if isinstance(m, _CONV) and m.groups > 1 and not is_depthwise(m):
         return f"{name}: grouped convolution ({m.groups} groups) on this width"
     if isinstance(m, _CONV) and m.padding_mode != "zeros":
@@ -111,7 +239,10 @@ def find_channel_dims(
             largest divisor of ``C`` not above it, and of every ``GroupNorm``'s group count on it).
         kept: leading groups always kept (reduced to ``groups - 1`` where a dimension has fewer).
         exclude: module names or ``fnmatch`` patterns whose channels are never ordered.
-        heads: order ``nn.MultiheadAttention`` heads (in groups of whole heads).
+        heads: order attention heads (in groups of whole heads).
+        (The graph is traced from every tensor of the output, a tuple / dict / ``ModelOutput``
+        included: each consumer of a dimension must be cut, even one whose result a nested model's
+        ``output=`` does not select.)
 
     Dimensions that cannot be ordered exactly are listed in ``structure.unordered`` with a reason:
     the classifier's outputs, LayerNorm / attention embedding widths, grouped convolutions,
@@ -122,57 +253,61 @@ def find_channel_dims(
     model.eval()
     names = {id(m): n for n, m in model.named_modules()}
     modules = dict(model.named_modules())
-    classifier = last_weight_layer(model, example_inputs)
+    classifier, blocks, fused, called = _forward_facts(model, example_inputs)
     structure = WidthStructure()
     tolerant = ExitStack()  # Torch-Pruning re-maps indices on every group query, not only at build
     tolerant.enter_context(_tolerant_reshapes())
-    try:
-        dg = _dependency_graph(model, example_inputs)
-        seen: set[tuple[str, str]] = set()
-        for group in _groups(dg, names, structure):
-            root_dep = group[0].dep
-            root = root_dep.target.module
-            rname = names.get(id(root))
-            if rname is None or (rname, "out") in seen or (rname, "depthwise") in seen:
-                continue
-            items = []
-            for it in group:
-                m = it.dep.target.module
-                n = names.get(id(m))
-                if n is None:  # an operation node (add, cat, reshape ...), not a module
+    tolerant.enter_context(_time_limit(model, names))
+    with tolerant:
+        try:
+            dg = _dependency_graph(model, example_inputs)
+            seen: set[tuple[str, str]] = set()
+            for group in _groups(dg, names, structure):
+                root_dep = group[0].dep
+                root = root_dep.target.module
+                rname = names.get(id(root))
+                if rname is None or (rname, "out") in seen or (rname, "depthwise") in seen:
                     continue
-                role = _role(m, it.dep.handler.__name__)
-                items.append((n, m, role))
-                if role in ("out", "depthwise"):
-                    seen.add((n, role))
-            size = len(group[0].idxs)
-            structure.links.append(
-                (
-                    sorted({n for n, _, r in items if r == "out"}),
-                    sorted({n for n, _, r in items if r == "in"}),
+                items = []
+                for it in group:
+                    m = it.dep.target.module
+                    n = names.get(id(m))
+                    if n is None:  # an operation node (add, cat, reshape ...), not a module
+                        continue
+                    role = _role(m, it.dep.handler.__name__)
+                    items.append((n, m, role))
+                    if role in ("out", "depthwise"):
+                        seen.add((n, role))
+                size = len(group[0].idxs)
+                structure.links.append(
+                    (
+                        sorted({n for n, _, r in items if r == "out"}),
+                        sorted({n for n, _, r in items if r == "in"}),
+                    )
                 )
-            )
-            reason = _unresolved(group) or _dim_reason(items, classifier, exclude)
-            if reason is not None:
-                structure.unordered[rname] = reason
-                continue
-            dim, reason = _dimension(rname, group, size, groups, kept, names)
-            if dim is None:
-                structure.unordered[rname] = reason
-                continue
-            structure.dims.append(dim)
-        for m in modules.values():
-            node = dg.module2node.get(m) if isinstance(m, _NORM) else None
-            for inp in node.inputs if node is not None else []:
-                if isinstance(inp.module, (nn.Linear, *_CONV)) and id(inp.module) in names:
-                    structure.followed_by_norm.append(names[id(inp.module)])
-        if heads:
-            for name, m in modules.items():
-                if isinstance(m, nn.MultiheadAttention):
-                    _add_heads(structure, name, m, groups, kept, exclude)
-    finally:
-        tolerant.close()
-        model.train(was_training)
+                reason = _unresolved(group) or _dim_reason(items, classifier, exclude, fused)
+                if reason is not None:
+                    structure.unordered[rname] = reason
+                    continue
+                dim, reason = _dimension(rname, group, size, groups, kept, names, blocks)
+                if dim is None:
+                    structure.unordered[rname] = reason
+                    continue
+                structure.dims.append(dim)
+            for m in modules.values():
+                node = dg.module2node.get(m) if isinstance(m, _NORM) else None
+                for inp in node.inputs if node is not None else []:
+                    if isinstance(inp.module, (nn.Linear, *_CONV)) and id(inp.module) in names:
+                        structure.followed_by_norm.append(names[id(inp.module)])
+            if heads:
+                for name, m in modules.items():
+                    if isinstance(m, nn.MultiheadAttention):
+                        _add_heads(structure, name, m, groups, kept, exclude)
+                for name, tail in fused.items():
+                    _add_fused_heads(structure, name, tail, modules, groups, kept, exclude)
+            _list_unsupported(structure, modules, called)
+        finally:
+            model.train(was_training)
     order = {n: i for i, n in enumerate(modules)}  # registration order of the naming module
     structure.dims.sort(key=lambda d: order[d.members[0].module if d.kind == "heads" else d.name])
     return structure
@@ -205,6 +340,59 @@ def _groups(dg, names: dict[int, str], structure: WidthStructure):
 
 class UnsupportedModelError(ValueError):
     """The network's channel dependencies could not be analysed (one line, naming where)."""
+
+
+#: Seconds the graph analysis of one network may take (``find_channel_dims``; 0: no limit). It is
+#: enforced with ``SIGALRM`` where that exists and this is the main thread.
+MAX_ANALYSIS_S = 300.0
+
+
+class _AnalysisTimeout(BaseException):  # not an Exception: nothing on the way may swallow it
+    pass
+
+
+def _where(frame, names: dict[int, str]) -> str:
+    """The innermost module of the model (or graph node's module) seen in a stack of frames."""
+    while frame is not None:
+        for v in frame.f_locals.values():
+            mod = getattr(v, "module", v)
+            if isinstance(mod, nn.Module) and names.get(id(mod)):
+                return names[id(mod)]
+        frame = frame.f_back
+    return "the graph as a whole"
+
+
+@contextmanager
+def _time_limit(model: nn.Module, names: dict[int, str]):
+    """Raise a one-line :class:`UnsupportedModelError` naming the module being analysed when the
+    analysis runs over :data:`MAX_ANALYSIS_S` seconds (the alarm repeats each second, in case a
+    bare ``except`` inside the tracer swallowed it)."""
+    limit = MAX_ANALYSIS_S
+    usable = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    if not limit or not usable:
+        yield
+        return
+    fired: list[str] = []
+
+    def alarm(_signum, frame):
+        if not fired:
+            fired.append(_where(frame, names))
+        raise _AnalysisTimeout
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, limit, 1.0)
+    try:
+        yield
+    except BaseException:
+        if not fired:
+            raise
+        raise UnsupportedModelError(
+            f"nestify: the graph analysis of {type(model).__name__} ran over {limit:g} s (at "
+            f"{fired[0]}); exclude that part or raise bnn_nested.nest.analysis.MAX_ANALYSIS_S"
+        ) from None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 #: Refuse a flatten index mapping larger than this (a consumer after ``flatten`` has ``C x H x W``
@@ -259,9 +447,15 @@ def _tolerant_reshapes():
 def _dependency_graph(model: nn.Module, example_inputs: Any):
     """Torch-Pruning's dependency graph of ``model``; its failures become one-line errors."""
     try:
-        with torch.enable_grad(), _tolerant_reshapes():  # the graph is traced through autograd
+        with torch.enable_grad(), _tolerant_reshapes(), warnings.catch_warnings():
+            # traced through autograd; Torch-Pruning's own warnings ("Maximum recursive depth
+            # reached!" on an RNN) say nothing a user can act on
+            warnings.filterwarnings("ignore", category=UserWarning, module="torch_pruning")
             return tp.DependencyGraph().build_dependency(
-                model, example_inputs=as_tuple(example_inputs), verbose=False
+                model,
+                example_inputs=trace_inputs(example_inputs),
+                output_transform=tensor_leaves,  # every tensor of the output (no cache objects)
+                verbose=False,
             )
     except Exception as e:  # noqa: BLE001 - any failure inside the tracer is reported alike
         where = traceback.extract_tb(e.__traceback__)[-1].name
@@ -283,8 +477,14 @@ def _unresolved(group) -> str | None:
     return None
 
 
-def _dim_reason(items, classifier: str | None, exclude: Sequence[str]) -> str | None:
+def _dim_reason(items, classifier: str | None, exclude: Sequence[str], fused=None) -> str | None:
+    for n, _, r in items:
+        if fused and n in fused and r in ("out", "depthwise"):
+            return f"{n}: fused q/k/v projection (features split as {fused[n]})"
     if not any(r == "in" for _, _, r in items):
+        for n, m, r in items:  # consumed by a module we cannot slice (ConvTranspose2d, RNN ...)
+            if r == "unsupported" and not isinstance(m, (nn.LayerNorm, nn.MultiheadAttention)):
+                return _reason(m, n, r)
         return "no layer consumes it (it reaches the model's output)"
     for n, m, r in items:
         if n == classifier and r in ("out", "depthwise"):
@@ -297,7 +497,9 @@ def _dim_reason(items, classifier: str | None, exclude: Sequence[str]) -> str | 
     return None
 
 
-def _dimension(rname, group, size, groups, kept, names) -> tuple[ChannelDim | None, str]:
+def _dimension(
+    rname, group, size, groups, kept, names, blocks=None
+) -> tuple[ChannelDim | None, str]:
     """Partition a Torch-Pruning group into ordered groups; ``(None, reason)`` if it cannot be.
 
     The slices of a concatenation share one width: each producer's channels (an *atom*: the
@@ -324,19 +526,49 @@ def _dimension(rname, group, size, groups, kept, names) -> tuple[ChannelDim | No
         return None, "channels with no producing layer"
     sizes = {int(atom[r]) for r in range(size)}
     limit = math.gcd(*sizes)
-    gns = [m for _, _, m, _, _ in rows if isinstance(m, nn.GroupNorm)]
+    blocks = blocks or {}
+    gns = [(n, m, idxs) for n, _, m, idxs, _ in rows if isinstance(m, nn.GroupNorm)]
     if gns and len(sizes | {size}) > 1:
-        return None, "GroupNorm over a concatenation"
-    for gn in gns:  # ordered groups must be unions of whole GroupNorm groups
-        limit = math.gcd(limit, gn.num_groups)
+        return None, f"{gns[0][0]}: GroupNorm over a concatenation"
+    for n, gn, idxs in gns:  # ordered groups must be unions of the GroupNorm groups it covers
+        per = gn.num_channels // gn.num_groups
+        covered = {i // per for i in idxs}
+        if len(set(idxs)) != per * len(covered):
+            return None, f"{n}: the dimension covers part of a GroupNorm group"
+        limit = math.gcd(limit, len(covered))
+    block = 1
+    for n, role, _, _, roots in rows:  # attention heads: ordered groups are whole heads
+        d = blocks.get(n)
+        if d is None or role != "out":
+            continue
+        if len(set(roots)) % d:
+            return None, f"{n}: {len(set(roots))} features are not whole heads of {d}"
+        limit = math.gcd(limit, len(set(roots)) // d)
+        block = block * d // math.gcd(block, d)
     g = largest_divisor(limit, groups)
     if g < 2:
-        return None, f"{size} channels cannot be split into >= 2 equal groups"
+        what = "whole heads" if block > 1 else "equal groups"
+        return None, f"{size} channels cannot be split into >= 2 {what}"
     root_group = torch.empty(size, dtype=torch.long)
     for k in set(owner.tolist()):
         idx = (owner == k).nonzero().flatten()  # this slice's channels, in order
         root_group[idx] = torch.arange(len(idx)) * g // len(idx)
+    for n, role, m, idxs, roots in rows:  # every GroupNorm group / head in one ordered group
+        unit = (
+            m.num_channels // m.num_groups
+            if isinstance(m, nn.GroupNorm)
+            else (blocks.get(n) if role == "out" else None)
+        )
+        if unit is None:
+            continue
+        cells: dict[int, set[int]] = {}
+        for i, r in zip(idxs, roots):
+            cells.setdefault(i // unit, set()).add(int(root_group[r]))
+        if any(len(v) > 1 for v in cells.values()):
+            kind = "GroupNorm group" if isinstance(m, nn.GroupNorm) else "attention head"
+            return None, f"{n}: an ordered group would split a {kind}"
     dim = ChannelDim(rname, size, g, min(kept, g - 1), root=rname, root_group=root_group)
+    dim.block = block
     dim.root_slice = owner.clone()
     done: set[tuple[str, str]] = set()
     for n, role, m, idxs, roots in rows:
@@ -361,6 +593,43 @@ def _dimension(rname, group, size, groups, kept, names) -> tuple[ChannelDim | No
     return dim, ""
 
 
+#: Modules whose channels the analysis orders (or reports with a reason on their dimension).
+_KNOWN = (nn.Linear, *_CONV, *_NORM, *_PER_CHANNEL, nn.LayerNorm, nn.MultiheadAttention)
+
+
+#: Layer types whose widths the analysis never orders (their channels stay whole).
+_UNSUPPORTED = (
+    nn.Embedding,
+    nn.EmbeddingBag,
+    nn.RNNBase,
+    nn.modules.conv._ConvTransposeNd,
+    nn.Bilinear,
+)
+
+
+def _list_unsupported(structure: WidthStructure, modules: dict[str, nn.Module], called) -> None:
+    """Every layer with its own parameters that the analysis does not order and that is on no
+    ordered dimension goes into ``structure.unordered`` with its reason: ``Embedding``, RNNs,
+    transposed convolutions (never ordered), and layers of types it does not know (a dimension
+    through one is ordered only if the conversion check passes): nothing is skipped silently."""
+    on_dims = {m.module for d in structure.dims for m in d.members}
+    for name, m in modules.items():
+        if not name or isinstance(m, _KNOWN) or name in on_dims or name in structure.unordered:
+            continue
+        if not any(True for _ in m.parameters(recurse=False)):
+            continue
+        what = type(m).__name__
+        if name not in called:
+            structure.unordered[name] = f"{name}: {what} is not called in the example forward pass"
+        elif isinstance(m, _UNSUPPORTED):
+            structure.unordered[name] = f"{name}: {what} is not supported; its widths stay whole"
+        elif not any(True for _ in m.children()):
+            structure.unordered[name] = (
+                f"{name}: {what} is not a layer type the analysis knows (a dimension through it "
+                "is ordered only if the conversion check passes)"
+            )
+
+
 def _add_heads(structure, name, m: nn.MultiheadAttention, groups, kept, exclude) -> None:
     if _matches(name, exclude):
         structure.unordered[f"{name}.heads"] = f"{name}: excluded"
@@ -378,4 +647,60 @@ def _add_heads(structure, name, m: nn.MultiheadAttention, groups, kept, exclude)
     dim.members = [
         Member(name, "heads", torch.arange(h), group, type(m).__name__, root=torch.arange(h))
     ]
+    structure.dims.append(dim)
+
+
+def _add_fused_heads(structure, name, tail, modules, groups, kept, exclude) -> None:
+    """Heads of a fused q/k/v projection (timm's ``Attention``: ``qkv`` reshaped to
+    ``(..., 3, H, d)``, heads attended, concatenated and fed to one output projection).
+
+    The heads dimension has two members: the projection's rows (role ``out``: row
+    ``i * H d + h d + j`` belongs to head ``h``) and the output projection's columns (role ``in``:
+    the consumer whose input mask drops a head). Only the layout of timm's ``Attention`` is
+    accepted: a parent module with ``num_heads == H`` and ``head_dim == d``, exactly one other
+    linear child reading ``H d`` features, and no norm between the heads and that projection."""
+    key = f"{name}.heads"
+    parent_name = name.rpartition(".")[0]
+    parent = modules.get(parent_name)
+    qkv = modules[name]
+    if len(tail) != 3 or tail[0] != 3 or parent is None or not isinstance(qkv, nn.Linear):
+        structure.unordered[key] = f"{name}: fused projection split as {tail}, not (3, heads, d)"
+        return
+    _, h, d = tail
+    if _matches(name, exclude) or _matches(parent_name, exclude):
+        structure.unordered[key] = f"{name}: excluded"
+        return
+    outs = [
+        (n, m)
+        for n, m in parent.named_children()
+        if isinstance(m, nn.Linear) and m is not qkv and m.in_features == h * d
+    ]
+    norm = getattr(parent, "norm", None)
+    if (
+        getattr(parent, "num_heads", None) != h
+        or getattr(parent, "head_dim", None) != d
+        or len(outs) != 1
+        or not (norm is None or isinstance(norm, nn.Identity))
+        or qkv.out_features != 3 * h * d
+    ):
+        structure.unordered[key] = (
+            f"{name}: fused q/k/v projection in a {type(parent).__name__} of unknown layout"
+        )
+        return
+    g = largest_divisor(h, groups)
+    if g < 2:
+        structure.unordered[key] = f"{name}: {h} head(s) cannot be split into groups"
+        return
+    proj = f"{parent_name}.{outs[0][0]}" if parent_name else outs[0][0]
+    group = torch.arange(h) // (h // g)
+    rows = torch.arange(3 * h * d)
+    row_head = (rows % (h * d)) // d
+    cols = torch.arange(h * d)
+    col_head = cols // d
+    dim = ChannelDim(key, h, g, min(kept, g - 1), kind="heads", root=name, root_group=group)
+    dim.members = [
+        Member(name, "out", rows, group[row_head], "Linear", root=row_head),
+        Member(proj, "in", cols, group[col_head], "Linear", root=col_head),
+    ]
+    structure.unordered.pop(name, None)  # its channels are ordered as these heads now
     structure.dims.append(dim)

@@ -18,7 +18,8 @@ function at full width. Scores, per channel of a dimension:
   signal), else over the producers' weights and biases (heads: the output-projection columns).
 
 Channels are sorted within each slice of a concatenation (slices keep their channels); a dimension
-with a GroupNorm is permuted in whole ordered groups (GroupNorm statistics stay intact). Groups keep
+with a GroupNorm, or whose channels are attention heads of separate q / k / v projections, is
+permuted in whole ordered groups (GroupNorm statistics and heads stay intact). Groups keep
 their size; a group's importance is the sum over its channels.
 """
 
@@ -65,7 +66,7 @@ def _heads_cols(mha: nn.MultiheadAttention, t: torch.Tensor) -> torch.Tensor:
 def _score(
     net: nn.Module, dim: ChannelDim, kind: str, grads: dict[str, torch.Tensor] | None
 ) -> torch.Tensor:
-    if dim.kind == "heads":
+    if dim.members[0].role == "heads":  # nn.MultiheadAttention (fused heads: producer rows)
         mha = net.get_submodule(dim.members[0].module)
         w = mha.out_proj.weight.detach()
         if kind == "taylor":
@@ -115,7 +116,7 @@ def _taylor(
             with torch.enable_grad():
                 F.cross_entropy(nested(x), y).backward()
             for d in nested.structure:
-                if d.kind == "heads":
+                if d.members[0].role == "heads":
                     mha = net.get_submodule(d.members[0].module)
                     gw = mha.out_proj.weight.grad * mha.out_proj.weight.detach()
                     scores[d.name] += _heads_cols(mha, gw).double().pow(2)
@@ -240,7 +241,8 @@ def permute_dimension(nested: NestifiedModel, dim: str | ChannelDim, perm: torch
 def importance_permutation(
     dim: ChannelDim, score: torch.Tensor, has_group_norm: bool
 ) -> torch.Tensor:
-    """Most important first, within each slice; whole groups when a GroupNorm is on the dimension."""
+    """Most important first, within each slice; whole groups when a GroupNorm (or heads of
+    separate q/k/v projections) is on the dimension."""
     rg = dim.root_group if dim.root_group is not None else torch.arange(dim.size) // dim.group_size
     slices = (
         dim.root_slice if dim.root_slice is not None else torch.zeros(dim.size, dtype=torch.long)
@@ -271,7 +273,7 @@ def order_by_importance(
     out = {}
     for d in nested.structure:
         gn = any(isinstance(nested.net.get_submodule(m.module), nn.GroupNorm) for m in d.members)
-        perm = importance_permutation(d, scores[d.name], gn)
+        perm = importance_permutation(d, scores[d.name], gn or d.block > 1)  # whole heads move
         permute_dimension(nested, d, perm)
         rg = d.root_group if d.root_group is not None else torch.arange(d.size) // d.group_size
         out[d.name] = torch.zeros(d.groups, dtype=torch.float64).index_add_(

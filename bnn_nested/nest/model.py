@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bnn_nested.nest.analysis import _CONV
+from bnn_nested.nest.analysis import _CONV, select_output
 from bnn_nested.nest.structure import WidthStructure
 from bnn_nested.nn.batchnorm import (
     _NestedBatchNorm,
@@ -51,6 +51,13 @@ def _mask_input(module: nn.Module, args: tuple) -> tuple | None:
     return (x * mask.to(x.dtype),) + args[1:]
 
 
+def _first_tensor(inputs: tuple, kwargs: dict) -> torch.Tensor | None:
+    for x in (*inputs, *kwargs.values()):
+        if isinstance(x, torch.Tensor) and x.dim() > 0:
+            return x
+    return None
+
+
 def _key(name: str) -> str:
     return name.replace(".", "__")
 
@@ -69,7 +76,8 @@ class NestifiedModel(NestedModel):
         structure: its :class:`~bnn_nested.nest.structure.WidthStructure`.
         units: one :class:`~bnn_nested.nn.OrderingUnit` per dimension (key: name with ``.`` -> ``__``).
 
-    A width is a float ``r in (0, 1]`` or ``{dimension name: groups kept}``.
+    A width is a float ``r in (0, 1]`` or ``{dimension name: groups kept}``. ``output`` names the
+    part of the network's output the model returns (:func:`select_output`; ``None``: all of it).
     """
 
     def __init__(
@@ -77,9 +85,11 @@ class NestifiedModel(NestedModel):
         net: nn.Module,
         structure: WidthStructure,
         ordering: dict[str, Any] | None = None,
+        output: Any = None,
     ) -> None:
         super().__init__()
         self.net = net
+        self.output = output
         self.structure = structure
         self.ordering_kwargs = dict(ordering or {})
         self.units = nn.ModuleDict(
@@ -102,7 +112,7 @@ class NestifiedModel(NestedModel):
             m._nest_mask = None
             self._hooks.append(m.register_forward_pre_hook(_mask_input))
         for d in self.structure:  # a hook (no-op here) keeps nn.TransformerEncoderLayer off its
-            if d.kind == "heads":  # fused fast path, which would bypass the head mask
+            if d.members[0].role == "heads":  # fused fast path, which would bypass the head mask
                 m = self.net.get_submodule(d.members[0].module)
                 self._hooks.append(m.register_forward_pre_hook(_mask_input))
 
@@ -189,7 +199,7 @@ class NestifiedModel(NestedModel):
                     vec = v if vec is None else vec * v
             mod._nest_mask = vec
         for d, m in zip(self.structure, masks):
-            if d.kind == "heads":
+            if d.members[0].role == "heads":
                 mha = self.net.get_submodule(d.members[0].module)
                 mha.head_mask = None if m is None else m[..., d.members[0].group.to(m.device)]
 
@@ -197,7 +207,7 @@ class NestifiedModel(NestedModel):
         for name in self.structure.consumers():
             self.net.get_submodule(name)._nest_mask = None
         for d in self.structure:
-            if d.kind == "heads":
+            if d.members[0].role == "heads":
                 self.net.get_submodule(d.members[0].module).head_mask = None
 
     def forward(self, *inputs: Any, width: Width | None = None, **kwargs: Any) -> Any:
@@ -210,13 +220,14 @@ class NestifiedModel(NestedModel):
         return self._run(x)
 
     def _run(self, *inputs: Any, **kwargs: Any) -> Any:
-        first = inputs[0] if inputs else None
-        batch = first.shape[0] if isinstance(first, torch.Tensor) and first.dim() > 0 else None
+        first = _first_tensor(inputs, kwargs)
+        batch = first.shape[0] if first is not None else None
         self._apply_masks(self._group_masks(batch))
         try:
-            return self.net(*inputs, **kwargs)
+            out = self.net(*inputs, **kwargs)
         finally:
             self._clear_masks()
+        return select_output(out, self.output)
 
     # -- ordering ------------------------------------------------------------------------------
     def keep_probs(self) -> dict[str, torch.Tensor]:

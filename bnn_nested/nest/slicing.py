@@ -15,13 +15,17 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-import torch_pruning as tp
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from bnn_nested.nest.analysis import _tolerant_reshapes, as_tuple
+from bnn_nested.nest.analysis import (
+    _dependency_graph,
+    _tolerant_reshapes,
+    call,
+    first_example,
+)
 from bnn_nested.nest.attention import NestedMultiheadAttention, PrunedMultiheadAttention
-from bnn_nested.nest.model import NestifiedModel, _mask_input, replace_module
+from bnn_nested.nest.model import NestifiedModel, _mask_input, replace_module, select_output
 from bnn_nested.nn.batchnorm import _NestedBatchNorm, width_key
 from bnn_nested.nn.model import Width
 from bnn_nested.nn.nested import NestedConv2d, NestedLinear
@@ -81,6 +85,75 @@ def plain_copy(model: NestifiedModel, width: Width = 1.0) -> nn.Module:
     return net.eval()
 
 
+class SelectOutput(nn.Module):
+    """``select_output(net(...), output)``: the sliced network of a model built with ``output=``."""
+
+    def __init__(self, net: nn.Module, output: Any) -> None:
+        super().__init__()
+        self.net = net
+        self.output = output
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return select_output(self.net(*args, **kwargs), self.output)
+
+
+#: Attributes holding an attention module's head count / inner width (transformers, timm ...)
+_HEAD_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head")
+_WIDTH_ATTRS = ("all_head_size", "inner_dim")
+_HEAD_DIM_ATTRS = ("attention_head_size", "head_dim", "head_size", "dim_head")
+
+
+def _update_head_counts(net: nn.Module, structure) -> None:
+    """After whole heads were cut from separate q / k / v projections, set the head count (and the
+    inner width) that the attention module stores, wherever it names them as transformers / timm
+    do (a module that reshapes with ``-1`` needs none of this)."""
+    for d in structure:
+        if d.kind != "channels" or d.block <= 1:
+            continue
+        for name in d.modules("out"):
+            parent = net.get_submodule(name.rpartition(".")[0]) if "." in name else net
+            proj = net.get_submodule(name)
+            hd = next((getattr(parent, a) for a in _HEAD_DIM_ATTRS if hasattr(parent, a)), None)
+            if not isinstance(hd, int) or hd <= 0 or proj.out_features % hd:
+                continue
+            for a in _HEAD_ATTRS:
+                if isinstance(getattr(parent, a, None), int):
+                    setattr(parent, a, proj.out_features // hd)
+            for a in _WIDTH_ATTRS:
+                if isinstance(getattr(parent, a, None), int):
+                    setattr(parent, a, proj.out_features)
+
+
+def _linear_like(m: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    new = nn.Linear(weight.shape[1], weight.shape[0], bias is not None)
+    new = new.to(device=weight.device, dtype=weight.dtype)
+    new.weight.data.copy_(weight)
+    if bias is not None:
+        new.bias.data.copy_(bias)
+    return new.train(m.training)
+
+
+def _cut_fused_heads(net: nn.Module, d, n: int) -> None:
+    """Keep the first ``n`` groups of heads of a fused q/k/v projection: its rows and the output
+    projection's columns of the kept heads; the parent's ``num_heads`` / ``attn_dim`` follow."""
+    qkv, proj = d.members
+    keep_rows = qkv.index[qkv.group < n]
+    keep_cols = proj.index[proj.group < n]
+    a, b = net.get_submodule(qkv.module), net.get_submodule(proj.module)
+    replace_module(net, qkv.module, _linear_like(a, a.weight[keep_rows], _rows(a.bias, keep_rows)))
+    replace_module(net, proj.module, _linear_like(b, b.weight[:, keep_cols], b.bias))
+    parent = net.get_submodule(qkv.module.rpartition(".")[0])
+    heads = int(len(torch.unique(qkv.root[qkv.group < n])))
+    parent.num_heads = heads
+    for attr in ("attn_dim", "split_size"):  # timm's Attention, GPT-2's attention
+        if isinstance(getattr(parent, attr, None), int):
+            setattr(parent, attr, heads * parent.head_dim)
+
+
+def _rows(t: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | None:
+    return None if t is None else t[idx]
+
+
 @torch.no_grad()
 def sliced_network(model: NestifiedModel, width: Width, example_inputs: Any) -> nn.Module:
     """The plain network ``model`` computes at ``width`` in eval mode, physically sliced.
@@ -93,7 +166,6 @@ def sliced_network(model: NestifiedModel, width: Width, example_inputs: Any) -> 
     with model.width(width):
         active = model.active_groups()
     net = plain_copy(model, width)
-    inputs = as_tuple(example_inputs)
     cut = [d for d in model.structure if active[d.name] < d.groups]
     channel_dims = [d for d in cut if d.kind == "channels"]
     if channel_dims:
@@ -103,10 +175,7 @@ def sliced_network(model: NestifiedModel, width: Width, example_inputs: Any) -> 
             if isinstance(m, nn.GroupNorm)
         }
         with _tolerant_reshapes():
-            with torch.enable_grad():  # the dependency graph is traced through autograd
-                dg = tp.DependencyGraph().build_dependency(
-                    net, example_inputs=inputs, verbose=False
-                )
+            dg = _dependency_graph(net, example_inputs)
             for d in channel_dims:
                 root = net.get_submodule(d.root)
                 fn = dg.get_pruner_of_module(root).prune_out_channels
@@ -115,14 +184,19 @@ def sliced_network(model: NestifiedModel, width: Width, example_inputs: Any) -> 
         for n, m in net.named_modules():  # keep each GroupNorm group's size
             if isinstance(m, nn.GroupNorm):
                 m.num_groups = m.num_channels // gn_size[n]
+        _update_head_counts(net, channel_dims)
     for d in cut:
-        if d.kind == "heads":
+        if d.kind == "heads" and d.members[0].role == "out":
+            _cut_fused_heads(net, d, active[d.name])
+        elif d.kind == "heads":
             member = d.members[0]
             mha = net.get_submodule(member.module)
             keep = member.index[member.group < active[d.name]]
             replace_module(
                 net, member.module, PrunedMultiheadAttention.from_module(mha, keep).eval()
             )
+    if model.output is not None:
+        return SelectOutput(net, model.output).eval()
     return net.eval()
 
 
@@ -130,8 +204,20 @@ def _sdpa_flops(q, k, v, *args, out_shape=None, **kwargs) -> int:
     return sdpa_flop_count(q, k, v)  # QK^T and AV: 2 x MACs of both matmuls
 
 
-# CPU's attention kernel has no formula in FlopCounterMode (the CUDA kernels do)
-_CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops}
+def _rnn_layer_flops(x, w_ih, w_hh, *args, out_shape=None, **kwargs) -> int:
+    """One direction of one recurrent layer: the input and hidden matmuls at every step."""
+    steps = 1
+    for n in x[:-1]:
+        steps *= n
+    return 2 * steps * (w_ih[0] * w_ih[1] + w_hh[0] * w_hh[1])
+
+
+# CPU's attention kernel and its fused LSTM layer have no formula in FlopCounterMode (the CUDA
+# attention kernels do)
+_CPU_ATTENTION = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops,
+    torch.ops.aten.mkldnn_rnn_layer: _rnn_layer_flops,
+}
 
 
 @contextmanager
@@ -151,8 +237,17 @@ def counting_flops():
 
 def network_flops(net: nn.Module, example_inputs: Any) -> int:
     """FLOPs (= 2 x MACs) of one forward pass of ``net`` on ``example_inputs`` (whole batch)."""
-    with counting_flops() as counter:
-        net(*as_tuple(example_inputs))
+    # FlopCounterMode's module tracker fails on a parameter fed to a submodule as it is (timm's
+    # PiT / CaiT class tokens) while it requires grad under no_grad: count without grads
+    flags = [(p, p.requires_grad) for p in net.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        with counting_flops() as counter:
+            call(net, example_inputs)
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
     return int(counter.get_total_flops())
 
 
@@ -160,5 +255,6 @@ def sliced_cost(model: NestifiedModel, width: Width, example_inputs: Any) -> tup
     """``(FLOPs per example, parameters)`` of the sliced network (FLOPs = 2 x MACs, counted by
     ``torch.utils.flop_counter`` on one example)."""
     net = sliced_network(model, width, example_inputs)
-    one = tuple(t[:1] if isinstance(t, torch.Tensor) else t for t in as_tuple(example_inputs))
-    return network_flops(net, one), sum(p.numel() for p in net.parameters())
+    return network_flops(net, first_example(example_inputs)), sum(
+        p.numel() for p in net.parameters()
+    )

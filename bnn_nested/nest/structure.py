@@ -84,6 +84,9 @@ class ChannelDim:
     root_group: torch.Tensor | None = None
     #: which slice of a concatenation each root channel belongs to (one value without one)
     root_slice: torch.Tensor | None = None
+    #: channels that must stay together (an attention head's features): every ordered group is
+    #: whole blocks, and importance ordering moves whole groups
+    block: int = 1
 
     def dropped(self, n: int) -> list[int]:
         """Root-layer channel indices dropped when ``n`` groups are kept."""

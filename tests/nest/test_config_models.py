@@ -39,12 +39,16 @@ def test_import_model_trains_evaluates_selects(tmp_path, capsys):
         ],
     )
     assert rc == 0, capsys.readouterr().err
-    assert main(["evaluate", str(run), "--widths", "0.25,1"]) == 0
+    # a run whose config imports code is evaluated only when trusted (--allow-import)
+    assert main(["evaluate", str(run), "--widths", "0.25,1", "--allow-import"]) == 0
     report = json.loads((run / "report.json").read_text())
     assert report["widths"]["1"]["cls/acc"] > 0.5
     # FLOPs of the sliced network: fewer at 0.25 than at 1
     assert report["widths"]["0.25"]["cost/flops"] < report["widths"]["1"]["cost/flops"]
-    assert main(["select", str(run), "--widths", "0.25,1", "--max-flops", "1e12"]) == 0
+    assert (
+        main(["select", str(run), "--widths", "0.25,1", "--max-flops", "1e12", "--allow-import"])
+        == 0
+    )
     ordering = (run / "ordering.md").read_text()
     assert "| stem |" in ordering  # reported by dimension name
 
