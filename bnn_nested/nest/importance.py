@@ -352,6 +352,14 @@ def check_plain_state(
                 f"{field}: {path}: tensor {k!r} has shape {tuple(v.shape)}, "
                 f"the model needs {tuple(own[k].shape)}"
             )
+        if own[k].is_floating_point() and not v.is_floating_point():
+            # loading would silently convert (an int64 weight is a truncated one)
+            raise ValueError(
+                f"{field}: {path}: tensor {k!r} is {str(v.dtype).removeprefix('torch.')}, "
+                f"the model needs floating point ({str(own[k].dtype).removeprefix('torch.')})"
+            )
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise ValueError(f"{field}: {path}: tensor {k!r} holds NaN or infinite values")
 
 
 def load_plain_weights(nested: NestifiedModel, path: str) -> None:

@@ -116,3 +116,26 @@ def test_distillation_fine_tuning_lowers_the_distillation_loss_on_a_fixed_batch(
         parts = trainer.train_step(x, y)
     assert parts["distill"] > 0
     assert distill() < 0.5 * before
+
+
+@pytest.mark.parametrize(
+    "spoil, needle",
+    [
+        (lambda t: t.round().long(), "is int64, the model needs floating point (float32)"),
+        (lambda t: t.index_fill(1, torch.tensor([0]), float("nan")), "holds NaN or infinite"),
+    ],
+)
+def test_init_from_integer_or_non_finite_weights_is_one_line(
+    tmp_path, plain_mlp, capsys, spoil, needle
+):
+    """Integer weights were loaded as truncated floats, NaN ones failed as 'loss became nan'."""
+    plain, _ = plain_mlp
+    state = torch.load(plain, weights_only=True)
+    state["features.0.weight"] = spoil(state["features.0.weight"])
+    bad = tmp_path / "bad.pt"
+    torch.save(state, bad)
+    run = tmp_path / "run"
+    assert main(_argv(run, bad)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'features.0.weight'" in err and needle in err, err
+    assert not run.exists()
