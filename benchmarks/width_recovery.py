@@ -60,10 +60,11 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from bnn_nested.config import build_config
+from bnn_nested.evaluation.ordering import max_change_per_epoch
 from bnn_nested.models.registry import build_model
 from bnn_nested.regularization import build_regularizer
 from bnn_nested.training.samplers import build_sampler
-from bnn_nested.training.trainer import Trainer
+from bnn_nested.training.trainer import Trainer, posterior_summary
 
 IN_FEATURES = 64
 NUM_CLASSES = 2
@@ -236,19 +237,13 @@ def student_overrides(method: str, sets: Sequence[str], seed: int, epochs: int) 
 
 def ordering_state(model) -> tuple[dict[str, float], dict[str, float]]:
     """(E[groups] per ordering unit, mean log_alpha per Gaussian layer) of ``model`` now."""
-    eg = {name: u.kept + float(u.keep_probs().detach().sum()) for name, u in model.ordering_units()}
-    la = {
-        name.rsplit(".log_alpha", 1)[0]: float(p.detach().mean())
-        for name, p in model.named_parameters()
-        if "log_alpha" in name
-    }
-    return eg, la
+    eg = {name: u.expected_groups() for name, u in model.ordering_units()}  # learned or not
+    return eg, posterior_summary(model)["mean_log_alpha"]
 
 
 def last_change(series: list[float], last: int = LAST) -> float:
     """Largest |change per epoch| over the last ``last`` epochs (``series[0]``: before training)."""
-    tail = series[-(last + 1) :]
-    return max((abs(b - a) for a, b in zip(tail, tail[1:])), default=0.0)
+    return max_change_per_epoch(series, last)
 
 
 def net_change(series: list[float], last: int = LAST) -> float:

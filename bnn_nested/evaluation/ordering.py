@@ -30,7 +30,7 @@ def ordering_report(model: NestedModel) -> dict[str, dict[str, Any]]:
     for name, u in model.ordering_units():
         keep = u.keep_probs().detach().cpu()
         prior = keep_probs_from_logits(u.prior_logits).detach().cpu()
-        expected = u.kept + float(keep.sum())
+        expected = u.expected_groups()
         out[name] = {
             "keep_probs": [round(float(p), 6) for p in keep],
             "prior_keep_probs": [round(float(p), 6) for p in prior],
@@ -132,8 +132,9 @@ def add_history(
     return report
 
 
-def _max_step(values: list[float]) -> float:
-    tail = values[-(CONVERGENCE_EPOCHS + 1) :]
+def max_change_per_epoch(values: list[float], last: int = CONVERGENCE_EPOCHS) -> float:
+    """Largest ``|change|`` between consecutive values over the last ``last`` steps (epochs)."""
+    tail = values[-(last + 1) :]
     return max((abs(b - a) for a, b in zip(tail, tail[1:])), default=0.0)
 
 
@@ -160,7 +161,7 @@ def history_table(history: list[dict[str, dict[str, float]]] | None) -> str:
             if len(vals) != n:
                 continue
             cells = " | ".join(f"{vals[i]:.3f}" for i in marks)
-            lines.append(f"| {label} {name} | {cells} | {_max_step(vals):.3f} |")
+            lines.append(f"| {label} {name} | {cells} | {max_change_per_epoch(vals):.3f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -237,6 +237,11 @@ class OrderingUnit(nn.Module):
         """``P(b >= k)`` for the ``K`` ordered groups."""
         return keep_probs_from_logits(self.logits())
 
+    def expected_groups(self) -> float:
+        """Expected number of groups kept, ``F + E[b] = F + sum_k P(b >= k)``."""
+        with torch.no_grad():
+            return self.kept + float(self.keep_probs().sum())
+
     def expand_groups(self, group_values: torch.Tensor) -> torch.Tensor:
         """Per-ordered-group values ``(..., K)`` -> per-channel ``(..., channels)``; kept -> 1."""
         ones = group_values.new_ones(group_values.shape[:-1] + (self.kept,))

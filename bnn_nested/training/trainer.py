@@ -91,7 +91,7 @@ def posterior_summary(model: nn.Module) -> dict[str, dict[str, float]]:
     (``F + sum_k P(b >= k)``) and ``mean_log_alpha`` of every Gaussian-weight parameter, by name."""
     with torch.no_grad():
         groups = {
-            name: u.kept + float(u.keep_probs().sum())
+            name: u.expected_groups()
             for name, u in model.named_modules()
             if isinstance(u, OrderingUnit) and u.learn
         }
