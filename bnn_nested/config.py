@@ -352,11 +352,19 @@ class OrderingConfig(_Strict):
         description="sampler 'vou': also run the unmasked full width each step and train the "
         "masked pass on its (detached) predictive distribution (in-place distillation)",
     )
-    gradient: Literal["straight_through", "score"] = Field(
+    gradient: Literal["straight_through", "score", "coordinate"] = Field(
         "straight_through",
-        description="sampler 'vou', hard masks: gradient of the expected loss in the ordering "
-        "logits: straight_through (through the relaxed Downhill sample, biased) or score "
-        "(score function, leave-one-out baseline over two masked passes per step, unbiased)",
+        description="sampler 'vou', hard masks: how the ordering learns: the gradient of the "
+        "expected loss in the ordering logits, straight_through (through the relaxed Downhill "
+        "sample, biased) or score (score function, leave-one-out baseline over two masked passes "
+        "per step, unbiased); or coordinate (no gradient: q(b) set to its closed-form optimum "
+        "from running estimates of each truncation's loss, passes drawn from 1/2 q + 1/2 uniform)",
+    )
+    coordinate_horizon: float = Field(
+        2.0,
+        gt=0.0,
+        description="gradient 'coordinate': epochs over which the per-truncation loss estimates "
+        "are averaged (older passes decay exponentially)",
     )
     weight_kl: Literal["keep", "all"] = Field(
         "keep",
@@ -367,12 +375,12 @@ class OrderingConfig(_Strict):
 
     @model_validator(mode="after")
     def _score_gradient(self) -> OrderingConfig:
-        if self.gradient == "score" and not (
+        if self.gradient != "straight_through" and not (
             self.sampler == "vou" and self.hard and not self.per_example and not self.vou_distill
         ):
             raise ValueError(
-                "gradient: 'score' needs sampler 'vou' with hard: true, per_example: false and "
-                "vou_distill: false"
+                f"gradient: {self.gradient!r} needs sampler 'vou' with hard: true, per_example: "
+                "false and vou_distill: false"
             )
         return self
 

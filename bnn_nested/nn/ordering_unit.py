@@ -24,9 +24,17 @@ from bnn_nested.distributions import (
 
 PriorKind = Literal["geometric", "uniform"]
 PRIOR_KINDS: tuple[str, ...] = ("geometric", "uniform")
-#: Gradient of the expected loss in the continuation logits ``r`` (docs/METHODS.md#ordering-kl):
-#: through the relaxed Downhill sample (straight-through), or the score function.
-GRADIENTS: tuple[str, ...] = ("straight_through", "score")
+#: How the continuation logits ``r`` learn (docs/METHODS.md#ordering-kl): the gradient of the
+#: expected loss through the relaxed Downhill sample (straight-through) or by the score function,
+#: both followed by the optimiser; or ``"coordinate"``: no gradient, ``q(b)`` is set to its optimum
+#: given running estimates of each truncation's loss (:mod:`bnn_nested.training.coordinate`).
+GRADIENTS: tuple[str, ...] = ("straight_through", "score", "coordinate")
+#: ``"coordinate"``: the passes draw ``b`` from ``PROPOSAL_MIX * q(b) + (1 - PROPOSAL_MIX) *
+#: uniform``, so every width keeps training (no width is starved once ``q`` leaves it).
+PROPOSAL_MIX = 0.5
+#: ``"coordinate"``: range of the continuation logits (not the optimiser's [-5, 5]: the closed-form
+#: optimum may need continuation probabilities beyond sigmoid(5) = 0.9933)
+COORDINATE_LOGIT_CLIP = 30.0
 
 
 def ordering_log_q(model: nn.Module) -> torch.Tensor | None:
@@ -161,9 +169,16 @@ class OrderingUnit(nn.Module):
         self.keep_scaling = keep_scaling
         if gradient not in GRADIENTS:
             raise ValueError(f"gradient must be one of {GRADIENTS}, got {gradient!r}")
-        if gradient == "score" and not (hard and learn):
-            raise ValueError("gradient: 'score' needs hard masks and a learned ordering")
+        if gradient in ("score", "coordinate") and not (hard and learn):
+            raise ValueError(f"gradient: {gradient!r} needs hard masks and a learned ordering")
         self.gradient = gradient
+        if gradient == "coordinate":  # set by coordinate ascent, not by the optimiser
+            self.r.requires_grad_(False)
+            # running (decayed) importance-weighted sums of the data term per truncation b
+            self.register_buffer("coord_loss", torch.zeros(self.K + 1, dtype=torch.float64))
+            self.register_buffer("coord_weight", torch.zeros(self.K + 1, dtype=torch.float64))
+        self._draw: tuple[int, float] | None = None  # coordinate: (b, log q(b) - log pi(b))
+        self._keep_leaf: torch.Tensor | None = None  # coordinate: keep probs to differentiate
         self._log_q: torch.Tensor | None = None  # log q(b) of the last score-function sample
         self.masking = True  # draw Downhill masks in training (NestedModel.masking toggles it)
         self._last_sample: torch.Tensor | None = None  # the mask of the last forward (for kl())
@@ -181,7 +196,7 @@ class OrderingUnit(nn.Module):
     @torch.no_grad()
     def project_(self) -> None:
         """Put learned continuation logits back into ``[-5, 5]`` (call after an optimiser step)."""
-        if self.learn:
+        if self.learn and self.gradient != "coordinate":  # coordinate: set_logits_ bounds r
             self.r.clamp_(-LOGIT_CLIP, LOGIT_CLIP)
 
     def posterior(self) -> Downhill:
@@ -226,6 +241,9 @@ class OrderingUnit(nn.Module):
         prior).
         """
         if keep == "posterior":
+            if self.gradient == "coordinate":  # the passes' distribution: the proposal's
+                leaf = self._keep_leaf
+                return self.expand_groups(leaf if leaf is not None else self.proposal_keep_probs())
             return self.channel_keep_probs()
         if keep == "all":
             return None
@@ -236,6 +254,28 @@ class OrderingUnit(nn.Module):
     def keep_probs(self) -> torch.Tensor:
         """``P(b >= k)`` for the ``K`` ordered groups."""
         return keep_probs_from_logits(self.logits())
+
+    def proposal_log_probs(self) -> torch.Tensor:
+        """``log pi(b)`` ``(K + 1,)`` of the passes' proposal (``gradient="coordinate"``):
+        ``PROPOSAL_MIX * q(b) + (1 - PROPOSAL_MIX) / (K + 1)``, no gradient."""
+        q = torch.softmax(self.logits().detach(), -1)
+        return torch.log(PROPOSAL_MIX * q + (1 - PROPOSAL_MIX) / (self.K + 1))
+
+    def proposal_keep_probs(self) -> torch.Tensor:
+        """``P_pi(b >= k)`` for the ``K`` ordered groups under the proposal (no gradient)."""
+        k = torch.arange(1, self.K + 1, device=self.r.device, dtype=self.r.dtype)
+        uniform = (self.K + 1 - k) / (self.K + 1)
+        return PROPOSAL_MIX * self.keep_probs().detach() + (1 - PROPOSAL_MIX) * uniform
+
+    @torch.no_grad()
+    def set_logits_(self, logits: torch.Tensor) -> None:
+        """Set ``q(b) = softmax(logits)`` (``(K + 1,)``), within the continuation logits' range.
+
+        In log space: ``r_k = logit(P(b >= k) / P(b >= k - 1)) = logsumexp(logits[k:]) -
+        logits[k - 1]`` (finite where ``q`` is nearly one-hot, unlike a ratio of probabilities)."""
+        tail = torch.logcumsumexp(logits.flip(0), 0).flip(0)  # log P(b >= k), k = 0..K
+        r = tail[1:] - logits[:-1]
+        self.r.copy_(r.to(self.r).clamp(-COORDINATE_LOGIT_CLIP, COORDINATE_LOGIT_CLIP))
 
     def expected_groups(self) -> float:
         """Expected number of groups kept, ``F + E[b] = F + sum_k P(b >= k)``."""
@@ -256,6 +296,14 @@ class OrderingUnit(nn.Module):
         logits = self.logits()
         if batch is not None:
             logits = logits.expand(batch, -1)
+        if self.gradient == "coordinate" and torch.is_grad_enabled():
+            # b ~ pi (the proposal), exact and without gradient; the draw and its importance
+            # ratio q(b) / pi(b) are kept for the coordinate update (consume_draw)
+            log_pi = self.proposal_log_probs()
+            b = int(torch.distributions.Categorical(logits=log_pi).sample())
+            self._draw = (b, float(self.logits().detach()[b] - log_pi[b]))
+            m = (torch.arange(self.K, device=logits.device) < b).to(logits.dtype)
+            return self.expand_groups(m.expand(batch, -1) if batch is not None else m)
         if self.gradient == "score" and torch.is_grad_enabled():
             # an exact draw b ~ q(b) (Gumbel-max), no gradient through the mask; the gradient of
             # the expected loss in r comes from log q(b) (the objective's score-function term)
@@ -274,15 +322,23 @@ class OrderingUnit(nn.Module):
         out, self._log_q = self._log_q, None
         return out
 
+    def consume_draw(self) -> tuple[int, float] | None:
+        """``(b, log q(b) - log pi(b))`` of the truncation the last forward pass drew with
+        ``gradient="coordinate"`` (then forgotten); ``None`` if none was drawn."""
+        out, self._draw = self._draw, None
+        return out
+
     def train(self, mode: bool = True) -> OrderingUnit:
         self._last_sample = None  # a sample belongs to the training step that drew it
         self._log_q = None
+        self._draw = None
         return super().train(mode)
 
     def __getstate__(self) -> dict:
         state = dict(super().__getstate__())
         state["_last_sample"] = None  # a non-leaf tensor: not copied, pickled or deep-copied
         state["_log_q"] = None
+        state["_keep_leaf"] = None
         return state
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

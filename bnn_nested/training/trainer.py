@@ -183,6 +183,12 @@ class Trainer:
         self.quiet = quiet
         self._setup_done = False
         self.dist = dist or DistContext(device=self.device)
+        if self.dist.active and self.ordering_cfg.gradient == "coordinate":
+            raise ValueError(
+                "ordering.gradient: 'coordinate' runs in one process (its per-truncation loss "
+                "estimates are not shared across ranks); use 'straight_through' or 'score' "
+                "under torchrun"
+            )
         self._ddp: DistributedDataParallel | None = None  # built by _forward on first use
         self.checkpointer = checkpointer
         self.last_checkpoint: tuple[Path, int] | None = None  # (path, step) of the last save
