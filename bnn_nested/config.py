@@ -357,14 +357,15 @@ class OrderingConfig(_Strict):
         description="sampler 'vou', hard masks: how the ordering learns: the gradient of the "
         "expected loss in the ordering logits, straight_through (through the relaxed Downhill "
         "sample, biased) or score (score function, leave-one-out baseline over two masked passes "
-        "per step, unbiased); or coordinate (no gradient: q(b) set to its closed-form optimum "
-        "from running estimates of each truncation's loss, passes drawn from 1/2 q + 1/2 uniform)",
+        "per step, unbiased); or coordinate (no gradient: after each epoch q(b) is set to its "
+        "closed-form optimum from the data term measured at every truncation; passes drawn from "
+        "1/2 q + 1/2 uniform)",
     )
-    coordinate_horizon: float = Field(
-        2.0,
-        gt=0.0,
-        description="gradient 'coordinate': epochs over which the per-truncation loss estimates "
-        "are averaged (older passes decay exponentially)",
+    coordinate_examples: int = Field(
+        1024,
+        ge=1,
+        description="gradient 'coordinate': training examples on which the data term of every "
+        "truncation is measured after each epoch (the first ones of the training set)",
     )
     weight_kl: Literal["keep", "all"] = Field(
         "keep",
@@ -403,6 +404,15 @@ class TrainConfig(_Strict):
     grad_clip: float | None = Field(None, gt=0.0)
     log_alpha_lr: float | None = Field(
         None, gt=0.0, description="learning rate of Gaussian weights' log_alpha (None: lr)"
+    )
+    log_alpha_update: Literal["gradient", "newton"] = Field(
+        "gradient",
+        description="how Gaussian weights' log_alpha learn: by the optimiser (gradient), or by a "
+        "damped fixed-point update of each weight's posterior precision toward its stationary "
+        "value (newton: variational online Newton; needs model.weight_prior: gaussian)",
+    )
+    newton_rate: float = Field(
+        0.1, gt=0.0, le=1.0, description="log_alpha_update 'newton': damping per step"
     )
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -478,6 +488,22 @@ class Config(_Strict):
             raise ValueError(
                 f"data.name: unknown data set {self.data.name[:80]!r}; accepted: "
                 f"{', '.join(BUILTIN_DATA)} (or list the module that registers it in 'imports')"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _newton_variances(self) -> Config:
+        if self.train.log_alpha_update == "newton" and not (
+            self.model.weight_posterior == "gaussian" and self.model.weight_prior == "gaussian"
+        ):
+            raise ValueError(
+                "train.log_alpha_update: 'newton' needs model.weight_posterior: gaussian and "
+                "model.weight_prior: gaussian (its fixed point is the Gaussian prior's)"
+            )
+        if self.train.log_alpha_update == "newton" and self.train.precision == "fp16":
+            raise ValueError(
+                "train.log_alpha_update: 'newton' reads unscaled gradients; use precision fp32 "
+                "or bf16"
             )
         return self
 

@@ -121,13 +121,68 @@ def gaussian_eb_kl(
     t2 = theta.flatten(1).pow(2)
     var = torch.exp(la) * t2 + VAR_EPS
     second = t2 + var
+    s2 = eb_prior_variance(second, channel_keep)
+    return 0.5 * (torch.log(s2) - torch.log(var) + second / s2 - 1.0).sum(1)
+
+
+def eb_prior_variance(second: torch.Tensor, channel_keep: torch.Tensor | None) -> torch.Tensor:
+    """The empirical-Bayes prior variance of one layer: the keep-weighted mean of the weights'
+    second moments ``second = theta^2 + sigma^2`` (``(out, n)``) over the output channels
+    (:func:`gaussian_eb_kl`)."""
     if channel_keep is None:
         s2 = second.mean()
     else:
         k = channel_keep.to(second).unsqueeze(1)
         s2 = (k * second).sum() / (k.sum() * second.shape[1]).clamp_min(VAR_EPS)
-    s2 = s2.clamp_min(VAR_EPS)
-    return 0.5 * (torch.log(s2) - torch.log(var) + second / s2 - 1.0).sum(1)
+    return s2.clamp_min(VAR_EPS)
+
+
+@torch.no_grad()
+def newton_log_alpha(
+    theta: torch.Tensor,
+    log_alpha: torch.Tensor,
+    grad: torch.Tensor,
+    channel_keep: torch.Tensor | None,
+    kl_scale: float,
+    rate: float,
+) -> torch.Tensor:
+    """The new ``log_alpha`` of one layer with the Gaussian prior, by a damped fixed-point
+    (variational online Newton, Khan et al., ICML 2018) update of each weight's posterior precision
+    ``lambda = 1 / sigma^2``, instead of a gradient step (docs/METHODS.md#gaussian-weights-and-the-weight-kl).
+
+    The per-example objective in one weight's variance is ``data(sigma^2) + a KL(sigma^2)`` with
+    ``a = kl_scale * keep_c`` (the KL weight over ``N`` times the output channel's keep weight); it is
+    stationary where ``1 / sigma^2 = h / a + 1 / s^2``, with ``h = E_q[d^2 data / dw^2]``. By Price's
+    theorem the reparameterised gradient of the data term in ``sigma^2`` estimates ``h / 2``; it is
+    the total gradient ``grad`` of ``log_alpha`` minus the KL's own, ``a (sigma^2 / s^2 - 1) / 2``,
+    divided by ``sigma^2``. The precision moves a fraction ``rate`` toward its target
+    ``max(h, 0) / a + 1 / s^2``; the fixed point does not depend on ``rate``. A channel with keep
+    weight 0 gets the prior.
+
+    Args:
+        theta, log_alpha, grad: ``(out, ...)``: means, log-variance ratios and the gradient of the
+            per-example loss in ``log_alpha``.
+        channel_keep: ``(out,)`` keep weights the KL used (``None``: all ones).
+        kl_scale: ``kl_weight / N``.
+        rate: the damping in ``(0, 1]``.
+    """
+    shape = theta.shape
+    la = log_alpha.clamp(LOG_ALPHA_MIN, LOG_ALPHA_MAX).flatten(1)
+    t2 = theta.flatten(1).pow(2)
+    var = torch.exp(la) * t2 + VAR_EPS
+    s2 = eb_prior_variance(t2 + var, channel_keep)
+    keep = (
+        torch.ones(t2.shape[0], 1, dtype=t2.dtype, device=t2.device)
+        if channel_keep is None
+        else channel_keep.detach().to(t2).unsqueeze(1)
+    )
+    a = kl_scale * keep
+    data_grad = grad.flatten(1) - 0.5 * a * (var / s2 - 1.0)
+    h = (2.0 * data_grad / var).clamp_min(0.0)
+    target = torch.where(a > 0, h / a.clamp_min(1e-30), torch.zeros_like(h)) + 1.0 / s2
+    precision = (1.0 - rate) / var + rate * target
+    new = -torch.log(precision) - torch.log(t2 + VAR_EPS)
+    return new.clamp(LOG_ALPHA_MIN, LOG_ALPHA_MAX).reshape(shape)
 
 
 def lrt_linear(

@@ -137,6 +137,8 @@ class NestedMixin:
             raise ValueError(
                 f"channel_keep must have shape {(w.shape[0],)}, got {tuple(channel_keep.shape)}"
             )
+        # the keep weights of the last KL (the variance update of log_alpha_update: newton reads them)
+        self.kl_channel_keep = None if channel_keep is None else channel_keep.detach()
         if self.weight_prior == "gaussian":
             per_channel = gaussian_eb_kl(w, self.log_alpha, channel_keep)
         else:

@@ -174,10 +174,11 @@ class OrderingUnit(nn.Module):
         self.gradient = gradient
         if gradient == "coordinate":  # set by coordinate ascent, not by the optimiser
             self.r.requires_grad_(False)
-            # running (decayed) importance-weighted sums of the data term per truncation b
-            self.register_buffer("coord_loss", torch.zeros(self.K + 1, dtype=torch.float64))
-            self.register_buffer("coord_weight", torch.zeros(self.K + 1, dtype=torch.float64))
-        self._draw: tuple[int, float] | None = None  # coordinate: (b, log q(b) - log pi(b))
+            # the data term at every truncation b, measured at the last update (NaN: not yet)
+            self.register_buffer(
+                "loss_curve", torch.full((self.K + 1,), float("nan"), dtype=torch.float64)
+            )
+        self.forced: int | None = None  # a truncation b every forward pass uses (loss curves)
         self._keep_leaf: torch.Tensor | None = None  # coordinate: keep probs to differentiate
         self._log_q: torch.Tensor | None = None  # log q(b) of the last score-function sample
         self.masking = True  # draw Downhill masks in training (NestedModel.masking toggles it)
@@ -293,16 +294,16 @@ class OrderingUnit(nn.Module):
 
     def sample_mask(self, batch: int | None = None) -> torch.Tensor:
         """A per-channel mask ``(channels,)``, or ``(batch, channels)`` when given a batch size."""
+        if self.forced is not None:  # a fixed truncation (coordinate.loss_curves)
+            m = self.truncation_mask(self.forced)
+            return self.expand_groups(m.expand(batch, -1) if batch is not None else m)
         logits = self.logits()
         if batch is not None:
             logits = logits.expand(batch, -1)
         if self.gradient == "coordinate" and torch.is_grad_enabled():
-            # b ~ pi (the proposal), exact and without gradient; the draw and its importance
-            # ratio q(b) / pi(b) are kept for the coordinate update (consume_draw)
-            log_pi = self.proposal_log_probs()
-            b = int(torch.distributions.Categorical(logits=log_pi).sample())
-            self._draw = (b, float(self.logits().detach()[b] - log_pi[b]))
-            m = (torch.arange(self.K, device=logits.device) < b).to(logits.dtype)
+            # b ~ pi (the proposal), exact and without gradient
+            b = int(torch.distributions.Categorical(logits=self.proposal_log_probs()).sample())
+            m = self.truncation_mask(b)
             return self.expand_groups(m.expand(batch, -1) if batch is not None else m)
         if self.gradient == "score" and torch.is_grad_enabled():
             # an exact draw b ~ q(b) (Gumbel-max), no gradient through the mask; the gradient of
@@ -322,16 +323,13 @@ class OrderingUnit(nn.Module):
         out, self._log_q = self._log_q, None
         return out
 
-    def consume_draw(self) -> tuple[int, float] | None:
-        """``(b, log q(b) - log pi(b))`` of the truncation the last forward pass drew with
-        ``gradient="coordinate"`` (then forgotten); ``None`` if none was drawn."""
-        out, self._draw = self._draw, None
-        return out
+    def truncation_mask(self, b: int) -> torch.Tensor:
+        """The hard mask ``(K,)`` of the ordered groups at truncation ``b`` (the first ``b`` kept)."""
+        return (torch.arange(self.K, device=self.r.device) < b).to(self.r.dtype)
 
     def train(self, mode: bool = True) -> OrderingUnit:
         self._last_sample = None  # a sample belongs to the training step that drew it
         self._log_q = None
-        self._draw = None
         return super().train(mode)
 
     def __getstate__(self) -> dict:
@@ -345,7 +343,7 @@ class OrderingUnit(nn.Module):
         c = x.shape[1]
         if c > self.channels:
             raise ValueError(f"input has {c} channels, the unit was built for {self.channels}")
-        if self.training and self.masking:
+        if (self.training and self.masking) or self.forced is not None:
             mask = self.sample_mask(x.shape[0] if self.per_example else None)[..., :c]
         elif self.keep_scaling:
             mask = self.channel_keep_probs()[:c]

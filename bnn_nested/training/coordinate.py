@@ -1,44 +1,44 @@
-"""Coordinate ascent of the ordering posterior ``q(b)`` (``ordering.gradient: coordinate``).
+"""Closed-form updates of the variational parameters: coordinate ascent of the ordering
+posterior ``q(b)`` (``ordering.gradient: coordinate``) and the fixed-point update of Gaussian
+weights' variances (``train.log_alpha_update: newton``).
 
-For fixed weights, the negative ELBO of one ordering unit's truncation ``b`` (hard masks) is, per
-example, ``E_q[L(b)] + w / N * (E_q[C(b)] + KL(q || p))``, with ``L(b)`` the expected data term at
-truncation ``b``, ``C(b)`` the weight KL of the groups ``1..b`` (nats over the data set) and ``w``
-the KL weight. Its minimiser over ``q`` has a closed form (docs/METHODS.md#ordering-kl)::
+**Ordering.** For fixed weights, the negative ELBO of one ordering unit's truncation ``b`` (hard
+masks) is, per example, ``E_q[L(b)] + w / N * (E_q[C(b)] + KL(q || p))``, with ``L(b)`` the
+expected data term at truncation ``b``, ``C(b)`` the weight KL of the groups ``1..b`` (nats over the
+data set) and ``w`` the KL weight. Its minimiser over ``q`` has a closed form
+(docs/METHODS.md#ordering-kl)::
 
     log q(b) = log p(b) - (N * L(b) + w * C(b)) / w + const.
 
-No step size: ``q(b)`` is set to this optimum after every step, from
-
-* ``L(b)``: running, importance-weighted means of the data term of the passes. Each pass draws
-  every unit's ``b`` from a proposal ``pi = 1/2 q + 1/2 uniform`` (so every width keeps training
-  and keeps being measured, whatever ``q`` says); unit ``l``'s estimate at ``b_l`` weights the pass
-  by ``prod_{j != l} q_j(b_j) / pi_j(b_j)`` (<= 2 per other unit), i.e. it estimates the loss with
-  the other units' truncations drawn from their ``q``, the mean-field coordinate update. Sums
-  decay with a horizon of ``horizon`` epochs, so old weights are forgotten.
-* ``C(b)``: the cumulative sum of ``dKL_W / dP(b >= k)``, the weight KL each ordered group adds
-  when kept, by automatic differentiation of the model's weight KL in the keep probabilities.
-
-Until every truncation of a unit has been seen once, its ``q`` is left as it is.
+No step size: after every epoch, :func:`loss_curves` measures ``L(b)`` at every truncation of every
+unit on the same ``ordering.coordinate_examples`` training examples with the same weight noise
+(common random numbers: the differences between truncations are not buried in batch-to-batch
+noise), the other units at their posterior mode (mean field), and :func:`update` sets ``q``. ``C(b)``
+is the cumulative sum of ``dKL_W / dP(b >= k)``, the weight KL each ordered group adds when kept,
+by automatic differentiation of the model's weight KL in the keep probabilities. Training passes
+draw ``b`` from ``1/2 q + 1/2 uniform``, so every width keeps training whatever ``q`` says.
 
 Example::
 
-    objective = NegativeELBO(model, sampler, n_train)   # ordering.gradient == "coordinate"
-    ...  # each masked pass: record(model, data_term, batch_size / n_train)
-    update(model, n_train, kl_weight)
+    loss_curves(model, batches, seed=0)        # after an epoch: L(b) of every unit
+    update(model, n_train, kl_weight=1.0)      # q(b) to its optimum
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from bnn_nested.nn.bayes import newton_log_alpha
+from bnn_nested.nn.nested import NestedMixin
 from bnn_nested.nn.ordering_unit import OrderingUnit
 
-__all__ = ["coordinate_units", "group_costs", "record", "update"]
+__all__ = ["coordinate_units", "group_costs", "loss_curves", "newton_variances", "update"]
 
-#: the smallest KL weight the update divides by (warm-up starts at 0: q -> argmin L)
+#: the smallest KL weight the updates divide by (a warm-up starts at 0)
 MIN_KL_WEIGHT = 1e-3
 
 
@@ -50,20 +50,44 @@ def coordinate_units(model: nn.Module) -> list[OrderingUnit]:
 
 
 @torch.no_grad()
-def record(model: nn.Module, loss: float, fraction: float, horizon: float) -> None:
-    """Add one pass's data term ``loss`` (mean over its batch, a ``fraction`` of the training set)
-    to the running estimates of the truncations the units drew; older sums decay by
-    ``exp(-fraction / horizon)`` (a horizon of ``horizon`` epochs)."""
-    draws = [(u, u.consume_draw()) for u in coordinate_units(model)]
-    draws = [(u, d) for u, d in draws if d is not None]
-    if not draws:
+def loss_curves(
+    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], seed: int
+) -> None:
+    """Measure every coordinate unit's ``loss_curve``: the mean cross-entropy on ``batches`` (in
+    training mode: batch statistics, sampled weights) with the unit at each truncation ``b`` and the
+    other units at their posterior mode; every evaluation draws the same weight noise (``seed``).
+    Leaves the model's buffers (batch-norm statistics) and the global random state as they were."""
+    units = coordinate_units(model)
+    if not units:
         return
-    total = sum(ratio for _, (_, ratio) in draws)
-    decay = math.exp(-fraction / horizon)
-    for u, (b, ratio) in draws:
-        weight = math.exp(total - ratio)  # the other units' q / pi at their draws
-        u.coord_loss.mul_(decay)[b] += weight * loss
-        u.coord_weight.mul_(decay)[b] += weight
+    batches = list(batches)
+    saved = {k: v.clone() for k, v in model.named_buffers() if not k.endswith("loss_curve")}
+    mode = model.training
+    modes = [int(u.logits().argmax()) for u in units]
+    devices = [d for d in {x.device for x, _ in batches} if d.type == "cuda"]
+    model.train()
+    try:
+        with torch.random.fork_rng(devices=devices):
+            for unit in units:
+                for j, other in enumerate(units):
+                    other.forced = modes[j]
+                curve = torch.zeros(unit.K + 1, dtype=torch.float64)
+                for b in range(unit.K + 1):
+                    unit.forced = b
+                    torch.manual_seed(seed)
+                    total, count = 0.0, 0
+                    for x, y in batches:
+                        total += float(F.cross_entropy(model(x).float(), y, reduction="sum"))
+                        count += len(y)
+                    curve[b] = total / max(count, 1)
+                unit.loss_curve.copy_(curve)
+    finally:
+        for u in units:
+            u.forced = None
+        model.train(mode)
+        buffers = dict(model.named_buffers())
+        for k, v in saved.items():
+            buffers[k].copy_(v)
 
 
 def group_costs(model: nn.Module, units: list[OrderingUnit]) -> list[torch.Tensor]:
@@ -86,17 +110,37 @@ def group_costs(model: nn.Module, units: list[OrderingUnit]) -> list[torch.Tenso
 
 @torch.no_grad()
 def update(model: nn.Module, n_train: int, kl_weight: float) -> None:
-    """Set every coordinate unit's ``q(b)`` to its optimum given the running estimates (module
-    docstring); a unit with a truncation not yet seen is left as it is."""
+    """Set every coordinate unit's ``q(b)`` to its optimum given its ``loss_curve`` (module
+    docstring); a unit without a measured curve is left as it is."""
     units = coordinate_units(model)
     if not units:
         return
     costs = group_costs(model, units)
     w = max(kl_weight, MIN_KL_WEIGHT)
     for u, c in zip(units, costs):
-        if bool((u.coord_weight <= 0).any()):
+        data = u.loss_curve
+        if not bool(torch.isfinite(data).all()):
             continue
-        data = u.coord_loss / u.coord_weight  # (K + 1,) per-example data term at each b
         cost = torch.cat([c.new_zeros(1), torch.cumsum(c, 0)]).to(data)
         logits = u.prior_logits.to(data) - (n_train * data + w * cost) / w
         u.set_logits_(logits - torch.logsumexp(logits, 0))
+
+
+@torch.no_grad()
+def newton_variances(model: nn.Module, kl_scale: float, rate: float) -> None:
+    """``train.log_alpha_update: newton``: after the step's backward, move every Gaussian layer's
+    posterior precisions toward their stationary values (:func:`~bnn_nested.nn.bayes.newton_log_alpha`)
+    and drop the ``log_alpha`` gradients, so the optimiser leaves them alone. Needs the Gaussian
+    prior; ``kl_scale`` is the step's KL weight over ``N``."""
+    for m in model.modules():
+        if not (isinstance(m, NestedMixin) and m.bayesian) or m.log_alpha.grad is None:
+            continue
+        if m.weight_prior != "gaussian":
+            raise ValueError("train.log_alpha_update: 'newton' needs model.weight_prior: gaussian")
+        keep = getattr(m, "kl_channel_keep", None)
+        m.log_alpha.copy_(
+            newton_log_alpha(
+                m.weight, m.log_alpha, m.log_alpha.grad, keep, max(kl_scale, 1e-12), rate
+            )
+        )
+        m.log_alpha.grad = None

@@ -28,8 +28,6 @@ from bnn_nested.config import OrderingConfig, TrainConfig
 from bnn_nested.nn.model import NestedModel
 from bnn_nested.nn.ordering_unit import ordering_log_q
 from bnn_nested.regularization.base import Regularizer
-from bnn_nested.training.coordinate import record as coordinate_record
-from bnn_nested.training.coordinate import update as coordinate_update
 from bnn_nested.training.samplers import Pass, WidthSampler, kl_weight_at
 
 __all__ = ["NegativeELBO", "PassLoss", "distillation_loss"]
@@ -87,14 +85,10 @@ class NegativeELBO:
         self.distill = distill or TrainConfig()
         self.autocast = autocast
         self._scored: list[tuple[torch.Tensor, torch.Tensor]] = []  # (log q(b), data) per pass
-        self._kl_weight: float | None = None  # the KL weight of the last step (coordinate)
 
     def plan(self, step: int, generator: torch.Generator) -> list[Pass]:
-        """The passes of step ``step`` (sandwich widths are drawn from ``generator``). Orderings
-        learned by coordinate ascent are first set to their optimum given the passes so far."""
+        """The passes of step ``step`` (sandwich widths are drawn from ``generator``)."""
         self._scored = []
-        if self._kl_weight is not None:
-            coordinate_update(self.model, self.n_train, self._kl_weight)
         return self.sampler.passes(step, generator)
 
     def score_term(self) -> torch.Tensor | None:
@@ -146,12 +140,6 @@ class NegativeELBO:
             log_q = ordering_log_q(model)
             if log_q is not None:
                 self._scored.append((log_q, data.detach()))
-            coordinate_record(
-                model,
-                float(data.detach()),
-                y.shape[0] / self.n_train,
-                self.ordering.coordinate_horizon,
-            )
         data = data * p.scale
         terms = {"data": data, "probs": F.softmax(logits, -1).detach()}
         loss = data
@@ -159,8 +147,9 @@ class NegativeELBO:
             terms["distill"] = distillation_loss(logits, original, self.distill)
             loss = loss + terms["distill"]
         if epoch is not None:  # after the forward pass: a relaxed mask's KL scores its sample
-            self._kl_weight = kl_weight_at(self.ordering, epoch)
-            terms["kl"] = model.kl(keep=self.sampler.kl_keep) * (self._kl_weight / self.n_train)
+            terms["kl"] = model.kl(keep=self.sampler.kl_keep) * (
+                kl_weight_at(self.ordering, epoch) / self.n_train
+            )
             terms["penalty"] = self.regularizer.penalty(model)
             loss = loss + terms["kl"] + terms["penalty"]
             surrogate = self.score_term()

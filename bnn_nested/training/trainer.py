@@ -39,6 +39,13 @@ from bnn_nested.nn.ordering_unit import OrderingUnit
 from bnn_nested.progress import epoch_line, progress
 from bnn_nested.regularization.base import Regularizer
 from bnn_nested.training.checkpoint import capture_rng_state, restore_rng_state
+from bnn_nested.training.coordinate import (
+    MIN_KL_WEIGHT,
+    coordinate_units,
+    loss_curves,
+    newton_variances,
+    update,
+)
 from bnn_nested.training.distributed import (
     DistContext,
     EpochSampler,
@@ -54,7 +61,12 @@ from bnn_nested.training.optim import (
     make_scheduler,
 )
 from bnn_nested.training.policy import CheckpointPolicy, SigintStop
-from bnn_nested.training.samplers import WidthSampler, build_sampler, temperature_at
+from bnn_nested.training.samplers import (
+    WidthSampler,
+    build_sampler,
+    kl_weight_at,
+    temperature_at,
+)
 
 #: ``checkpointer(trainer, reason)`` writes a checkpoint and returns its path; reason is one of
 #: ``"epoch"``, ``"step"``, ``"interrupt"``, ``"end"``.
@@ -173,6 +185,7 @@ class Trainer:
         self.objective: NegativeELBO | None = None
         if n_train is not None:
             self.objective = self._objective(n_train)
+        self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
         self.step = 0
         self.epoch = 0
@@ -286,6 +299,9 @@ class Trainer:
                 raise NonFiniteLossError(
                     f"loss became non-finite on {bad} rank(s) at step {self.step}"
                 )
+        if self.train_cfg.log_alpha_update == "newton":
+            kl_weight = max(kl_weight_at(self.ordering_cfg, self.epoch), MIN_KL_WEIGHT)
+            newton_variances(self.model, kl_weight / objective.n_train, self.train_cfg.newton_rate)
         self.step += 1
         self.stepper.apply(self.model, self.regularizer, self.step)
         return parts
@@ -434,6 +450,24 @@ class Trainer:
             self.release_process_group()
         return self.history
 
+    def update_ordering(self, train_loader) -> None:
+        """``ordering.gradient: coordinate``: measure every unit's data term at each truncation on
+        the first ``ordering.coordinate_examples`` training examples and set ``q(b)`` to its
+        optimum (:mod:`bnn_nested.training.coordinate`); nothing otherwise."""
+        if not coordinate_units(self.model):
+            return
+        dataset = train_loader.dataset
+        n = min(self.ordering_cfg.coordinate_examples, len(dataset))
+        subset = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(dataset, range(n)),
+            batch_size=train_loader.batch_size or 256,
+            collate_fn=train_loader.collate_fn,
+        )
+        batches = [(x.to(self.device), y.to(self.device)) for x, y in subset]
+        loss_curves(self.model, batches, seed=self.seed)
+        assert self.objective is not None
+        update(self.model, self.objective.n_train, kl_weight_at(self.ordering_cfg, self.epoch - 1))
+
     def release_process_group(self) -> None:
         """Drop the ``DistributedDataParallel`` wrapper, the trainer's only reference to the
         process group (a later step builds a new one). ``fit`` calls it on the way out, so that
@@ -447,6 +481,7 @@ class Trainer:
         with self.stop:
             while self.epoch < end:
                 record = {"epoch": self.epoch + 1, **self.train_epoch(train_loader)}
+                self.update_ordering(train_loader)
                 if val_loader is not None:
                     record["val_acc"] = self.validation_accuracy(val_loader, bn_loader)
                 self.history.append(record)

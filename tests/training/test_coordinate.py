@@ -1,9 +1,7 @@
 """Coordinate ascent of the ordering posterior (ordering.gradient: coordinate): the update is the
 minimiser of the negative ELBO in q(b) (checked by perturbation, not by restating its formula),
-the per-group weight-KL cost equals the KL of the group's channels computed directly, the
-importance weights are the other units' q / pi, and no learning rate moves the ordering."""
-
-import math
+the per-group weight-KL cost equals the KL of the group's channels computed directly, the loss
+curve equals the loss of explicitly truncated networks, and no learning rate moves the ordering."""
 
 import pytest
 import torch
@@ -63,8 +61,7 @@ def test_update_minimises_the_negative_elbo_in_q():
     n = 20
     loss = torch.tensor([1.30, 0.95, 0.90, 0.88], dtype=torch.float64)  # per example, b = 0..3
     for _, u in model.ordering_units():
-        u.coord_loss.copy_(loss)
-        u.coord_weight.fill_(1.0)
+        u.loss_curve.copy_(loss)
     coordinate.update(model, n_train=n, kl_weight=1.0)
     u = dict(model.ordering_units())["features.0"]
     q = u.logits().exp().double()
@@ -93,14 +90,27 @@ def test_group_costs_are_the_weight_kl_of_each_groups_channels():
         assert torch.allclose(cost, per_group[1:], rtol=1e-5), (name, cost, per_group)
 
 
-def test_record_weights_each_units_estimate_by_the_other_units_q_over_pi():
+def test_loss_curve_is_the_loss_of_each_truncated_network():
     model, _ = _model("point")
+    gen = torch.Generator().manual_seed(3)
+    x, y = torch.randn(40, 5, generator=gen), torch.randint(0, 3, (40,), generator=gen)
     u0, u1 = coordinate.coordinate_units(model)
-    u0._draw, u1._draw = (2, math.log(0.5)), (1, math.log(1.5))
-    coordinate.record(model, loss=0.7, fraction=1e-9, horizon=1.0)
-    assert u0.coord_weight[2] == pytest.approx(1.5) and u0.coord_loss[2] == pytest.approx(1.05)
-    assert u1.coord_weight[1] == pytest.approx(0.5) and u1.coord_loss[1] == pytest.approx(0.35)
-    assert u0._draw is None and u1._draw is None  # consumed
+    u1.set_logits_(torch.log(torch.tensor([0.1, 0.7, 0.1, 0.1])))  # mode: b = 1
+    coordinate.loss_curves(model, [(x[:16], y[:16]), (x[16:], y[16:])], seed=0)
+    net = model.net
+    for b in range(4):  # independent: zero the dropped hidden units by hand, plain functional code
+        torch.set_grad_enabled(False)
+        keep0 = torch.zeros(8)
+        keep0[: 2 * (1 + b)] = 1  # kept group + b ordered groups of 2 units
+        keep1 = torch.zeros(8)
+        keep1[: 2 * (1 + 1)] = 1
+        h = torch.relu(x @ net.features[0].weight.T + net.features[0].bias) * keep0
+        h = torch.relu(h @ net.features[2].weight.T + net.features[2].bias) * keep1
+        logits = h @ net.classifier.weight.T + net.classifier.bias
+        expected = float(torch.nn.functional.cross_entropy(logits, y))
+        torch.set_grad_enabled(True)
+        assert float(u0.loss_curve[b]) == pytest.approx(expected, rel=1e-5), b
+    assert u0.forced is None and u1.forced is None
 
 
 def test_passes_draw_from_the_half_q_half_uniform_proposal():
@@ -111,7 +121,6 @@ def test_passes_draw_from_the_half_q_half_uniform_proposal():
     draws = 4000
     for _ in range(draws):
         counts[int(unit.sample_mask().sum())] += 1
-        unit.consume_draw()
     expected = 0.5 * unit.logits().exp() + 0.5 / 5
     se = (expected * (1 - expected) / draws).sqrt()
     assert ((counts / draws - expected).abs() < 4 * se).all(), (counts / draws, expected)
@@ -144,3 +153,54 @@ def test_coordinate_needs_learned_hard_masks():
         build_config({"ordering": {"gradient": "coordinate", "hard": False}})
     with pytest.raises(ValueError, match="coordinate"):
         OrderingUnit(channels=4, groups=4, hard=False, gradient="coordinate")
+
+
+def _train_newton(log_alpha_lr):
+    cfg = build_config(
+        {
+            "model": {
+                "name": "mlp",
+                "hidden": [8, 8],
+                "groups": 4,
+                "kept": 1,
+                "weight_posterior": "gaussian",
+                "weight_prior": "gaussian",
+            },
+            "ordering": {"hard": True, "gradient": "coordinate"},
+            "train": {
+                "epochs": 2,
+                "threads": 1,
+                "log_alpha_update": "newton",
+                "log_alpha_lr": log_alpha_lr,
+            },
+        }
+    )
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(96, 5, generator=gen)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    torch.manual_seed(0)
+    model = build_model(cfg.model, build_sampler(cfg.ordering).ordering_kwargs(), (5,), 3)
+    start = [m.log_alpha.detach().clone() for m in model.modules() if hasattr(m, "log_alpha")]
+    Trainer(model, cfg, n_train=len(x), quiet=True).fit(
+        DataLoader(TensorDataset(x, y), batch_size=16)
+    )
+    end = [m.log_alpha.detach().clone() for m in model.modules() if hasattr(m, "log_alpha")]
+    return start, end
+
+
+def test_newton_variances_are_not_moved_by_the_optimiser():
+    start, slow = _train_newton(1e-4)
+    _, fast = _train_newton(1e-1)
+    for a, b, s in zip(slow, fast, start):
+        assert torch.equal(a, b)
+        assert (a - s).abs().max() > 1.0  # and they moved far from the initial value
+
+
+def test_newton_needs_the_gaussian_prior():
+    with pytest.raises(ConfigError, match="newton"):
+        build_config(
+            {
+                "model": {"weight_posterior": "gaussian", "weight_prior": "log_uniform"},
+                "train": {"log_alpha_update": "newton"},
+            }
+        )
