@@ -365,7 +365,7 @@ class OrderingConfig(_Strict):
         1024,
         ge=1,
         description="gradient 'coordinate': training examples on which the data term of every "
-        "truncation is measured after each epoch (the first ones of the training set)",
+        "truncation is measured after each epoch (a random subset fixed by the seed)",
     )
     weight_kl: Literal["keep", "all"] = Field(
         "keep",

@@ -452,14 +452,16 @@ class Trainer:
 
     def update_ordering(self, train_loader) -> None:
         """``ordering.gradient: coordinate``: measure every unit's data term at each truncation on
-        the first ``ordering.coordinate_examples`` training examples and set ``q(b)`` to its
-        optimum (:mod:`bnn_nested.training.coordinate`); nothing otherwise."""
+        ``ordering.coordinate_examples`` training examples (a random subset fixed by the seed) and
+        set ``q(b)`` to its optimum (:mod:`bnn_nested.training.coordinate`); nothing otherwise."""
         if not coordinate_units(self.model):
             return
         dataset = train_loader.dataset
         n = min(self.ordering_cfg.coordinate_examples, len(dataset))
+        # a fixed random subset (data sets are often sorted by class), the same every epoch
+        index = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.seed))
         subset = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(dataset, range(n)),
+            torch.utils.data.Subset(dataset, index[:n].tolist()),
             batch_size=train_loader.batch_size or 256,
             collate_fn=train_loader.collate_fn,
         )

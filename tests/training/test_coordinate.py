@@ -204,3 +204,22 @@ def test_newton_needs_the_gaussian_prior():
                 "train": {"log_alpha_update": "newton"},
             }
         )
+
+
+def test_loss_curves_use_a_random_subset_of_a_class_sorted_training_set(monkeypatch):
+    cfg = _cfg("point", coordinate_examples=32)
+    x = torch.randn(96, 5, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(3).repeat_interleave(32)  # sorted by class: the first 32 are all class 0
+    torch.manual_seed(0)
+    model = build_model(cfg.model, build_sampler(cfg.ordering).ordering_kwargs(), (5,), 3)
+    seen = []
+    import bnn_nested.training.trainer as trainer_module
+
+    def capture(model, batches, seed):
+        seen.extend(int(v) for _, yb in batches for v in yb)
+
+    monkeypatch.setattr(trainer_module, "loss_curves", capture)
+    Trainer(model, cfg, n_train=len(x), quiet=True).fit(
+        DataLoader(TensorDataset(x, y), batch_size=16), epochs=1
+    )
+    assert len(seen) == 32 and len(set(seen)) == 3
