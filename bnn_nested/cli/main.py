@@ -3,7 +3,7 @@
 Errors in user input print one line (``bnn-nested: error: ...``, at most :data:`MAX_MESSAGE`
 characters) and exit with status 2; ``--debug`` shows the traceback instead. A NaN/Inf loss during training exits with status 1 (one line naming the
 step and the last good checkpoint); Ctrl-C (SIGINT) while training saves a checkpoint and exits with
-status 130.
+status 130 (under torchrun every rank exits 130 and rank 0 alone prints; torchrun itself exits 1).
 """
 
 from __future__ import annotations

@@ -189,6 +189,9 @@ class Trainer:
         self.batch_in_epoch = 0  # batches of the current epoch already trained (mid-epoch resume)
         self._epoch_sums: dict[str, float] = {}
         self.stop = SigintStop(enabled=checkpointer is not None)
+        #: across processes: the stop the ranks agreed on at the last step (the sum of their
+        #: requests); a rank stops on this, never on its own request alone
+        self._stop_agreed = False
 
     def _objective(self, n_train: int) -> NegativeELBO:
         return NegativeELBO(
@@ -275,7 +278,11 @@ class Trainer:
             terms.append(_detached(t))
         if flags is not None:
             stop, bad = flags.wait()
-            self._stop_requested = stop > 0
+            # only ever raise the local request: a SIGINT that arrived while the flags were in
+            # flight (during the backward pass) is not in this sum and is sent with the next step
+            self._stop_agreed = stop > 0
+            if self._stop_agreed:
+                self._stop_requested = True
             if bad:
                 raise NonFiniteLossError(
                     f"loss became non-finite on {bad} rank(s) at step {self.step}"
@@ -325,7 +332,7 @@ class Trainer:
             for k, v in parts.items():
                 self._epoch_sums[k] = self._epoch_sums.get(k, 0.0) + v
             self.batch_in_epoch += 1
-            if self._stop_requested:
+            if self._stop_requested if not self.dist.active else self._stop_agreed:
                 self._interrupt()
             if self.policy.after_step(self.step):
                 self.save_checkpoint("step")
@@ -351,6 +358,17 @@ class Trainer:
         path = self.checkpointer(self, reason)
         self.last_checkpoint = (path, self.step)
         return path
+
+    def _stop_at_epoch_end(self) -> bool:
+        """Stop after this epoch? Across processes every rank must answer the same: a SIGINT
+        reaches the ranks at slightly different moments (one may be validating, another already
+        past its check), so the ranks' local requests are summed by one small all-reduce."""
+        if not self.dist.active:
+            return self._stop_requested
+        self._stop_agreed = StepFlags(self._stop_requested, False, self.dist).wait()[0] > 0
+        if self._stop_agreed:
+            self._stop_requested = True
+        return self._stop_agreed
 
     def _interrupt(self) -> None:
         path = self.save_checkpoint("interrupt")
@@ -438,6 +456,7 @@ class Trainer:
         self._ddp = None
 
     def _fit_epochs(self, train_loader, val_loader, end, on_epoch_end, bn_loader) -> None:
+        self._stop_agreed = False
         with self.stop:
             while self.epoch < end:
                 record = {"epoch": self.epoch + 1, **self.train_epoch(train_loader)}
@@ -453,7 +472,7 @@ class Trainer:
                     on_epoch_end(self, record)
                 if self.policy.after_epoch(self.epoch, end):
                     self.save_checkpoint("epoch")
-                if self._stop_requested:
+                if self._stop_at_epoch_end():
                     self._interrupt()
 
     # -- state -------------------------------------------------------------------------------

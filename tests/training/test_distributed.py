@@ -304,3 +304,77 @@ def test_two_process_sigkill_then_resume_is_bit_identical(tmp_path, sampler):
     for k in ref["model"]:
         assert torch.equal(final["model"][k], ref["model"][k]), k
     assert final["history"] == ref["history"]
+
+
+# -- Ctrl-C under torchrun (issue 28) -----------------------------------------------------------
+#: The CLI with each step's stop/NaN all-reduce awaited 50 ms late: a SIGINT then lands while the
+#: flags are in flight (during the backward pass), where the old code lost it; each rank writes its
+#: exit status to ``exit<RANK>`` (torchrun does not report its workers' statuses after a signal).
+CHILD_SIGINT = textwrap.dedent(
+    """
+    import os, sys, time
+    import torch
+    torch.set_num_threads(1)
+    from bnn_nested.training.distributed import StepFlags
+    wait = StepFlags.wait
+    def late(self):
+        time.sleep(0.05)
+        return wait(self)
+    StepFlags.wait = late
+    from bnn_nested.cli.main import main
+    code = main(sys.argv[2:])
+    open(os.path.join(sys.argv[1], "exit" + os.environ["RANK"]), "w").write(str(code))
+    sys.exit(code)
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(os, "killpg"), reason="sends SIGINT to a process group")
+def test_ctrl_c_under_torchrun_stops_every_rank_and_resumes(tmp_path):
+    """A terminal's Ctrl-C reaches torchrun's process group only (torchrun starts its ranks in
+    sessions of their own); torchrun forwards SIGINT to every rank. The ranks must stop at the
+    same step (not train on to the last epoch), rank 0 alone prints one line, every rank exits
+    130, no traceback comes from bnn_nested, and the run resumes to completion."""
+    epochs = 3
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "seed": 5,
+                "data": {"name": "digits", "batch_size": 64},
+                "model": {"hidden": [16], "groups": 4, "kept": 1},
+                "train": {"epochs": epochs, "lr": 0.003, "checkpoint_every_steps": 5},
+                "eval": {"widths": [0.5, 1.0]},
+            }
+        )
+    )
+    script = tmp_path / "child.py"
+    script.write_text(CHILD_SIGINT)
+    run = tmp_path / "run"
+    args = (str(script), str(tmp_path), "train")
+    proc = _torchrun(
+        *args, "--config", str(cfg), "--out", str(run), "--quiet", start_new_session=True
+    )
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoint.pt").exists():
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert time.monotonic() < deadline, "no checkpoint within 120 s"
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    _, err = proc.communicate(timeout=60)
+    # every rank stopped on the signal and exited 130 (torchrun itself exits 1: see README)
+    assert [(tmp_path / f"exit{r}").read_text() for r in (0, 1)] == ["130", "130"], err[-3000:]
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    steps_per_epoch = -(-1167 // 64)  # digits' 1,167 training examples, padded to the world size
+    assert not state["complete"] and state["step"] < epochs * steps_per_epoch, err[-3000:]
+    ours = [ln for ln in err.splitlines() if ln.startswith("bnn-nested")]
+    assert len(ours) == 1, err[-3000:]
+    assert ours[0].startswith(f"bnn-nested: interrupted after step {state['step']} ")
+    assert f"--nproc_per_node=2 -m bnn_nested train --resume {run}" in ours[0]
+    assert "bnn_nested/" not in "".join(ln for ln in err.splitlines() if 'File "' in ln)
+    # the run directory is consistent: --resume under torchrun finishes it
+    _finish(_torchrun(*args, "--resume", str(run), "--quiet"))
+    final = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert final["complete"] and final["step"] == epochs * steps_per_epoch
+    assert [h["epoch"] for h in final["history"]] == list(range(1, epochs + 1))
