@@ -45,6 +45,7 @@ from bnn_nested.training.distributed import (
     StepFlags,
     check_replicas_agree,
     data_parallel,
+    unused_parameters,
 )
 from bnn_nested.training.objective import NegativeELBO, PassLoss
 from bnn_nested.training.optim import (
@@ -228,14 +229,31 @@ class Trainer:
             raise ValueError("n_train: unknown before fit(); pass n_train= to Trainer")
         return self.objective(x, y, self.step, self.epoch, self.generator)
 
-    def _forward(self) -> Callable[..., dict[str, torch.Tensor]]:
+    def _forward(self, x, y, plan, original) -> Callable[..., dict[str, torch.Tensor]]:
         """One pass of the objective: ``DistributedDataParallel(PassLoss)`` across processes (built
-        on first use, after a resume has loaded the state), the objective itself in one process."""
-        assert self.objective is not None
+        on first use, after a resume has loaded the state), the objective itself in one process.
+
+        DDP looks for parameters left out of a step's graph only when the first step's
+        synchronised (last) pass, probed once on this step's batch with every RNG and buffer put
+        back, leaves some out (:func:`~bnn_nested.training.distributed.unused_parameters`; the
+        ranks agree by an all-reduce): the built-in models use every parameter in every step, and
+        DDP warns on every rank when asked to look and nothing is unused."""
+        objective = self.objective
+        assert objective is not None
         if not self.dist.active:
-            return self.objective.pass_terms
-        if self._ddp is None or self._ddp.module.objective[0] is not self.objective:
-            self._ddp = data_parallel(PassLoss(self.objective), self.dist)
+            return objective.pass_terms
+        if self._ddp is None or self._ddp.module.objective[0] is not objective:
+            scored = list(objective._scored)
+
+            def last_pass() -> torch.Tensor:
+                return objective.pass_terms(x, y, plan[-1], None, original, self.epoch)["loss"]
+
+            try:
+                unused = unused_parameters(self.model, last_pass)
+            finally:
+                objective._scored = scored
+            anywhere = StepFlags(bool(unused), False, self.dist).wait()[0] > 0
+            self._ddp = data_parallel(PassLoss(objective), self.dist, anywhere)
         return self._ddp
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
@@ -253,9 +271,10 @@ class Trainer:
         self.model.train()
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
-        objective, forward = self.objective, self._forward()
+        objective = self.objective
         original = objective.teacher_logits(x)
         plan = objective.plan(self.step, self.generator)
+        forward = self._forward(x, y, plan, original)
         self.optimizer.zero_grad(set_to_none=True)
         terms: list[dict[str, torch.Tensor]] = []
         flags: StepFlags | None = None
