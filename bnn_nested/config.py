@@ -336,7 +336,7 @@ class OrderingConfig(_Strict):
     prior: Literal["geometric", "uniform"] = "geometric"
     prior_pi: float = Field(0.95, gt=0.0, lt=1.0)
     init: Annotated[float, Field(ge=-5.0, le=5.0)] | Literal["prior", "importance"] = 3.0
-    hard: bool = False
+    hard: bool = True  # straight-through masks: measured better (docs/RESULTS.md); false: the paper
     per_example: bool = False
     kl_weight: float = Field(1.0, ge=0.0)
     lr: float | None = Field(
