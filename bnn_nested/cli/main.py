@@ -11,7 +11,9 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import signal
 import sys
+import time
 import warnings
 
 from bnn_nested.cli.common import Parser, UsageError
@@ -92,8 +94,6 @@ def _error(err: BaseException, detail: str, code: int) -> int:
 def _wait_for_termination(code: int) -> bool:
     """Wait :data:`RANK_WAIT_S` for SIGTERM (then leave at once with status ``code``); False when
     none came (or signals cannot be received here)."""
-    import signal
-    import time
 
     def leave(signum, frame):  # pragma: no cover - the process ends here
         sys.stderr.flush()
