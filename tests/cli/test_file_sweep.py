@@ -437,8 +437,9 @@ def _files(root: Path) -> dict[Path, bytes]:
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="torchrun on a POSIX system")
 def test_sweep_train_under_torchrun(template, tmp_path):
     """``torchrun --nproc_per_node=2 -m bnn_nested train`` on bad input: torchrun fails (it exits 1
-    whenever a rank fails), every rank exits 2, exactly one ``bnn-nested: error:`` line (rank 0's),
-    no traceback through bnn_nested's code, nothing written."""
+    whenever a rank fails), rank 0 exits 2 (rank 1 too, unless torchrun ended it first), exactly
+    one ``bnn-nested: error:`` line (rank 0's), no traceback through bnn_nested's code, nothing
+    written."""
     import subprocess
     import sys
 
@@ -456,7 +457,9 @@ def test_sweep_train_under_torchrun(template, tmp_path):
         )
         err = p.stderr
         assert p.returncode != 0, (case, err[-2000:])
-        assert re.findall(r"exitcode\s+: (-?\d+) \(pid", err) == ["2", "2"], (case, err[-2000:])
+        # rank 0 exits 2; rank 1 too, or is ended by torchrun (SIGTERM: -15) once rank 0 failed
+        codes = dict(re.findall(r"rank\s+: (\d+) \(local_rank: \d+\)\s+exitcode\s+: (-?\d+)", err))
+        assert codes.get("0") == "2" and codes.get("1") in ("2", "-15"), (case, err[-2000:])
         ours = [ln for ln in err.splitlines() if ln.startswith("bnn-nested")]
         assert len(ours) == 1 and ours[0].startswith("bnn-nested: error: "), (case, err[-2000:])
         assert "rank 1" not in ours[0] and not INTERNALS.search(ours[0]), (case, ours[0])

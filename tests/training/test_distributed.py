@@ -347,7 +347,7 @@ def test_ctrl_c_under_torchrun_stops_every_rank_and_resumes(tmp_path):
     sessions of their own); torchrun forwards SIGINT to every rank. The ranks must stop at the
     same step (not train on to the last epoch), rank 0 alone prints one line, every rank exits
     130, no traceback comes from bnn_nested, and the run resumes to completion."""
-    epochs = 3
+    epochs = 2
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(
         yaml.safe_dump(
