@@ -44,7 +44,7 @@ def worker(rank: int, tmp: str, model: str, sampler: str, mode: str, weights: st
     dist.init_process_group("gloo", init_method=pg, rank=rank, world_size=2, timeout=timeout)
     ctx = setup_distributed("cpu")
 
-    def wrap(module, ctx):
+    def wrap(module, ctx, *_):  # the trainer also passes its own find_unused_parameters
         kw = {"find_unused_parameters": mode == "unused", "static_graph": mode == "static"}
         return DistributedDataParallel(module, forward_sync_buffers=False, **kw)
 

@@ -203,7 +203,7 @@ class DataConfig(_Strict):
     image_size: int | None = Field(
         None, ge=8, le=1024, description="torchvision sets: resize images to this side"
     )
-    val_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+    val_fraction: float = Field(0.15, ge=0.0, lt=0.5, description="0: no validation split")
     test_fraction: float = Field(0.2, gt=0.0, lt=0.5, description="digits / mnist5k only")
     batch_size: int = Field(64, ge=1, le=MAX_BATCH)
     eval_batch_size: int = Field(512, ge=1, le=MAX_BATCH)
@@ -336,7 +336,7 @@ class OrderingConfig(_Strict):
     prior: Literal["geometric", "uniform"] = "geometric"
     prior_pi: float = Field(0.95, gt=0.0, lt=1.0)
     init: Annotated[float, Field(ge=-5.0, le=5.0)] | Literal["prior", "importance"] = 3.0
-    hard: bool = False
+    hard: bool = True  # straight-through masks: measured better (docs/RESULTS.md); false: the paper
     per_example: bool = False
     kl_weight: float = Field(1.0, ge=0.0)
     lr: float | None = Field(

@@ -192,3 +192,19 @@ def test_page_names_each_source(author, year):
     assert any(re.search(rf"\b{author}\b", p) and year in p for p in paragraphs), (
         f"docs/METHODS.md names no paper by {author} ({year})"
     )
+
+
+def test_methods_page_keeps_issue_28_corrections():
+    """docs/METHODS.md (issue 28, item 7): no stale "to be fixed" note, the older name of ``kept``
+    is ``frozen``, the reference code's own weight-KL fit (constants k1-k4) is under "Differences
+    from the reference code", and every "X et al." of the text is in the references (Blundell et
+    al. was cited but not listed)."""
+    text = METHODS.read_text(encoding="utf-8")
+    body, refs = text.split("## References", 1)
+    assert "to be fixed" not in text.lower()
+    assert "older name `frozen`" in text and "older name `kept`" not in text
+    differences = body.split("## Differences from the reference code", 1)[1].split("\n## ", 1)[0]
+    assert all(k in differences for k in ("k1", "k2", "k3", "k4"))
+    cited = set(re.findall(r"\b([A-Z][a-z]+(?:[ -][A-Z][a-z]+)?) et al\.", body))
+    missing = sorted(n for n in cited if n.split()[-1] not in refs)
+    assert not missing, f"cited in docs/METHODS.md but not in its references: {missing}"

@@ -3,7 +3,7 @@
 Errors in user input print one line (``bnn-nested: error: ...``, at most :data:`MAX_MESSAGE`
 characters) and exit with status 2; ``--debug`` shows the traceback instead. A NaN/Inf loss during training exits with status 1 (one line naming the
 step and the last good checkpoint); Ctrl-C (SIGINT) while training saves a checkpoint and exits with
-status 130.
+status 130 (under torchrun every rank exits 130 and rank 0 alone prints; torchrun itself exits 1).
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import signal
 import sys
+import time
 import warnings
 
 from bnn_nested.cli.common import Parser, UsageError
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as err:
         if debug:
             raise
-        if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 speaks for all ranks
+        if _other_rank(err):  # under torchrun rank 0 speaks for all ranks
             return 130
         detail = _one_line(err) if str(err).strip() else "interrupted"
         print(f"bnn-nested: {detail}", file=sys.stderr)
@@ -57,20 +59,89 @@ def main(argv: list[str] | None = None) -> int:
     except FloatingPointError as err:  # NonFiniteLossError: not bad input, but one line too
         if debug:
             raise
-        print(f"bnn-nested: error: {_one_line(err)}", file=sys.stderr)
-        return 1
+        return _error(err, _one_line(err), 1)
     except (UsageError, ConfigError, ValueError, OSError, RuntimeError) as err:
         if debug:
             raise
-        print(f"bnn-nested: error: {_one_line(err)}", file=sys.stderr)
-        return 2
+        return _error(err, _one_line(err), 2)
     except SyntaxError as err:  # in a module of the user's that a config imports
         if debug:
             raise
         where = f"{err.filename}, line {err.lineno}" if err.filename else "a module"
         detail = f"syntax error in {where}: {err.msg} (a module the config imports?)"
-        print(f"bnn-nested: error: {_one_line(detail)}", file=sys.stderr)
-        return 2
+        return _error(err, _one_line(detail), 2)
+
+
+#: Seconds a rank other than 0 waits, on an error every rank meets alike, for torchrun to end it
+#: (torchrun terminates the other ranks once one has failed: here, rank 0 after printing).
+RANK_WAIT_S = 10.0
+
+
+def _error(err: BaseException, detail: str, code: int) -> int:
+    """Print ``bnn-nested: error: detail`` (once per job under torchrun) and return ``code``.
+
+    Under torchrun rank 0 speaks for all ranks about errors they meet alike (:func:`_other_rank`).
+    Another rank must not simply exit first: torchrun answers a failed rank by terminating the
+    others (SIGTERM), which could end rank 0 before it has printed. So such a rank waits up to
+    :data:`RANK_WAIT_S` for that SIGTERM and then exits with ``code``, silently; if none comes,
+    rank 0 did not fail, and this rank prints its error, naming its rank."""
+    if _other_rank(err) and _wait_for_termination(code):
+        return code
+    print(f"bnn-nested: error: {_rank_prefix()}{detail}", file=sys.stderr)
+    return code
+
+
+def _wait_for_termination(code: int) -> bool:
+    """Wait :data:`RANK_WAIT_S` for SIGTERM (then leave at once with status ``code``); False when
+    none came (or signals cannot be received here)."""
+
+    def leave(signum, frame):  # pragma: no cover - the process ends here
+        sys.stderr.flush()
+        os._exit(code)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, leave)
+    except ValueError:  # not the main thread
+        return False
+    try:
+        time.sleep(RANK_WAIT_S)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return False
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (``RANK``), 0 otherwise."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def _other_rank(err: BaseException) -> bool:
+    """Is this a rank other than 0 of a torchrun job, failing the way every rank fails alike?
+
+    Rank 0 speaks for all ranks about what they meet alike: Ctrl-C (every rank gets the signal and
+    the ranks stop at the same step), a non-finite loss (agreed by all-reduce), input errors
+    (every rank reads the same config, run directory and files) and a peer that left the process
+    group (that peer says why). Any other error (a rank's own runtime failure) is printed by the
+    rank that met it, with its rank."""
+    if _rank() == 0:
+        return False
+    if isinstance(err, (KeyboardInterrupt, FloatingPointError, SyntaxError)):
+        return True
+    if isinstance(err, (UsageError, ConfigError, ValueError, OSError)):
+        return True
+    # the classes of modules already loaded (a runtime error under torchrun comes from training):
+    # an unusable checkpoint (input), a peer gone from the process group
+    checkpoint = sys.modules.get("bnn_nested.training.checkpoint")
+    dist = sys.modules.get("torch.distributed")
+    alike = (getattr(checkpoint, "CheckpointError", ()), getattr(dist, "DistError", ()))
+    return any(isinstance(err, c) for c in alike if isinstance(c, type))
+
+
+def _rank_prefix() -> str:
+    return f"rank {_rank()}: " if _rank() != 0 else ""
 
 
 def _one_line(err: BaseException | str) -> str:

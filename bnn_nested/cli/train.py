@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bnn_nested.cli.common import UsageError
+from bnn_nested.cli.common import UsageError, add_allow_import_argument
 from bnn_nested.config import load_config
 from bnn_nested.io import lock_holder
 from bnn_nested.threads import add_threads_argument
@@ -62,6 +62,7 @@ def add_parser(sub) -> None:
     t.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     t.add_argument("--quiet", action="store_true", help="no progress output")
     add_threads_argument(t)  # sets train.threads; --resume keeps the run's own
+    add_allow_import_argument(t)  # --resume of a run whose config imports modules
 
     t.set_defaults(handler=run)
 
@@ -89,7 +90,9 @@ def run(args) -> int:
             resume_run,  # deferred: imports torch; --help and usage errors stay fast
         )
 
-        out = resume_run(args.resume, quiet=args.quiet, device=args.device)
+        out = resume_run(
+            args.resume, quiet=args.quiet, device=args.device, allow_import=args.allow_import
+        )
         _report(out)
         return 0
     if args.config is None or args.out is None:

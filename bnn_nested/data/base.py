@@ -146,7 +146,10 @@ def _check_example(ds: Dataset, part: str, splits: DataSplits, where: str) -> No
 def stratified_split(
     y: torch.Tensor | list[int], val_fraction: float, test_fraction: float, seed: int
 ) -> tuple[list[int], list[int], list[int]]:
-    """Fixed-seed stratified train / val / test index split (scikit-learn's ``train_test_split``)."""
+    """Fixed-seed stratified train / val / test index split (scikit-learn's ``train_test_split``).
+
+    ``val_fraction == 0``: no validation split (``val`` is empty; the test split is the same as
+    with any other ``val_fraction``)."""
     from sklearn.model_selection import (
         train_test_split,  # deferred: heavy (sklearn), only this path needs it
     )
@@ -154,6 +157,8 @@ def stratified_split(
     labels = torch.as_tensor(y).cpu().numpy()
     idx = list(range(len(labels)))
     rest, test = train_test_split(idx, test_size=test_fraction, stratify=labels, random_state=seed)
+    if val_fraction == 0:
+        return sorted(rest), [], sorted(test)
     val_rel = val_fraction / (1.0 - test_fraction)
     train, val = train_test_split(
         rest, test_size=val_rel, stratify=labels[rest], random_state=seed + 1

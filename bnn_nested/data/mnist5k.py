@@ -34,7 +34,8 @@ def load_mnist5k(
     have mean 0 and std 1 exactly and validation / test use the same affine map.
 
     Args:
-        val_fraction: fraction of all 5,000 examples used for validation, in (0, 1).
+        val_fraction: fraction of all 5,000 examples used for validation, in [0, 1) (0: no
+            validation split).
         test_fraction: fraction used for test, in (0, 1); ``val_fraction + test_fraction < 1``.
         seed: seed of the stratified split (scikit-learn ``train_test_split``, via
             :func:`bnn_nested.data.base.stratified_split`).
@@ -53,8 +54,8 @@ def load_mnist5k(
         splits = load_mnist5k(val_fraction=0.15, test_fraction=0.2, flatten=True)
         len(splits.train), splits.input_shape  # 3250, (784,)
     """
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1) (got {val_fraction})")
+    if not 0.0 <= val_fraction < 1.0:  # 0: no validation split
+        raise ValueError(f"val_fraction must be in [0, 1) (got {val_fraction})")
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1) (got {test_fraction})")
     if val_fraction + test_fraction >= 1.0:

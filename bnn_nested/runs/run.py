@@ -186,11 +186,18 @@ def prepare_run_dir(out: str | Path, overwrite: bool = False) -> Path:
     return out
 
 
-def resume_command(out: str | Path, world_size: int = 1) -> str:
-    """The command that resumes ``out`` (with ``world_size`` processes under torchrun)."""
+def resume_command(out: str | Path, world_size: int = 1, cfg: Config | None = None) -> str:
+    """The command that resumes ``out`` (with ``world_size`` processes under torchrun; with
+    ``--allow-import`` when ``cfg`` imports modules, which ``--resume`` refuses without it)."""
+    trust = " --allow-import" if cfg is not None and imports_code(cfg) else ""
     if world_size > 1:
-        return f"torchrun --nproc_per_node={world_size} -m bnn_nested train --resume {out}"
-    return f"bnn-nested train --resume {out}"
+        return f"torchrun --nproc_per_node={world_size} -m bnn_nested train --resume {out}{trust}"
+    return f"bnn-nested train --resume {out}{trust}"
+
+
+def imports_code(cfg: Config) -> bool:
+    """Does the config import modules (``imports``, or ``model.name: import``)?"""
+    return bool(cfg.imports) or cfg.model.name == "import"
 
 
 #: Input shape and class count of the data sets whose shapes are known without reading them
@@ -280,16 +287,26 @@ def train_run(cfg: Config, out: str | Path, quiet: bool = False, overwrite: bool
         ctx.close()
 
 
-def resume_run(run_dir: str | Path, quiet: bool = False, device: str | None = None) -> Path:
+def resume_run(
+    run_dir: str | Path,
+    quiet: bool = False,
+    device: str | None = None,
+    allow_import: bool = False,
+) -> Path:
     """Continue an unfinished run from ``run_dir/checkpoint.pt`` (same result as never stopping).
 
     Args:
         run_dir: a run directory written by :func:`train_run`.
         device: ``cpu`` | ``cuda`` | ``auto`` to override the stored ``train.device``.
+        allow_import: trust the run's config to import modules (``imports``, ``model.name:
+            import``): a run directory may come from someone else, and importing runs code, so
+            such a run is refused without it, as by ``evaluate`` and the other readers
+            (:func:`check_run_imports`).
 
     Raises:
         CheckpointError: missing, corrupt, truncated or incompatible checkpoint (one line naming
-            the file; the file is never modified).
+            the file; the file is never modified); :class:`RunImportRefused` (a subclass) for a
+            config that imports modules without ``allow_import``.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -303,7 +320,8 @@ def resume_run(run_dir: str | Path, quiet: bool = False, device: str | None = No
         if lock.held:
             remove_orphans(run_dir)  # temporary files of writes a kill interrupted
         if not path.exists() and is_run_dir(run_dir) and (run_dir / CONFIG).is_file():
-            return _start_over(run_dir, quiet, device)  # stopped before its first checkpoint
+            # stopped before its first checkpoint
+            return _start_over(run_dir, quiet, device, allow_import)
         state = load_checkpoint(path)
         require_keys(
             path, state, ("config", "model", "optimizer", "generator", "step", "epoch", "rng")
@@ -322,6 +340,7 @@ def resume_run(run_dir: str | Path, quiet: bool = False, device: str | None = No
             )
         if isinstance(state["model"], dict):
             require_finite(path, state["model"])
+        check_run_imports(cfg, allow_import, path)
         dev = validate_run(cfg)
         ctx = setup_distributed(dev)
         try:
@@ -331,7 +350,7 @@ def resume_run(run_dir: str | Path, quiet: bool = False, device: str | None = No
             if state.get("batch_in_epoch", 0) and saved_world != ctx.world_size:
                 raise CheckpointError(
                     f"{path}: saved mid-epoch by {saved_world} process(es); resume it with: "
-                    f"{resume_command(run_dir, saved_world)}"
+                    f"{resume_command(run_dir, saved_world, cfg)}"
                 )
             return _train(cfg, run_dir, ctx, quiet, resume=(path, state))
         finally:
@@ -348,7 +367,7 @@ def _rank_zero() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def _start_over(run_dir: Path, quiet: bool, device: str | None) -> Path:
+def _start_over(run_dir: Path, quiet: bool, device: str | None, allow_import: bool) -> Path:
     """Train a run that stopped before its first checkpoint from the start, in place, from its
     ``config.yaml`` (deterministic: the result is that of an uninterrupted run)."""
 
@@ -360,6 +379,7 @@ def _start_over(run_dir: Path, quiet: bool, device: str | None) -> Path:
             f"{run_dir}: stopped before its first checkpoint and its config.yaml is unusable "
             f"({str(err)[:200]}); start it again with train --overwrite"
         ) from None
+    check_run_imports(cfg, allow_import, run_dir / CONFIG)
     dev = validate_run(cfg)
     ctx = setup_distributed(dev)
     try:
@@ -388,7 +408,7 @@ def _train(
             _save_or_explain(out, trainer, cfg, splits, complete=False)
         return out / CHECKPOINT
 
-    hint = resume_command(out, ctx.world_size)
+    hint = resume_command(out, ctx.world_size, cfg)
     try:
         if resume is None:
             teacher = prepare_from_trained(cfg, model, splits, train_loader, out, ctx)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -147,13 +147,17 @@ class EpochSampler(DistributedSampler):
         return max(self.num_samples - self.start, 0)
 
 
-def data_parallel(module: nn.Module, ctx: DistContext) -> DistributedDataParallel:
+def data_parallel(
+    module: nn.Module, ctx: DistContext, find_unused_parameters: bool = True
+) -> DistributedDataParallel:
     """``module`` wrapped in ``DistributedDataParallel`` for the ranks of ``ctx``.
 
-    * ``find_unused_parameters=True``: a pass may leave parameters out of its graph (a nestified
-      model's unordered parts, ordering parameters when no mask is drawn); DDP then marks them
-      ready instead of waiting for them. The built-in models do not need it with any sampler, and
-      ``static_graph`` fails with the sandwich sampler's ``no_sync()`` passes (docs/multiprocess.md).
+    * ``find_unused_parameters``: set it when a synchronised pass may leave trainable parameters
+      out of its graph (DDP then marks them ready instead of waiting for them, at the price of one
+      traversal of the graph per step). The trainer sets it only when a probe of the first step
+      finds such parameters (:func:`unused_parameters`): with it set and none unused, DDP prints a
+      warning on every rank. ``static_graph`` fails with the sandwich sampler's ``no_sync()``
+      passes (docs/multiprocess.md).
     * ``forward_sync_buffers=False``: batch-norm running statistics stay per rank (they do not
       enter the training loss and a run re-estimates them at the end), so no broadcast per forward
       pass (DDP still syncs them once, at construction).
@@ -161,8 +165,38 @@ def data_parallel(module: nn.Module, ctx: DistContext) -> DistributedDataParalle
     """
     ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     return DistributedDataParallel(
-        module, device_ids=ids, forward_sync_buffers=False, find_unused_parameters=True
+        module,
+        device_ids=ids,
+        forward_sync_buffers=False,
+        find_unused_parameters=find_unused_parameters,
     )
+
+
+def unused_parameters(module: nn.Module, loss: Callable[[], torch.Tensor]) -> list[str]:
+    """Names of ``module``'s trainable parameters that ``loss()``'s graph does not reach.
+
+    ``loss()`` is computed once and differentiated with ``torch.autograd.grad(...,
+    allow_unused=True)`` (no ``.grad`` is touched); everything it changes is put back: the global
+    RNGs (CPU, and the current CUDA device's) and the module's buffers (batch-norm statistics).
+
+    Example::
+
+        unused_parameters(model, lambda: model(x).sum())   # [] when every parameter is used
+    """
+    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    if not named:
+        return []
+    buffers = [(b, b.detach().clone()) for b in module.buffers()]
+    devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            out = loss()
+            grads = torch.autograd.grad(out, [p for _, p in named], allow_unused=True)
+    finally:
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+    return [n for (n, _), g in zip(named, grads) if g is None]
 
 
 class StepFlags:

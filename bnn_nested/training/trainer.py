@@ -52,6 +52,7 @@ from bnn_nested.training.distributed import (
     StepFlags,
     check_replicas_agree,
     data_parallel,
+    unused_parameters,
 )
 from bnn_nested.training.objective import NegativeELBO, PassLoss
 from bnn_nested.training.optim import (
@@ -208,6 +209,9 @@ class Trainer:
         self.batch_in_epoch = 0  # batches of the current epoch already trained (mid-epoch resume)
         self._epoch_sums: dict[str, float] = {}
         self.stop = SigintStop(enabled=checkpointer is not None)
+        #: across processes: the stop the ranks agreed on at the last step (the sum of their
+        #: requests); a rank stops on this, never on its own request alone
+        self._stop_agreed = False
 
     def _objective(self, n_train: int) -> NegativeELBO:
         return NegativeELBO(
@@ -244,14 +248,31 @@ class Trainer:
             raise ValueError("n_train: unknown before fit(); pass n_train= to Trainer")
         return self.objective(x, y, self.step, self.epoch, self.generator)
 
-    def _forward(self) -> Callable[..., dict[str, torch.Tensor]]:
+    def _forward(self, x, y, plan, original) -> Callable[..., dict[str, torch.Tensor]]:
         """One pass of the objective: ``DistributedDataParallel(PassLoss)`` across processes (built
-        on first use, after a resume has loaded the state), the objective itself in one process."""
-        assert self.objective is not None
+        on first use, after a resume has loaded the state), the objective itself in one process.
+
+        DDP looks for parameters left out of a step's graph only when the first step's
+        synchronised (last) pass, probed once on this step's batch with every RNG and buffer put
+        back, leaves some out (:func:`~bnn_nested.training.distributed.unused_parameters`; the
+        ranks agree by an all-reduce): the built-in models use every parameter in every step, and
+        DDP warns on every rank when asked to look and nothing is unused."""
+        objective = self.objective
+        assert objective is not None
         if not self.dist.active:
-            return self.objective.pass_terms
-        if self._ddp is None or self._ddp.module.objective[0] is not self.objective:
-            self._ddp = data_parallel(PassLoss(self.objective), self.dist)
+            return objective.pass_terms
+        if self._ddp is None or self._ddp.module.objective[0] is not objective:
+            scored = list(objective._scored)
+
+            def last_pass() -> torch.Tensor:
+                return objective.pass_terms(x, y, plan[-1], None, original, self.epoch)["loss"]
+
+            try:
+                unused = unused_parameters(self.model, last_pass)
+            finally:
+                objective._scored = scored
+            anywhere = StepFlags(bool(unused), False, self.dist).wait()[0] > 0
+            self._ddp = data_parallel(PassLoss(objective), self.dist, anywhere)
         return self._ddp
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
@@ -269,9 +290,10 @@ class Trainer:
         self.model.train()
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
-        objective, forward = self.objective, self._forward()
+        objective = self.objective
         original = objective.teacher_logits(x)
         plan = objective.plan(self.step, self.generator)
+        forward = self._forward(x, y, plan, original)
         self.optimizer.zero_grad(set_to_none=True)
         terms: list[dict[str, torch.Tensor]] = []
         flags: StepFlags | None = None
@@ -294,7 +316,11 @@ class Trainer:
             terms.append(_detached(t))
         if flags is not None:
             stop, bad = flags.wait()
-            self._stop_requested = stop > 0
+            # only ever raise the local request: a SIGINT that arrived while the flags were in
+            # flight (during the backward pass) is not in this sum and is sent with the next step
+            self._stop_agreed = stop > 0
+            if self._stop_agreed:
+                self._stop_requested = True
             if bad:
                 raise NonFiniteLossError(
                     f"loss became non-finite on {bad} rank(s) at step {self.step}"
@@ -347,7 +373,7 @@ class Trainer:
             for k, v in parts.items():
                 self._epoch_sums[k] = self._epoch_sums.get(k, 0.0) + v
             self.batch_in_epoch += 1
-            if self._stop_requested:
+            if self._stop_requested if not self.dist.active else self._stop_agreed:
                 self._interrupt()
             if self.policy.after_step(self.step):
                 self.save_checkpoint("step")
@@ -373,6 +399,17 @@ class Trainer:
         path = self.checkpointer(self, reason)
         self.last_checkpoint = (path, self.step)
         return path
+
+    def _stop_at_epoch_end(self) -> bool:
+        """Stop after this epoch? Across processes every rank must answer the same: a SIGINT
+        reaches the ranks at slightly different moments (one may be validating, another already
+        past its check), so the ranks' local requests are summed by one small all-reduce."""
+        if not self.dist.active:
+            return self._stop_requested
+        self._stop_agreed = StepFlags(self._stop_requested, False, self.dist).wait()[0] > 0
+        if self._stop_agreed:
+            self._stop_requested = True
+        return self._stop_agreed
 
     def _interrupt(self) -> None:
         path = self.save_checkpoint("interrupt")
@@ -480,6 +517,7 @@ class Trainer:
         self._ddp = None
 
     def _fit_epochs(self, train_loader, val_loader, end, on_epoch_end, bn_loader) -> None:
+        self._stop_agreed = False
         with self.stop:
             while self.epoch < end:
                 record = {"epoch": self.epoch + 1, **self.train_epoch(train_loader)}
@@ -496,7 +534,7 @@ class Trainer:
                     on_epoch_end(self, record)
                 if self.policy.after_epoch(self.epoch, end):
                     self.save_checkpoint("epoch")
-                if self._stop_requested:
+                if self._stop_at_epoch_end():
                     self._interrupt()
 
     # -- state -------------------------------------------------------------------------------

@@ -157,7 +157,11 @@ MUTATIONS = st.one_of(
         st.just("error: eval.widths"),  # the list, or the element: eval.widths.1
     ),
     st.builds(_set, st.just("data.batch_size"), st.integers(max_value=0)),
-    st.builds(_set, st.just("data.val_fraction"), nonpositive | st.floats(0.5, 10)),
+    st.builds(  # 0 is allowed: no validation split
+        _set,
+        st.just("data.val_fraction"),
+        st.floats(max_value=-1e-9) | st.integers(max_value=-1) | st.floats(0.5, 10),
+    ),
     st.builds(_set, st.just("train.epochs"), st.integers(max_value=0)),
     st.builds(_set, st.just("train.lr"), nonpositive),
     st.builds(_set, st.just("train.grad_clip"), nonpositive),

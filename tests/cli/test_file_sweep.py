@@ -16,6 +16,8 @@ temperature.json``
 ``RUN/deploy/*.json``       ``select RUN`` (validation-metrics and profile caches)
 ``--init-from`` state dict  ``train --config ... --init-from F``
 width-weights export        ``load_width_weights(F)`` (the safe loader for shared files)
+the above, under torchrun   ``torchrun --nproc_per_node=2 -m bnn_nested train`` with a bad config,
+                            ``--init-from`` file or checkpoint (every rank exits 2, one line)
 ==========================  =====================================================================
 
 Each file is replaced by random bytes, random JSON / YAML-ish data, or a damaged or edited copy of
@@ -392,3 +394,76 @@ def test_sweep_width_weights(template):
                 assert module(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
 
     check()
+
+
+# -- under torchrun: every rank meets the same bad input; rank 0 alone says why ----------------
+ROOT = Path(__file__).parents[2]
+
+
+def _bad_torchrun_inputs(tmp: Path, template: Path) -> dict[str, list[str]]:
+    """Bad inputs of ``train`` launched by torchrun (each case writes only its own files)."""
+    import random
+
+    rng = random.Random(0)  # seeded: the same bytes every run
+    cases: dict[str, list[str]] = {}
+    cfg = tmp / "cfg.yaml"
+    junk = tmp / "junk.yaml"
+    junk.write_bytes(bytes(rng.randrange(256) for _ in range(200)))
+    cases["random bytes as config"] = ["--config", str(junk)]
+    typo = tmp / "typo.yaml"
+    typo.write_text(cfg.read_text().replace("hidden:", "hiden:"))
+    cases["unknown key"] = ["--config", str(typo)]
+    cases["missing config"] = ["--config", str(tmp / "absent.yaml")]
+    truncated = tmp / "plain.pt"
+    truncated.write_bytes((template / "plain.pt").read_bytes()[:300])
+    cases["truncated --init-from"] = ["--config", str(cfg), "--init-from", str(truncated)]
+    run = tmp / "stopped"
+    shutil.copytree(template / "run", run)
+    state = (run / "checkpoint.pt").read_bytes()
+    (run / "checkpoint.pt").write_bytes(state[: len(state) // 2])
+    cases["truncated checkpoint (--resume)"] = ["--resume", str(run)]
+    return cases
+
+
+def _files(root: Path) -> dict[Path, bytes]:
+    """Every file under ``root`` and its bytes (a run's lock file, rewritten by each reader that
+    takes it, left out)."""
+    return {
+        p: p.read_bytes() for p in root.rglob("*") if p.is_file() and p.name != ".bnn-nested.lock"
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="torchrun on a POSIX system")
+def test_sweep_train_under_torchrun(template, tmp_path):
+    """``torchrun --nproc_per_node=2 -m bnn_nested train`` on bad input: torchrun fails (it exits 1
+    whenever a rank fails), rank 0 exits 2 (rank 1 too, unless torchrun ended it first), exactly
+    one ``bnn-nested: error:`` line (rank 0's), no traceback through bnn_nested's code, nothing
+    written."""
+    import subprocess
+    import sys
+
+    shutil.copy(template / "cfg.yaml", tmp_path / "cfg.yaml")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    for case, args in _bad_torchrun_inputs(tmp_path, template).items():
+        out = tmp_path / "new"
+        argv = ["-m", "bnn_nested", "train", *args, "--quiet"]
+        if "--resume" not in args:
+            argv += ["--out", str(out)]
+        before = _files(tmp_path)
+        p = subprocess.run(
+            [*launch, *argv], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
+        )
+        err = p.stderr
+        assert p.returncode != 0, (case, err[-2000:])
+        # rank 0 exits 2; rank 1 too, or is ended by torchrun (SIGTERM: -15) once rank 0 failed
+        codes = dict(re.findall(r"rank\s+: (\d+) \(local_rank: \d+\)\s+exitcode\s+: (-?\d+)", err))
+        assert codes.get("0") == "2" and codes.get("1") in ("2", "-15"), (case, err[-2000:])
+        ours = [ln for ln in err.splitlines() if ln.startswith("bnn-nested")]
+        assert len(ours) == 1 and ours[0].startswith("bnn-nested: error: "), (case, err[-2000:])
+        assert "rank 1" not in ours[0] and not INTERNALS.search(ours[0]), (case, ours[0])
+        frames = [ln for ln in err.splitlines() if 'File "' in ln and "bnn_nested" in ln]
+        assert not frames, (case, err[-2000:])
+        assert not out.exists(), case  # nothing written
+        assert _files(tmp_path) == before, case  # the inputs are never modified

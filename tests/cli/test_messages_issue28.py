@@ -194,3 +194,20 @@ def test_a_damaged_checkpoint_entry_is_not_python_internals(template, tmp_path, 
     else:
         assert rc in (0, 1)
         assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_rank_other_than_0_prints_only_when_rank_0_did_not_end_it(tmp_path, capsys, monkeypatch):
+    """Under torchrun rank 0 reports the errors every rank meets alike; another rank waits for
+    torchrun to end it (it does, once rank 0 has failed). If that does not happen, rank 0 did not
+    fail, so this rank says why, naming itself."""
+    import bnn_nested.cli.main as cli
+
+    monkeypatch.setattr(cli, "RANK_WAIT_S", 0.05)
+    monkeypatch.setenv("RANK", "1")
+    missing = ["train", "--config", str(tmp_path / "absent.yaml"), "--out", str(tmp_path / "r")]
+    assert main(missing) == 2
+    assert _one_error_line(capsys).startswith("bnn-nested: error: rank 1: ")
+    monkeypatch.setenv("RANK", "0")
+    assert main(missing) == 2
+    line = _one_error_line(capsys)
+    assert line.startswith("bnn-nested: error: config file ")

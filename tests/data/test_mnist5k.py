@@ -84,7 +84,7 @@ def test_deterministic_for_seed_and_flatten(splits: ImageDataSplits) -> None:
 
 @pytest.mark.parametrize(
     ("val_fraction", "test_fraction", "field"),
-    [(0.0, 0.2, "val_fraction"), (0.2, 1.0, "test_fraction"), (0.5, 0.5, "val_fraction")],
+    [(-0.1, 0.2, "val_fraction"), (0.2, 1.0, "test_fraction"), (0.5, 0.5, "val_fraction")],
 )
 def test_bad_fractions(val_fraction: float, test_fraction: float, field: str) -> None:
     with pytest.raises(ValueError, match=field):

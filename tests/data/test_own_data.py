@@ -151,3 +151,48 @@ def test_the_readme_example_trains_and_evaluates(tmp_path, monkeypatch, capsys):
     assert main(["evaluate", str(run), "--no-plots", "--allow-import"]) == 0  # ... when told
     report = json.loads((run / "report.json").read_text())
     assert report["meta"]["data"] == "my_blobs" and report["widths"]
+
+
+# -- the built-in data sets: data.val_fraction: 0 means no validation split (issue 28) ----------
+@pytest.mark.parametrize("name", ["digits", "mnist5k"])
+def test_builtin_data_with_val_fraction_0_has_no_validation_split(name):
+    from bnn_nested.config import DataConfig
+
+    splits = load_dataset(DataConfig(name=name, val_fraction=0.0), seed=0)
+    total = {"digits": 1797, "mnist5k": 5000}[name]
+    assert not splits.has_val and len(splits.val) == 0
+    assert len(splits.train) + len(splits.test) == total
+    default = load_dataset(DataConfig(name=name), seed=0)  # the test split is unchanged
+    assert len(splits.test) == len(default.test)
+
+
+def test_training_digits_without_validation_logs_no_val_acc(tmp_path, capsys, monkeypatch):
+    import bnn_nested.training.trainer as trainer_module
+
+    validated = []
+    original = trainer_module.Trainer.validation_accuracy
+
+    def recording(self, *a, **kw):  # would re-estimate batch norm on the split
+        validated.append(1)
+        return original(self, *a, **kw)
+
+    monkeypatch.setattr(trainer_module.Trainer, "validation_accuracy", recording)
+    cfg = {
+        "data": {"name": "digits", "batch_size": 64, "val_fraction": 0},
+        "model": {"name": "mlp", "hidden": [8], "groups": 4, "kept": 1, "norm": "batch"},
+        "train": {"epochs": 2, "device": "cpu"},
+        "eval": {"widths": [0.5, 1.0]},
+    }
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(path), "--out", str(run), "--quiet"]) == 0
+    history = json.loads((run / "history.json").read_text())
+    assert len(history) == 2 and all("val_acc" not in r for r in history), history
+    assert not validated
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["val_fraction"] == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--no-plots"]) == 0
+    assert "no validation split" in capsys.readouterr().out
+    assert main(["evaluate", str(run), "--calibrate", "temperature", "--no-plots"]) == 2
+    assert "no validation split" in _one_error_line(capsys)

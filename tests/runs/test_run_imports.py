@@ -75,3 +75,43 @@ def test_load_run_and_from_run_need_allow_import(planted):
     assert not proof.exists()
     assert load_run(run, allow_import=True).config.imports == ["planted_mod"]
     assert proof.exists()
+
+
+@pytest.mark.parametrize("stopped", ["mid-run", "before the first checkpoint"])
+def test_train_resume_of_a_run_that_imports_modules_needs_allow_import(planted, capsys, stopped):
+    """``train --resume RUN`` reads the config from the run directory (not from the command line),
+    so it is a reader of a possibly foreign run like ``evaluate``: refused without
+    ``--allow-import``, nothing run or written; with it the run is finished."""
+    import yaml
+
+    run, proof = planted
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    if stopped == "mid-run":
+        state["complete"] = False
+        torch.save(state, run / "checkpoint.pt")
+        where = "checkpoint.pt"
+    else:  # resume starts it over from config.yaml
+        for p in run.iterdir():
+            if p.is_file() and p.name not in (".bnn-nested-run", ".bnn-nested.lock"):
+                p.unlink()
+        (run / "config.yaml").write_text(yaml.safe_dump(state["config"]))
+        where = "config.yaml"
+    before = tree_digest(run)
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bnn-nested: error:"), err
+    assert "planted_mod" in err[0] and "--allow-import" in err[0] and where in err[0]
+    assert not proof.exists()  # no code ran
+    assert tree_digest(run) == before
+    assert main(["train", "--resume", str(run), "--quiet", "--allow-import"]) == 0
+    assert proof.exists()
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["complete"]
+
+
+def test_the_resume_hint_of_a_run_that_imports_modules_says_allow_import():
+    from bnn_nested.config import build_config
+    from bnn_nested.runs.run import resume_command
+
+    cfg = build_config({"imports": ["planted_mod"], "data": {"name": "digits"}})
+    assert resume_command("runs/a", 1, cfg) == "bnn-nested train --resume runs/a --allow-import"
+    assert resume_command("runs/a", 2, build_config({})).endswith("train --resume runs/a")

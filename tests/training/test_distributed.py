@@ -46,7 +46,8 @@ def _cfg(sampler: str = "vou"):
             "seed": 7,
             "data": {"batch_size": GLOBAL_BATCH},
             "model": {"hidden": [16], "groups": 4, "kept": 1},
-            "ordering": {"sampler": sampler, "temperature": 0.7},
+            # relaxed masks at temperature 0.7 (the default, hard masks, runs in the torchrun tests)
+            "ordering": {"sampler": sampler, "temperature": 0.7, "hard": False},
             "train": {"epochs": EPOCHS, "lr": 0.01},
         }
     )
@@ -145,7 +146,11 @@ def test_two_cpu_processes_match_one(tmp_path, sampler):
     mp.spawn(_worker, args=(2, str(tmp_path), sampler, with_run), nprocs=2, join=True)
     # masks: identical on both ranks at every step (one mask per ordering unit per step)
     masks = json.loads((tmp_path / "masks0.json").read_text())
-    assert len(masks) == EPOCHS * (N // GLOBAL_BATCH) * MASKS_PER_STEP[sampler]
+    per_step = MASKS_PER_STEP[sampler]
+    # plus the first step's probe for unused parameters, drawn with the RNGs put back after it:
+    # the same mask as the first step's
+    assert len(masks) == (EPOCHS * (N // GLOBAL_BATCH) + 1) * per_step
+    assert masks[:per_step] == masks[per_step : 2 * per_step]
     assert all(len(set(d)) == 1 for d in masks)
     if not with_run:  # no communication thread outlives the group (docs/multiprocess.md)
         for rank in (0, 1):
@@ -256,9 +261,15 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
+#: DDP's warning when asked to find unused parameters and none is unused (printed by every rank
+#: on every torchrun run before issue 28): the trainer now asks only when a parameter is unused
+DDP_UNUSED_WARNING = "find_unused_parameters=True was specified"
+
+
 def _finish(proc: subprocess.Popen) -> None:
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-2000:]
+    assert DDP_UNUSED_WARNING not in err and "find_unused_parameters" not in err, err[-2000:]
 
 
 @pytest.mark.slow
@@ -304,3 +315,140 @@ def test_two_process_sigkill_then_resume_is_bit_identical(tmp_path, sampler):
     for k in ref["model"]:
         assert torch.equal(final["model"][k], ref["model"][k]), k
     assert final["history"] == ref["history"]
+
+
+# -- Ctrl-C under torchrun (issue 28) -----------------------------------------------------------
+#: The CLI with each step's stop/NaN all-reduce awaited 50 ms late: a SIGINT then lands while the
+#: flags are in flight (during the backward pass), where the old code lost it; each rank writes its
+#: exit status to ``exit<RANK>`` (torchrun does not report its workers' statuses after a signal).
+CHILD_SIGINT = textwrap.dedent(
+    """
+    import os, sys, time
+    import torch
+    torch.set_num_threads(1)
+    from bnn_nested.training.distributed import StepFlags
+    wait = StepFlags.wait
+    def late(self):
+        time.sleep(0.05)
+        return wait(self)
+    StepFlags.wait = late
+    from bnn_nested.cli.main import main
+    code = main(sys.argv[2:])
+    open(os.path.join(sys.argv[1], "exit" + os.environ["RANK"]), "w").write(str(code))
+    sys.exit(code)
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(os, "killpg"), reason="sends SIGINT to a process group")
+def test_ctrl_c_under_torchrun_stops_every_rank_and_resumes(tmp_path):
+    """A terminal's Ctrl-C reaches torchrun's process group only (torchrun starts its ranks in
+    sessions of their own); torchrun forwards SIGINT to every rank. The ranks must stop at the
+    same step (not train on to the last epoch), rank 0 alone prints one line, every rank exits
+    130, no traceback comes from bnn_nested, and the run resumes to completion."""
+    epochs = 2
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "seed": 5,
+                "data": {"name": "digits", "batch_size": 64},
+                "model": {"hidden": [16], "groups": 4, "kept": 1},
+                "train": {"epochs": epochs, "lr": 0.003, "checkpoint_every_steps": 5},
+                "eval": {"widths": [0.5, 1.0]},
+            }
+        )
+    )
+    script = tmp_path / "child.py"
+    script.write_text(CHILD_SIGINT)
+    run = tmp_path / "run"
+    args = (str(script), str(tmp_path), "train")
+    proc = _torchrun(
+        *args, "--config", str(cfg), "--out", str(run), "--quiet", start_new_session=True
+    )
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoint.pt").exists():
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert time.monotonic() < deadline, "no checkpoint within 120 s"
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    _, err = proc.communicate(timeout=60)
+    # every rank stopped on the signal and exited 130 (torchrun itself exits 1: see README)
+    assert [(tmp_path / f"exit{r}").read_text() for r in (0, 1)] == ["130", "130"], err[-3000:]
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    steps_per_epoch = -(-1167 // 64)  # digits' 1,167 training examples, padded to the world size
+    assert not state["complete"] and state["step"] < epochs * steps_per_epoch, err[-3000:]
+    ours = [ln for ln in err.splitlines() if ln.startswith("bnn-nested")]
+    assert len(ours) == 1, err[-3000:]
+    assert ours[0].startswith(f"bnn-nested: interrupted after step {state['step']} ")
+    assert f"--nproc_per_node=2 -m bnn_nested train --resume {run}" in ours[0]
+    assert "bnn_nested/" not in "".join(ln for ln in err.splitlines() if 'File "' in ln)
+    assert "find_unused_parameters" not in err  # DDP's warning, once per rank, before issue 28
+    # the run directory is consistent: --resume under torchrun finishes it
+    _finish(_torchrun(*args, "--resume", str(run), "--quiet"))
+    final = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert final["complete"] and final["step"] == epochs * steps_per_epoch
+    assert [h["epoch"] for h in final["history"]] == list(range(1, epochs + 1))
+
+
+# -- DDP's unused-parameter search only where a parameter is unused (issue 28) -------------------
+def test_unused_parameters_names_them_and_puts_everything_back():
+    from bnn_nested.training.distributed import unused_parameters
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    net.spare = torch.nn.Linear(2, 2)  # never called
+    net.spare.bias.requires_grad_(False)  # not trainable: not reported
+    x = torch.randn(8, 4)
+    stats = [b.clone() for b in net.buffers()]
+    torch.manual_seed(3)
+    expected = torch.rand(1)
+    torch.manual_seed(3)
+
+    def loss():
+        return net[2](net[1](net[0](x * torch.rand(1)))).sum()  # draws from the global RNG
+
+    assert unused_parameters(net, loss) == ["spare.weight"]
+    assert torch.equal(torch.rand(1), expected)  # the RNG draw was put back
+    assert all(torch.equal(a, b) for a, b in zip(stats, net.buffers()))  # BN statistics too
+    assert all(p.grad is None for p in net.parameters())
+    del net.spare
+    assert unused_parameters(net, loss) == []
+
+
+def _unused_worker(rank: int, tmp: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/pg", rank=rank, world_size=2)
+    ctx = setup_distributed("cpu")
+    import bnn_nested.training.trainer as trainer_module
+
+    asked = []
+    original = trainer_module.data_parallel
+
+    def recording(module, ctx, find_unused_parameters=True):
+        asked.append(find_unused_parameters)
+        return original(module, ctx, find_unused_parameters)
+
+    trainer_module.data_parallel = recording
+    cfg = _cfg("vou")
+    results = {}
+    for spare in (False, True):
+        seed_everything(cfg.seed)
+        model = NestedMLP(6, 3, [16], 4, 1, build_sampler(cfg.ordering).ordering_kwargs())
+        if spare:  # a parameter no pass uses (e.g. a part of a user's network left out)
+            model.spare = torch.nn.Linear(2, 2)
+        data = _dataset()
+        loader = DataLoader(data, batch_size=16, sampler=EpochSampler(data, cfg.seed, rank, 2))
+        trainer = Trainer(model, cfg, n_train=N, quiet=True, dist=ctx)
+        trainer.fit(loader, epochs=1)  # DDP raises on the second step if it waits for `spare`
+        results[str(spare)] = trainer.step
+    (Path(tmp) / f"unused{rank}.json").write_text(json.dumps({"asked": asked, **results}))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_searches_for_unused_parameters_only_when_some_are(tmp_path):
+    mp.spawn(_unused_worker, args=(str(tmp_path),), nprocs=2, join=True)
+    for rank in (0, 1):
+        got = json.loads((tmp_path / f"unused{rank}.json").read_text())
+        assert got == {"asked": [False, True], "False": 4, "True": 4}
