@@ -1,8 +1,9 @@
 """Convert timm classifiers (random init, nothing downloaded) with ``nestify`` and check them.
 
 For each architecture in :data:`MODELS` (``timm.create_model(name, pretrained=False,
-num_classes=10)``, with ``img_size=64`` where the model takes it; input 64 x 64, or the model's
-fixed size where it has one; batch 2; eval mode): every near-constant parameter (zeros, ones, a
+num_classes=10)``, with ``img_size=64`` where the model takes it and runs at it; input 64 x 64, or
+the model's fixed size where it has one (EfficientFormer: 224, its attention biases are sized for
+it whatever ``img_size`` says); batch 2; eval mode): every near-constant parameter (zeros, ones, a
 small LayerScale, GRN's zero gamma / beta: ``bnn_nested.nest.convert._near_constant``) is first
 re-drawn as ``p + N(0, s^2)``, ``s = 0.5 max(1, mean |p|)`` (seeded), so that the outputs have a
 scale and identity-at-initialisation layers mix their channels. Then:
@@ -59,9 +60,11 @@ def build(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
     from bnn_nested.nest.convert import _near_constant
 
     try:
-        model = timm.create_model(name, pretrained=False, num_classes=10, img_size=64)
+        model = timm.create_model(name, pretrained=False, num_classes=10, img_size=64).eval()
         size = 64
-    except TypeError:
+        with torch.no_grad():  # some take img_size in **kwargs and ignore it (EfficientFormer)
+            model(torch.zeros(1, 3, size, size))
+    except (TypeError, RuntimeError):
         model = timm.create_model(name, pretrained=False, num_classes=10)
         fixed = getattr(model, "pretrained_cfg", {}).get("fixed_input_size", False)
         size = model.pretrained_cfg["input_size"][-1] if fixed else 64
