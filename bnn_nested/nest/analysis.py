@@ -29,6 +29,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
 from bnn_nested.nest.structure import ChannelDim, Member, WidthStructure
+from bnn_nested.nn.utils import call_model
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORM = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
@@ -41,10 +42,9 @@ def as_tuple(example_inputs: Any) -> tuple:
 
 def call(model: nn.Module, inputs: Any) -> Any:
     """``model`` on ``inputs``: a dict is keyword arguments (a tokenizer's batch), a tuple / list
-    positional arguments, anything else the one positional argument."""
-    if isinstance(inputs, Mapping):
-        return model(**inputs)
-    return model(*as_tuple(inputs))
+    positional arguments, anything else the one positional argument (as the trainer and
+    ``predict`` call it: :func:`bnn_nested.nn.utils.call_model`)."""
+    return call_model(model, inputs)
 
 
 def trace_inputs(inputs: Any) -> Any:
@@ -189,8 +189,65 @@ def _forward_facts(model: nn.Module, example_inputs: Any):
     return (order[-1] if order else None), splits.blocks, splits.fused, called
 
 
+def is_grn(m: nn.Module) -> bool:
+    """A Global Response Normalization layer as timm writes it (ConvNeXt-V2, ``timm.layers.grn``):
+    ``x + bias + weight * x * g / (mean_c g + eps)`` with ``g`` the L2 norm of each channel over
+    space. Its mean over the channels couples them: on an ordered dimension its input is masked
+    (a dropped channel counts as a zero in the mean) and slicing rescales it (:class:`_GRNPruner`)
+    so that the sliced mean is still over the full channel count."""
+    w = getattr(m, "weight", None)
+    return (
+        type(m).__name__ == "GlobalResponseNorm"
+        and isinstance(getattr(m, "eps", None), float)
+        and getattr(m, "channel_dim", None) in (1, -1)
+        and isinstance(w, torch.Tensor)
+        and w.dim() == 1
+    )
+
+
+class _GRNPruner(tp.pruner.function.BasePruningFunc):
+    """Torch-Pruning's handler of a GRN (:func:`is_grn`): its ``C`` channels in, the same out.
+    Keeping ``k`` of them, the sliced layer's mean over the channels is ``sum / k`` where the
+    masked network's is ``sum / C`` (the dropped channels are zeros); ``weight * C / k`` and
+    ``eps * C / k`` make the kept channels' outputs equal (``w x g / (sum / C + eps)``)."""
+
+    def prune_out_channels(self, layer: nn.Module, idxs) -> nn.Module:
+        c = layer.weight.numel()
+        keep = sorted(set(range(c)) - {int(i) for i in idxs})
+        layer.weight = self._prune_parameter_and_grad(layer.weight, keep, 0)
+        layer.bias = self._prune_parameter_and_grad(layer.bias, keep, 0)
+        with torch.no_grad():
+            layer.weight.mul_(c / len(keep))
+        layer.eps = layer.eps * c / len(keep)
+        return layer
+
+    prune_in_channels = prune_out_channels
+
+    def get_out_channels(self, layer: nn.Module) -> int:
+        return layer.weight.numel()
+
+    def get_in_channels(self, layer: nn.Module) -> int:
+        return layer.weight.numel()
+
+
+def channels_first(m: nn.Module) -> bool:
+    """Whether a consumer's channels are on dim 1 (convolutions, a channels-first GRN)."""
+    return isinstance(m, _CONV) or (is_grn(m) and m.channel_dim == 1)
+
+
+def consumed_channels(m: nn.Module) -> int:
+    """Input channels of a consumer (``Linear``, ``Conv``, GRN)."""
+    if isinstance(m, _CONV):
+        return m.in_channels
+    if is_grn(m):
+        return m.weight.numel()
+    return m.in_features
+
+
 def _role(m: nn.Module, handler: str) -> str | None:
     """Role of a dependency item, or ``None`` when it does not need our attention."""
+    if is_grn(m):
+        return "grn"
     if isinstance(m, (nn.Linear, *_CONV)):
         if is_depthwise(m):
             return "depthwise"
@@ -451,11 +508,13 @@ def _dependency_graph(model: nn.Module, example_inputs: Any):
             # traced through autograd; Torch-Pruning's own warnings ("Maximum recursive depth
             # reached!" on an RNN) say nothing a user can act on
             warnings.filterwarnings("ignore", category=UserWarning, module="torch_pruning")
+            grn = {type(m): _GRNPruner() for m in model.modules() if is_grn(m)}
             return tp.DependencyGraph().build_dependency(
                 model,
                 example_inputs=trace_inputs(example_inputs),
                 output_transform=tensor_leaves,  # every tensor of the output (no cache objects)
                 verbose=False,
+                customized_pruners=grn or None,
             )
     except Exception as e:  # noqa: BLE001 - any failure inside the tracer is reported alike
         where = traceback.extract_tb(e.__traceback__)[-1].name
