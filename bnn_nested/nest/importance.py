@@ -214,6 +214,9 @@ def _permute_member(net: nn.Module, member: Member, perm: torch.Tensor) -> None:
         _take(getattr(mod, "log_alpha", None), axis, src)
         if axis == 0:
             _take(mod.bias, 0, src)
+            gain = getattr(mod, "gain", None)  # timm's ScaledStdConv2d: a gain per output channel
+            if isinstance(gain, torch.Tensor) and gain.dim() and gain.shape[0] == length:
+                _take(gain, 0, src)
         return
     for name in ("weight", "bias", "running_mean", "running_var"):  # norm / other per-channel
         t = getattr(mod, name, None)

@@ -273,6 +273,48 @@ def test_timm_grn_width_ordered_and_sliced_with_the_full_channel_count(channels_
     torch.testing.assert_close(sliced_network(ordered, 0.5, x)(x), ordered(x, width=0.5))
 
 
+class StdConvNet(nn.Module):
+    """NF-ResNet's layers: timm's weight-standardised convolutions, a scaled residual."""
+
+    def __init__(self) -> None:
+        from timm.layers import ScaledStdConv2d, StdConv2d
+
+        super().__init__()
+        self.stem = ScaledStdConv2d(3, 16, 3, padding=1)
+        self.a = ScaledStdConv2d(16, 32, 3, padding=1)
+        self.b = StdConv2d(32, 16, 1)
+        self.head = nn.Linear(16, 3)
+        with torch.no_grad():
+            for m in (self.stem, self.a):
+                m.gain.normal_()
+
+    def forward(self, x):
+        h = F.relu(self.stem(x))
+        h = h + 0.2 * self.b(F.relu(self.a(h)))
+        return self.head(h.mean((2, 3)))
+
+
+@torch.no_grad()
+def test_weight_standardised_convolutions_ordered_and_sliced_exactly():
+    """The standardisation of a kernel is over its input channels: the sliced network convolves
+    with the full network's standardised kernel (a plain ``nn.Conv2d``). Before, every dimension
+    into such a convolution failed the conversion check (NF-ResNet: nothing ordered)."""
+    pytest.importorskip("timm", reason="optional extra: bnn-nested[timm]")
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    net = StdConvNet().eval()
+    ref, twin = net(x), copy.deepcopy(net)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnorderedDimensionWarning)
+        nm = nestify(net, x, groups=4, kept=0).eval()
+    assert sorted(nm.dims()) == ["a", "stem"]
+    for width in (0.25, 0.5, 0.75, *_allocations(nm, random.Random(0), 2)):
+        torch.testing.assert_close(sliced_network(nm, width, x)(x), nm(x, width=width))
+    ordered = nestify(twin, x, groups=4, kept=0, order="importance").eval()
+    torch.testing.assert_close(ordered(x), ref)  # each output channel's gain moved with it
+    torch.testing.assert_close(sliced_network(ordered, 0.5, x)(x), ordered(x, width=0.5))
+
+
 class Skipped(nn.Module):
     def __init__(self) -> None:
         super().__init__()
