@@ -556,6 +556,75 @@ def _dim_reason(items, classifier: str | None, exclude: Sequence[str], fused=Non
     return None
 
 
+def _split_pieces(rows, size: int) -> torch.Tensor | str | None:
+    """Root channels that reach one index of a member together: a producer's output split in
+    pieces that are then multiplied (a GLU's ``x1, x2 = fc1(x).chunk(2); fc2(act(x1) * x2)``).
+    Returns ``(classes, pieces)`` root indices, row ``j`` the roots of consumer channel ``j``
+    (piece ``t`` in column ``t``), or ``None`` when every index has one root, or a reason when the
+    pieces are not equal and aligned (channel ``j`` of every piece at the same rank)."""
+    parent = list(range(size))
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    merged = False
+    for _, _, _, idxs, roots in rows:
+        first: dict[int, int] = {}
+        for i, r in zip(idxs, roots):
+            if i not in first:
+                first[i] = r
+                continue
+            a, b = find(first[i]), find(r)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+                merged = True
+    if not merged:
+        return _chunk_pieces(rows, size)
+    classes: dict[int, list[int]] = {}
+    for r in range(size):
+        classes.setdefault(find(r), []).append(r)
+    pieces = [sorted(c) for _, c in sorted(classes.items())]
+    if len({len(c) for c in pieces}) != 1:
+        return "a split whose pieces pair channels unevenly"
+    t = torch.tensor(pieces, dtype=torch.long)
+    if len(t) > 1 and not bool((t[1:] > t[:-1]).all()):
+        return "a split whose pieces are not aligned"
+    return t
+
+
+def _chunk_pieces(rows, size: int) -> torch.Tensor | None:
+    """A producer chunked in ``s`` equal pieces that are multiplied before one consumer (a GLU):
+    Torch-Pruning's group then maps only one piece ``[t P, (t + 1) P)`` to the consumer's ``P``
+    inputs (index ``j`` <- root ``t P + j``) and no member reads the other pieces' channels. Returns
+    the pieces ``(P, s)`` (row ``j``: roots ``j, P + j, ...``), or ``None`` for any other pattern.
+    The conversion check confirms the pairing on the sliced network."""
+    covered: set[int] = set()
+    piece = None
+    for _, role, m, idxs, roots in rows:
+        if role in ("out", "depthwise"):
+            continue
+        p = consumed_channels(m) if role == "in" else size
+        if p < size and size % p == 0 and sorted(idxs) == list(range(size)) and idxs == roots:
+            # the chunk not seen at all (a split of the last dim of (B, N, C)): the consumer's
+            # inputs read as the producer's, index j + t P for channel j of piece t
+            return torch.arange(size).reshape(size // p, p).T.contiguous()
+        covered.update(roots)
+        if role == "in" and piece is None and len(set(idxs)) == len(idxs) and 0 < len(idxs) < size:
+            p = len(idxs)
+            t, first = divmod(min(roots), p)
+            if size % p == 0 and not first and all(r == t * p + i for i, r in zip(idxs, roots)):
+                piece = (p, t)
+    if piece is None or len(covered) == size:
+        return None
+    p, t = piece
+    if covered != set(range(t * p, (t + 1) * p)):
+        return None
+    return torch.arange(size).reshape(size // p, p).T.contiguous()
+
+
 def _dimension(
     rname, group, size, groups, kept, names, blocks=None
 ) -> tuple[ChannelDim | None, str]:
@@ -585,6 +654,13 @@ def _dimension(
         return None, "channels with no producing layer"
     sizes = {int(atom[r]) for r in range(size)}
     limit = math.gcd(*sizes)
+    pieces = _split_pieces(rows, size)
+    if isinstance(pieces, str):
+        return None, f"{rname}: {pieces}"
+    if pieces is not None:  # ordered groups are whole rows: channel j of every piece together
+        if len(set(owner.tolist())) > 1:
+            return None, f"{rname}: a split of a concatenation's channels"
+        limit = math.gcd(limit, len(pieces))
     blocks = blocks or {}
     gns = [(n, m, idxs) for n, _, m, idxs, _ in rows if isinstance(m, nn.GroupNorm)]
     if gns and len(sizes | {size}) > 1:
@@ -612,6 +688,8 @@ def _dimension(
     for k in set(owner.tolist()):
         idx = (owner == k).nonzero().flatten()  # this slice's channels, in order
         root_group[idx] = torch.arange(len(idx)) * g // len(idx)
+    if pieces is not None:
+        root_group[pieces] = (torch.arange(len(pieces)) * g // len(pieces))[:, None]
     for n, role, m, idxs, roots in rows:  # every GroupNorm group / head in one ordered group
         unit = (
             m.num_channels // m.num_groups
@@ -629,11 +707,16 @@ def _dimension(
     dim = ChannelDim(rname, size, g, min(kept, g - 1), root=rname, root_group=root_group)
     dim.block = block
     dim.root_slice = owner.clone()
+    if pieces is not None:  # channels move only within their piece, all pieces alike
+        dim.pieces = pieces
+        dim.root_slice[pieces] = torch.arange(pieces.shape[1])
     done: set[tuple[str, str]] = set()
     for n, role, m, idxs, roots in rows:
         if (n, role) in done or (role == "depthwise" and any(x.module == n for x in dim.members)):
             continue
         done.add((n, role))
+        if pieces is not None and role == "in":  # a consumer of the pieces' product
+            idxs = [i % consumed_channels(m) for i in idxs]
         roots_t = torch.tensor(roots, dtype=torch.long)
         dim.members.append(
             Member(

@@ -251,6 +251,10 @@ def importance_permutation(
         dim.root_slice if dim.root_slice is not None else torch.zeros(dim.size, dtype=torch.long)
     )
     perm = torch.arange(dim.size)
+    if dim.pieces is not None:  # a GLU's pieces: channel j of every piece moves together
+        order = torch.argsort(score[dim.pieces].sum(1), descending=True, stable=True)
+        perm[dim.pieces] = dim.pieces[order]
+        return perm
     if (
         has_group_norm
     ):  # reorder whole groups (one slice: a concatenation with GroupNorm is refused)

@@ -89,6 +89,9 @@ class ChannelDim:
     #: channels that must stay together (an attention head's features): every ordered group is
     #: whole blocks, and importance ordering moves whole groups
     block: int = 1
+    #: a producer split in pieces that are multiplied (a GLU's ``chunk(2)``): row ``j`` holds the
+    #: root channels (one per piece) of consumer channel ``j``; they share a group and move together
+    pieces: torch.Tensor | None = None
 
     def dropped(self, n: int) -> list[int]:
         """Root-layer channel indices dropped when ``n`` groups are kept."""

@@ -315,6 +315,44 @@ def test_weight_standardised_convolutions_ordered_and_sliced_exactly():
     torch.testing.assert_close(sliced_network(ordered, 0.5, x)(x), ordered(x, width=0.5))
 
 
+class GLUNet(nn.Module):
+    """A gated MLP as timm's ``GluMlp`` (EVA-02, ...): one projection chunked in two halves that
+    are multiplied, ``fc2(silu(x1) * x2)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Linear(6, 8)
+        self.fc1, self.fc2 = nn.Linear(8, 32), nn.Linear(16, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.stem(x))
+        x1, x2 = self.fc1(h).chunk(2, dim=-1)
+        return self.head(h + self.fc2(F.silu(x1) * x2))
+
+
+@torch.no_grad()
+def test_glu_halves_ordered_in_parallel():
+    """Channel j of the product is halves' rows j and 16 + j: they share an ordered group (the
+    sliced fc1 keeps both rows, so its chunk(2) still pairs them). Before, groups were cut over the
+    32 rows in a row, and the conversion check left the width unordered."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 6)
+    net = GLUNet().eval()
+    ref, twin = net(x), copy.deepcopy(net)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnorderedDimensionWarning)
+        nm = nestify(net, x, groups=4, kept=0).eval()
+    assert "fc1" in nm.dims() and nm.structure["fc1"].size == 32
+    for width in (0.25, 0.5, 0.75, *_allocations(nm, random.Random(0), 2)):
+        small = sliced_network(nm, width, x)
+        torch.testing.assert_close(small(x), nm(x, width=width))
+    assert sliced_network(nm, 0.25, x).fc1.out_features == 8  # 4 channels of each half
+    ordered = nestify(twin, x, groups=4, kept=0, order="importance").eval()
+    torch.testing.assert_close(ordered(x), ref)  # the halves' rows moved in step
+    torch.testing.assert_close(sliced_network(ordered, 0.5, x)(x), ordered(x, width=0.5))
+
+
 class Skipped(nn.Module):
     def __init__(self) -> None:
         super().__init__()
