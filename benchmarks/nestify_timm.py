@@ -1,8 +1,10 @@
 """Convert timm classifiers (random init, nothing downloaded) with ``nestify`` and check them.
 
 For each architecture in :data:`MODELS` (``timm.create_model(name, pretrained=False,
-num_classes=10)``, with ``img_size=64`` where the model takes it; input 64 x 64, or the model's
-fixed size where it has one; batch 2; eval mode): every near-constant parameter (zeros, ones, a
+num_classes=10)``, with ``img_size=64`` where the model takes it and runs at it; input 64 x 64, or
+the model's own input size where it has a fixed one or does not run at 64 (EfficientFormer: 224,
+its attention biases are sized for it whatever ``img_size`` says; Inception v3: 299, too deep a
+stride for 64); batch 2; eval mode): every near-constant parameter (zeros, ones, a
 small LayerScale, GRN's zero gamma / beta: ``bnn_nested.nest.convert._near_constant``) is first
 re-drawn as ``p + N(0, s^2)``, ``s = 0.5 max(1, mean |p|)`` (seeded), so that the outputs have a
 scale and identity-at-initialisation layers mix their channels. Then:
@@ -53,18 +55,29 @@ efficientvit_b0 tiny_vit_5m_224 hgnetv2_b0 inception_next_atto mambaout_femto gh
 crossvit_tiny_240 maxvit_nano_rw_256 eva02_tiny_patch14_224""".split()
 
 
+def _runs_at(model: torch.nn.Module, size: int) -> bool:
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, size, size))
+        return True
+    except RuntimeError:
+        return False
+
+
 def build(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
     import timm
 
     from bnn_nested.nest.convert import _near_constant
 
     try:
-        model = timm.create_model(name, pretrained=False, num_classes=10, img_size=64)
+        model = timm.create_model(name, pretrained=False, num_classes=10, img_size=64).eval()
         size = 64
-    except TypeError:
-        model = timm.create_model(name, pretrained=False, num_classes=10)
+        if not _runs_at(model, size):  # img_size taken in **kwargs and ignored (EfficientFormer)
+            raise RuntimeError
+    except (TypeError, RuntimeError):
+        model = timm.create_model(name, pretrained=False, num_classes=10).eval()
         fixed = getattr(model, "pretrained_cfg", {}).get("fixed_input_size", False)
-        size = model.pretrained_cfg["input_size"][-1] if fixed else 64
+        size = 64 if not fixed and _runs_at(model, 64) else model.pretrained_cfg["input_size"][-1]
     model.eval()
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():

@@ -7,7 +7,7 @@ from contextlib import AbstractContextManager
 import torch
 
 from bnn_nested.nn.model import NestedModel, Width
-from bnn_nested.nn.utils import module_device
+from bnn_nested.nn.utils import Inputs, call_model, map_inputs, module_device, move_inputs
 
 
 def keep_scaled(model: NestedModel, enabled: bool = True) -> AbstractContextManager[NestedModel]:
@@ -20,7 +20,7 @@ def keep_scaled(model: NestedModel, enabled: bool = True) -> AbstractContextMana
 @torch.no_grad()
 def predict(
     model: NestedModel,
-    x: torch.Tensor,
+    x: Inputs,
     width: Width = 1.0,
     samples: int = 1,
     chunk: int | None = 1,
@@ -41,7 +41,9 @@ def predict(
     model without weight noise or dropout).
 
     Args:
-        x: ``(B, ...)`` inputs. ``keep_scaling``: scale kept channels by their keep probability.
+        x: ``(B, ...)`` inputs: a tensor, a tuple of positional inputs or a dict of keyword
+            inputs (a tokenizer's batch), as the model takes them.
+        keep_scaling: scale kept channels by their keep probability.
 
     Example::
 
@@ -58,14 +60,15 @@ def predict(
         with model.width(width), keep_scaled(model, keep_scaling):
             out_fn = (lambda z: z) if logits else (lambda z: torch.softmax(z, -1))
             if samples == 1:
-                return out_fn(model(x)).unsqueeze(0)
+                return out_fn(call_model(model, x)).unsqueeze(0)
             chunk = chunk or samples
             out = []
             for start in range(0, samples, chunk):
                 s = min(chunk, samples - start)
-                xs = x.unsqueeze(0).expand((s,) + x.shape).reshape((s * x.shape[0],) + x.shape[1:])
+                xs = map_inputs(x, lambda t, s=s: t.repeat((s,) + (1,) * (t.dim() - 1)))
                 with model.stochastic(True, samples=s):
-                    out.append(out_fn(model(xs)).view(s, x.shape[0], -1))
+                    z = out_fn(call_model(model, xs))
+                    out.append(z.view(s, z.shape[0] // s, -1))
             return torch.cat(out, 0)
     finally:
         model.train(was_training)
@@ -89,7 +92,9 @@ def predict_loader(
         device = module_device(model)
     probs, targets = [], []
     for x, y in loader:
-        out = predict(model, x.to(device), width, samples, keep_scaling=keep_scaling, logits=logits)
+        out = predict(
+            model, move_inputs(x, device), width, samples, keep_scaling=keep_scaling, logits=logits
+        )
         probs.append(out.cpu())
         targets.append(y)
     return torch.cat(probs, 1), torch.cat(targets)

@@ -29,6 +29,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
 from bnn_nested.nest.structure import ChannelDim, Member, WidthStructure
+from bnn_nested.nn.utils import call_model
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORM = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
@@ -41,10 +42,9 @@ def as_tuple(example_inputs: Any) -> tuple:
 
 def call(model: nn.Module, inputs: Any) -> Any:
     """``model`` on ``inputs``: a dict is keyword arguments (a tokenizer's batch), a tuple / list
-    positional arguments, anything else the one positional argument."""
-    if isinstance(inputs, Mapping):
-        return model(**inputs)
-    return model(*as_tuple(inputs))
+    positional arguments, anything else the one positional argument (as the trainer and
+    ``predict`` call it: :func:`bnn_nested.nn.utils.call_model`)."""
+    return call_model(model, inputs)
 
 
 def trace_inputs(inputs: Any) -> Any:
@@ -189,8 +189,65 @@ def _forward_facts(model: nn.Module, example_inputs: Any):
     return (order[-1] if order else None), splits.blocks, splits.fused, called
 
 
+def is_grn(m: nn.Module) -> bool:
+    """A Global Response Normalization layer as timm writes it (ConvNeXt-V2, ``timm.layers.grn``):
+    ``x + bias + weight * x * g / (mean_c g + eps)`` with ``g`` the L2 norm of each channel over
+    space. Its mean over the channels couples them: on an ordered dimension its input is masked
+    (a dropped channel counts as a zero in the mean) and slicing rescales it (:class:`_GRNPruner`)
+    so that the sliced mean is still over the full channel count."""
+    w = getattr(m, "weight", None)
+    return (
+        type(m).__name__ == "GlobalResponseNorm"
+        and isinstance(getattr(m, "eps", None), float)
+        and getattr(m, "channel_dim", None) in (1, -1)
+        and isinstance(w, torch.Tensor)
+        and w.dim() == 1
+    )
+
+
+class _GRNPruner(tp.pruner.function.BasePruningFunc):
+    """Torch-Pruning's handler of a GRN (:func:`is_grn`): its ``C`` channels in, the same out.
+    Keeping ``k`` of them, the sliced layer's mean over the channels is ``sum / k`` where the
+    masked network's is ``sum / C`` (the dropped channels are zeros); ``weight * C / k`` and
+    ``eps * C / k`` make the kept channels' outputs equal (``w x g / (sum / C + eps)``)."""
+
+    def prune_out_channels(self, layer: nn.Module, idxs) -> nn.Module:
+        c = layer.weight.numel()
+        keep = sorted(set(range(c)) - {int(i) for i in idxs})
+        layer.weight = self._prune_parameter_and_grad(layer.weight, keep, 0)
+        layer.bias = self._prune_parameter_and_grad(layer.bias, keep, 0)
+        with torch.no_grad():
+            layer.weight.mul_(c / len(keep))
+        layer.eps = layer.eps * c / len(keep)
+        return layer
+
+    prune_in_channels = prune_out_channels
+
+    def get_out_channels(self, layer: nn.Module) -> int:
+        return layer.weight.numel()
+
+    def get_in_channels(self, layer: nn.Module) -> int:
+        return layer.weight.numel()
+
+
+def channels_first(m: nn.Module) -> bool:
+    """Whether a consumer's channels are on dim 1 (convolutions, a channels-first GRN)."""
+    return isinstance(m, _CONV) or (is_grn(m) and m.channel_dim == 1)
+
+
+def consumed_channels(m: nn.Module) -> int:
+    """Input channels of a consumer (``Linear``, ``Conv``, GRN)."""
+    if isinstance(m, _CONV):
+        return m.in_channels
+    if is_grn(m):
+        return m.weight.numel()
+    return m.in_features
+
+
 def _role(m: nn.Module, handler: str) -> str | None:
     """Role of a dependency item, or ``None`` when it does not need our attention."""
+    if is_grn(m):
+        return "grn"
     if isinstance(m, (nn.Linear, *_CONV)):
         if is_depthwise(m):
             return "depthwise"
@@ -451,11 +508,13 @@ def _dependency_graph(model: nn.Module, example_inputs: Any):
             # traced through autograd; Torch-Pruning's own warnings ("Maximum recursive depth
             # reached!" on an RNN) say nothing a user can act on
             warnings.filterwarnings("ignore", category=UserWarning, module="torch_pruning")
+            grn = {type(m): _GRNPruner() for m in model.modules() if is_grn(m)}
             return tp.DependencyGraph().build_dependency(
                 model,
                 example_inputs=trace_inputs(example_inputs),
                 output_transform=tensor_leaves,  # every tensor of the output (no cache objects)
                 verbose=False,
+                customized_pruners=grn or None,
             )
     except Exception as e:  # noqa: BLE001 - any failure inside the tracer is reported alike
         where = traceback.extract_tb(e.__traceback__)[-1].name
@@ -497,6 +556,75 @@ def _dim_reason(items, classifier: str | None, exclude: Sequence[str], fused=Non
     return None
 
 
+def _split_pieces(rows, size: int) -> torch.Tensor | str | None:
+    """Root channels that reach one index of a member together: a producer's output split in
+    pieces that are then multiplied (a GLU's ``x1, x2 = fc1(x).chunk(2); fc2(act(x1) * x2)``).
+    Returns ``(classes, pieces)`` root indices, row ``j`` the roots of consumer channel ``j``
+    (piece ``t`` in column ``t``), or ``None`` when every index has one root, or a reason when the
+    pieces are not equal and aligned (channel ``j`` of every piece at the same rank)."""
+    parent = list(range(size))
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    merged = False
+    for _, _, _, idxs, roots in rows:
+        first: dict[int, int] = {}
+        for i, r in zip(idxs, roots):
+            if i not in first:
+                first[i] = r
+                continue
+            a, b = find(first[i]), find(r)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+                merged = True
+    if not merged:
+        return _chunk_pieces(rows, size)
+    classes: dict[int, list[int]] = {}
+    for r in range(size):
+        classes.setdefault(find(r), []).append(r)
+    pieces = [sorted(c) for _, c in sorted(classes.items())]
+    if len({len(c) for c in pieces}) != 1:
+        return "a split whose pieces pair channels unevenly"
+    t = torch.tensor(pieces, dtype=torch.long)
+    if len(t) > 1 and not bool((t[1:] > t[:-1]).all()):
+        return "a split whose pieces are not aligned"
+    return t
+
+
+def _chunk_pieces(rows, size: int) -> torch.Tensor | None:
+    """A producer chunked in ``s`` equal pieces that are multiplied before one consumer (a GLU):
+    Torch-Pruning's group then maps only one piece ``[t P, (t + 1) P)`` to the consumer's ``P``
+    inputs (index ``j`` <- root ``t P + j``) and no member reads the other pieces' channels. Returns
+    the pieces ``(P, s)`` (row ``j``: roots ``j, P + j, ...``), or ``None`` for any other pattern.
+    The conversion check confirms the pairing on the sliced network."""
+    covered: set[int] = set()
+    piece = None
+    for _, role, m, idxs, roots in rows:
+        if role in ("out", "depthwise"):
+            continue
+        p = consumed_channels(m) if role == "in" else size
+        if p < size and size % p == 0 and sorted(idxs) == list(range(size)) and idxs == roots:
+            # the chunk not seen at all (a split of the last dim of (B, N, C)): the consumer's
+            # inputs read as the producer's, index j + t P for channel j of piece t
+            return torch.arange(size).reshape(size // p, p).T.contiguous()
+        covered.update(roots)
+        if role == "in" and piece is None and len(set(idxs)) == len(idxs) and 0 < len(idxs) < size:
+            p = len(idxs)
+            t, first = divmod(min(roots), p)
+            if size % p == 0 and not first and all(r == t * p + i for i, r in zip(idxs, roots)):
+                piece = (p, t)
+    if piece is None or len(covered) == size:
+        return None
+    p, t = piece
+    if covered != set(range(t * p, (t + 1) * p)):
+        return None
+    return torch.arange(size).reshape(size // p, p).T.contiguous()
+
+
 def _dimension(
     rname, group, size, groups, kept, names, blocks=None
 ) -> tuple[ChannelDim | None, str]:
@@ -526,6 +654,13 @@ def _dimension(
         return None, "channels with no producing layer"
     sizes = {int(atom[r]) for r in range(size)}
     limit = math.gcd(*sizes)
+    pieces = _split_pieces(rows, size)
+    if isinstance(pieces, str):
+        return None, f"{rname}: {pieces}"
+    if pieces is not None:  # ordered groups are whole rows: channel j of every piece together
+        if len(set(owner.tolist())) > 1:
+            return None, f"{rname}: a split of a concatenation's channels"
+        limit = math.gcd(limit, len(pieces))
     blocks = blocks or {}
     gns = [(n, m, idxs) for n, _, m, idxs, _ in rows if isinstance(m, nn.GroupNorm)]
     if gns and len(sizes | {size}) > 1:
@@ -553,6 +688,8 @@ def _dimension(
     for k in set(owner.tolist()):
         idx = (owner == k).nonzero().flatten()  # this slice's channels, in order
         root_group[idx] = torch.arange(len(idx)) * g // len(idx)
+    if pieces is not None:
+        root_group[pieces] = (torch.arange(len(pieces)) * g // len(pieces))[:, None]
     for n, role, m, idxs, roots in rows:  # every GroupNorm group / head in one ordered group
         unit = (
             m.num_channels // m.num_groups
@@ -570,11 +707,16 @@ def _dimension(
     dim = ChannelDim(rname, size, g, min(kept, g - 1), root=rname, root_group=root_group)
     dim.block = block
     dim.root_slice = owner.clone()
+    if pieces is not None:  # channels move only within their piece, all pieces alike
+        dim.pieces = pieces
+        dim.root_slice[pieces] = torch.arange(pieces.shape[1])
     done: set[tuple[str, str]] = set()
     for n, role, m, idxs, roots in rows:
         if (n, role) in done or (role == "depthwise" and any(x.module == n for x in dim.members)):
             continue
         done.add((n, role))
+        if pieces is not None and role == "in":  # a consumer of the pieces' product
+            idxs = [i % consumed_channels(m) for i in idxs]
         roots_t = torch.tensor(roots, dtype=torch.long)
         dim.members.append(
             Member(

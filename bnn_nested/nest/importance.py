@@ -214,6 +214,9 @@ def _permute_member(net: nn.Module, member: Member, perm: torch.Tensor) -> None:
         _take(getattr(mod, "log_alpha", None), axis, src)
         if axis == 0:
             _take(mod.bias, 0, src)
+            gain = getattr(mod, "gain", None)  # timm's ScaledStdConv2d: a gain per output channel
+            if isinstance(gain, torch.Tensor) and gain.dim() and gain.shape[0] == length:
+                _take(gain, 0, src)
         return
     for name in ("weight", "bias", "running_mean", "running_var"):  # norm / other per-channel
         t = getattr(mod, name, None)
@@ -248,6 +251,10 @@ def importance_permutation(
         dim.root_slice if dim.root_slice is not None else torch.zeros(dim.size, dtype=torch.long)
     )
     perm = torch.arange(dim.size)
+    if dim.pieces is not None:  # a GLU's pieces: channel j of every piece moves together
+        order = torch.argsort(score[dim.pieces].sum(1), descending=True, stable=True)
+        perm[dim.pieces] = dim.pieces[order]
+        return perm
     if (
         has_group_norm
     ):  # reorder whole groups (one slice: a concatenation with GroupNorm is refused)

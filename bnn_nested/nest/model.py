@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bnn_nested.nest.analysis import _CONV, select_output
+from bnn_nested.nest.analysis import channels_first, consumed_channels, select_output
 from bnn_nested.nest.structure import WidthStructure
 from bnn_nested.nn.batchnorm import (
     _NestedBatchNorm,
@@ -43,7 +43,7 @@ def _mask_input(module: nn.Module, args: tuple) -> tuple | None:
     if mask is None or not args:
         return None
     x = args[0]
-    if isinstance(module, _CONV):  # channels on dim 1: (C,) or (N, C) -> (1|N, C, 1, ...)
+    if channels_first(module):  # channels on dim 1: (C,) or (N, C) -> (1|N, C, 1, ...)
         shape = (mask.shape[0] if mask.dim() == 2 else 1, -1) + (1,) * (x.dim() - 2)
         return (x * mask.to(x.dtype).reshape(shape),) + args[1:]
     if mask.dim() == 2 and x.dim() > 2:  # per-example mask on (N, ..., C)
@@ -191,7 +191,7 @@ class NestifiedModel(NestedModel):
     def _apply_masks(self, masks: list[torch.Tensor | None]) -> None:
         for name, uses in self.structure.consumers().items():
             mod = self.net.get_submodule(name)
-            length = mod.in_channels if isinstance(mod, _CONV) else mod.in_features
+            length = consumed_channels(mod)
             vec = None
             for i, member in uses:
                 if masks[i] is not None:

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
@@ -32,8 +33,33 @@ from bnn_nested.nn.nested import NestedConv2d, NestedLinear
 from bnn_nested.nn.utils import conv_args
 
 
+def standardized_weight(m: nn.Conv2d) -> torch.Tensor:
+    """The kernel a weight-standardised convolution of timm (``StdConv2d``, ``ScaledStdConv2d``:
+    NF-ResNet, NFNet, BiT) convolves with: each output channel's weights standardised over its
+    inputs (``ScaledStdConv2d``: times ``gain * scale``)."""
+    gain = (
+        (m.gain * m.scale).view(-1) if isinstance(getattr(m, "gain", None), torch.Tensor) else None
+    )
+    w = m.weight.reshape(1, m.out_channels, -1)
+    w = F.batch_norm(w, None, None, weight=gain, training=True, momentum=0.0, eps=m.eps)
+    return w.reshape_as(m.weight)
+
+
+#: timm's weight-standardised convolutions (the ``Same`` variants pad at run time: not included)
+_STD_CONV = ("StdConv2d", "ScaledStdConv2d")
+
+
 def _plain(m: nn.Module, key: float) -> nn.Module | None:
-    """A plain copy of a nested module (``None`` when ``m`` is already plain)."""
+    """A plain copy of a nested module (``None`` when ``m`` is already plain). A weight-standardised
+    convolution becomes the ``nn.Conv2d`` with its standardised kernel: the standardisation mixes
+    a kernel's input channels, so the sliced network convolves with the kernel the full network
+    computed (masking an input channel zeroes its contribution, slicing removes it: the same)."""
+    if isinstance(m, nn.Conv2d) and type(m).__name__ in _STD_CONV:
+        new = nn.Conv2d(**conv_args(m)).to(device=m.weight.device, dtype=m.weight.dtype)
+        new.weight.data.copy_(standardized_weight(m))
+        if m.bias is not None:
+            new.bias.data.copy_(m.bias)
+        return new
     if isinstance(m, NestedLinear):
         new = nn.Linear(m.in_features, m.out_features, m.bias is not None)
     elif isinstance(m, NestedConv2d):

@@ -27,8 +27,10 @@ import torch
 #: ``norm``: a per-channel norm or affine layer on the dimension (``BatchNorm``, ``GroupNorm``);
 #: ``depthwise``: a depthwise convolution (channel ``c`` in -> channel ``c`` out);
 #: ``heads``: the attention heads of a ``MultiheadAttention`` (q/k/v rows and out-projection
-#: columns of a head move together).
-Role = Literal["out", "in", "norm", "depthwise", "heads", "other"]
+#: columns of a head move together);
+#: ``grn``: a Global Response Normalization layer (ConvNeXt-V2): per-channel weights and a mean
+#: over the channels, so its input is masked like a consumer's (``analysis.is_grn``).
+Role = Literal["out", "in", "norm", "depthwise", "heads", "grn", "other"]
 
 
 @dataclass
@@ -87,6 +89,9 @@ class ChannelDim:
     #: channels that must stay together (an attention head's features): every ordered group is
     #: whole blocks, and importance ordering moves whole groups
     block: int = 1
+    #: a producer split in pieces that are multiplied (a GLU's ``chunk(2)``): row ``j`` holds the
+    #: root channels (one per piece) of consumer channel ``j``; they share a group and move together
+    pieces: torch.Tensor | None = None
 
     def dropped(self, n: int) -> list[int]:
         """Root-layer channel indices dropped when ``n`` groups are kept."""
@@ -152,7 +157,7 @@ class WidthStructure:
         out: dict[str, list[tuple[int, Member]]] = {}
         for i, d in enumerate(self.dims):
             for m in d.members:
-                if m.role == "in":
+                if m.role in ("in", "grn"):
                     out.setdefault(m.module, []).append((i, m))
         return out
 

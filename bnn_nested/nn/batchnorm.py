@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnn_nested.nn.utils import module_device
+from bnn_nested.nn.utils import call_model, module_device, move_inputs
 
 
 class UncalibratedWidthWarning(UserWarning):
@@ -260,7 +260,7 @@ def recalibrate_bn(
                     if num_batches is not None and n >= num_batches:
                         break
                     x = batch[0] if isinstance(batch, (tuple, list)) else batch
-                    model(x.to(device))
+                    call_model(model, move_inputs(x, device))
                     n += 1
                 if n == 0:
                     raise ValueError("loader: yielded no batch to calibrate with")

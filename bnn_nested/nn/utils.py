@@ -2,8 +2,47 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import nn
+
+#: a model's inputs as users have them: a tensor, a tuple of positional inputs, or a dict of
+#: keyword inputs (a tokenizer's batch)
+Inputs = Any
+
+
+def move_inputs(x: Inputs, device: torch.device | str) -> Inputs:
+    """``x`` with every tensor in it (a tensor, a tuple / list, a dict) moved to ``device``."""
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, Mapping):
+        return {k: move_inputs(v, device) for k, v in x.items()}
+    if isinstance(x, tuple | list):
+        return type(x)(move_inputs(v, device) for v in x)
+    return x
+
+
+def call_model(model: nn.Module, x: Inputs, **kwargs: Any) -> Any:
+    """``model(**x)`` for a dict, ``model(*x)`` for a tuple / list, ``model(x)`` for a tensor
+    (``kwargs``, e.g. ``width=``, passed too)."""
+    if isinstance(x, Mapping):
+        return model(**x, **kwargs)
+    if isinstance(x, tuple | list):
+        return model(*x, **kwargs)
+    return model(x, **kwargs)
+
+
+def map_inputs(x: Inputs, fn) -> Inputs:
+    """``fn`` applied to every tensor of ``x`` that has a batch dimension (other values kept)."""
+    if isinstance(x, torch.Tensor):
+        return fn(x) if x.dim() > 0 else x
+    if isinstance(x, Mapping):
+        return {k: map_inputs(v, fn) for k, v in x.items()}
+    if isinstance(x, tuple | list):
+        return type(x)(map_inputs(v, fn) for v in x)
+    return x
 
 
 def module_device(module: nn.Module) -> torch.device:

@@ -27,6 +27,7 @@ from torch import nn
 from bnn_nested.config import OrderingConfig, TrainConfig
 from bnn_nested.nn.model import NestedModel
 from bnn_nested.nn.ordering_unit import ordering_log_q
+from bnn_nested.nn.utils import call_model
 from bnn_nested.regularization.base import Regularizer
 from bnn_nested.training.samplers import Pass, WidthSampler, kl_weight_at
 
@@ -111,7 +112,7 @@ class NegativeELBO:
         if self.teacher is None:
             return None
         with torch.no_grad(), self.autocast():
-            return self.teacher(x).float()
+            return call_model(self.teacher, x).float()
 
     def pass_terms(
         self,
@@ -130,7 +131,7 @@ class NegativeELBO:
         gradient of the step's loss."""
         model = self.model
         with model.width(p.width), model.masking(p.mask), self.autocast():
-            logits = model(x)
+            logits = call_model(model, x)
         logits = logits.float()
         if p.distill and target is not None:
             data = torch.sum(-target * F.log_softmax(logits, -1), -1).mean()

@@ -36,6 +36,7 @@ from bnn_nested.config import Config, OrderingConfig, TrainConfig
 from bnn_nested.nn.batchnorm import nested_norms, recalibrate_bn
 from bnn_nested.nn.model import NestedModel
 from bnn_nested.nn.ordering_unit import OrderingUnit
+from bnn_nested.nn.utils import Inputs, call_model, map_inputs, move_inputs
 from bnn_nested.progress import epoch_line, progress
 from bnn_nested.regularization.base import Regularizer
 from bnn_nested.training.checkpoint import capture_rng_state, restore_rng_state
@@ -275,8 +276,9 @@ class Trainer:
             self._ddp = data_parallel(PassLoss(objective), self.dist, anywhere)
         return self._ddp
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        """One optimisation step on a batch; returns the loss parts.
+    def train_step(self, x: Inputs, y: torch.Tensor) -> dict[str, float]:
+        """One optimisation step on a batch; returns the loss parts. ``x``: a tensor, a tuple of
+        positional inputs or a dict of keyword inputs (a tokenizer's batch), as the model takes.
 
         Each pass of the sampler's plan runs its forward and backward on its own (the gradients
         accumulate); across processes all passes but the last run inside DDP's ``no_sync()``, and
@@ -288,7 +290,7 @@ class Trainer:
         if self.objective is None:
             raise ValueError("n_train: unknown before fit(); pass n_train= to Trainer")
         self.model.train()
-        x = x.to(self.device, non_blocking=True)
+        x = move_inputs(x, self.device)
         y = y.to(self.device, non_blocking=True)
         objective = self.objective
         original = objective.teacher_logits(x)
@@ -424,9 +426,9 @@ class Trainer:
         self.model.eval()
         correct = total = 0
         for x, y in loader:
-            x = x.to(self.device, non_blocking=True)
+            x = move_inputs(x, self.device)
             with self.precision.autocast():
-                pred = self.model(x, width=width).argmax(-1).cpu()
+                pred = call_model(self.model, x, width=width).argmax(-1).cpu()
             correct += int((pred == y).sum())
             total += len(y)
         return correct / max(total, 1)
@@ -451,7 +453,8 @@ class Trainer:
         """Let the regularizer inspect the model on a small batch (once, before training)."""
         if not self._setup_done:
             x0, _ = next(iter(example_loader))
-            self.regularizer.setup(self.model, example_input=x0[:2].to(self.device))
+            x0 = move_inputs(map_inputs(x0, lambda t: t[:2]), self.device)
+            self.regularizer.setup(self.model, example_input=x0)
             self._setup_done = True
 
     def fit(

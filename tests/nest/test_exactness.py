@@ -4,6 +4,7 @@ order, GroupNorm over separately produced branches, and export on trained weight
 
 from __future__ import annotations
 
+import copy
 import random
 import warnings
 
@@ -213,6 +214,143 @@ def test_export_rechecks_masked_against_sliced_on_the_exported_weights():
         nm.net.grn.gamma.normal_()
     with pytest.raises(ValueError, match=r"export_width: masked and sliced .* \['up'\]"):
         export_width(nm, 0.25, x)
+
+
+class TimmGRNNet(nn.Module):
+    """ConvNeXt-V2's MLP with timm's ``GlobalResponseNorm``, channels-last (``Linear``) or
+    channels-first (1 x 1 convolutions), its weight and bias non-zero as after training."""
+
+    def __init__(self, channels_last: bool) -> None:
+        from timm.layers.grn import GlobalResponseNorm
+
+        super().__init__()
+        self.cl = channels_last
+        layer = nn.Linear if channels_last else lambda i, o: nn.Conv2d(i, o, 1)
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.up, self.down = layer(8, 32), layer(32, 8)
+        self.grn = GlobalResponseNorm(32, channels_last=channels_last)
+        self.head = nn.Linear(8, 3)
+        with torch.no_grad():
+            self.grn.weight.normal_()
+            self.grn.bias.normal_()
+
+    def forward(self, x):
+        h = self.stem(x)
+        if self.cl:
+            h = h.permute(0, 2, 3, 1)
+        h = h + self.down(self.grn(F.gelu(self.up(h))))
+        return self.head(h.mean((1, 2) if self.cl else (2, 3)))
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+@torch.no_grad()
+def test_timm_grn_width_ordered_and_sliced_with_the_full_channel_count(channels_last):
+    """The GRN's mean over channels counts the masked (zero) channels: the sliced GRN divides by
+    the full count (weight and eps rescaled), so its MLP width is ordered and exact. Before, the
+    conversion check left it unordered (masking and slicing differed)."""
+    pytest.importorskip("timm", reason="optional extra: bnn-nested[timm]")
+    from bnn_nested.deploy.export import export_width
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, 6)
+    net = TimmGRNNet(channels_last).eval()
+    ref, twin = net(x), copy.deepcopy(net)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnorderedDimensionWarning)
+        nm = nestify(net, x, groups=4, kept=0).eval()
+    assert "up" in nm.dims()
+    roles = {m.module: m.role for m in nm.structure["up"].members}
+    assert roles == {"up": "out", "grn": "grn", "down": "in"}
+    torch.testing.assert_close(nm(x), ref)
+    for width in (0.25, 0.5, 0.75, *_allocations(nm, random.Random(0), 2)):
+        small = sliced_network(nm, width, x)
+        torch.testing.assert_close(small(x), nm(x, width=width))
+    small = export_width(nm, 0.25, x)  # re-checked on these weights
+    grn = [m for n, m in small.named_modules() if n.endswith("grn")]
+    assert len(grn) == 1 and grn[0].weight.shape == (8,)
+    ordered = nestify(twin, x, groups=4, kept=0, order="importance").eval()
+    torch.testing.assert_close(ordered(x), ref)  # the GRN's channels moved with the rest
+    torch.testing.assert_close(sliced_network(ordered, 0.5, x)(x), ordered(x, width=0.5))
+
+
+class StdConvNet(nn.Module):
+    """NF-ResNet's layers: timm's weight-standardised convolutions, a scaled residual."""
+
+    def __init__(self) -> None:
+        from timm.layers import ScaledStdConv2d, StdConv2d
+
+        super().__init__()
+        self.stem = ScaledStdConv2d(3, 16, 3, padding=1)
+        self.a = ScaledStdConv2d(16, 32, 3, padding=1)
+        self.b = StdConv2d(32, 16, 1)
+        self.head = nn.Linear(16, 3)
+        with torch.no_grad():
+            for m in (self.stem, self.a):
+                m.gain.normal_()
+
+    def forward(self, x):
+        h = F.relu(self.stem(x))
+        h = h + 0.2 * self.b(F.relu(self.a(h)))
+        return self.head(h.mean((2, 3)))
+
+
+@torch.no_grad()
+def test_weight_standardised_convolutions_ordered_and_sliced_exactly():
+    """The standardisation of a kernel is over its input channels: the sliced network convolves
+    with the full network's standardised kernel (a plain ``nn.Conv2d``). Before, every dimension
+    into such a convolution failed the conversion check (NF-ResNet: nothing ordered)."""
+    pytest.importorskip("timm", reason="optional extra: bnn-nested[timm]")
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    net = StdConvNet().eval()
+    ref, twin = net(x), copy.deepcopy(net)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnorderedDimensionWarning)
+        nm = nestify(net, x, groups=4, kept=0).eval()
+    assert sorted(nm.dims()) == ["a", "stem"]
+    for width in (0.25, 0.5, 0.75, *_allocations(nm, random.Random(0), 2)):
+        torch.testing.assert_close(sliced_network(nm, width, x)(x), nm(x, width=width))
+    ordered = nestify(twin, x, groups=4, kept=0, order="importance").eval()
+    torch.testing.assert_close(ordered(x), ref)  # each output channel's gain moved with it
+    torch.testing.assert_close(sliced_network(ordered, 0.5, x)(x), ordered(x, width=0.5))
+
+
+class GLUNet(nn.Module):
+    """A gated MLP as timm's ``GluMlp`` (EVA-02, ...): one projection chunked in two halves that
+    are multiplied, ``fc2(silu(x1) * x2)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Linear(6, 8)
+        self.fc1, self.fc2 = nn.Linear(8, 32), nn.Linear(16, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.stem(x))
+        x1, x2 = self.fc1(h).chunk(2, dim=-1)
+        return self.head(h + self.fc2(F.silu(x1) * x2))
+
+
+@torch.no_grad()
+def test_glu_halves_ordered_in_parallel():
+    """Channel j of the product is halves' rows j and 16 + j: they share an ordered group (the
+    sliced fc1 keeps both rows, so its chunk(2) still pairs them). Before, groups were cut over the
+    32 rows in a row, and the conversion check left the width unordered."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 6)
+    net = GLUNet().eval()
+    ref, twin = net(x), copy.deepcopy(net)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnorderedDimensionWarning)
+        nm = nestify(net, x, groups=4, kept=0).eval()
+    assert "fc1" in nm.dims() and nm.structure["fc1"].size == 32
+    for width in (0.25, 0.5, 0.75, *_allocations(nm, random.Random(0), 2)):
+        small = sliced_network(nm, width, x)
+        torch.testing.assert_close(small(x), nm(x, width=width))
+    assert sliced_network(nm, 0.25, x).fc1.out_features == 8  # 4 channels of each half
+    ordered = nestify(twin, x, groups=4, kept=0, order="importance").eval()
+    torch.testing.assert_close(ordered(x), ref)  # the halves' rows moved in step
+    torch.testing.assert_close(sliced_network(ordered, 0.5, x)(x), ordered(x, width=0.5))
 
 
 class Skipped(nn.Module):
