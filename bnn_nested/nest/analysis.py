@@ -430,8 +430,11 @@ def _time_limit(model: nn.Module, names: dict[int, str]):
         yield
         return
     fired: list[str] = []
+    active = [True]  # alarms after the analysis ended (a repeat, or one queued) are ignored
 
     def alarm(_signum, frame):
+        if not active[0]:
+            return
         if not fired:
             fired.append(_where(frame, names))
         raise _AnalysisTimeout
@@ -439,7 +442,12 @@ def _time_limit(model: nn.Module, names: dict[int, str]):
     previous = signal.signal(signal.SIGALRM, alarm)
     signal.setitimer(signal.ITIMER_REAL, limit, 1.0)
     try:
-        yield
+        try:
+            yield
+        finally:
+            # an alarm before this line raises inside this block and is caught just below; after
+            # it, none can replace the error being built (it once escaped as _AnalysisTimeout)
+            active[0] = False
     except BaseException:
         if not fired:
             raise
