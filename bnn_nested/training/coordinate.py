@@ -27,6 +27,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,7 @@ from torch import nn
 from bnn_nested.nn.bayes import newton_log_alpha
 from bnn_nested.nn.nested import NestedMixin
 from bnn_nested.nn.ordering_unit import OrderingUnit
+from bnn_nested.nn.utils import call_model
 
 __all__ = ["coordinate_units", "group_costs", "loss_curves", "newton_variances", "update"]
 
@@ -50,9 +52,7 @@ def coordinate_units(model: nn.Module) -> list[OrderingUnit]:
 
 
 @torch.no_grad()
-def loss_curves(
-    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], seed: int
-) -> None:
+def loss_curves(model: nn.Module, batches: Iterable[tuple[Any, torch.Tensor]], seed: int) -> None:
     """Measure every coordinate unit's ``loss_curve``: the mean cross-entropy on ``batches`` (in
     training mode: batch statistics, sampled weights) with the unit at each truncation ``b`` and the
     other units at their posterior mode; every evaluation draws the same weight noise (``seed``).
@@ -64,7 +64,7 @@ def loss_curves(
     saved = {k: v.clone() for k, v in model.named_buffers() if not k.endswith("loss_curve")}
     mode = model.training
     modes = [int(u.logits().argmax()) for u in units]
-    devices = [d for d in {x.device for x, _ in batches} if d.type == "cuda"]
+    devices = [d for d in {y.device for _, y in batches} if d.type == "cuda"]
     model.train()
     try:
         with torch.random.fork_rng(devices=devices):
@@ -77,7 +77,8 @@ def loss_curves(
                     torch.manual_seed(seed)
                     total, count = 0.0, 0
                     for x, y in batches:
-                        total += float(F.cross_entropy(model(x).float(), y, reduction="sum"))
+                        logits = call_model(model, x).float()
+                        total += float(F.cross_entropy(logits, y, reduction="sum"))
                         count += len(y)
                     curve[b] = total / max(count, 1)
                 unit.loss_curve.copy_(curve)

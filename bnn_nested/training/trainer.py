@@ -505,7 +505,7 @@ class Trainer:
             batch_size=train_loader.batch_size or 256,
             collate_fn=train_loader.collate_fn,
         )
-        batches = [(x.to(self.device), y.to(self.device)) for x, y in subset]
+        batches = [(move_inputs(x, self.device), y.to(self.device)) for x, y in subset]
         loss_curves(self.model, batches, seed=self.seed)
         assert self.objective is not None
         update(self.model, self.objective.n_train, kl_weight_at(self.ordering_cfg, self.epoch - 1))
