@@ -178,7 +178,7 @@ class NestifiedModel(NestedModel):
         for d, n in zip(self.structure, self._active):
             u = self.unit(d.name)
             m: torch.Tensor | None = None
-            if (self.training and u.masking) or u.forced is not None:
+            if u.draws_mask(self.training):
                 m = u.sample_mask(batch if u.per_example else None)
             elif u.keep_scaling:
                 m = u.channel_keep_probs()

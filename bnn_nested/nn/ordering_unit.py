@@ -27,7 +27,7 @@ PRIOR_KINDS: tuple[str, ...] = ("geometric", "uniform")
 #: How the continuation logits ``r`` learn (docs/METHODS.md#ordering-kl): the gradient of the
 #: expected loss through the relaxed Downhill sample (straight-through) or by the score function,
 #: both followed by the optimiser; or ``"coordinate"``: no gradient, ``q(b)`` is set to its optimum
-#: given running estimates of each truncation's loss (:mod:`bnn_nested.training.coordinate`).
+#: given the loss measured at each truncation (:mod:`bnn_nested.training.coordinate`).
 GRADIENTS: tuple[str, ...] = ("straight_through", "score", "coordinate")
 #: ``"coordinate"``: the passes draw ``b`` from ``PROPOSAL_MIX * q(b) + (1 - PROPOSAL_MIX) *
 #: uniform``, so every width keeps training (no width is starved once ``q`` leaves it).
@@ -294,17 +294,18 @@ class OrderingUnit(nn.Module):
 
     def sample_mask(self, batch: int | None = None) -> torch.Tensor:
         """A per-channel mask ``(channels,)``, or ``(batch, channels)`` when given a batch size."""
-        if self.forced is not None:  # a fixed truncation (coordinate.loss_curves)
-            m = self.truncation_mask(self.forced)
+        coordinate = self.gradient == "coordinate" and torch.is_grad_enabled()
+        if self.forced is not None or coordinate:
+            # a fixed truncation (coordinate.loss_curves), or b ~ pi, the proposal (exact, no
+            # gradient)
+            b = self.forced
+            if b is None:
+                b = int(torch.distributions.Categorical(logits=self.proposal_log_probs()).sample())
+            m = self.truncation_mask(b)
             return self.expand_groups(m.expand(batch, -1) if batch is not None else m)
         logits = self.logits()
         if batch is not None:
             logits = logits.expand(batch, -1)
-        if self.gradient == "coordinate" and torch.is_grad_enabled():
-            # b ~ pi (the proposal), exact and without gradient
-            b = int(torch.distributions.Categorical(logits=self.proposal_log_probs()).sample())
-            m = self.truncation_mask(b)
-            return self.expand_groups(m.expand(batch, -1) if batch is not None else m)
         if self.gradient == "score" and torch.is_grad_enabled():
             # an exact draw b ~ q(b) (Gumbel-max), no gradient through the mask; the gradient of
             # the expected loss in r comes from log q(b) (the objective's score-function term)
@@ -322,6 +323,11 @@ class OrderingUnit(nn.Module):
         forgotten), differentiable in ``r``; ``None`` if no such mask was drawn."""
         out, self._log_q = self._log_q, None
         return out
+
+    def draws_mask(self, training: bool) -> bool:
+        """Whether a forward pass masks with :meth:`sample_mask`: in training while masking, or
+        at a forced truncation."""
+        return (training and self.masking) or self.forced is not None
 
     def truncation_mask(self, b: int) -> torch.Tensor:
         """The hard mask ``(K,)`` of the ordered groups at truncation ``b`` (the first ``b`` kept)."""
@@ -343,7 +349,7 @@ class OrderingUnit(nn.Module):
         c = x.shape[1]
         if c > self.channels:
             raise ValueError(f"input has {c} channels, the unit was built for {self.channels}")
-        if (self.training and self.masking) or self.forced is not None:
+        if self.draws_mask(self.training):
             mask = self.sample_mask(x.shape[0] if self.per_example else None)[..., :c]
         elif self.keep_scaling:
             mask = self.channel_keep_probs()[:c]
