@@ -419,18 +419,21 @@ def test_group_norm_over_separate_branches_ordered_in_whole_norm_groups():
     torch.testing.assert_close(sliced_network(nm, 0.25, x)(x), nm(x, width=0.25))
 
 
+class Deep(nn.Module):
+    """200 residual linear layers: a graph whose analysis outlasts a tiny time limit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(16, 16) for _ in range(200))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = x + torch.relu(layer(x))
+        return x
+
+
 def test_graph_analysis_bounded_in_time_with_a_one_line_error(monkeypatch):
     from bnn_nested.nest import UnsupportedModelError, analysis
-
-    class Deep(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.layers = nn.ModuleList(nn.Linear(16, 16) for _ in range(200))
-
-        def forward(self, x):
-            for layer in self.layers:
-                x = x + torch.relu(layer(x))
-            return x
 
     monkeypatch.setattr(analysis, "MAX_ANALYSIS_S", 0.02)
     with pytest.raises(
@@ -452,16 +455,6 @@ def test_an_alarm_while_the_time_limit_error_is_built_does_not_replace_it(monkey
         def __init__(self, *args) -> None:
             signal.raise_signal(signal.SIGALRM)
             super().__init__(*args)
-
-    class Deep(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.layers = nn.ModuleList(nn.Linear(16, 16) for _ in range(200))
-
-        def forward(self, x):
-            for layer in self.layers:
-                x = x + torch.relu(layer(x))
-            return x
 
     monkeypatch.setattr(analysis, "MAX_ANALYSIS_S", 0.02)
     monkeypatch.setattr(analysis, "UnsupportedModelError", LateAlarm)

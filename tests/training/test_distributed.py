@@ -272,23 +272,28 @@ def _finish(proc: subprocess.Popen) -> None:
     assert DDP_UNUSED_WARNING not in err and "find_unused_parameters" not in err, err[-2000:]
 
 
+def _small_digits_config(tmp_path: Path, ordering: dict | None = None, epochs: int = 2) -> Path:
+    """A 2-epoch digits MLP config (checkpoints every 5 steps) for the torchrun tests, written to
+    ``tmp_path / "cfg.yaml"``; ``ordering`` is added when given."""
+    cfg = {
+        "seed": 5,
+        "data": {"name": "digits", "batch_size": 64},
+        "model": {"hidden": [16], "groups": 4, "kept": 1},
+        "train": {"epochs": epochs, "lr": 0.003, "checkpoint_every_steps": 5},
+        "eval": {"widths": [0.5, 1.0]},
+    }
+    if ordering is not None:
+        cfg["ordering"] = ordering
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds torchrun's ranks in /proc")
 @pytest.mark.parametrize("sampler", ["vou", "nested_dropout", "sandwich"])
 def test_two_process_sigkill_then_resume_is_bit_identical(tmp_path, sampler):
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "seed": 5,
-                "data": {"name": "digits", "batch_size": 64},
-                "model": {"hidden": [16], "groups": 4, "kept": 1},
-                "ordering": {"sampler": sampler, "sandwich_random": 1},
-                "train": {"epochs": 2, "lr": 0.003, "checkpoint_every_steps": 5},
-                "eval": {"widths": [0.5, 1.0]},
-            }
-        )
-    )
+    cfg = _small_digits_config(tmp_path, {"sampler": sampler, "sandwich_random": 1})
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     common = ("--quiet",)
@@ -348,18 +353,7 @@ def test_ctrl_c_under_torchrun_stops_every_rank_and_resumes(tmp_path):
     same step (not train on to the last epoch), rank 0 alone prints one line, every rank exits
     130, no traceback comes from bnn_nested, and the run resumes to completion."""
     epochs = 2
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "seed": 5,
-                "data": {"name": "digits", "batch_size": 64},
-                "model": {"hidden": [16], "groups": 4, "kept": 1},
-                "train": {"epochs": epochs, "lr": 0.003, "checkpoint_every_steps": 5},
-                "eval": {"widths": [0.5, 1.0]},
-            }
-        )
-    )
+    cfg = _small_digits_config(tmp_path, epochs=epochs)
     script = tmp_path / "child.py"
     script.write_text(CHILD_SIGINT)
     run = tmp_path / "run"

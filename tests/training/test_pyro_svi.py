@@ -37,9 +37,9 @@ def _setup(gaussian_classifier: bool):
     return cfg, model, x, y
 
 
-@pytest.mark.parametrize("gaussian", [False, True])
-def test_svi_loss_per_example_equals_trainer_loss(gaussian):
-    cfg, model, x, y = _setup(gaussian)
+def _trainer_and_svi_losses(cfg, model, x, y):
+    """The trainer's per-example loss (and its parts) and the SVI loss over N, each computed after
+    seeding the global RNG with 7 (the same mask and weight draws), and the Pyro model."""
     trainer = Trainer(model, cfg, n_train=N, quiet=True)
     model.train()
     torch.manual_seed(7)
@@ -47,6 +47,13 @@ def test_svi_loss_per_example_equals_trainer_loss(gaussian):
     pm = PyroNestedModel(model, n_train=N)
     torch.manual_seed(7)
     got = TraceMeanField_ELBO().differentiable_loss(pm.model, pm.guide, x, y) / N
+    return expected, parts, got, pm
+
+
+@pytest.mark.parametrize("gaussian", [False, True])
+def test_svi_loss_per_example_equals_trainer_loss(gaussian):
+    cfg, model, x, y = _setup(gaussian)
+    expected, parts, got, pm = _trainer_and_svi_losses(cfg, model, x, y)
     assert parts["kl"] > 0.0
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     torch.manual_seed(8)
@@ -109,12 +116,6 @@ def test_svi_loss_equals_trainer_loss_on_nestified_gaussian_models_from_configs(
     model = build_model(cfg.model, build_sampler(cfg.ordering).ordering_kwargs(), shape, 3)
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(8, *shape, generator=g), torch.randint(0, 3, (8,), generator=g)
-    trainer = Trainer(model, cfg, n_train=N, quiet=True)
-    model.train()
-    torch.manual_seed(7)
-    expected, parts = trainer.loss(x, y)
-    pm = PyroNestedModel(model, n_train=N)
-    torch.manual_seed(7)
-    got = TraceMeanField_ELBO().differentiable_loss(pm.model, pm.guide, x, y) / N
+    expected, parts, got, _ = _trainer_and_svi_losses(cfg, model, x, y)
     assert parts["kl"] > 0.5  # KL / N: the weight KL is most of it
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
