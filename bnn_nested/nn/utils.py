@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -43,6 +44,26 @@ def map_inputs(x: Inputs, fn) -> Inputs:
     if isinstance(x, tuple | list):
         return type(x)(map_inputs(v, fn) for v in x)
     return x
+
+
+@contextmanager
+def traceless(module: nn.Module, devices: Sequence[int | torch.device] = ()) -> Iterator[None]:
+    """Run a block whose forward passes leave no trace: ``module``'s buffers (batch-norm
+    statistics) are put back afterwards and the global RNGs (CPU and ``devices``) are unchanged.
+
+    Example::
+
+        with traceless(model):
+            model.train()(x)   # running statistics and random state as they were
+    """
+    saved = [(b, b.detach().clone()) for b in module.buffers()]
+    try:
+        with torch.random.fork_rng(devices=list(devices)):
+            yield
+    finally:
+        with torch.no_grad():
+            for b, value in saved:
+                b.copy_(value)
 
 
 def module_device(module: nn.Module) -> torch.device:

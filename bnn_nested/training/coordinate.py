@@ -36,7 +36,7 @@ from torch import nn
 from bnn_nested.nn.bayes import newton_log_alpha
 from bnn_nested.nn.nested import NestedMixin
 from bnn_nested.nn.ordering_unit import OrderingUnit
-from bnn_nested.nn.utils import call_model
+from bnn_nested.nn.utils import call_model, traceless
 
 __all__ = ["coordinate_units", "group_costs", "loss_curves", "newton_variances", "update"]
 
@@ -61,17 +61,16 @@ def loss_curves(model: nn.Module, batches: Iterable[tuple[Any, torch.Tensor]], s
     if not units:
         return
     batches = list(batches)
-    saved = {k: v.clone() for k, v in model.named_buffers() if not k.endswith("loss_curve")}
     mode = model.training
     modes = [int(u.logits().argmax()) for u in units]
     devices = [d for d in {y.device for _, y in batches} if d.type == "cuda"]
+    curves = [torch.zeros(u.K + 1, dtype=torch.float64) for u in units]
     model.train()
     try:
-        with torch.random.fork_rng(devices=devices):
-            for unit in units:
-                for j, other in enumerate(units):
-                    other.forced = modes[j]
-                curve = torch.zeros(unit.K + 1, dtype=torch.float64)
+        with traceless(model, devices):
+            for unit, curve in zip(units, curves):
+                for other, b in zip(units, modes):
+                    other.forced = b
                 for b in range(unit.K + 1):
                     unit.forced = b
                     torch.manual_seed(seed)
@@ -81,14 +80,12 @@ def loss_curves(model: nn.Module, batches: Iterable[tuple[Any, torch.Tensor]], s
                         total += float(F.cross_entropy(logits, y, reduction="sum"))
                         count += len(y)
                     curve[b] = total / max(count, 1)
-                unit.loss_curve.copy_(curve)
     finally:
         for u in units:
             u.forced = None
         model.train(mode)
-        buffers = dict(model.named_buffers())
-        for k, v in saved.items():
-            buffers[k].copy_(v)
+    for unit, curve in zip(units, curves):  # after the buffers were put back
+        unit.loss_curve.copy_(curve)
 
 
 def group_costs(model: nn.Module, units: list[OrderingUnit]) -> list[torch.Tensor]:

@@ -40,6 +40,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, DistributedSampler
 
+from bnn_nested.nn.utils import traceless
+
 
 @dataclass
 class DistContext:
@@ -186,16 +188,10 @@ def unused_parameters(module: nn.Module, loss: Callable[[], torch.Tensor]) -> li
     named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     if not named:
         return []
-    buffers = [(b, b.detach().clone()) for b in module.buffers()]
     devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
-    try:
-        with torch.random.fork_rng(devices=devices):
-            out = loss()
-            grads = torch.autograd.grad(out, [p for _, p in named], allow_unused=True)
-    finally:
-        with torch.no_grad():
-            for b, saved in buffers:
-                b.copy_(saved)
+    with traceless(module, devices):
+        out = loss()
+        grads = torch.autograd.grad(out, [p for _, p in named], allow_unused=True)
     return [n for (n, _), g in zip(named, grads) if g is None]
 
 
