@@ -448,6 +448,8 @@ def _time_limit(model: nn.Module, names: dict[int, str]):
             # an alarm before this line raises inside this block and is caught just below; after
             # it, none can replace the error being built (it once escaped as _AnalysisTimeout)
             active[0] = False
+        if fired:  # it ran over, but the alarm's exception was swallowed (a bare except, or a gc
+            raise _AnalysisTimeout  # callback, where Python ignores exceptions) before a repeat
     except BaseException:
         if not fired:
             raise
