@@ -412,7 +412,11 @@ class TrainConfig(_Strict):
         "value (newton: variational online Newton; needs model.weight_prior: gaussian)",
     )
     newton_rate: float = Field(
-        0.1, gt=0.0, le=1.0, description="log_alpha_update 'newton': damping per step"
+        0.1,
+        gt=0.0,
+        le=1.0,
+        description="log_alpha_update 'newton': damping per step (times the scheduler's learning-"
+        "rate factor, so it decays with train.scheduler: cosine)",
     )
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"

@@ -329,10 +329,21 @@ class Trainer:
                 )
         if self.train_cfg.log_alpha_update == "newton":
             kl_weight = max(kl_weight_at(self.ordering_cfg, self.epoch), MIN_KL_WEIGHT)
-            newton_variances(self.model, kl_weight / objective.n_train, self.train_cfg.newton_rate)
+            newton_variances(self.model, kl_weight / objective.n_train, self.newton_rate())
         self.step += 1
         self.stepper.apply(self.model, self.regularizer, self.step)
         return parts
+
+    def newton_rate(self) -> float:
+        """``train.newton_rate`` times the schedule's factor (current over initial learning rate of
+        the first parameter group): under ``train.scheduler: cosine`` the damping of the variances'
+        fixed-point update decays with the means' steps, so their noise around the fixed point
+        (a one-batch curvature estimate per step) dies out as the means settle (Robbins-Monro)."""
+        rate = self.train_cfg.newton_rate
+        if self.scheduler is None:
+            return rate
+        group = self.optimizer.param_groups[0]
+        return rate * group["lr"] / group.get("initial_lr", group["lr"])
 
     # -- epochs ------------------------------------------------------------------------------
     def _batches(self, loader) -> Iterator:

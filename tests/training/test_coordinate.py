@@ -223,3 +223,38 @@ def test_loss_curves_use_a_random_subset_of_a_class_sorted_training_set(monkeypa
         DataLoader(TensorDataset(x, y), batch_size=16), epochs=1
     )
     assert len(seen) == 32 and len(set(seen)) == 3
+
+
+def test_newton_damping_decays_with_the_cosine_schedule(monkeypatch):
+    """Under train.scheduler: cosine the variances' damping in epoch e is newton_rate times the
+    cosine factor (1 + cos(pi e / E)) / 2 (computed here, not read from the scheduler), so their
+    one-batch noise dies out at the end; without a scheduler it stays newton_rate."""
+    import math
+
+    import bnn_nested.training.trainer as trainer_module
+
+    def rates(scheduler):
+        model_cfg = {"name": "mlp", "hidden": [8], "groups": 4, "kept": 1}
+        model_cfg |= {"weight_posterior": "gaussian", "weight_prior": "gaussian"}
+        train = {"epochs": 4, "threads": 1, "scheduler": scheduler, "newton_rate": 0.2}
+        train["log_alpha_update"] = "newton"
+        cfg = build_config({"model": model_cfg, "train": train})
+        seen = []
+        monkeypatch.setattr(
+            trainer_module, "newton_variances", lambda model, scale, rate: seen.append(rate)
+        )
+        x = torch.randn(32, 5, generator=torch.Generator().manual_seed(0))
+        y = (x[:, 0] > 0).long()
+        torch.manual_seed(0)
+        model = build_model(cfg.model, build_sampler(cfg.ordering).ordering_kwargs(), (5,), 2)
+        Trainer(model, cfg, n_train=len(x), quiet=True).fit(
+            DataLoader(TensorDataset(x, y), batch_size=16)
+        )
+        return seen
+
+    cosine = rates("cosine")
+    assert len(cosine) == 8  # 4 epochs of 2 steps
+    for step, rate in enumerate(cosine):
+        factor = (1 + math.cos(math.pi * (step // 2) / 4)) / 2
+        assert rate == pytest.approx(0.2 * factor, rel=1e-9)
+    assert rates("none") == [0.2] * 8
