@@ -1,18 +1,17 @@
-"""Does the learned ordering follow the data? (issue 25) A teacher whose width need is set by
-construction, a nested student wider than it, and the learned expected groups per method.
+"""Does the learned ordering follow the data? (issue 25) Teachers whose width need is set by
+construction (``TEACHERS``), nested students wider than them, and the learned expected groups per
+method.
 
-Teacher ``m``: ``x ~ N(0, I_32)``, label ``argmax_{i < m} |x_i|`` (``m`` classes). A one-hidden-layer
-ReLU network needs 2 units per relevant coordinate (``|z| = relu(z) + relu(-z)``), so ``m``
-coordinates need ``2 m`` units at least, and more units can only sharpen what SGD finds. Student:
-one hidden layer of 64 units in 16 groups of 4 (1 always kept), Gaussian weights, hard masks,
-trained ``--epochs`` on ``--n-train`` examples. Reported per teacher, method and seed: final
-``E[groups]``, the largest change per epoch over the last 5 epochs of ``E[groups]`` and of the mean
-``log_alpha`` (issue 25, item 2), full-width test accuracy, and, for ``coordinate`` orderings, the
-measured data term ``N (L(b) - min L)`` at every truncation and the weight-KL cost ``C(b)`` whose
-sum ``q`` minimises. Plain students (point weights, Adam, same budget) at ``2m``, ``4m`` units and
-64 units show what width the data need from an SGD-trained network.
+Students: hidden layers of 64 units in 16 groups of 4 (1 always kept), Gaussian weights, hard
+masks, cosine learning rate, trained ``--epochs`` on ``--n-train`` examples. Reported per teacher,
+method and seed: final ``E[groups]`` of every layer, the largest change per epoch over the last 5
+epochs of ``E[groups]`` and of the mean ``log_alpha`` (issue 25, item 2), full-width test accuracy,
+and, for ``coordinate`` orderings, the measured data term ``N (L(b) - min L)`` at every truncation
+and the weight-KL cost ``C(b)`` whose sum ``q`` minimises. Plain students (point weights, Adam, same
+budget) at several widths show what the data need from an SGD-trained network; ``--step-sizes``
+retrains the learned recipe with each variational step size 4x smaller and larger (item 2).
 
-    .venv/bin/python benchmarks/learned_width.py --out runs/bench/learned_width.json
+    .venv/bin/python benchmarks/learned_width.py --step-sizes --out runs/bench/learned_width.json
     .venv/bin/python benchmarks/learned_width.py --quick        # smoke (< 1 min)
 """
 
@@ -51,46 +50,83 @@ BASE = [
     "data.batch_size=128",
     "train.threads=1",
 ]
-#: name -> overrides (after BASE); the shipped recipe's ordering, and the closed-form updates
+#: the closed-form updates with the schedule that lets them converge: cosine learning rate (the
+#: variances' damping decays with it), a 10-epoch KL warm-up (without it q(b) takes the cheapest
+#: width after the first epoch, before the network has learned anything, and a wide teacher or a
+#: two-layer student stays there), the untempered objective (kl weight 1)
+LEARNED = [
+    "ordering.sampler=vou",
+    "ordering.gradient=coordinate",
+    "model.weight_prior=gaussian",
+    "train.log_alpha_update=newton",
+    "train.newton_rate=0.025",
+    "model.init_log_alpha=-4",
+    "train.scheduler=cosine",
+    "ordering.kl_warmup_epochs=10",
+]
+#: name -> overrides (after BASE); every method gets the same cosine schedule
 METHODS = {
-    "nested_dropout": ["ordering.sampler=nested_dropout"],
-    "vou (shipped: straight-through, log-uniform)": ["ordering.sampler=vou"],
-    "vou coordinate + newton, kl 1": [
+    "nested_dropout": ["ordering.sampler=nested_dropout", "train.scheduler=cosine"],
+    "vou (shipped: straight-through, log-uniform)": [
         "ordering.sampler=vou",
-        "ordering.gradient=coordinate",
-        "model.weight_prior=gaussian",
-        "train.log_alpha_update=newton",
-        "model.init_log_alpha=-4",
+        "train.scheduler=cosine",
     ],
-    "vou coordinate + newton, kl 0.1": [
-        "ordering.sampler=vou",
-        "ordering.gradient=coordinate",
-        "model.weight_prior=gaussian",
-        "train.log_alpha_update=newton",
-        "model.init_log_alpha=-4",
-        "ordering.kl_weight=0.1",
-    ],
+    "vou coordinate + newton": LEARNED,
+}
+#: item 2: the final E[groups] of the learned recipe with each step size of the variational
+#: parameters 4x smaller and larger (seed 0)
+STEP_SIZES = {
+    "newton_rate x1/4": ["train.newton_rate=0.00625"],
+    "newton_rate x4": ["train.newton_rate=0.1"],
+    "lr of the means x1/4": ["train.lr=0.00025"],
+    "lr of the means x4": ["train.lr=0.004"],
+    "ordering.lr x1/4": ["ordering.lr=0.00025"],
+    "ordering.lr x4": ["ordering.lr=0.004"],
 }
 
 
-def teacher_data(m: int, seed: int, n: int, n_test: int):
-    gen = torch.Generator().manual_seed(7919 * seed + m)
+#: teacher -> (m relevant coordinates, c classes, student's hidden layers, plain students' hidden
+#: layers). One layer: label ``argmax_{i < m} |x_i|``, which needs 2m ReLU units (``|z| = relu(z)
+#: + relu(-z)``): 1-2 groups of 4 for m = 2, 6-12 for m = 12. Two layers: ``m`` coordinates in
+#: ``c`` blocks, label the block with the largest ``sum |x_i|``: the first layer needs 2m units, the
+#: second only c (the block sums are linear in the first layer's units).
+TEACHERS = {
+    "m=2": (2, 2, [HIDDEN], {"2m": [4], "4m": [8], "64": [64]}),
+    "m=12": (12, 12, [HIDDEN], {"2m": [24], "4m": [48], "64": [64]}),
+    "two-layer m=12, c=3": (
+        12,
+        3,
+        [HIDDEN, HIDDEN],
+        {"4m, c": [48, 3], "m, 64": [12, 64], "4m, 64": [48, 64], "64, 64": [64, 64]},
+    ),
+}
+
+
+def teacher_data(m: int, c: int, seed: int, n: int, n_test: int):
+    gen = torch.Generator().manual_seed(7919 * seed + m + 101 * c)
     x = torch.randn(n + n_test, D, generator=gen)
-    y = x[:, :m].abs().argmax(-1)
+    y = x[:, :m].abs().reshape(-1, c, m // c).sum(-1).argmax(-1)
     return x[:n], y[:n], x[n:], y[n:]
 
 
-def plain(units: int, data, seed: int, epochs: int) -> float:
+def plain(hidden: list[int], data, seed: int, epochs: int) -> float:
     x, y, xt, yt = data
     torch.manual_seed(seed)
-    net = nn.Sequential(nn.Linear(D, units), nn.ReLU(), nn.Linear(units, int(y.max()) + 1))
+    layers: list[nn.Module] = []
+    width = D
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        width = h
+    net = nn.Sequential(*layers, nn.Linear(width, int(y.max()) + 1))
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
         for xb, yb in DataLoader(TensorDataset(x, y), 128, shuffle=True, generator=gen):
             opt.zero_grad()
             F.cross_entropy(net(xb), yb).backward()
             opt.step()
+        sched.step()
     with torch.no_grad():
         return float((net(xt).argmax(-1) == yt).float().mean())
 
@@ -143,63 +179,76 @@ def _ms(xs: list[float], digits: int = 2) -> str:
 def report(res: dict) -> str:
     a = res["args"]
     lines = [
-        f"teachers m = {a['teachers']} (classes = m; units needed >= 2m), seeds {a['seeds']}, "
-        f"epochs {a['epochs']}, n_train {a['n_train']}",
+        f"teachers {a['teachers']}, seeds {a['seeds']}, epochs {a['epochs']}, "
+        f"n_train {a['n_train']}",
         "",
-        "Plain students (point weights, Adam), test accuracy %, mean over seeds:",
+        "Plain students (point weights, Adam, cosine), test accuracy %, mean over seeds:",
         "",
-        "| teacher m | 2m units | 4m units | 64 units |",
-        "|---:|---:|---:|---:|",
     ]
-    for m in a["teachers"]:
-        p = res["plain"][str(m)]
-        lines.append(
-            f"| {m} | "
-            + " | ".join(_ms([100 * v for v in p[k]], 1) for k in ("2m", "4m", "64"))
-            + " |"
-        )
+    for t in a["teachers"]:
+        p = res["plain"][t]
+        lines.append(f"- {t}: " + ", ".join(f"[{k}] {_ms([100 * v for v in p[k]], 1)}" for k in p))
     lines += [
         "",
-        "| method | teacher m | E[groups] (of 16) | max dE/epoch, last 5 | max d mean log_alpha/epoch, "
-        "last 5 | test acc % |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| method | teacher | E[groups] per layer (of 16) | max dE/epoch, last 5 | max d mean "
+        "log_alpha/epoch, last 5 | test acc % |",
+        "|---|---|---:|---:|---:|---:|",
     ]
     for method in res["methods"]:
-        for m in a["teachers"]:
-            runs = res["runs"][method][str(m)]
-            g = [next(iter(r["groups"].values())) for r in runs]
+        for t in a["teachers"]:
+            runs = res["runs"][method][t]
+            layers = list(runs[0]["groups"])
+            g = " / ".join(_ms([r["groups"][k] for r in runs]) for k in layers)
             lines.append(
-                f"| {method} | {m} | {_ms(g)} | {max(r['max_change_groups'] for r in runs):.3f} | "
+                f"| {method} | {t} | {g} | {max(r['max_change_groups'] for r in runs):.3f} | "
                 f"{max(r['max_change_log_alpha'] for r in runs):.3f} | "
                 f"{_ms([100 * r['test_acc'] for r in runs], 1)} |"
             )
+    if res.get("step_sizes"):
+        lines += [
+            "",
+            "Step sizes of the variational parameters, seed 0, final E[groups] per layer:",
+            "",
+            "| teacher | recipe | " + " | ".join(STEP_SIZES) + " |",
+            "|---|---:|" + "---:|" * len(STEP_SIZES),
+        ]
+        for t, row in res["step_sizes"].items():
+            base = res["runs"]["vou coordinate + newton"][t][0]["groups"]
+            cells = [" / ".join(f"{v:.2f}" for v in row[k].values()) for k in STEP_SIZES]
+            lines.append(
+                f"| {t} | {' / '.join(f'{v:.2f}' for v in base.values())} | "
+                + " | ".join(cells)
+                + " |"
+            )
     curves = [
-        (method, m, r)
+        (method, t, r)
         for method in res["methods"]
-        for m in a["teachers"]
-        for r in res["runs"][method][str(m)][:1]
+        for t in a["teachers"]
+        for r in res["runs"][method][t][:1]
         if "data_term" in r
     ]
     if curves:
         lines += [
             "",
-            "Seed 0, coordinate orderings: what q(b) minimises (nats over the data set)",
+            "Seed 0, coordinate orderings, first ordered layer: what q(b) minimises (nats over the "
+            "data set)",
             "",
         ]
-        for method, m, r in curves:
-            lines.append(f"- {method}, m = {m}: N (L(b) - min L) = {r['data_term']}")
+        for method, t, r in curves:
+            lines.append(f"- {method}, {t}: N (L(b) - min L) = {r['data_term']}")
             lines.append(f"  kl_weight C(b) = {r['kl_cost']}")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--teachers", type=int, nargs="+", default=[4, 24])
+    p.add_argument("--teachers", nargs="+", default=list(TEACHERS), choices=list(TEACHERS))
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--n-train", type=int, default=8000)
+    p.add_argument("--n-train", type=int, default=16000)
     p.add_argument("--n-test", type=int, default=4000)
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--step-sizes", action="store_true", help="item 2: 4x smaller / larger steps")
     p.add_argument("--quick", action="store_true", help="1 seed, 6 epochs, 1000 points")
     p.add_argument("--out", type=Path)
     a = p.parse_args(argv)
@@ -208,19 +257,26 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)
     res: dict = {"args": {**vars(a), "out": str(a.out)}, "methods": a.methods, "plain": {}}
     res["runs"] = {k: {} for k in a.methods}
+    res["step_sizes"] = {}
     t0 = time.perf_counter()
-    for m in a.teachers:
-        datas = [teacher_data(m, s, a.n_train, a.n_test) for s in range(a.seeds)]
-        res["plain"][str(m)] = {
-            k: [plain(u, d, s, a.epochs) for s, d in enumerate(datas)]
-            for k, u in (("2m", 2 * m), ("4m", 4 * m), ("64", 64))
+    for t in a.teachers:
+        m, c, hidden, plains = TEACHERS[t]
+        datas = [teacher_data(m, c, s, a.n_train, a.n_test) for s in range(a.seeds)]
+        res["plain"][t] = {
+            k: [plain(h, d, s, a.epochs) for s, d in enumerate(datas)] for k, h in plains.items()
         }
+        base = BASE + [f"model.hidden={hidden}", f"train.epochs={a.epochs}"]
         for method in a.methods:
-            res["runs"][method][str(m)] = [
-                student(BASE + METHODS[method] + [f"seed={s}", f"train.epochs={a.epochs}"], d, m)
-                for s, d in enumerate(datas)
+            res["runs"][method][t] = [
+                student(base + METHODS[method] + [f"seed={s}"], d, c) for s, d in enumerate(datas)
             ]
-            print(f"[done] m={m} {method} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+            print(f"[done] {t} {method} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+        if a.step_sizes and "vou coordinate + newton" in a.methods:
+            res["step_sizes"][t] = {
+                k: student(base + LEARNED + v + ["seed=0"], datas[0], c)["groups"]
+                for k, v in STEP_SIZES.items()
+            }
+            print(f"[done] {t} step sizes ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     text = report(res)
     print(text)
     if a.out:

@@ -412,7 +412,7 @@ class TrainConfig(_Strict):
         "value (newton: variational online Newton; needs model.weight_prior: gaussian)",
     )
     newton_rate: float = Field(
-        0.1,
+        0.025,
         gt=0.0,
         le=1.0,
         description="log_alpha_update 'newton': damping per step (times the scheduler's learning-"

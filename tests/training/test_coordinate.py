@@ -171,6 +171,7 @@ def _train_newton(log_alpha_lr):
                 "epochs": 2,
                 "threads": 1,
                 "log_alpha_update": "newton",
+                "newton_rate": 0.1,
                 "log_alpha_lr": log_alpha_lr,
             },
         }
