@@ -55,7 +55,7 @@ from torch import nn
 
 import bnn_nested.nn.nested as nested_mod
 from bnn_nested.config import build_config
-from bnn_nested.evaluation.predict import predict
+from bnn_nested.evaluation.prediction import predict
 from bnn_nested.models import build_model
 from bnn_nested.models.plain import VGG, LeNet
 from bnn_nested.models.vgg import VGG_CONFIGS

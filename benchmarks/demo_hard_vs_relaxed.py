@@ -8,7 +8,7 @@ import statistics
 import torch
 
 from bnn_nested.config import load_config
-from bnn_nested.evaluation.evaluate import evaluate
+from bnn_nested.evaluation.report import evaluate
 from bnn_nested.runs.run import load_run, train_run
 
 torch.set_num_threads(1)

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from bnn_nested.config import build_config
-from bnn_nested.evaluation.evaluate import evaluate, evaluate_widths
+from bnn_nested.evaluation.report import evaluate, evaluate_widths
 from bnn_nested.models import build_model
 from bnn_nested.nest import load_plain_weights, order_by_importance, plain_copy
 from bnn_nested.runs.run import load_run, recalibrate_bn_widths, train_run

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 import torch
 
 from bnn_nested.config import build_config
-from bnn_nested.evaluation.predict import predict
+from bnn_nested.evaluation.prediction import predict
 from bnn_nested.models import build_model
 from bnn_nested.nn.nested import NestedMixin
 from bnn_nested.training.samplers import build_sampler

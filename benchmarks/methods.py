@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from bnn_nested.config import build_config
-from bnn_nested.evaluation.evaluate import evaluate
+from bnn_nested.evaluation.report import evaluate
 from bnn_nested.runs.run import load_run, train_run
 
 WIDTHS = [0.25, 0.5, 0.75, 1.0]

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from bnn_nested.config import Config, build_config
 from bnn_nested.data.mnist5k import load_mnist5k
-from bnn_nested.evaluation.evaluate import evaluate_widths
+from bnn_nested.evaluation.report import evaluate_widths
 from bnn_nested.nn import (
     NestedBatchNorm2d,
     NestedConv2d,

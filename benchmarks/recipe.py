@@ -37,7 +37,7 @@ from methods import MODEL, _fmt, _merge
 from torch.utils.data import DataLoader
 
 from bnn_nested.config import build_config
-from bnn_nested.evaluation.evaluate import evaluate
+from bnn_nested.evaluation.report import evaluate
 from bnn_nested.nn.batchnorm import nested_norms, recalibrate_bn
 from bnn_nested.runs.run import load_run, train_run
 

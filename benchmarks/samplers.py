@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from bnn_nested.config import load_config
-from bnn_nested.evaluation.evaluate import evaluate_widths
+from bnn_nested.evaluation.report import evaluate_widths
 from bnn_nested.nn import recalibrate_bn
 from bnn_nested.runs.run import load_run, train_run
 

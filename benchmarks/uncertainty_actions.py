@@ -45,7 +45,7 @@ from bnn_nested.evaluation.conformal import (
     nested_conformal_sets,
 )
 from bnn_nested.evaluation.metrics import classification_report, mean_probs
-from bnn_nested.evaluation.predict import predict_loader
+from bnn_nested.evaluation.prediction import predict_loader
 from bnn_nested.evaluation.selective import aurc, selective_score
 from bnn_nested.runs.run import CHECKPOINT, load_run, train_run
 

@@ -16,7 +16,7 @@ from torch import nn
 from bnn_nested.config import load_config
 from bnn_nested.data import load_dataset
 from bnn_nested.deploy.export import export_width
-from bnn_nested.evaluation.evaluate import evaluate
+from bnn_nested.evaluation.report import evaluate
 from bnn_nested.nest import nestify, sliced_cost
 from bnn_nested.nn import recalibrate_bn
 from bnn_nested.training.trainer import Trainer

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from bnn_nested.config import load_config
 from bnn_nested.data import load_dataset
-from bnn_nested.evaluation.evaluate import evaluate_widths
+from bnn_nested.evaluation.report import evaluate_widths
 from bnn_nested.models import MLP
 from bnn_nested.nest import nestify, plain_copy
 from bnn_nested.training.trainer import Trainer

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from bnn_nested.config import build_config
 from bnn_nested.data import load_dataset
-from bnn_nested.evaluation.evaluate import evaluate_widths
+from bnn_nested.evaluation.report import evaluate_widths
 from bnn_nested.models import build_model
 from bnn_nested.nn import recalibrate_bn
 from bnn_nested.training.pyro_svi import PyroNestedModel

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 from bnn_nested.config import build_config
-from bnn_nested.evaluation.evaluate import evaluate
+from bnn_nested.evaluation.report import evaluate
 from bnn_nested.runs.run import load_run, train_run
 
 

@@ -9,8 +9,8 @@ import types
 from pathlib import Path
 
 import bnn_nested as bn
-from bnn_nested.evaluation.evaluate import evaluate
-from bnn_nested.evaluation.predict import predict
+from bnn_nested.evaluation.prediction import predict
+from bnn_nested.evaluation.report import evaluate
 from bnn_nested.nest import nestify
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,6 +21,15 @@ def test_front_door_gives_the_objects_not_modules():
     for name in bn.__all__:
         assert not isinstance(getattr(bn, name), types.ModuleType), name
     assert set(bn.__all__) <= set(dir(bn))
+
+
+def test_subpackages_give_the_functions_not_their_modules():
+    """``from bnn_nested.evaluation import evaluate`` was the module evaluate.py (issue 27)."""
+    import bnn_nested.evaluation as ev
+
+    for name in ev.__all__:
+        assert not isinstance(getattr(ev, name), types.ModuleType), name
+    assert ev.evaluate is evaluate and ev.predict is predict
 
 
 def test_version_is_the_packaged_one():

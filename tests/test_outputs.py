@@ -15,11 +15,11 @@ import torch
 
 from bnn_nested.cli.main import main
 from bnn_nested.deploy.select import Candidate, Constraints, latency_differs, select_width
-from bnn_nested.evaluation.evaluate import Report
 from bnn_nested.evaluation.metrics import reliability_data
 from bnn_nested.evaluation.ood import BELOW_CHANCE_EXPLANATION, below_chance
 from bnn_nested.evaluation.ordering import add_initial, ordering_table, write_ordering_report
 from bnn_nested.evaluation.plots import GAP_COLOR, compact_number, reliability_diagram
+from bnn_nested.evaluation.report import Report
 from bnn_nested.io import atomic_write_json, atomic_write_text, current_umask
 
 

@@ -103,7 +103,7 @@ def test_evaluate_reports_progress_in_logs(monkeypatch, capsys):
     """evaluate(progress=True) with stderr not a terminal: lines naming the width and OOD set."""
     from torch.utils.data import TensorDataset
 
-    from bnn_nested.evaluation.evaluate import evaluate
+    from bnn_nested.evaluation.report import evaluate
     from bnn_nested.models import NestedMLP
 
     monkeypatch.setenv("BNN_NESTED_LOG_INTERVAL", "0")

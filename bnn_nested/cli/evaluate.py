@@ -103,7 +103,7 @@ def run(args) -> int:
         raise UsageError(f"--scores: unknown {unknown}; accepted: {', '.join(OOD_SCORES)}")
     uncertainty.check(args)
     apply_threads(args.threads)
-    from bnn_nested.evaluation.evaluate import (
+    from bnn_nested.evaluation.report import (
         evaluate,  # deferred: imports torch; --help and usage errors stay fast
     )
     from bnn_nested.runs.run import (

@@ -79,7 +79,7 @@ def check(args) -> None:
 def evaluate_kwargs(
     args, loaded, run_dir: Path, widths: list[float], samples: int
 ) -> tuple[dict[str, Any], list[str]]:
-    """Keyword arguments for :func:`~bnn_nested.evaluation.evaluate.evaluate` and lines to print."""
+    """Keyword arguments for :func:`~bnn_nested.evaluation.report.evaluate` and lines to print."""
     from bnn_nested.evaluation.calibration import (  # deferred: imports torch; --help and usage errors stay fast
         TEMPERATURE_FILE,
         fit_run_temperatures,

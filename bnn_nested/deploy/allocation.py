@@ -24,7 +24,7 @@ import torch
 from bnn_nested.cost import count_flops
 from bnn_nested.evaluation.metrics import classification_report
 from bnn_nested.evaluation.plots import metric_vs_x
-from bnn_nested.evaluation.predict import predict_loader
+from bnn_nested.evaluation.prediction import predict_loader
 from bnn_nested.nest import NestifiedModel
 from bnn_nested.nn.model import NestedModel, Width
 from bnn_nested.nn.ordering_unit import OrderingUnit

@@ -35,7 +35,7 @@ from bnn_nested.evaluation.calibration import apply_temperature, temperature_for
 from bnn_nested.evaluation.conformal import conformal_threshold, label_scores
 from bnn_nested.evaluation.metrics import accuracy, ece, mean_probs
 from bnn_nested.evaluation.plots import save_figure
-from bnn_nested.evaluation.predict import predict, predict_loader
+from bnn_nested.evaluation.prediction import predict, predict_loader
 from bnn_nested.evaluation.selective import selective_score
 from bnn_nested.nn.model import NestedModel
 

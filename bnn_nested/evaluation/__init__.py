@@ -1,8 +1,8 @@
 """Evaluation at every width: metrics, OOD scores, Monte-Carlo prediction, reports, and acting on
 uncertainty (temperature scaling, conformal sets, selective prediction).
 
-The functions ``evaluate`` and ``predict`` are not re-exported here: they share their modules'
-names (``from bnn_nested.evaluation.evaluate import evaluate``)."""
+``from bnn_nested.evaluation import evaluate, predict`` gives the functions (their modules are
+:mod:`~bnn_nested.evaluation.report` and :mod:`~bnn_nested.evaluation.prediction`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from bnn_nested.evaluation.calibration import (
     temperature_for,
 )
 from bnn_nested.evaluation.conformal import conformal_sets, nested_conformal_sets, prediction_sets
-from bnn_nested.evaluation.evaluate import Report, evaluate_widths, make_ood_sets
 from bnn_nested.evaluation.metrics import (
     accuracy,
     adaptive_ece,
@@ -30,7 +29,8 @@ from bnn_nested.evaluation.metrics import (
     reliability_data,
 )
 from bnn_nested.evaluation.ood import SCORES, compute_score, ood_metrics
-from bnn_nested.evaluation.predict import predict_loader
+from bnn_nested.evaluation.prediction import predict, predict_loader
+from bnn_nested.evaluation.report import Report, evaluate, evaluate_widths, make_ood_sets
 from bnn_nested.evaluation.selective import aurc, eaurc, risk_coverage, selective_score
 
 __all__ = [

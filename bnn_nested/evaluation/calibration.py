@@ -53,7 +53,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from bnn_nested.evaluation.metrics import _check_probs, _check_targets
-from bnn_nested.evaluation.predict import predict, predict_loader
+from bnn_nested.evaluation.prediction import predict, predict_loader
 from bnn_nested.io import atomic_write_json
 
 __all__ = [
@@ -359,7 +359,7 @@ def calibrated_predict(
     temperature: float = 1.0,
     **kwargs,
 ) -> Tensor:
-    """:func:`~bnn_nested.evaluation.predict.predict` with ``T`` applied by
+    """:func:`~bnn_nested.evaluation.prediction.predict` with ``T`` applied by
     :func:`apply_temperature` (in the temperature's mode): ``(S, B, C)`` probabilities, ``(1, B, C)``
     for a ``pooled`` temperature."""
 

@@ -20,7 +20,7 @@ from bnn_nested.deploy.cache import drop_entries, note, read_cache, write_cache,
 from bnn_nested.deploy.cascade import CascadeReport, CascadeScore, cascade_report
 from bnn_nested.deploy.profile import PROFILE_FILE, profile_widths
 from bnn_nested.deploy.select import VAL_METRICS_FILE, Candidate
-from bnn_nested.evaluation.evaluate import evaluate_widths
+from bnn_nested.evaluation.report import evaluate_widths
 from bnn_nested.io import is_number
 from bnn_nested.runs.run import load_run
 

@@ -34,7 +34,7 @@ from bnn_nested.evaluation.calibration import (
     temperature_for,
 )
 from bnn_nested.evaluation.ordering import keep_probs_now, write_ordering_report
-from bnn_nested.evaluation.predict import predict
+from bnn_nested.evaluation.prediction import predict
 from bnn_nested.io import (
     JsonFileError,
     atomic_write,

@@ -8,7 +8,7 @@ tests failed on the LRT prediction it replaced; the third checks the moments of 
 import torch
 from torch import nn
 
-from bnn_nested.evaluation.predict import predict
+from bnn_nested.evaluation.prediction import predict
 from bnn_nested.models import NestedLeNet
 from bnn_nested.nn import NestedConv2d, NestedLinear
 from bnn_nested.nn.model import NestedModel

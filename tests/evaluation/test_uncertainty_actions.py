@@ -14,9 +14,9 @@ from bnn_nested.deploy.export import export_width
 from bnn_nested.deploy.serialize import load_exported, save_exported
 from bnn_nested.evaluation.calibration import TEMPERATURE_FILE, apply_temperature
 from bnn_nested.evaluation.conformal import conformal_threshold
-from bnn_nested.evaluation.evaluate import evaluate
 from bnn_nested.evaluation.metrics import classification_report
-from bnn_nested.evaluation.predict import predict
+from bnn_nested.evaluation.prediction import predict
+from bnn_nested.evaluation.report import evaluate
 from bnn_nested.models import NestedMLP
 
 

@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from bnn_nested.config import build_config
-from bnn_nested.evaluation.predict import predict, predict_loader
+from bnn_nested.evaluation.prediction import predict, predict_loader
 from bnn_nested.nest import nestify
 from bnn_nested.training.trainer import Trainer
 

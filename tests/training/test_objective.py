@@ -162,7 +162,7 @@ def test_logged_val_acc_is_the_accuracy_the_report_gives(tmp_path):
     """The per-epoch ``val_acc`` re-estimates batch norm at full width as the final report does, so
     the last epoch's value equals the full-width validation accuracy of the finished run (before,
     it used the running statistics of masked training)."""
-    from bnn_nested.evaluation.predict import predict_loader
+    from bnn_nested.evaluation.prediction import predict_loader
     from bnn_nested.runs.run import load_run, train_run
 
     cfg = build_config(

@@ -9,9 +9,9 @@ from torch.utils.data import DataLoader
 
 from bnn_nested.cli.main import main
 from bnn_nested.data import hold_out_classes, load_digits
-from bnn_nested.evaluation.evaluate import Report, evaluate, make_ood_sets
 from bnn_nested.evaluation.metrics import classification_report
-from bnn_nested.evaluation.predict import predict
+from bnn_nested.evaluation.prediction import predict
+from bnn_nested.evaluation.report import Report, evaluate, make_ood_sets
 from bnn_nested.models import NestedMLP
 
 
@@ -116,7 +116,7 @@ def test_torchvision_ood_pair_reads_local_root(digits, monkeypatch):
         calls.append((name, root, normalize_like))
         return torch.utils.data.TensorDataset(torch.zeros(3, 64), torch.zeros(3, dtype=torch.long))
 
-    import bnn_nested.evaluation.evaluate as evaluate_mod
+    import bnn_nested.evaluation.report as evaluate_mod
 
     monkeypatch.setattr(evaluate_mod, "load_torchvision_test", fake)
     sets = make_ood_sets(digits, ["svhn"], 10, root="/data")
@@ -183,7 +183,7 @@ def test_logit_scores_average_over_mc_samples(digits):
     checked on the same seeded samples drawn by hand."""
     from sklearn.metrics import roc_auc_score
 
-    from bnn_nested.evaluation.predict import predict_loader
+    from bnn_nested.evaluation.prediction import predict_loader
 
     model, ood = _model(dropout=0.3), _noise_set(n=60)
     torch.manual_seed(11)
@@ -199,7 +199,7 @@ def test_logit_scores_average_over_mc_samples(digits):
 
 
 def test_unknown_score_is_refused_before_any_prediction(digits, monkeypatch):
-    import bnn_nested.evaluation.evaluate as evaluate_mod
+    import bnn_nested.evaluation.report as evaluate_mod
 
     def no_prediction(*args, **kwargs):
         raise AssertionError("predicted before refusing")
@@ -216,7 +216,7 @@ def test_pooled_temperature_in_evaluate(digits):
     import numpy as np
 
     from bnn_nested.evaluation.calibration import Temperature
-    from bnn_nested.evaluation.predict import predict_loader
+    from bnn_nested.evaluation.prediction import predict_loader
 
     model = _model(dropout=0.3)
     temps = {1.0: Temperature(2.0, "pooled", 4)}

@@ -36,7 +36,7 @@ from bnn_nested.evaluation.ood import (
     ood_metrics,
 )
 from bnn_nested.evaluation.plots import metric_vs_x, reliability_diagram, risk_coverage_plot
-from bnn_nested.evaluation.predict import predict_loader
+from bnn_nested.evaluation.prediction import predict_loader
 from bnn_nested.evaluation.selective import aurc, eaurc, risk_coverage, selective_score
 from bnn_nested.io import atomic_write_json, atomic_write_text
 from bnn_nested.nn.model import NestedModel

@@ -4,7 +4,7 @@ keep-probability scaling."""
 import pytest
 import torch
 
-from bnn_nested.evaluation.predict import predict
+from bnn_nested.evaluation.prediction import predict
 from bnn_nested.models import NestedLeNet, NestedMLP
 
 
