@@ -229,14 +229,14 @@ def _nest_zoo(
     return nest_plain(cfg, ordering, net, shape)
 
 
-@register_model("mlp")
+@register_model("mlp", options=())
 def _build_mlp(cfg, ordering, input_shape, num_classes):
     net = MLP(math.prod(input_shape), num_classes, list(cfg.hidden), cfg.norm, cfg.dropout)
     cfg = cfg.model_copy(update={"order_first": True})  # every hidden layer is ordered
     return _nest_zoo(cfg, ordering, net, (math.prod(input_shape),))
 
 
-@register_model("lenet")
+@register_model("lenet", options=())
 def _build_lenet(cfg, ordering, input_shape, num_classes):
     if len(cfg.hidden) != 3:
         raise ValueError(
@@ -247,7 +247,7 @@ def _build_lenet(cfg, ordering, input_shape, num_classes):
     return _nest_zoo(cfg, ordering, net, shape)
 
 
-@register_model("vgg")
+@register_model("vgg", options=("variant",))
 def _build_vgg(cfg, ordering, input_shape, num_classes):
     variant = cfg.variant or "11"
     if variant not in VGG_CONFIGS:
@@ -258,7 +258,7 @@ def _build_vgg(cfg, ordering, input_shape, num_classes):
     )
 
 
-@register_model("resnet")
+@register_model("resnet", options=("variant",))
 def _build_resnet(cfg, ordering, input_shape, num_classes):
     shape = image_shape(input_shape)
     net = ResNet(cfg.variant or "20", shape, num_classes, cfg.norm, cfg.dropout)

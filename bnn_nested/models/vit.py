@@ -61,7 +61,7 @@ class ViT(nn.Module):
         return self.head(self.norm(self.encoder(h)[:, 0]))
 
 
-@register_model("vit")
+@register_model("vit", options=("kwargs",))
 def _build_vit(cfg, ordering, input_shape, num_classes):
     if len(cfg.hidden) != 2:
         raise ValueError(

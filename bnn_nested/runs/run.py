@@ -45,7 +45,7 @@ from bnn_nested.io import (
     read_json,
 )
 from bnn_nested.models import build_model
-from bnn_nested.models.registry import MODELS
+from bnn_nested.models.registry import MODELS, check_model_options
 from bnn_nested.nest import (
     NestifiedModel,
     check_plain_state,
@@ -227,6 +227,7 @@ def validate_run(cfg: Config) -> torch.device:
 
     import_modules(cfg)  # the config's ``imports``: user modules that register models / data
     MODELS[cfg.model.name]  # unknown names: one line listing the accepted ones
+    check_model_options(cfg.model)  # e.g. model.variant given to an mlp
     DATASETS[cfg.data.name]
     shape = KNOWN_INPUT_SHAPES.get(cfg.data.name)
     if shape is not None:  # build the model without memory: groups, hidden sizes, variants
