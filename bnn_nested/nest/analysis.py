@@ -15,6 +15,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import signal
+import sys
 import threading
 import traceback
 import warnings
@@ -439,6 +440,12 @@ def _time_limit(model: nn.Module, names: dict[int, str]):
             fired.append(_where(frame, names))
         raise _AnalysisTimeout
 
+    def unraisable(info):  # an alarm in a gc callback: Python ignores it and reports it here
+        if not isinstance(info.exc_value, _AnalysisTimeout):
+            previous_hook(info)  # the analysis reports running over itself (``fired``)
+
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = unraisable
     previous = signal.signal(signal.SIGALRM, alarm)
     signal.setitimer(signal.ITIMER_REAL, limit, 1.0)
     try:
@@ -460,6 +467,7 @@ def _time_limit(model: nn.Module, names: dict[int, str]):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        sys.unraisablehook = previous_hook
 
 
 #: Refuse a flatten index mapping larger than this (a consumer after ``flatten`` has ``C x H x W``
