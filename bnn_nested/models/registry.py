@@ -73,10 +73,9 @@ def conv_model_kwargs(cfg: Any, ordering: dict[str, Any]) -> dict[str, Any]:
 def build_model(
     model_cfg: Any, ordering: dict[str, Any], input_shape: tuple[int, ...], num_classes: int
 ) -> NestedModel:
-    """Build the model named ``model_cfg.name``; unknown names list the known ones, and a
-    model-specific key the model does not read is refused (:func:`check_model_options`)."""
+    """Build the model named ``model_cfg.name``; unknown names list the known ones. (A new run's
+    config is checked by :func:`check_model_options` first; a saved run is rebuilt as it was.)"""
     builder = MODELS[model_cfg.name]
-    check_model_options(model_cfg)
     model = builder(model_cfg, ordering, tuple(input_shape), num_classes)
     set_weight_prior(model, getattr(model_cfg, "weight_prior", "log_uniform"))
     return set_weight_noise(model, getattr(model_cfg, "weight_noise", "lrt"))

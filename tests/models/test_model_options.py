@@ -7,16 +7,22 @@ import pytest
 import torch
 
 from bnn_nested.config import build_config
-from bnn_nested.models.plain import MLP
 from bnn_nested.models.registry import MODELS, build_model, register_model
-from bnn_nested.nest import nestify
+from bnn_nested.runs.run import validate_run
 from bnn_nested.training.samplers import build_sampler
 
 
 def _build(model: dict):
-    cfg = build_config({"model": {"hidden": [8], "groups": 4, "kept": 1, **model}})
+    """Validate a new run's config (what `train` does before writing anything), then build."""
+    cfg = build_config(
+        {"data": {"name": "digits"}, "model": {"hidden": [8], "groups": 4, "kept": 1, **model}}
+    )
+    validate_run(cfg)
     kw = build_sampler(cfg.ordering).ordering_kwargs()
-    return build_model(cfg.model, kw, (1, 16, 16) if model["name"] != "mlp" else (5,), 3)
+    with torch.device("meta"):
+        return build_model(
+            cfg.model, kw, (64,) if model["name"] in ("mlp", "_user_any_options") else (1, 8, 8), 10
+        )
 
 
 @pytest.mark.parametrize(
@@ -40,14 +46,14 @@ def test_the_error_names_the_models_that_read_it():
 
 
 def test_models_that_read_the_key_build():
-    with torch.device("meta"):
-        _build({"name": "vgg", "hidden": [8, 8, 8, 8, 8, 8, 8, 8], "variant": "11"})
+    _build({"name": "vgg", "hidden": [8, 8, 8, 8, 8, 8, 8, 8], "variant": "11"})
 
 
 def test_a_user_model_without_declared_options_is_not_checked():
     @register_model("_user_any_options")
-    def _user(cfg, ordering, shape, n):
-        return nestify(MLP(5, n, [8]), torch.zeros(2, 5), groups=4, ordering=ordering)
+    def _user(cfg, ordering, shape, n):  # reads model.variant itself; delegates the network
+        assert cfg.variant == "mine"
+        return MODELS["mlp"](cfg.model_copy(update={"variant": None}), ordering, shape, n)
 
     try:
         _build({"name": "_user_any_options", "variant": "mine"})
