@@ -103,7 +103,7 @@ def nest_plain(
         ) from None
 
 
-@register_model("torchvision", options=("arch", "kwargs"))
+@register_model("torchvision", options=("kwargs",))
 def _build_torchvision(cfg, ordering, input_shape, num_classes) -> NestifiedModel:
     import torchvision  # deferred: heavy (torchvision), only this path needs it
 
@@ -143,7 +143,7 @@ def resolve_target(target: str):
     return obj
 
 
-@register_model("import", options=("target", "kwargs"))
+@register_model("import", options=("kwargs",))
 def _build_import(cfg, ordering, input_shape, num_classes) -> NestifiedModel:
     factory = resolve_target(cfg.target)
     kwargs = dict(cfg.kwargs)

@@ -11,8 +11,9 @@ from bnn_nested.registry import Registry
 
 #: name -> builder(model_cfg, ordering_kwargs, input_shape, num_classes) -> NestedModel
 MODELS: Registry[Callable[..., NestedModel]] = Registry("model", field="model.name")
-#: the ``model`` keys that only some models read, with the value meaning "not given"
-MODEL_SPECIFIC: dict[str, Any] = {"variant": None, "arch": None, "target": None, "kwargs": {}}
+#: the ``model`` keys that only some models read, with the value meaning "not given" (``arch`` and
+#: ``target`` belong to the names ``torchvision`` and ``import`` and are checked by the config itself)
+MODEL_SPECIFIC: dict[str, Any] = {"variant": None, "kwargs": {}}
 #: name -> the model-specific keys its builder reads (models registered without ``options`` are
 #: not checked)
 MODEL_OPTIONS: dict[str, frozenset[str]] = {}
@@ -41,8 +42,7 @@ def register_model(name: str, options: tuple[str, ...] | None = None):
 
 
 def check_model_options(model_cfg: Any) -> None:
-    """Refuse a model-specific key (``variant``, ``arch``, ``target``, ``kwargs``) given to a model
-    that does not read it: ``ValueError`` naming the key and the models it applies to."""
+    """Refuse a model-specific key (``variant``, ``kwargs``) given to a model that does not read it: ``ValueError`` naming the key and the models it applies to."""
     allowed = MODEL_OPTIONS.get(model_cfg.name)
     if allowed is None:
         return
@@ -75,7 +75,6 @@ def build_model(
 ) -> NestedModel:
     """Build the model named ``model_cfg.name``; unknown names list the known ones. (A new run's
     config is checked by :func:`check_model_options` first; a saved run is rebuilt as it was.)"""
-    builder = MODELS[model_cfg.name]
-    model = builder(model_cfg, ordering, tuple(input_shape), num_classes)
+    model = MODELS[model_cfg.name](model_cfg, ordering, tuple(input_shape), num_classes)
     set_weight_prior(model, getattr(model_cfg, "weight_prior", "log_uniform"))
     return set_weight_noise(model, getattr(model_cfg, "weight_noise", "lrt"))

@@ -124,7 +124,7 @@ class NestedModel(nn.Module):
     @contextmanager
     def stochastic(self, enabled: bool = True, samples: int | None = None):
         """Monte-Carlo mode inside the block: Bayesian layers sample their weights and dropout
-        layers stay active even in ``eval()`` (used by :func:`~bnn_nested.evaluation.prediction`).
+        layers stay active even in ``eval()`` (used by :func:`~bnn_nested.evaluation.prediction.predict`).
 
         In ``eval()`` each Bayesian layer draws whole weight tensors from ``q(W)``: one per forward
         pass, or with ``samples = S`` one per sample-major block of ``batch / S`` inputs (``S``
