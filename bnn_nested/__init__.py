@@ -36,6 +36,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "export_width": ("bnn_nested.deploy", "export_width"),
     "register_model": ("bnn_nested.models.registry", "register_model"),
     "register_dataset": ("bnn_nested.data", "register_dataset"),
+    "register_sampler": ("bnn_nested.training.samplers", "register_sampler"),
+    "register_score": ("bnn_nested.evaluation.ood", "register_score"),
 }
 
 __all__ = ["__version__", *_EXPORTS]

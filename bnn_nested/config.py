@@ -27,22 +27,21 @@ from bnn_nested.threads import MAX_THREADS, resolve_threads
 # Choices the command line offers, kept here (no torch) so that ``--help`` and usage errors come
 # before torch is imported; the modules that implement them import these names.
 
-#: Uncertainty scores a cascade escalates on (:mod:`bnn_nested.deploy.cascade`).
-CASCADE_SCORES: tuple[str, ...] = ("msp", "entropy", "mutual_information")
 #: Conformal non-conformity scores (:mod:`bnn_nested.evaluation.conformal`).
 SET_SCORES: tuple[str, ...] = ("thr", "aps", "raps")
-#: Selective-prediction scores (:mod:`bnn_nested.evaluation.selective`).
-SELECTIVE_SCORES: tuple[str, ...] = ("msp", "entropy", "mutual_information")
-#: Out-of-distribution scores (:mod:`bnn_nested.evaluation.ood`), and those ``evaluate`` reports
-#: by default.
-OOD_SCORES: tuple[str, ...] = (
-    "msp",
-    "max_logit",
-    "energy",
-    "entropy",
-    "mutual_information",
-    "expected_entropy",
-)
+#: The uncertainty scores bnn-nested ships and what each takes (the functions are in
+#: :data:`bnn_nested.evaluation.ood.SCORES`, where user modules add theirs); the command line checks
+#: these names before it imports torch when no user module can be imported (no ``--allow-import``).
+BUILTIN_SCORES: dict[str, str] = {
+    "msp": "probs",
+    "max_logit": "logits",
+    "energy": "logits",
+    "entropy": "probs",
+    "mutual_information": "samples",
+    "expected_entropy": "samples",
+}
+#: The out-of-distribution scores ``evaluate`` reports by default (every score, built in or
+#: registered by a user module, is in :data:`bnn_nested.evaluation.ood.SCORES`).
 DEFAULT_OOD_SCORES: tuple[str, ...] = ("entropy", "mutual_information", "msp")
 #: How a width is realised when timing it (:mod:`bnn_nested.deploy.profile`).
 LATENCY_MODES: tuple[str, ...] = ("sliced", "masked", "exported", "onnxruntime")
@@ -176,6 +175,9 @@ class _Strict(BaseModel):
 DEFAULT_INIT_LOG_ALPHA = -8.0
 #: A dotted module path (``my_pkg.models``), not a file path.
 MODULE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+#: Width samplers bnn-nested ships (:mod:`bnn_nested.training.samplers`); others come from modules
+#: named in the config's ``imports``.
+BUILTIN_SAMPLERS: tuple[str, ...] = ("vou", "nested_dropout", "sandwich", "fixed")
 #: Data sets bnn-nested ships; others come from modules named in the config's ``imports``.
 BUILTIN_DATA: tuple[str, ...] = (
     "digits",
@@ -328,7 +330,11 @@ class ModelConfig(_Strict):
 class OrderingConfig(_Strict):
     """Width sampler (training strategy) and ordering prior / posterior."""
 
-    sampler: Literal["vou", "nested_dropout", "sandwich", "fixed"] = "vou"
+    sampler: str = Field(
+        "vou",
+        description=f"{' | '.join(BUILTIN_SAMPLERS)}, or a name registered by a module in "
+        "'imports' (bnn_nested.training.register_sampler)",
+    )
     temperature: float = Field(1.0, gt=0.0)
     schedule: Literal["constant", "exponential"] = "constant"
     temperature_min: float = Field(0.5, gt=0.0)
@@ -492,6 +498,12 @@ class Config(_Strict):
             raise ValueError(
                 f"data.name: unknown data set {self.data.name[:80]!r}; accepted: "
                 f"{', '.join(BUILTIN_DATA)} (or list the module that registers it in 'imports')"
+            )
+        if self.ordering.sampler not in BUILTIN_SAMPLERS and not self.imports:
+            raise ValueError(
+                f"ordering.sampler: unknown width sampler {self.ordering.sampler[:80]!r}; "
+                f"accepted: {', '.join(BUILTIN_SAMPLERS)} (or list the module that registers it "
+                "in 'imports')"
             )
         return self
 

@@ -24,7 +24,7 @@ def test_round_trip():
         ({"eval": {"widths": [0.0, 0.5]}}, "eval.widths: every width must be in (0, 1]"),
         (
             {"ordering": {"sampler": "magic"}},
-            "ordering.sampler: Input should be 'vou', 'nested_dropout'",
+            "ordering.sampler: unknown width sampler 'magic'; accepted: vou, nested_dropout",
         ),
         (
             {"model": {"hidden": [30], "groups": 16}},

@@ -13,8 +13,12 @@ import json
 import math
 from pathlib import Path
 
-from bnn_nested.cli.common import UsageError, add_allow_import_argument, parse_widths
-from bnn_nested.config import CASCADE_SCORES
+from bnn_nested.cli.common import (
+    UsageError,
+    add_allow_import_argument,
+    parse_widths,
+    precheck_scores,
+)
 from bnn_nested.io import atomic_write_json
 from bnn_nested.threads import add_threads_argument, apply_threads
 
@@ -33,9 +37,9 @@ def add_parser(sub) -> None:
     c.add_argument("--samples", type=int, default=None, help="Monte-Carlo samples per stage")
     c.add_argument(
         "--score",
-        choices=CASCADE_SCORES,
         default="msp",
-        help="uncertainty score: msp (1 - max p, default), entropy, mutual_information",
+        help="uncertainty score: msp (1 - max p, default), entropy, mutual_information, "
+        "expected_entropy, or one registered by a module in the run's imports",
     )
     c.add_argument("--alpha", type=float, default=0.1, help="conformal level 1 - alpha (0, 1)")
     c.add_argument(
@@ -73,6 +77,7 @@ def run(args) -> int:
             f"--widths: a cascade needs at least two widths to escalate between, got "
             f"{args.widths[0]:g}; for one width see `bnn-nested evaluate --widths {args.widths[0]:g}`"
         )
+    precheck_scores([args.score], "--score", args.allow_import, probabilities=True)
     if args.score == "mutual_information" and args.samples == 1:
         raise UsageError("--score mutual_information needs --samples > 1")
     apply_threads(args.threads)

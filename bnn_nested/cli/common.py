@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from bnn_nested.config import BUILTIN_SCORES
 from bnn_nested.io import visible
 
 
@@ -72,3 +73,20 @@ def parse_widths(text: str) -> list[float]:
     if len(values) > 1000:
         raise argparse.ArgumentTypeError(f"at most 1000 widths, got {len(values)}")
     return values
+
+
+def precheck_scores(names: list[str], field: str, allow_import: bool, probabilities=False) -> None:
+    """Uncertainty score names checked before torch is imported: without ``--allow-import`` no
+    user module can register one, so only the built-in names exist (with it, the names are checked
+    after the run's imports, :func:`bnn_nested.evaluation.ood.check_scores`)."""
+    if allow_import:
+        return
+    accepted = [n for n, t in BUILTIN_SCORES.items() if not probabilities or t != "logits"]
+    unknown = [n for n in names if n not in accepted]
+    if unknown:
+        what = "score of probabilities" if probabilities else "OOD score"
+        raise UsageError(
+            f"{field}: unknown {what} {', '.join(map(repr, unknown))[:120]}; accepted: "
+            f"{', '.join(accepted)} (or one a module in the run's imports registers, with "
+            "--allow-import)"
+        )

@@ -19,8 +19,9 @@ from bnn_nested.cli.common import (
     bounded_int,
     note_unfinished,
     parse_widths,
+    precheck_scores,
 )
-from bnn_nested.config import DEFAULT_OOD_SCORES, MAX_SAMPLES, OOD_SCORES
+from bnn_nested.config import DEFAULT_OOD_SCORES, MAX_SAMPLES
 from bnn_nested.io import FileWriteError, atomic_write_json
 from bnn_nested.threads import add_threads_argument, apply_threads
 
@@ -59,7 +60,8 @@ def add_parser(sub) -> None:
         "--scores",
         type=_names,
         default=None,
-        help="OOD scores (higher = more OOD): entropy, mutual_information, msp, ...",
+        help="OOD scores (higher = more OOD): entropy, mutual_information, msp, max_logit, "
+        "energy, expected_entropy, or one registered by a module in the run's imports",
     )
     e.add_argument("--split", choices=["test", "val"], default="test")
     e.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -98,11 +100,12 @@ def run(args) -> int:
                 "--calibrate temperature stores the temperatures in the run; use it without --out"
             )
     scores = args.scores or list(DEFAULT_OOD_SCORES)
-    unknown = [s for s in scores if s not in OOD_SCORES]
-    if unknown:
-        raise UsageError(f"--scores: unknown {unknown}; accepted: {', '.join(OOD_SCORES)}")
+    precheck_scores(scores, "--scores", args.allow_import)
     uncertainty.check(args)
     apply_threads(args.threads)
+    from bnn_nested.evaluation.ood import (
+        check_scores,  # deferred: imports torch; --help and usage errors stay fast
+    )
     from bnn_nested.evaluation.report import (
         evaluate,  # deferred: imports torch; --help and usage errors stay fast
     )
@@ -112,6 +115,7 @@ def run(args) -> int:
 
     run_dir = Path(args.run)
     loaded = load_run(run_dir, allow_import=args.allow_import)
+    check_scores(scores, "--scores")  # after the run's imports, which may register scores
     note_unfinished(loaded, run_dir)
     cfg = loaded.config
     if args.split == "val" and not loaded.splits.has_val:

@@ -13,8 +13,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from bnn_nested.cli.common import UsageError
-from bnn_nested.config import SELECTIVE_SCORES, SET_SCORES
+from bnn_nested.cli.common import UsageError, precheck_scores
+from bnn_nested.config import SET_SCORES
 
 CALIBRATE = ("temperature", "none")
 
@@ -62,14 +62,16 @@ def add_arguments(e) -> None:
     )
     e.add_argument(
         "--selective-score",
-        choices=SELECTIVE_SCORES,
         default="msp",
-        help="uncertainty ranking of the risk-coverage curve / AURC (default msp = 1 - max p)",
+        help="uncertainty ranking of the risk-coverage curve / AURC: msp (1 - max p, default), "
+        "entropy, mutual_information, expected_entropy, or one registered by a module in the "
+        "run's imports",
     )
 
 
 def check(args) -> None:
     """Bad combinations, before anything is read or written."""
+    precheck_scores([args.selective_score], "--selective-score", args.allow_import, True)
     if args.alpha and args.split != "test":
         raise UsageError("--alpha: conformal sets are calibrated on val; use it with --split test")
     if args.selective_score == "mutual_information" and args.samples == 1:
@@ -84,6 +86,11 @@ def evaluate_kwargs(
         TEMPERATURE_FILE,
         fit_run_temperatures,
     )
+    from bnn_nested.evaluation.ood import (
+        check_scores,  # deferred: imports torch; --help and usage errors stay fast
+    )
+
+    check_scores([args.selective_score], "--selective-score", probabilities=True)
 
     if args.selective_score == "mutual_information" and samples == 1:
         raise UsageError("--selective-score mutual_information needs --samples > 1")

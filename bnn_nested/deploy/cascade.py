@@ -26,25 +26,25 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 
-from bnn_nested.config import CASCADE_SCORES
 from bnn_nested.evaluation.calibration import apply_temperature, temperature_for
 from bnn_nested.evaluation.conformal import conformal_threshold, label_scores
 from bnn_nested.evaluation.metrics import accuracy, ece, mean_probs
+from bnn_nested.evaluation.ood import check_scores
 from bnn_nested.evaluation.plots import save_figure
 from bnn_nested.evaluation.prediction import predict, predict_loader
 from bnn_nested.evaluation.selective import selective_score
 from bnn_nested.nn.model import NestedModel
 
-CascadeScore = Literal["msp", "entropy", "mutual_information"]
+#: A score of probabilities in :data:`bnn_nested.evaluation.ood.SCORES` (``msp``, ``entropy``,
+#: ``mutual_information``, ``expected_entropy`` or one a user module registers).
+CascadeScore = str
 
 
 def _check(widths: Sequence[float], thresholds: Sequence[float], score: str) -> None:
-    if score not in CASCADE_SCORES:
-        raise ValueError(f"score must be one of {CASCADE_SCORES}, got {score!r}")
+    check_scores([score], "score", probabilities=True)
     if not widths or list(widths) != sorted(widths) or len(set(widths)) != len(widths):
         raise ValueError(f"widths must be non-empty and strictly increasing, got {list(widths)}")
     if len(thresholds) != len(widths) - 1:
@@ -64,8 +64,6 @@ def _two_stages(n: int, widths: Sequence[float] | None = None) -> None:
 
 def uncertainty(probs: torch.Tensor, score: CascadeScore) -> torch.Tensor:
     """Score ``(N,)`` of probabilities ``(S, N, C)``; higher = more uncertain."""
-    if score == "mutual_information" and probs.shape[0] < 2:
-        raise ValueError("score 'mutual_information' needs samples > 1 (it is 0 for one sample)")
     return selective_score(probs, score).float()
 
 

@@ -28,7 +28,7 @@ from bnn_nested.evaluation.metrics import (
     predictive_entropy,
     reliability_data,
 )
-from bnn_nested.evaluation.ood import SCORES, compute_score, ood_metrics
+from bnn_nested.evaluation.ood import SCORES, compute_score, ood_metrics, register_score
 from bnn_nested.evaluation.prediction import predict, predict_loader
 from bnn_nested.evaluation.report import Report, evaluate, evaluate_widths, make_ood_sets
 from bnn_nested.evaluation.selective import aurc, eaurc, risk_coverage, selective_score
@@ -62,6 +62,7 @@ __all__ = [
     "predict_loader",
     "prediction_sets",
     "predictive_entropy",
+    "register_score",
     "reliability_data",
     "risk_coverage",
     "save_temperatures",

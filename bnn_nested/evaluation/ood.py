@@ -2,7 +2,11 @@
 
 Convention, used by every function here: **a higher score means more likely OOD, and OOD is the
 positive class** (as in pytorch-ood). Scores that are naturally "higher = more in-distribution"
-(maximum softmax probability, maximum logit, log-sum-exp) are negated.
+(maximum logit, log-sum-exp) are negated; the maximum softmax probability becomes ``1 - max p̄``.
+The same scores rank examples for selective prediction and the cascade
+(:mod:`bnn_nested.evaluation.selective`, :mod:`bnn_nested.deploy.cascade`): one implementation of
+each, in :data:`SCORES`. A user module (listed under a config's ``imports``) adds its own with
+:func:`register_score`.
 
 Scores (Hendrycks & Gimpel 2017 for MSP; Hendrycks et al. 2022 for max logit; Liu et al. 2020,
 "Energy-based Out-of-distribution Detection", eq. 5 for the energy; Gal 2016 / Depeweg et al.
@@ -11,12 +15,12 @@ Scores (Hendrycks & Gimpel 2017 for MSP; Hendrycks et al. 2022 for max logit; Li
 ==================== ============ ====================================================
 name                 input        score (higher = more OOD)
 ==================== ============ ====================================================
-``msp``              probs        ``-max_c p̄_c``
+``msp``              probs        ``1 - max_c p̄_c``
 ``max_logit``        logits       ``-max_c z_c`` (averaged over ``S``)
 ``energy``           logits       ``E = -T logsumexp(z / T)`` (averaged over ``S``)
 ``entropy``          probs        ``H[p̄]``
-``mutual_information`` probs (S)  ``H[p̄] - mean_s H[p_s]``
-``expected_entropy`` probs (S)    ``mean_s H[p_s]``
+``mutual_information`` samples    ``H[p̄] - mean_s H[p_s]``
+``expected_entropy`` samples      ``mean_s H[p_s]``
 ==================== ============ ====================================================
 
 Metrics (scikit-learn): AUROC, AUPR-Out (OOD positive), AUPR-In (in-distribution positive,
@@ -34,13 +38,13 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, get_args
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from bnn_nested.config import OOD_SCORES
+from bnn_nested.config import BUILTIN_SCORES
 from bnn_nested.evaluation.metrics import (
     expected_entropy,
     mean_probs,
@@ -53,6 +57,9 @@ __all__ = [
     "OODScore",
     "SCORES",
     "SCORE_INPUTS",
+    "register_score",
+    "probability_scores",
+    "check_scores",
     "HIGHER_IS_BETTER",
     "TPR_LEVEL",
     "msp_score",
@@ -65,9 +72,13 @@ __all__ = [
     "ood_metrics",
 ]
 
-OODScore = Literal[
-    "msp", "max_logit", "energy", "entropy", "mutual_information", "expected_entropy"
-]
+#: A score's name: one of :data:`SCORES` (the built-in ones or a user's, :func:`register_score`).
+OODScore = str
+#: What a score function takes: ``"probs"`` (``(B, C)`` or ``(S, B, C)``, averaged over ``S``),
+#: ``"samples"`` (``(S, B, C)`` probabilities of the Monte-Carlo samples, read one by one) or
+#: ``"logits"``.
+ScoreInput = Literal["probs", "samples", "logits"]
+SCORE_INPUT_KINDS: tuple[str, ...] = ("probs", "samples", "logits")
 
 #: Recall at which ``ood/fpr95`` (in-distribution recall) and ``ood/fpr95_in`` (OOD recall) are
 #: read off.
@@ -99,19 +110,21 @@ def _check_logits(logits: Tensor) -> Tensor:
 
 
 def msp_score(probs: Tensor) -> Tensor:
-    """Negative maximum softmax probability ``-max_c p̄_c``; higher score = more likely OOD.
+    """One minus the maximum softmax probability, ``1 - max_c p̄_c``; higher score = more likely
+    OOD (an offset of Hendrycks & Gimpel's ``-max p̄``: the same ranking, and a cascade's or
+    selective threshold reads as a probability of error).
 
     Args:
         probs: ``(B, C)`` or ``(S, B, C)`` probabilities (MC-averaged first).
 
     Returns:
-        ``(B,)`` float64 scores in ``[-1, -1/C]``.
+        ``(B,)`` float64 scores in ``[0, 1 - 1/C]``.
 
     Example:
         >>> msp_score(torch.tensor([[0.9, 0.1], [0.5, 0.5]]))  # second is more OOD
-        tensor([-0.9000, -0.5000], dtype=torch.float64)
+        tensor([0.1000, 0.5000], dtype=torch.float64)
     """
-    return -mean_probs(probs).max(-1).values
+    return 1.0 - mean_probs(probs).max(-1).values
 
 
 def max_logit_score(logits: Tensor) -> Tensor:
@@ -203,6 +216,40 @@ def expected_entropy_score(probs: Tensor) -> Tensor:
 
 #: Score name -> function; every function returns ``(B,)`` scores, higher = more likely OOD.
 SCORES: Registry[Callable[[Tensor], Tensor]] = Registry("OOD score", field="--scores")
+#: Score name -> what its function takes (:data:`ScoreInput`).
+SCORE_INPUTS: dict[str, ScoreInput] = {}
+
+
+def register_score(
+    name: str,
+    fn: Callable[[Tensor], Tensor] | None = None,
+    *,
+    takes: ScoreInput = "probs",
+    replace: bool = False,
+):
+    """Add an uncertainty score under ``name`` (a decorator without ``fn``). ``fn`` maps the
+    tensor named by ``takes`` to ``(B,)`` scores, higher = more uncertain / more likely OOD; every
+    score serves OOD detection (``evaluate --scores``), and those of probabilities (``"probs"``,
+    ``"samples"``) also rank for selective prediction and the cascade.
+
+    Example (in a module a config lists under ``imports``)::
+
+        @register_score("margin")
+        def margin(probs):  # (B, C) or (S, B, C)
+            top2 = mean_probs(probs).topk(2, -1).values
+            return 1.0 - (top2[..., 0] - top2[..., 1])
+    """
+    if takes not in SCORE_INPUT_KINDS:
+        raise ValueError(f"takes must be one of {', '.join(SCORE_INPUT_KINDS)}; got {takes!r}")
+
+    def add(f: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+        SCORES.register(name, f, replace=replace)
+        SCORE_INPUTS[name] = takes
+        return f
+
+    return add(fn) if fn is not None else add
+
+
 for _name, _fn in (
     ("msp", msp_score),
     ("max_logit", max_logit_score),
@@ -211,19 +258,26 @@ for _name, _fn in (
     ("mutual_information", mutual_information_score),
     ("expected_entropy", expected_entropy_score),
 ):
-    SCORES.register(_name, _fn)
+    register_score(_name, _fn, takes=BUILTIN_SCORES[_name])  # type: ignore[arg-type]
 
-#: Score name -> which tensor its function takes (``"probs"`` or ``"logits"``).
-SCORE_INPUTS: dict[str, Literal["probs", "logits"]] = {
-    "msp": "probs",
-    "max_logit": "logits",
-    "energy": "logits",
-    "entropy": "probs",
-    "mutual_information": "probs",
-    "expected_entropy": "probs",
-}
 
-assert tuple(SCORES) == OOD_SCORES and set(SCORES) == set(get_args(OODScore)) == set(SCORE_INPUTS)
+def probability_scores() -> list[str]:
+    """The scores of probabilities (the ones selective prediction and the cascade can rank by)."""
+    return [n for n in SCORES if SCORE_INPUTS[n] != "logits"]
+
+
+def check_scores(names, field: str, probabilities: bool = False) -> list[str]:
+    """``names`` if every one is a registered score (of probabilities, with ``probabilities``),
+    else a one-line ``ValueError`` naming ``field`` and the accepted names."""
+    accepted = probability_scores() if probabilities else list(SCORES)
+    unknown = [n for n in names if n not in accepted]
+    if unknown:
+        what = "score of probabilities" if probabilities else "OOD score"
+        raise ValueError(
+            f"{field}: unknown {what} {', '.join(map(repr, unknown))[:120]}; accepted: "
+            f"{', '.join(accepted)} (a module in the run's imports can add more)"
+        )
+    return list(names)
 
 
 def compute_score(
@@ -235,7 +289,7 @@ def compute_score(
     need ``logits``.
 
     Args:
-        name: one of :data:`OODScore`.
+        name: a name in :data:`SCORES`.
         probs: ``(B, C)`` or ``(S, B, C)`` probabilities.
         logits: ``(B, C)`` or ``(S, B, C)`` logits.
 
@@ -258,7 +312,7 @@ def compute_score(
         if logits is None:
             raise ValueError(f"score {name!r} needs logits; got logits=None")
         return fn(logits)
-    if probs is None:
+    if probs is None:  # "probs" and "samples" both take the Monte-Carlo samples' probabilities
         if logits is None:
             raise ValueError(f"score {name!r} needs probs or logits; got neither")
         probs = torch.softmax(logits.detach().to(torch.float64), dim=-1)

@@ -30,8 +30,8 @@ from bnn_nested.evaluation.metrics import classification_report, mean_probs, rel
 from bnn_nested.evaluation.ood import (
     BELOW_CHANCE_EXPLANATION,
     SCORE_INPUTS,
-    SCORES,
     below_chance,
+    check_scores,
     compute_score,
     ood_metrics,
 )
@@ -49,8 +49,6 @@ SYNTHETIC_OOD = ("gaussian", "uniform", "patches")
 DEFAULT_SCORES = DEFAULT_OOD_SCORES
 #: Widest line of :meth:`Report.table` (a wider table is split into blocks).
 MAX_TABLE_COLUMNS = 120
-#: Scores (OOD and selective) read off the spread of the Monte-Carlo samples, not off ``p̄``.
-SAMPLE_SCORES = ("mutual_information", "expected_entropy")
 
 
 @dataclass
@@ -290,7 +288,7 @@ def evaluate(
       computed on the temperature-scaled probabilities (in each temperature's mode,
       ``per_sample`` for plain numbers); ``raw/cls/nll``, ``raw/cls/brier``, ``raw/cal/ece`` are
       the values before, ``cal/temperature`` the ``T`` used. Scores read off the spread of the
-      samples (:data:`SAMPLE_SCORES`) use the untempered samples under a ``pooled`` temperature
+      samples (registered with ``takes="samples"``) use the untempered samples under a ``pooled`` temperature
       (which leaves one distribution); ``max_logit`` and ``energy`` always use the network's
       untempered logits (docs/METHODS.md#ood-detection).
     * ``alphas``: split-conformal sets at level ``1 - alpha`` calibrated on ``splits.val``
@@ -309,8 +307,9 @@ def evaluate(
         scores: OOD score names from :data:`bnn_nested.evaluation.ood.SCORES`; higher = more OOD.
     """
 
-    for s in scores:
-        SCORES[s]  # unknown names: one line listing the accepted ones, before any prediction
+    check_scores(scores, "scores")  # unknown names: one line listing the accepted ones
+    if selective:
+        check_scores([selective], "selective", probabilities=True)
     alphas = [float(a) for a in alphas]
     if alphas:
         if set_score not in SET_SCORES:
@@ -378,7 +377,7 @@ def evaluate(
         return {
             s: compute_score(s, logits=logits)
             if SCORE_INPUTS[s] == "logits"
-            else compute_score(s, probs=spread if s in SAMPLE_SCORES else probs)
+            else compute_score(s, probs=spread if SCORE_INPUTS[s] == "samples" else probs)
             for s in report.meta["scores"]
         }
 
@@ -386,7 +385,7 @@ def evaluate(
         probs, logits, targets = predicted(data, "", w)
         t = temperature_for(temperatures, w)
         row = {}
-        spread = probs  # the samples that SAMPLE_SCORES read
+        spread = probs  # the samples that scores of samples read
         if temperatures:
             raw = classification_report(probs, targets, n_bins=n_bins)
             row.update({f"raw/{k}": raw[k] for k in ("cls/nll", "cls/brier", "cal/ece")})
@@ -399,7 +398,9 @@ def evaluate(
         report.reliability[float(w)] = reliability_data(probs, targets, n_bins=n_bins)
         if selective:
             errors = mean_probs(probs).argmax(-1) != targets
-            unc = selective_score(spread if selective in SAMPLE_SCORES else probs, selective)
+            unc = selective_score(
+                spread if SCORE_INPUTS[selective] == "samples" else probs, selective
+            )
             row["sel/aurc"] = aurc(errors, unc)
             row["sel/eaurc"] = eaurc(errors, unc)
             report.risk_coverage[float(w)] = risk_coverage(errors, unc)

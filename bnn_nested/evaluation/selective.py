@@ -11,8 +11,10 @@ for AURC / E-AURC). Ties in the score are broken by averaging over their orders:
 tied examples the expected error count of the first ``j`` is ``j`` times the block's error rate.
 E-AURC subtracts the AURC of the ideal ordering (every error after every correct answer).
 
-Scores (higher = more uncertain, so abstained on first): ``msp`` = ``1 - max_c p̄_c``,
-``entropy`` = ``H[p̄]``, ``mutual_information`` (needs ``S > 1`` samples).
+Scores (higher = more uncertain, so abstained on first): any score of probabilities in
+:data:`bnn_nested.evaluation.ood.SCORES` (the same functions OOD detection uses): ``msp`` =
+``1 - max_c p̄_c``, ``entropy`` = ``H[p̄]``, ``mutual_information`` (needs ``S > 1`` samples),
+``expected_entropy``, and those a user module registers (:func:`~bnn_nested.evaluation.ood.register_score`).
 
 Example::
 
@@ -25,25 +27,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from bnn_nested.config import SELECTIVE_SCORES
-from bnn_nested.evaluation.metrics import mean_probs, mutual_information, predictive_entropy
+from bnn_nested.evaluation.ood import check_scores, compute_score
 
-__all__ = ["SELECTIVE_SCORES", "aurc", "eaurc", "risk_coverage", "selective_score"]
+__all__ = ["aurc", "eaurc", "risk_coverage", "selective_score"]
 
 
 def selective_score(probs: Tensor, score: str = "msp") -> Tensor:
-    """``(N,)`` uncertainty of ``(S, N, C)`` / ``(N, C)`` probabilities; higher = abstain first."""
-    if score == "msp":
-        return 1.0 - mean_probs(probs).max(-1).values
-    if score == "entropy":
-        return predictive_entropy(probs)
-    if score == "mutual_information":
-        if probs.ndim != 3 or probs.shape[0] < 2:
-            raise ValueError(
-                "score 'mutual_information' needs samples > 1 (it is 0 for one sample)"
-            )
-        return mutual_information(probs)
-    raise ValueError(f"score must be one of {', '.join(SELECTIVE_SCORES)}; got {score!r}")
+    """``(N,)`` uncertainty of ``(S, N, C)`` / ``(N, C)`` probabilities; higher = abstain first.
+    ``score``: a score of probabilities in :data:`~bnn_nested.evaluation.ood.SCORES`."""
+    check_scores([score], "score", probabilities=True)
+    if score == "mutual_information" and (probs.ndim != 3 or probs.shape[0] < 2):
+        raise ValueError("score 'mutual_information' needs samples > 1 (it is 0 for one sample)")
+    return compute_score(score, probs=probs)
 
 
 def risk_coverage(errors: Tensor, uncertainty: Tensor) -> tuple[Tensor, Tensor]:

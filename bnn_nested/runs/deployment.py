@@ -20,6 +20,7 @@ from bnn_nested.deploy.cache import drop_entries, note, read_cache, write_cache,
 from bnn_nested.deploy.cascade import CascadeReport, CascadeScore, cascade_report
 from bnn_nested.deploy.profile import PROFILE_FILE, profile_widths
 from bnn_nested.deploy.select import VAL_METRICS_FILE, Candidate
+from bnn_nested.evaluation.ood import check_scores
 from bnn_nested.evaluation.report import evaluate_widths
 from bnn_nested.io import is_number
 from bnn_nested.runs.run import load_run
@@ -166,6 +167,7 @@ def cascade_run(
     ``temperature``; FLOPs per width from :func:`~bnn_nested.cost.count_flops`; ``allow_import``:
     :func:`~bnn_nested.runs.run.load_run`'s."""
     run = load_run(run_dir, allow_import=allow_import)
+    check_scores([score], "--score", probabilities=True)  # a user's, registered by its imports
     require_val(run, run_dir, "cascade chooses its threshold on validation data")
     widths = sorted(float(w) for w in (widths or run.config.eval.widths))
     if len(widths) < 2:  # from the run's eval.widths: say where they came from

@@ -86,7 +86,7 @@ from bnn_nested.training.distributed import (
     setup_distributed,
 )
 from bnn_nested.training.optim import Precision, resolve_device
-from bnn_nested.training.samplers import build_sampler
+from bnn_nested.training.samplers import SAMPLERS, build_sampler
 from bnn_nested.training.tensorboard import LOG_DIR, TensorBoardLogger, require_tensorboard
 from bnn_nested.training.trainer import Trainer, TrainingInterrupted
 
@@ -229,6 +229,7 @@ def validate_run(cfg: Config) -> torch.device:
     MODELS[cfg.model.name]  # unknown names: one line listing the accepted ones
     check_model_options(cfg.model)  # e.g. model.variant given to an mlp
     DATASETS[cfg.data.name]
+    SAMPLERS[cfg.ordering.sampler]
     shape = KNOWN_INPUT_SHAPES.get(cfg.data.name)
     if shape is not None:  # build the model without memory: groups, hidden sizes, variants
         n_classes = KNOWN_NUM_CLASSES[cfg.data.name] - len(cfg.data.held_out_classes)

@@ -15,7 +15,13 @@ from bnn_nested.training.optim import (
     resolve_device,
 )
 from bnn_nested.training.policy import CheckpointPolicy, SigintStop
-from bnn_nested.training.samplers import SAMPLERS, WidthSampler, build_sampler
+from bnn_nested.training.samplers import (
+    SAMPLERS,
+    Pass,
+    WidthSampler,
+    build_sampler,
+    register_sampler,
+)
 from bnn_nested.training.trainer import NonFiniteLossError, Trainer, TrainingInterrupted
 
 __all__ = [
@@ -26,6 +32,7 @@ __all__ = [
     "NegativeELBO",
     "NonFiniteLossError",
     "OptimizerStep",
+    "Pass",
     "Precision",
     "SAMPLERS",
     "SigintStop",
@@ -37,6 +44,7 @@ __all__ = [
     "load_checkpoint",
     "make_optimizer",
     "make_scheduler",
+    "register_sampler",
     "resolve_device",
     "save_checkpoint",
     "setup_distributed",

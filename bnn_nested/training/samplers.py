@@ -5,6 +5,15 @@
 * ``sandwich``: largest + smallest + ``k`` random widths, in-place distillation from the largest
   (Yu & Huang, *Universally Slimmable Networks*, 2019).
 * ``fixed``: one width, no masks (the independently trained baseline).
+
+A user module (listed under a config's ``imports``) adds its own with :func:`register_sampler`::
+
+    @register_sampler("two_widths")
+    class TwoWidths(WidthSampler):
+        kl_keep = "all"  # both widths' channels are trained at every step
+
+        def passes(self, step, generator):
+            return [Pass(1.0, mask=False), Pass(0.5, mask=False, distill=True)]
 """
 
 from __future__ import annotations
@@ -118,6 +127,20 @@ class FixedSampler(WidthSampler):
 SAMPLERS: Registry[type[WidthSampler]] = Registry("width sampler", field="ordering.sampler")
 for _cls in (VOUSampler, NestedDropoutSampler, SandwichSampler, FixedSampler):
     SAMPLERS.register(_cls.name, _cls)
+
+
+def register_sampler(name: str, cls: type[WidthSampler] | None = None, *, replace: bool = False):
+    """Add a width sampler (a :class:`WidthSampler` subclass) under ``name``, the value of
+    ``ordering.sampler`` that selects it; a decorator without ``cls``."""
+
+    def add(c: type[WidthSampler]) -> type[WidthSampler]:
+        if not (isinstance(c, type) and issubclass(c, WidthSampler)):
+            raise TypeError(
+                f"register_sampler({name!r}): expected a WidthSampler subclass, got {c!r}"
+            )
+        return SAMPLERS.register(name, c, replace=replace)
+
+    return add(cls) if cls is not None else add
 
 
 def build_sampler(cfg: Any) -> WidthSampler:

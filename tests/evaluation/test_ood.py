@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import get_args
 
 import numpy as np
 import pytest
@@ -16,16 +15,61 @@ from bnn_nested.evaluation import ood as O
 # --------------------------------------------------------------------------- scores
 
 
-def test_registry_matches_literal():
-    assert set(O.SCORES) == set(get_args(O.OODScore)) == set(O.SCORE_INPUTS)
+BUILTIN = ("msp", "max_logit", "energy", "entropy", "mutual_information", "expected_entropy")
+
+
+def test_every_registered_score_says_what_it_takes():
+    from bnn_nested.config import BUILTIN_SCORES  # the torch-free names the CLI checks first
+
+    assert set(BUILTIN) == set(BUILTIN_SCORES) and set(BUILTIN) <= set(O.SCORES)
+    assert all(O.SCORE_INPUTS[n] == BUILTIN_SCORES[n] for n in BUILTIN)
+    assert set(O.SCORES) == set(O.SCORE_INPUTS)
+    assert set(O.SCORE_INPUTS.values()) <= {"probs", "samples", "logits"}
+    assert O.probability_scores()[:2] == ["msp", "entropy"]
+    assert not {"max_logit", "energy"} & set(O.probability_scores())
+
+
+@pytest.fixture
+def user_score():
+    """A score registered as a user's module does (removed again afterwards)."""
+
+    def margin(probs):  # 1 - (top1 - top2) of the mean probabilities
+        top2 = M.mean_probs(probs).topk(2, -1).values
+        return 1.0 - (top2[..., 0] - top2[..., 1])
+
+    O.register_score("margin", margin)
+    yield margin
+    del O.SCORES._entries["margin"], O.SCORE_INPUTS["margin"]
+
+
+def test_a_registered_score_serves_ood_selective_and_the_cascade(user_score):
+    from bnn_nested.deploy.cascade import uncertainty
+    from bnn_nested.evaluation.selective import selective_score
+
+    probs = torch.tensor([[[0.5, 0.5], [0.9, 0.1]], [[0.7, 0.3], [1.0, 0.0]]])  # (S=2, B=2, C)
+    expected = torch.tensor([1 - 0.2, 1 - 0.9], dtype=torch.float64)  # p̄ = [.6 .4], [.95 .05]
+    torch.testing.assert_close(O.compute_score("margin", probs=probs), expected)
+    torch.testing.assert_close(selective_score(probs, "margin"), expected)
+    torch.testing.assert_close(uncertainty(probs, "margin"), expected.float())
+    assert "margin" in O.probability_scores()
+
+
+def test_a_score_of_logits_cannot_rank_for_selective_prediction():
+    from bnn_nested.evaluation.selective import selective_score
+
+    with pytest.raises(ValueError, match=r"^score: unknown score of probabilities 'energy'"):
+        selective_score(torch.full((4, 3), 1 / 3), "energy")
+    with pytest.raises(ValueError, match="takes must be one of probs, samples, logits"):
+        O.register_score("bad", lambda x: x, takes="features")
+    assert "bad" not in O.SCORES
 
 
 def test_msp_hand():
     s = O.msp_score(torch.tensor([[0.9, 0.1], [0.5, 0.5]]))
-    assert torch.allclose(s, torch.tensor([-0.9, -0.5]).double())
+    assert torch.allclose(s, torch.tensor([0.1, 0.5]).double())
     # MC average first: p̄ = [0.5, 0.5].
     s_mc = O.msp_score(torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]]))
-    assert s_mc.item() == pytest.approx(-0.5)
+    assert s_mc.item() == pytest.approx(0.5)
 
 
 def test_max_logit_and_energy_hand():
@@ -71,7 +115,7 @@ def _one_hot(idx: torch.Tensor, c: int) -> torch.Tensor:
     return torch.nn.functional.one_hot(idx, c).float()
 
 
-@pytest.mark.parametrize("name", list(get_args(O.OODScore)))
+@pytest.mark.parametrize("name", BUILTIN)
 def test_every_score_is_higher_for_ood(name):
     logits_in, logits_out = _in_and_out()
     s_in = O.compute_score(name, logits=logits_in)
