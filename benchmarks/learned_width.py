@@ -18,6 +18,7 @@ retrains the learned recipe with each variational step size 4x smaller and large
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -32,7 +33,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from bnn_nested.config import build_config
 from bnn_nested.evaluation.ordering import max_change_per_epoch
 from bnn_nested.models.registry import build_model
-from bnn_nested.training.coordinate import coordinate_units, group_costs
+from bnn_nested.nn.nested import LOG_ALPHA_MIN
+from bnn_nested.training.coordinate import coordinate_units, group_costs, loss_curves
 from bnn_nested.training.samplers import build_sampler
 from bnn_nested.training.trainer import Trainer, posterior_summary
 
@@ -168,7 +170,29 @@ def student(overrides: list[str], data, classes: int) -> dict:
         out["data_term"] = [round(float(v), 1) for v in len(x) * (curve - curve.min())]
         cost = torch.cat([costs[0].new_zeros(1), costs[0].cumsum(0)])
         out["kl_cost"] = [round(float(v), 1) for v in cost * cfg.ordering.kl_weight]
+        out["test_curves"] = test_curves(model, (xt, yt), len(x))
     return out
+
+
+def test_curves(model: nn.Module, test, n_train: int) -> dict:
+    """Every coordinate unit's data term ``N (L(b) - min L)`` on the test set, with the trained
+    weight noise and at the posterior means (``log_alpha`` at its floor): whether wider truncations
+    lower the loss only because more units average the noise out."""
+    batches = [test]
+    loss_curves(model, batches, seed=0)
+    noisy = [n_train * (u.loss_curve - u.loss_curve.min()) for u in coordinate_units(model)]
+    quiet = copy.deepcopy(model)
+    with torch.no_grad():
+        for m in quiet.modules():
+            if getattr(m, "log_alpha", None) is not None:
+                m.log_alpha.fill_(LOG_ALPHA_MIN)
+    loss_curves(quiet, batches, seed=0)
+    means = [n_train * (u.loss_curve - u.loss_curve.min()) for u in coordinate_units(quiet)]
+    names = [name for name, u in model.ordering_units() if u.gradient == "coordinate"]
+    return {
+        name: {"noisy": [round(float(v)) for v in a], "means": [round(float(v)) for v in b]}
+        for name, a, b in zip(names, noisy, means)
+    }
 
 
 def _ms(xs: list[float], digits: int = 2) -> str:
@@ -237,6 +261,9 @@ def report(res: dict) -> str:
         for method, t, r in curves:
             lines.append(f"- {method}, {t}: N (L(b) - min L) = {r['data_term']}")
             lines.append(f"  kl_weight C(b) = {r['kl_cost']}")
+            for unit, c in r.get("test_curves", {}).items():
+                lines.append(f"  {unit}, test set, trained noise: {c['noisy']}")
+                lines.append(f"  {unit}, test set, posterior means: {c['means']}")
     return "\n".join(lines)
 
 
