@@ -7,7 +7,11 @@ its attention biases are sized for it whatever ``img_size`` says; Inception v3: 
 stride for 64); batch 2; eval mode): every near-constant parameter (zeros, ones, a
 small LayerScale, GRN's zero gamma / beta: ``bnn_nested.nest.convert._near_constant``) is first
 re-drawn as ``p + N(0, s^2)``, ``s = 0.5 max(1, mean |p|)`` (seeded), so that the outputs have a
-scale and identity-at-initialisation layers mix their channels. Then:
+scale and identity-at-initialisation layers mix their channels; then every batch norm's running
+statistics are set to the average over 4 batches of 8 random inputs (train-mode passes,
+``momentum=None``), as training would leave them (at their initial mean 0 / variance 1 a re-drawn
+deep network's activations grow by orders of magnitude per stage and float32 rounding alone changes
+its logits: efficientnetv2_rw_t's 1e-7 perturbation of one stage moved them by 45 %). Then:
 
 - ``convert_s``: wall time of ``nestify(model, x, kept=0)`` (its conversion check included);
 - ``dims`` / ``heads`` / ``unordered``: ordered dimensions, of which attention-head dimensions, and
@@ -85,7 +89,23 @@ def build(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
             if _near_constant(p):
                 s = 0.5 * max(1.0, float(p.abs().mean()))
                 p.add_(torch.randn(p.shape, generator=gen) * s)
+    calibrate_batch_norm(model, size, gen)
     return model, torch.randn(2, 3, size, size, generator=gen)
+
+
+@torch.no_grad()
+def calibrate_batch_norm(model: torch.nn.Module, size: int, gen: torch.Generator) -> None:
+    """Running statistics of every batch norm = their average over 4 batches of random inputs."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average
+    model.train()
+    for _ in range(4):
+        model(torch.randn(8, 3, size, size, generator=gen))
+    model.eval()
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
