@@ -862,13 +862,18 @@ def _list_unsupported(structure: WidthStructure, modules: dict[str, nn.Module], 
     through one is ordered only if the conversion check passes): nothing is skipped silently."""
     on_dims = {m.module for d in structure.dims for m in d.members}
     for name, m in modules.items():
-        if not name or isinstance(m, _KNOWN) or name in on_dims or name in structure.unordered:
+        if not name or name in on_dims or name in structure.unordered:
             continue
         if not any(True for _ in m.parameters(recurse=False)):
             continue
         what = type(m).__name__
-        if name not in called:
-            structure.unordered[name] = f"{name}: {what} is not called in the example forward pass"
+        if name not in called:  # a known type too: its weight may be used without calling it
+            structure.unordered[name] = (
+                f"{name}: {what} is not called in the example forward pass (unused, or its "
+                "parameters used directly, e.g. F.linear(x, layer.weight)); its widths stay whole"
+            )
+        elif isinstance(m, _KNOWN):
+            continue
         elif isinstance(m, _UNSUPPORTED):
             structure.unordered[name] = f"{name}: {what} is not supported; its widths stay whole"
         elif not any(True for _ in m.children()):
