@@ -35,7 +35,7 @@ from bnn_nested.deploy.export import export_width
 from bnn_nested.deploy.onnx import onnx_width, require_onnx
 from bnn_nested.deploy.timing import measure_latency
 from bnn_nested.models import build_model
-from bnn_nested.models.lenet import LENET_DEFAULT
+from bnn_nested.models.plain import LENET_DEFAULT
 from bnn_nested.nn.batchnorm import UncalibratedWidthWarning
 
 warnings.filterwarnings("ignore", category=UncalibratedWidthWarning)

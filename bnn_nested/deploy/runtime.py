@@ -12,7 +12,7 @@ layers. Two levers here attack that cost without changing the function computed:
   constants: BN folding, weight pre-packing and conv + activation fusion for oneDNN).
 
 :func:`inference_module` combines them with BN folding and channels-last. Measured effect on
-NestedVGG "11" at 32x32, batch 256, 2 CPU threads: ``benchmarks/width_latency.py`` and
+the zoo's VGG "11" at 32x32, batch 256, 2 CPU threads: ``benchmarks/width_latency.py`` and
 ``docs/RESULTS.md``. The wrappers are for running in-process; :func:`~bnn_nested.deploy.export.
 save_exported` saves the plain module inside (``MicroBatched(load_exported(path), 64)`` restores
 the wrapper after loading).
@@ -161,7 +161,7 @@ def compile_for_inference(module: nn.Module, freezing: bool = True, **kwargs) ->
     code object and silently runs further calls eagerly. Exports of one model at several widths
     (and batch sizes) share one ``forward``, and each call here brings a new Inductor backend, so
     the 9th compiled width would run eagerly: this raises that process-wide limit to at least
-    :data:`RECOMPILE_LIMIT` (measured: 10 widths of NestedLeNet gave 8 graphs at the default, 10
+    :data:`RECOMPILE_LIMIT` (measured: 10 widths of the zoo's LeNet gave 8 graphs at the default, 10
     after raising it).
 
     Example::

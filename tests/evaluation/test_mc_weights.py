@@ -58,9 +58,7 @@ def test_one_weight_sample_is_shared_by_the_batch_and_every_location():
     torch.testing.assert_close(p[:, 0], p[:, 1])
     torch.testing.assert_close(p[:, 0], p[:, 2])
     assert not torch.allclose(p[0], p[1])  # different samples differ
-    conv = NestedConv2d(
-        1, 2, 3, padding=1, ordered=False, weight_posterior="gaussian", init_log_alpha=0.0
-    )
+    conv = NestedConv2d(1, 2, 3, padding=1, weight_posterior="gaussian", init_log_alpha=0.0)
     conv.eval()
     conv.stochastic = True
     out = conv(torch.ones(1, 1, 6, 6))[0, :, 1:-1, 1:-1]  # interior: the same window everywhere
@@ -71,7 +69,7 @@ def test_linear_weight_samples_match_the_posterior_moments():
     """Per-sample weights of a Gaussian linear layer: output mean and variance per input match
     ``x theta`` and ``x^2 alpha theta^2`` within 5 standard errors (S = 20000, seeded)."""
     torch.manual_seed(1)
-    lin = NestedLinear(3, 1, bias=False, ordered=False, weight_posterior="gaussian")
+    lin = NestedLinear(3, 1, bias=False, weight_posterior="gaussian")
     with torch.no_grad():
         lin.weight.copy_(torch.tensor([[0.5, -1.0, 2.0]]))
         lin.log_alpha.copy_(torch.tensor([[-1.0, 0.0, -2.0]]))

@@ -11,8 +11,6 @@ from bnn_nested.distributions import DEFAULT_PRIOR_PI
 from bnn_nested.nest import nestify
 from bnn_nested.nn import (
     NestedBatchNorm2d,
-    NestedConv2d,
-    NestedLinear,
     OrderingUnit,
     active_groups,
     group_size,
@@ -97,39 +95,10 @@ def test_params_and_flops_match_sliced_shapes(width):
     assert count_flops(model, x, width) == 2 * 7 * (10 * h1 + h1 * h2 + h2 * 4)
 
 
-def test_conv_flops_and_params_exact():
-    conv = NestedConv2d(3, 8, 3, padding=1, order_groups=4)
-    conv.set_width(0.5)
-    x = torch.randn(2, 3, 5, 5)
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as fc:
-        y = conv(x)
-    assert y.shape == (2, 4, 5, 5)
-    assert fc.get_total_flops() == 2 * 2 * 4 * 5 * 5 * 3 * 3 * 3
-    from bnn_nested.nn import active_param_count
-
-    assert active_param_count(conv) == 4 * 3 * 9 + 4
-
-
 def test_nested_batchnorm_updates_only_active_channels():
     bn = NestedBatchNorm2d(6).train()
     bn(torch.randn(4, 2, 3, 3) + 5)
     assert (bn.running_mean[:2] > 0.1).all() and torch.equal(bn.running_mean[2:], torch.zeros(4))
-
-
-def test_linear_input_follows_previous_width():
-    lin = NestedLinear(8, 4, order_groups=2)
-    x = torch.randn(3, 5)
-    y = lin(x)
-    assert y.shape == (3, 4)
-    with torch.no_grad():  # independent: the leading 5 input columns of the full weight
-        expect = x @ lin.weight[:, :5].T + lin.bias
-        padded = nn.functional.linear(torch.cat([x, torch.zeros(3, 3)], 1), lin.weight, lin.bias)
-    torch.testing.assert_close(y, expect)
-    torch.testing.assert_close(y, padded)  # slicing the input == zero-padding it to full width
-    with pytest.raises(ValueError, match="at most 8"):
-        lin(torch.randn(3, 9))
 
 
 def _stick_breaking_by_hand(r: list[float], pi: float):

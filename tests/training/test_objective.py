@@ -194,7 +194,7 @@ def test_log_alpha_exactly_at_a_bound_still_gets_its_gradient():
     so the clip inside the forward pass and the KL must pass the gradient straight through."""
     torch.manual_seed(0)
     for bound in (-12.0, 8.0):
-        lin = NestedLinear(4, 3, ordered=False, weight_posterior="gaussian", init_log_alpha=-3.0)
+        lin = NestedLinear(4, 3, weight_posterior="gaussian", init_log_alpha=-3.0)
         with torch.no_grad():
             lin.log_alpha.fill_(bound)
         lin.train()
