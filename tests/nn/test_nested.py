@@ -10,7 +10,6 @@ from bnn_nested.cost import count_flops, count_params
 from bnn_nested.distributions import DEFAULT_PRIOR_PI
 from bnn_nested.nest import nestify
 from bnn_nested.nn import (
-    NestedBatchNorm2d,
     OrderingUnit,
     active_groups,
     group_size,
@@ -93,12 +92,6 @@ def test_params_and_flops_match_sliced_shapes(width):
     expected_params = (10 * h1 + h1) + (h1 * h2 + h2) + (h2 * 4 + 4)
     assert count_params(model, x, width) == expected_params
     assert count_flops(model, x, width) == 2 * 7 * (10 * h1 + h1 * h2 + h2 * 4)
-
-
-def test_nested_batchnorm_updates_only_active_channels():
-    bn = NestedBatchNorm2d(6).train()
-    bn(torch.randn(4, 2, 3, 3) + 5)
-    assert (bn.running_mean[:2] > 0.1).all() and torch.equal(bn.running_mean[2:], torch.zeros(4))
 
 
 def _stick_breaking_by_hand(r: list[float], pi: float):
