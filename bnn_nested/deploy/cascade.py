@@ -37,7 +37,7 @@ from bnn_nested.evaluation.metrics import accuracy, ece, mean_probs
 from bnn_nested.evaluation.plots import save_figure
 from bnn_nested.evaluation.prediction import predict, predict_loader
 from bnn_nested.evaluation.selective import selective_score
-from bnn_nested.nn.model import NestedModel
+from bnn_nested.nest import NestifiedModel
 
 CascadeScore = Literal["msp", "entropy", "mutual_information"]
 
@@ -70,7 +70,7 @@ def uncertainty(probs: torch.Tensor, score: CascadeScore) -> torch.Tensor:
 
 
 def stage_probs(
-    model: NestedModel,
+    model: NestifiedModel,
     loader,
     widths: Sequence[float],
     samples: int = 1,
@@ -173,7 +173,7 @@ class Cascade:
 
     def __init__(
         self,
-        model: NestedModel,
+        model: NestifiedModel,
         widths: Sequence[float],
         thresholds: Sequence[float],
         score: CascadeScore = "entropy",
@@ -357,7 +357,7 @@ class CascadeReport:
 
 
 def cascade_report(
-    model: NestedModel,
+    model: NestifiedModel,
     val_loader,
     test_loader,
     widths: Sequence[float],

@@ -36,7 +36,8 @@ from torch import nn
 
 from bnn_nested.deploy.export import export_width
 from bnn_nested.deploy.timing import measure_latency
-from bnn_nested.nn.model import NestedModel, Width
+from bnn_nested.nest import NestifiedModel
+from bnn_nested.nn.model import Width
 
 #: Dynamo's per-code-object recompile limit that :func:`compile_for_inference` ensures.
 RECOMPILE_LIMIT = 64
@@ -185,7 +186,7 @@ def compile_for_inference(module: nn.Module, freezing: bool = True, **kwargs) ->
 
 
 def inference_module(
-    model: NestedModel,
+    model: NestifiedModel,
     width: Width,
     example: torch.Tensor,
     micro_batch: int | None | Literal["auto"] = 64,
