@@ -57,8 +57,7 @@ import bnn_nested.nn.nested as nested_mod
 from bnn_nested.config import build_config
 from bnn_nested.evaluation.prediction import predict
 from bnn_nested.models import build_model
-from bnn_nested.models.plain import VGG, LeNet
-from bnn_nested.models.vgg import VGG_CONFIGS
+from bnn_nested.models.plain import VGG, VGG_CONFIGS, LeNet
 from bnn_nested.nn import set_weight_noise
 from bnn_nested.nn.bayes import lrt_conv2d_moments
 from bnn_nested.training.samplers import build_sampler

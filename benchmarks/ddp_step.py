@@ -3,7 +3,7 @@ source trees (e.g. the hand-written all-reduce before DDP, and this tree), in on
 
 Every launch is ``torchrun --standalone --nproc_per_node=P`` of this script in worker mode with
 ``PYTHONPATH=TREE`` (so ``bnn_nested`` is imported from that tree); the worker trains a
-``NestedMLP`` on random digits-shaped data (64 inputs, 10 classes) through ``Trainer.train_step``
+nestified ``mlp`` (groups 16, kept 1) on random digits-shaped data (64 inputs, 10 classes) through ``Trainer.train_step``
 for each sampler, and rank 0 prints the median wall time per step. Launches are interleaved:
 ``for repeat: for tree: for P:``. Reported: per (tree, sampler, P) the median over repeats of the
 per-launch medians, the spread (min-max over repeats), and the 2-process / 1-process ratio.
@@ -31,7 +31,7 @@ def worker(args: argparse.Namespace) -> None:
 
     import bnn_nested
     from bnn_nested.config import build_config
-    from bnn_nested.models import NestedMLP
+    from bnn_nested.models import build_model
     from bnn_nested.training.distributed import EpochSampler, setup_distributed
     from bnn_nested.training.samplers import build_sampler
     from bnn_nested.training.trainer import Trainer
@@ -47,14 +47,14 @@ def worker(args: argparse.Namespace) -> None:
             {
                 "seed": 0,
                 "data": {"batch_size": args.global_batch},
-                "model": {"hidden": args.hidden, "groups": 16},
+                "model": {"hidden": args.hidden, "groups": 16, "kept": 1},
                 "ordering": {"sampler": sampler},
                 "train": {"epochs": 1},
             }
         )
         torch.manual_seed(0)
         kw = build_sampler(cfg.ordering).ordering_kwargs()
-        model = NestedMLP(64, 10, args.hidden, 16, 1, kw)
+        model = build_model(cfg.model, kw, (64,), 10)
         loader = DataLoader(
             data,
             batch_size=args.global_batch // ctx.world_size,
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> str:
                 for s in SAMPLERS:
                     got.setdefault((name, s, procs), []).append(res[s])
     lines = [
-        f"global batch {args.global_batch}, NestedMLP(64, {args.hidden}, 10), "
+        f"global batch {args.global_batch}, mlp(64, {args.hidden}, 10), "
         f"{args.steps} timed steps x {args.repeats} interleaved launches, OMP_NUM_THREADS=1",
         "",
         "| tree | sampler | processes | step ms (median) | spread (min-max) | vs 1 process |",

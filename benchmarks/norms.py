@@ -1,6 +1,6 @@
 """Norm-control benchmark: none vs weight decay vs WRS vs FixNorm vs invariant (issue 4).
 
-A small nested batch-norm CNN (:class:`NormsCNN`) is trained on mnist5k with the library's
+A small batch-norm CNN (:class:`NormsCNN`, nested by ``nestify``) is trained on mnist5k with the library's
 :class:`~bnn_nested.training.trainer.Trainer` (sampler ``vou``) under each regularizer from
 :mod:`bnn_nested.regularization`, with SGD-momentum and with Adam, over several seeds. Reported:
 
@@ -40,13 +40,7 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 from bnn_nested.config import Config, build_config
 from bnn_nested.data.mnist5k import load_mnist5k
 from bnn_nested.evaluation.report import evaluate_widths
-from bnn_nested.nn import (
-    NestedBatchNorm2d,
-    NestedConv2d,
-    NestedLinear,
-    NestedModel,
-    OrderingUnit,
-)
+from bnn_nested.nest import NestifiedModel, nestify
 from bnn_nested.nn.batchnorm import UncalibratedWidthWarning, recalibrate_bn
 from bnn_nested.regularization import build_regularizer
 from bnn_nested.training.samplers import build_sampler
@@ -78,50 +72,31 @@ WIDTHS: tuple[float, ...] = (0.25, 0.5, 1.0)
 FGSM_EPS = 0.1
 
 
-class NormsCNN(NestedModel):
-    """Two nested 3x3 conv blocks and an unordered linear classifier, for 1x28x28 inputs.
+class NormsCNN(nn.Module):
+    """Two 3x3 conv blocks and a linear classifier, for 1x28x28 inputs (nested by :func:`build_model`).
 
-    ``conv(1->c1) -> BN -> ReLU -> OrderingUnit -> maxpool2 -> conv(c1->c2) -> BN -> ReLU ->
-    OrderingUnit -> maxpool2 -> flatten -> NestedLinear(c2*7*7 -> classes)``. Convolutions have no
-    bias (BN follows). At width ``r`` each conv keeps ``F + ceil(r K)`` of its ``G`` channel groups;
-    the classifier reads the matching leading ``c * 49`` flattened features (channel-major).
+    ``conv(1->c1) -> BN -> ReLU -> maxpool2 -> conv(c1->c2) -> BN -> ReLU -> maxpool2 -> flatten ->
+    Linear(c2*7*7 -> classes)``. Convolutions have no bias (BN follows). Nestified, each conv's
+    output channels are one dimension: at width ``r`` it keeps ``F + ceil(r K)`` of its ``G``
+    channel groups, and the classifier reads the matching ``c * 49`` flattened features.
 
     Args:
         channels: ``(c1, c2)``; ``groups`` must divide both.
-        groups, kept: ordering groups ``G`` and always-kept groups ``F``.
-        ordering: keyword arguments of every :class:`~bnn_nested.nn.OrderingUnit`.
-
-    Example:
-        >>> model = NormsCNN(groups=8, kept=1)
-        >>> model(torch.randn(2, 1, 28, 28), width=0.5).shape  # (2, 10)
     """
 
-    def __init__(
-        self,
-        channels: tuple[int, int] = (32, 64),
-        num_classes: int = 10,
-        groups: int = 8,
-        kept: int = 1,
-        ordering: dict[str, Any] | None = None,
-    ) -> None:
+    def __init__(self, channels: tuple[int, int] = (32, 64), num_classes: int = 10) -> None:
         super().__init__()
         c1, c2 = channels
-        kw = dict(ordering or {})
-        self.conv1 = NestedConv2d(1, c1, 3, padding=1, bias=False, order_groups=groups, kept=kept)
-        self.bn1 = NestedBatchNorm2d(c1)
-        self.ou1 = OrderingUnit(c1, groups, kept, **kw)
-        self.conv2 = NestedConv2d(c1, c2, 3, padding=1, bias=False, order_groups=groups, kept=kept)
-        self.bn2 = NestedBatchNorm2d(c2)
-        self.ou2 = OrderingUnit(c2, groups, kept, **kw)
-        self.classifier = NestedLinear(c2 * 7 * 7, num_classes, ordered=False)
+        self.conv1 = nn.Conv2d(1, c1, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c1)
+        self.conv2 = nn.Conv2d(c1, c2, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c2)
+        self.classifier = nn.Linear(c2 * 7 * 7, num_classes)
 
-    def forward_full(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.max_pool2d(self.ou1(F.relu(self.bn1(self.conv1(x)))), 2)
-        h = F.max_pool2d(self.ou2(F.relu(self.bn2(self.conv2(h)))), 2)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)
+        h = F.max_pool2d(F.relu(self.bn2(self.conv2(h))), 2)
         return self.classifier(h.flatten(1))
-
-    def weight_kl_pairs(self):
-        return [(self.conv1, self.ou1), (self.conv2, self.ou2), (self.classifier, None)]
 
 
 def make_config(
@@ -150,9 +125,13 @@ def make_config(
     )
 
 
-def build_model(cfg: Config) -> NormsCNN:
+def build_model(cfg: Config) -> NestifiedModel:
+    """:class:`NormsCNN` nested by ``nestify`` (dimensions ``conv1`` and ``conv2``)."""
     ordering = build_sampler(cfg.ordering).ordering_kwargs()
-    return NormsCNN(groups=cfg.model.groups, kept=cfg.model.kept, ordering=ordering)
+    example = torch.zeros(2, 1, 28, 28)
+    m = cfg.model
+    net = NormsCNN().eval()  # converted in eval (BN running statistics), then trained
+    return nestify(net, example, groups=m.groups, kept=m.kept, ordering=ordering).train()
 
 
 # -- evaluation ---------------------------------------------------------------------------------
@@ -252,10 +231,10 @@ def run_one(
         "train_s": train_s,
         "final_loss": history[-1]["loss"],
         "conv_filter_norm": {
-            n: float(getattr(model, n).weight.detach().flatten(1).norm(dim=1).mean())
+            n: float(getattr(model.net, n).weight.detach().flatten(1).norm(dim=1).mean())
             for n in ("conv1", "conv2")
         },
-        "classifier_norm": float(model.classifier.weight.detach().norm()),
+        "classifier_norm": float(model.net.classifier.weight.detach().norm()),
         "targets": list(getattr(reg, "targets", [])),
     }
 

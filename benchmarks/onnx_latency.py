@@ -1,6 +1,6 @@
 """Latency of exported widths under eager PyTorch and under ONNX Runtime, in one interleaved run.
 
-For NestedVGG "11" (3x32x32, groups 32, kept 2) and NestedLeNet (1x28x28, batch norm), untrained
+For the configs' VGG "11" (3x32x32, groups 32, kept 2) and LeNet (1x28x28, batch norm), nestified, untrained
 (latency does not depend on the weights), on CPU at batch 256 (``--batch``), with ``--threads``
 threads in both engines, for widths 0.25 / 0.5 / 0.75 / 1.0:
 
@@ -29,11 +29,13 @@ import warnings
 
 import torch
 
+from bnn_nested.config import ModelConfig
 from bnn_nested.cost import count_flops
 from bnn_nested.deploy.export import export_width
 from bnn_nested.deploy.onnx import onnx_width, require_onnx
 from bnn_nested.deploy.timing import measure_latency
-from bnn_nested.models import NestedLeNet, NestedVGG
+from bnn_nested.models import build_model
+from bnn_nested.models.plain import LENET_DEFAULT
 from bnn_nested.nn.batchnorm import UncalibratedWidthWarning
 
 warnings.filterwarnings("ignore", category=UncalibratedWidthWarning)
@@ -43,13 +45,10 @@ ENGINES = ("eager", "onnxruntime")
 
 def models():
     """(key, name, model, input shape)."""
-    yield (
-        "vgg",
-        "VGG-11 (32x32)",
-        NestedVGG("11", (3, 32, 32), 10, groups=32, kept=2),
-        (3, 32, 32),
-    )
-    yield "lenet", "LeNet (28x28)", NestedLeNet((1, 28, 28), 10, norm="batch"), (1, 28, 28)
+    vgg = ModelConfig(name="vgg", variant="11", groups=32, kept=2, norm="batch")
+    yield "vgg", "VGG-11 (32x32)", build_model(vgg, {}, (3, 32, 32), 10), (3, 32, 32)
+    lenet = ModelConfig(name="lenet", hidden=list(LENET_DEFAULT), norm="batch")
+    yield "lenet", "LeNet (28x28)", build_model(lenet, {}, (1, 28, 28), 10), (1, 28, 28)
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Width samplers on mnist5k with NestedLeNet: accuracy at widths 0.25/0.5/0.75/1.0, several seeds.
+"""Width samplers on mnist5k with the config's LeNet (nestified): accuracy at widths 0.25/0.5/0.75/1.0, several seeds.
 
 Trains ``vou``, ``nested_dropout``, ``sandwich`` (one run each per seed) and ``fixed`` (one run per
 width per seed) through the Python API (``train_run`` / ``load_run``), re-estimates batch-norm
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         results[sampler] = acc
     print(
-        f"\nmnist5k, NestedLeNet [16, 32, 256], G=16 F=2, weights={args.weights}, "
+        f"\nmnist5k, lenet [16, 32, 256], G=16 F=2, weights={args.weights}, "
         f"{args.epochs} epochs, seeds {args.seeds}, MC samples {args.samples}, "
         "BN calibrated per width; test accuracy, mean ± std over seeds\n"
     )

@@ -1,11 +1,11 @@
 """Latency of sub-networks vs their FLOPs: masked-full, sliced, and exported with each speed lever.
 
-For NestedVGG "11" (3x32x32) and NestedLeNet (1x28x28), untrained (latency does not depend on the
+For the configs' VGG "11" (3x32x32) and LeNet (1x28x28), nestified, untrained (latency does not depend on the
 weights), on CPU, at batch 1 and 256: width, FLOPs ratio (= FLOPs(r) / FLOPs(1), FLOPs = 2 x MACs),
 and latency ratio (median latency at r / median at width 1 of the *same* variant) for
 
-- ``masked``: full network, width applied as a 0/1 mask after each ordering unit (reference style);
-- ``sliced``: the nested model slicing its weights on the fly;
+- ``masked``: the nestified model, full network with the width applied as a 0/1 mask on the
+  inputs of the layers consuming each ordered dimension (reference style);
 - ``export``: :func:`~bnn_nested.deploy.export.export_width` without BN folding;
 - ``fold``: exported with BN folded into the convolutions;
 - ``fold+cl``: folded, channels-last weights and inputs;
@@ -30,34 +30,46 @@ import warnings
 import torch
 from torch import nn
 
+from bnn_nested.config import ModelConfig
 from bnn_nested.cost import count_flops
 from bnn_nested.deploy.export import export_width
-from bnn_nested.deploy.profile import masked_forward
 from bnn_nested.deploy.runtime import MicroBatched, compile_for_inference
 from bnn_nested.deploy.timing import measure_latency
-from bnn_nested.models import NestedLeNet, NestedVGG
+from bnn_nested.models import build_model
+from bnn_nested.models.plain import LENET_DEFAULT
 from bnn_nested.nn.batchnorm import UncalibratedWidthWarning
 
 warnings.filterwarnings("ignore", category=UncalibratedWidthWarning)
 WIDTHS = (0.25, 0.5, 0.75, 1.0)
 
 
+def _leaves(exported: nn.Module, block: str) -> list[nn.Module]:
+    """The modules an exported network runs inside ``block``, in order (BN folded away)."""
+    return [
+        m
+        for n, m in exported.named_modules()
+        if n.startswith(block + ".") and not list(m.children())
+    ]
+
+
 def models():
     """(key, name, model, input shape, prefix): ``prefix(exported)`` is the part of an exported module
     that no width truncates (the unordered first conv block and the pool after it)."""
+    vgg = ModelConfig(name="vgg", variant="11", groups=32, kept=2, norm="batch")
     yield (
         "vgg",
         "VGG-11 (32x32)",
-        NestedVGG("11", (3, 32, 32), 10, groups=32, kept=2).eval(),
+        build_model(vgg, {}, (3, 32, 32), 10).eval(),
         (3, 32, 32),
-        lambda m: nn.Sequential(m.features[0], m.features[1]),
+        lambda m: nn.Sequential(*_leaves(m, "features.0"), m.get_submodule("features.1")),
     )
+    lenet = ModelConfig(name="lenet", hidden=list(LENET_DEFAULT), norm="batch")
     yield (
         "lenet",
         "LeNet (28x28)",
-        NestedLeNet((1, 28, 28), 10, norm="batch").eval(),
+        build_model(lenet, {}, (1, 28, 28), 10).eval(),
         (1, 28, 28),
-        lambda m: nn.Sequential(m.conv1, m.pool),
+        lambda m: nn.Sequential(*_leaves(m, "conv1"), nn.MaxPool2d(2)),
     )
 
 
@@ -93,8 +105,7 @@ def main() -> None:
             xcl = x.contiguous(memory_format=torch.channels_last)
             fns: dict[tuple[str, float], tuple] = {}
             for w in WIDTHS:
-                fns[("masked", w)] = (masked_forward(model, w), x)
-                fns[("sliced", w)] = (lambda t, w=w, m=model: m(t, width=w), x)
+                fns[("masked", w)] = (lambda t, w=w, m=model: m(t, width=w), x)
                 fns[("export", w)] = (export_width(model, w, x[:2], fold_batchnorm=False), x)
                 fns[("fold", w)] = (export_width(model, w, x[:2]), x)
                 fold_cl = export_width(model, w, x[:2], channels_last=True)

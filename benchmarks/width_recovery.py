@@ -1,7 +1,7 @@
 """Width recovery (issue 25, items 1 and 2): does a learned ordering find the width a teacher needs?
 
 Synthetic teachers with a known, *needed* width per layer generate 2-class data; a nested student
-(``NestedMLP``, 2 hidden layers of 64 units in 16 groups of 4, 1 group always kept, so a teacher
+(the config's ``mlp``, nestified: 2 hidden layers of 64 units in 16 groups of 4, 1 group always kept, so a teacher
 layer of ``w`` units is ``w / 4`` groups) is trained on it with the library's ``Trainer``, once per
 method (width sampler) and seed. Reported:
 

@@ -93,13 +93,13 @@ def test_the_default_vou_recipe_is_hard_masks_and_the_papers_stays_named():
     """Issue 28: a user's own config gets the recipe measured better (hard, straight-through
     masks; docs/RESULTS.md, "What the ablation shows"), as the shipped VOU configs do; the seed
     paper's relaxed masks are ``hard: false``, named in configs/mnist5k_lenet_paper.yaml."""
-    from bnn_nested.models import NestedMLP
     from bnn_nested.nn.ordering_unit import OrderingUnit
     from bnn_nested.training.samplers import build_sampler
+    from tests.zoo import mlp
 
     cfg = build_config({"ordering": {"sampler": "vou"}})
     assert cfg.ordering.hard is True
-    model = NestedMLP(6, 3, [16], 4, 1, build_sampler(cfg.ordering).ordering_kwargs())
+    model = mlp(6, 3, [16], 4, 1, build_sampler(cfg.ordering).ordering_kwargs())
     units = [m for m in model.modules() if isinstance(m, OrderingUnit)]
     assert units and all(u.hard for u in units)
     assert load_config("configs/mnist5k_lenet_paper.yaml").ordering.hard is False

@@ -9,9 +9,9 @@ import yaml
 
 from bnn_nested.cli.main import main
 from bnn_nested.config import ConfigError, build_config
-from bnn_nested.models import NestedMLP
 from bnn_nested.training.samplers import build_sampler
 from bnn_nested.training.trainer import Trainer
+from tests.zoo import mlp
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 TINY = {"model": {"hidden": [16], "groups": 4, "kept": 1}, "train": {"lr": 0.05}}
@@ -20,7 +20,7 @@ TINY = {"model": {"hidden": [16], "groups": 4, "kept": 1}, "train": {"lr": 0.05}
 def _trainer(device="cpu", **train):
     cfg = build_config({**TINY, "train": {**TINY["train"], "device": device, **train}})
     torch.manual_seed(0)
-    model = NestedMLP(6, 3, [16], 4, 1, build_sampler(cfg.ordering).ordering_kwargs())
+    model = mlp(6, 3, [16], 4, 1, build_sampler(cfg.ordering).ordering_kwargs())
     return Trainer(model, cfg, n_train=64, device=device, quiet=True)
 
 
@@ -98,7 +98,7 @@ def test_cuda_run_uses_pinned_memory_and_resumes(tmp_path):
     assert train.pin_memory
     run = train_run(cfg, tmp_path / "run", quiet=True)
     state = load_checkpoint(run / "checkpoint.pt")
-    assert state["model"]["features.0.weight"].device.type == "cpu"  # loads anywhere
+    assert state["model"]["net.features.0.weight"].device.type == "cpu"  # loads anywhere
     state.pop("format_version")
     state["complete"] = False
     save_checkpoint(run / "checkpoint.pt", state)

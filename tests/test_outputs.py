@@ -187,10 +187,10 @@ def test_wide_tables_are_split():
 
 
 def test_ordering_report_shows_prior_and_change_from_init(tmp_path):
-    from bnn_nested.models import NestedMLP
+    from tests.zoo import mlp
 
     torch.manual_seed(0)
-    model = NestedMLP(8, 3, hidden=[16], groups=4, kept=1)
+    model = mlp(8, 3, hidden=[16], groups=4, kept=1)
     from bnn_nested.evaluation.ordering import keep_probs_now
 
     initial = keep_probs_now(model)

@@ -104,13 +104,13 @@ def test_evaluate_reports_progress_in_logs(monkeypatch, capsys):
     from torch.utils.data import TensorDataset
 
     from bnn_nested.evaluation.report import evaluate
-    from bnn_nested.models import NestedMLP
+    from tests.zoo import mlp
 
     monkeypatch.setenv("BNN_NESTED_LOG_INTERVAL", "0")
     g = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randn(40, 8, generator=g), torch.randint(0, 3, (40,), generator=g))
     noise = TensorDataset(torch.randn(20, 8, generator=g), torch.zeros(20, dtype=torch.long))
-    model = NestedMLP(8, 3, hidden=[16], groups=4, kept=1).eval()
+    model = mlp(8, 3, hidden=[16], groups=4, kept=1).eval()
     evaluate(model, data, [0.5, 1.0], ood={"noise": noise}, batch_size=10, progress=True)
     err = capsys.readouterr().err.splitlines()
     total = 2 * (4 + 2)  # widths x (test batches + OOD batches)

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 from torch.utils.data import TensorDataset
 
 from bnn_nested.data import DataSplits, register_dataset
-from bnn_nested.models import NestedMLP, register_model
+from bnn_nested.models import register_model
+from bnn_nested.nest import nestify
 
 
 @register_model("tiny")
 def tiny(cfg, ordering, input_shape, num_classes):
-    # runs on the meta device too when a config is validated: factory functions only
-    return NestedMLP(input_shape[0], num_classes, [8], cfg.groups, cfg.kept, ordering)
+    # a plain network of the user's, nested by nestify (its data set is not one whose shape a new
+    # run's validation knows, so it is never built on the meta device, where nestify cannot trace)
+    net = nn.Sequential(nn.Linear(input_shape[0], 8), nn.ReLU(), nn.Linear(8, num_classes))
+    example = torch.zeros(2, *input_shape)
+    return nestify(net, example, groups=cfg.groups, kept=cfg.kept, ordering=ordering)
 
 
 @register_dataset("blobs")

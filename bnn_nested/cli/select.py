@@ -46,10 +46,11 @@ def add_parser(sub) -> None:
         "--latency-mode",
         default=None,
         choices=LATENCY_MODES,
-        help="what is timed: sliced (the nested model, default), masked (the full model with a "
-        "mask), exported (BN folded, channels-last, micro-batches tuned on CPU) or onnxruntime "
-        "(the exported width as ONNX under ONNX Runtime, CPU; needs bnn-nested[onnx]); given "
-        "without --max-latency-ms, latency is still measured and shown",
+        help="what is timed: sliced (the physically sliced network, default), masked (the "
+        "nested model: the full network with a mask), exported (BN folded, channels-last, "
+        "micro-batches tuned on CPU) or onnxruntime (the exported width as ONNX under ONNX "
+        "Runtime, CPU; needs bnn-nested[onnx]); given without --max-latency-ms, latency is "
+        "still measured and shown",
     )
     s.add_argument(
         "--remeasure",

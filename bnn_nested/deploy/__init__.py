@@ -6,7 +6,7 @@ from __future__ import annotations
 from bnn_nested.deploy.cascade import Cascade, CascadeReport, cascade_report, choose_threshold
 from bnn_nested.deploy.export import export_width, exported_param_count, fold_bn
 from bnn_nested.deploy.onnx import OnnxMismatch, OnnxUnavailable, OrtModule, onnx_width
-from bnn_nested.deploy.profile import WidthCost, masked_forward, profile_widths
+from bnn_nested.deploy.profile import WidthCost, profile_widths
 from bnn_nested.deploy.runtime import (
     MicroBatched,
     compile_for_inference,
@@ -45,7 +45,6 @@ __all__ = [
     "inference_module",
     "load_exported",
     "load_width_weights",
-    "masked_forward",
     "measure_latency",
     "num_threads",
     "onnx_width",

@@ -1,14 +1,14 @@
 """Per-layer width allocation from learned keep probabilities, and its accuracy-vs-FLOPs front.
 
-Instead of one global width, layer ``l`` keeps its ``F_l`` kept groups plus the ordered groups whose
-learned keep probability ``P(b_l >= k) >= t`` (Cui et al. 2021: the ordering posterior learns how many
+Instead of one global width, dimension ``l`` keeps its ``F_l`` kept groups plus the ordered groups
+whose learned keep probability ``P(b_l >= k) >= t`` (Cui et al. 2021: the ordering posterior learns how many
 groups each layer needs). Keep probabilities are non-increasing in ``k``, so this keeps a prefix. At
 least one group is always kept. Sweeping ``t`` traces a family of sub-networks; their accuracy
 against FLOPs (= 2 x MACs per example) is compared with uniform widths.
 
 Example::
 
-    alloc = threshold_allocation(model, 0.9)      # {"features.0": 11, ...}
+    alloc = threshold_allocation(model, 0.9)      # {"features.0": 11, ...} per dimension
     logits = model(x, width=alloc)
 """
 
@@ -26,36 +26,7 @@ from bnn_nested.evaluation.metrics import classification_report
 from bnn_nested.evaluation.plots import metric_vs_x
 from bnn_nested.evaluation.prediction import predict_loader
 from bnn_nested.nest import NestifiedModel
-from bnn_nested.nn.model import NestedModel, Width
-from bnn_nested.nn.ordering_unit import OrderingUnit
-
-
-def unit_layers(model: NestedModel) -> dict[str, list[str]]:
-    """Map each ordering unit's name to the names of *every* nested layer whose outputs it orders.
-
-    Uses ``model.weight_kl_pairs()`` (``(layer, unit)`` pairs; a residual block pairs its unit with
-    both the main branch and the shortcut); when those pairs name no units, falls back to pairing
-    ordered layers and ordering units in registration order. Nestified models do not need this:
-    their width structure names dimensions directly.
-
-    Raises:
-        ValueError: the pairing cannot be established.
-    """
-    names = {id(m): n for n, m in model.named_modules()}
-    units = dict(model.ordering_units())
-    out: dict[str, list[str]] = {}
-    for layer, unit in model.weight_kl_pairs():
-        if isinstance(unit, OrderingUnit):
-            out.setdefault(names[id(unit)], []).append(names[id(layer)])
-    if out:
-        return out
-    ordered = [n for n, _ in model.ordered_layers()]
-    if len(ordered) != len(units):
-        raise ValueError(
-            f"model: cannot pair {len(units)} ordering units with {len(ordered)} ordered layers; "
-            "override weight_kl_pairs() to return (layer, unit) pairs"
-        )
-    return {u: [layer] for u, layer in zip(units, ordered)}
+from bnn_nested.nn.model import Width
 
 
 def _prefix(keep: torch.Tensor, kept: int, threshold: float) -> int:
@@ -63,34 +34,22 @@ def _prefix(keep: torch.Tensor, kept: int, threshold: float) -> int:
     return max(1, kept + ok.index(False))  # leading run (keep is non-increasing up to rounding)
 
 
-def threshold_allocation(model: NestedModel, threshold: float) -> dict[str, int]:
-    """Groups per ordering unit's layers: ``F + #{k : P(b >= k) >= threshold}`` (prefix), at least 1.
+def threshold_allocation(model: NestifiedModel, threshold: float) -> dict[str, int]:
+    """Groups per dimension: ``F + #{k : P(b >= k) >= threshold}`` (prefix), at least 1.
 
-    Every layer a unit orders gets the same count (keyed by unit, not by layer: the main branch and
-    the shortcut of a residual block stay equal). For a nestified model the keys are its width
-    structure's dimensions.
+    Every layer on a dimension gets the same count (the main branches and the shortcut of a
+    residual stream stay equal: they are one dimension).
 
     Args:
         threshold: ``t``; ``t <= 0`` keeps every group, ``t > 1`` keeps only the kept groups.
 
     Returns:
-        ``{layer_or_dimension: n_groups}`` accepted by ``model.width(...)``; ordered layers without
-        an ordering unit keep all their groups.
+        ``{dimension: n_groups}`` accepted by ``model.width(...)``.
     """
-    if isinstance(model, NestifiedModel):
-        return {
-            d.name: _prefix(model.unit(d.name).keep_probs().detach(), d.kept, threshold)
-            for d in model.structure
-        }
-    layers = dict(model.ordered_layers())
-    units = dict(model.ordering_units())
-    alloc = {name: layer.order_groups for name, layer in layers.items()}
-    for unit_name, layer_names in unit_layers(model).items():
-        u = units[unit_name]
-        n = _prefix(u.keep_probs().detach(), u.kept, threshold)
-        for layer_name in layer_names:
-            alloc[layer_name] = n
-    return alloc
+    return {
+        d.name: _prefix(model.unit(d.name).keep_probs().detach(), d.kept, threshold)
+        for d in model.structure
+    }
 
 
 @dataclass
@@ -109,7 +68,7 @@ class AllocationPoint:
 
 @torch.no_grad()
 def evaluate_width(
-    model: NestedModel, loader, width: Width, samples: int = 1, n_bins: int = 15
+    model: NestifiedModel, loader, width: Width, samples: int = 1, n_bins: int = 15
 ) -> dict[str, float]:
     """Classification/calibration metrics (``cls/acc``, ``cal/ece``, ...) at a (per-layer) width."""
 
@@ -118,7 +77,7 @@ def evaluate_width(
 
 
 def sweep(
-    model: NestedModel,
+    model: NestifiedModel,
     loader,
     example: torch.Tensor,
     thresholds: Sequence[float],
@@ -199,5 +158,4 @@ __all__ = [
     "plot_sweep",
     "sweep",
     "threshold_allocation",
-    "unit_layers",
 ]

@@ -36,7 +36,7 @@ from bnn_nested.evaluation.ood import check_scores
 from bnn_nested.evaluation.plots import save_figure
 from bnn_nested.evaluation.prediction import predict, predict_loader
 from bnn_nested.evaluation.selective import selective_score
-from bnn_nested.nn.model import NestedModel
+from bnn_nested.nest import NestifiedModel
 
 #: A score of probabilities in :data:`bnn_nested.evaluation.ood.SCORES` (``msp``, ``entropy``,
 #: ``mutual_information``, ``expected_entropy`` or one a user module registers).
@@ -68,7 +68,7 @@ def uncertainty(probs: torch.Tensor, score: CascadeScore) -> torch.Tensor:
 
 
 def stage_probs(
-    model: NestedModel,
+    model: NestifiedModel,
     loader,
     widths: Sequence[float],
     samples: int = 1,
@@ -171,7 +171,7 @@ class Cascade:
 
     def __init__(
         self,
-        model: NestedModel,
+        model: NestifiedModel,
         widths: Sequence[float],
         thresholds: Sequence[float],
         score: CascadeScore = "entropy",
@@ -355,7 +355,7 @@ class CascadeReport:
 
 
 def cascade_report(
-    model: NestedModel,
+    model: NestifiedModel,
     val_loader,
     test_loader,
     widths: Sequence[float],

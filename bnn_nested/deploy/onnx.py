@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from bnn_nested.deploy.export import export_width
-from bnn_nested.nn.model import NestedModel, Width
+from bnn_nested.nest import NestifiedModel
+from bnn_nested.nn.model import Width
 
 __all__ = [
     "ONNX_ATOL",
@@ -182,7 +183,7 @@ def check_inputs(example: torch.Tensor, dynamic_batch: bool) -> list[torch.Tenso
 
 
 def onnx_width(
-    model: NestedModel,
+    model: NestifiedModel,
     width: Width,
     example: torch.Tensor,
     threads: int | None = None,

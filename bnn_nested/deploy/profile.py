@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +21,6 @@ from typing import Any, Literal
 import torch
 
 from bnn_nested.config import LATENCY_MODES, check_choice
-from bnn_nested.cost import count_flops, count_params
 from bnn_nested.deploy.cache import read_cache, write_cache
 from bnn_nested.deploy.onnx import onnx_width, require_onnx
 from bnn_nested.deploy.runtime import inference_module
@@ -29,7 +28,6 @@ from bnn_nested.deploy.timing import measure_latency, num_threads
 from bnn_nested.io import is_number
 from bnn_nested.nest import NestifiedModel, sliced_network
 from bnn_nested.nest.slicing import sliced_cost
-from bnn_nested.nn.model import NestedModel
 from bnn_nested.nn.ordering_unit import active_groups
 
 #: How the width is realised when measuring latency.
@@ -38,35 +36,6 @@ LatencyMode = Literal["sliced", "masked", "exported", "onnxruntime"]
 EXPORTED_MICRO_BATCH = "auto"
 #: File name of the cost cache inside a run directory.
 PROFILE_FILE = "deploy/profile.json"
-
-
-def masked_forward(model: NestedModel, width: float) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Forward pass of the *full* network with ``width`` applied as a 0/1 channel mask after each
-    ordering unit (how the reference implementation evaluates widths: full cost plus a multiply).
-
-    Computes the same function as the sliced network (masks sit after normalisation and activation).
-    """
-    units = [u for _, u in model.ordering_units()]
-    masks = {}
-    for u in units:
-        keep = active_groups(width, u.groups, u.kept) * u.group_size
-        m = torch.zeros(u.channels, device=next(model.parameters()).device)
-        m[:keep] = 1.0
-        masks[u] = m
-
-    def hook(mod, inp, out):
-        shape = (1, mod.channels) + (1,) * (out.dim() - 2)
-        return out * masks[mod].view(shape).to(out.dtype)
-
-    def fn(x: torch.Tensor) -> torch.Tensor:
-        handles = [u.register_forward_hook(hook) for u in units]
-        try:
-            return model(x, width=1.0)
-        finally:
-            for h in handles:
-                h.remove()
-
-    return fn
 
 
 # --------------------------------------------------------------------------- profiles
@@ -99,7 +68,7 @@ def _expand(example: torch.Tensor, batch_size: int) -> torch.Tensor:
 
 
 def profile_widths(
-    model: NestedModel,
+    model: NestifiedModel,
     example: torch.Tensor,
     widths: Sequence[float],
     batch_size: int = 1,
@@ -121,8 +90,9 @@ def profile_widths(
         threads: ``torch.set_num_threads`` during timing (``None``: current setting).
         device: where latency is measured (the model is moved there and back).
         latency: ``False`` skips timing (``latency_ms`` is ``None``).
-        mode: ``"sliced"`` (the nested layers slice weights), ``"masked"`` (see
-            :func:`masked_forward`) or ``"exported"`` (the module a deployment runs:
+        mode: ``"sliced"`` (the physically sliced plain network, eager, BN unfolded),
+            ``"masked"`` (the nested model itself: the full network with the dropped channels
+            masked at the inputs of their consumers) or ``"exported"`` (the module a deployment runs:
             :func:`~bnn_nested.deploy.runtime.inference_module`, i.e. exported with BN folded,
             channels-last, on CPU in micro-batches of the size that was fastest for this batch
             (:func:`~bnn_nested.deploy.runtime.tune_micro_batch`), on CUDA whole; not compiled)
@@ -179,10 +149,7 @@ def profile_widths(
     costs = []
     x1 = example[:1]
     for w in widths:
-        if isinstance(model, NestifiedModel):  # one sliced network for both counts
-            flops, params = sliced_cost(model, float(w), x1)
-        else:
-            flops, params = count_flops(model, x1, float(w)), count_params(model, x1, float(w))
+        flops, params = sliced_cost(model, float(w), x1)  # one sliced network for both counts
         costs.append(
             WidthCost(
                 float(w),
@@ -201,13 +168,9 @@ def profile_widths(
         try:
             xb = _expand(example, batch_size).to(device)
             for c in costs:
-                if mode == "sliced" and isinstance(model, NestifiedModel):
-                    fn = sliced_network(model, c.width, xb[:2])  # it masks; its slice is export's
-                elif mode == "sliced":
-
-                    def fn(x, w=c.width):
-                        return model(x, width=w)
-                elif mode == "masked" and isinstance(model, NestifiedModel):
+                if mode == "sliced":  # the physically smaller network (export's slice)
+                    fn = sliced_network(model, c.width, xb[:2])
+                elif mode == "masked":  # the full network, consumers' inputs masked
 
                     def fn(x, w=c.width):
                         return model(x, width=w)
@@ -215,10 +178,8 @@ def profile_widths(
                     with num_threads(threads):  # tune under the thread count that is timed
                         fn = inference_module(model, c.width, xb, micro_batch=micro_batch)
                     c.micro_batch = getattr(fn, "micro_batch", None)
-                elif mode == "onnxruntime":
-                    fn = onnx_width(model, c.width, xb[:2], threads=threads)
                 else:
-                    fn = masked_forward(model, c.width)
+                    fn = onnx_width(model, c.width, xb[:2], threads=threads)
                 t = measure_latency(fn, xb, warmup, repeats, threads)
                 c.latency_ms, c.latency_iqr_ms = t.median_ms, t.iqr_ms
         finally:

@@ -12,7 +12,7 @@ layers. Two levers here attack that cost without changing the function computed:
   constants: BN folding, weight pre-packing and conv + activation fusion for oneDNN).
 
 :func:`inference_module` combines them with BN folding and channels-last. Measured effect on
-NestedVGG "11" at 32x32, batch 256, 2 CPU threads: ``benchmarks/width_latency.py`` and
+the zoo's VGG "11" at 32x32, batch 256, 2 CPU threads: ``benchmarks/width_latency.py`` and
 ``docs/RESULTS.md``. The wrappers are for running in-process; :func:`~bnn_nested.deploy.export.
 save_exported` saves the plain module inside (``MicroBatched(load_exported(path), 64)`` restores
 the wrapper after loading).
@@ -36,7 +36,8 @@ from torch import nn
 
 from bnn_nested.deploy.export import export_width
 from bnn_nested.deploy.timing import measure_latency
-from bnn_nested.nn.model import NestedModel, Width
+from bnn_nested.nest import NestifiedModel
+from bnn_nested.nn.model import Width
 
 #: Dynamo's per-code-object recompile limit that :func:`compile_for_inference` ensures.
 RECOMPILE_LIMIT = 64
@@ -161,7 +162,7 @@ def compile_for_inference(module: nn.Module, freezing: bool = True, **kwargs) ->
     code object and silently runs further calls eagerly. Exports of one model at several widths
     (and batch sizes) share one ``forward``, and each call here brings a new Inductor backend, so
     the 9th compiled width would run eagerly: this raises that process-wide limit to at least
-    :data:`RECOMPILE_LIMIT` (measured: 10 widths of NestedLeNet gave 8 graphs at the default, 10
+    :data:`RECOMPILE_LIMIT` (measured: 10 widths of the zoo's LeNet gave 8 graphs at the default, 10
     after raising it).
 
     Example::
@@ -185,7 +186,7 @@ def compile_for_inference(module: nn.Module, freezing: bool = True, **kwargs) ->
 
 
 def inference_module(
-    model: NestedModel,
+    model: NestifiedModel,
     width: Width,
     example: torch.Tensor,
     micro_batch: int | None | Literal["auto"] = 64,

@@ -39,7 +39,7 @@ from bnn_nested.deploy.onnx import ONNX_ATOL, OrtModule, check_inputs, onnx_byte
 from bnn_nested.deploy.runtime import MicroBatched
 from bnn_nested.io import atomic_write, first_line, refused_code
 from bnn_nested.models import build_model
-from bnn_nested.nn.model import NestedModel
+from bnn_nested.nest import NestifiedModel
 from bnn_nested.training.samplers import build_sampler
 
 __all__ = [
@@ -139,7 +139,7 @@ class UnsafeOrInvalidWeights(ValueError):
 
 
 def save_width_weights(
-    model: NestedModel,
+    model: NestifiedModel,
     config: Any,
     width: float,
     example: torch.Tensor,

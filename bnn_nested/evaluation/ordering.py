@@ -19,14 +19,15 @@ from typing import Any
 from bnn_nested.distributions import keep_probs_from_logits
 from bnn_nested.evaluation.plots import keep_prob_plot
 from bnn_nested.io import atomic_write_json, atomic_write_text
-from bnn_nested.nn.model import NestedModel
+from bnn_nested.nest import NestifiedModel
 
 
-def ordering_report(model: NestedModel) -> dict[str, dict[str, Any]]:
+def ordering_report(model: NestifiedModel) -> dict[str, dict[str, Any]]:
     """Per ordering unit: ``keep_probs`` (K,), ``prior_keep_probs`` (K,), ``expected_groups``
     (``F + sum keep``), ``prior_expected_groups``, ``expected_channels``, ``groups``, ``kept``,
     ``learned``. Raises ``ValueError`` for a model without ordering units."""
     out: dict[str, dict[str, Any]] = {}
+    group_size = {d.name: d.group_size for d in model.structure}  # channels per group
     for name, u in model.ordering_units():
         keep = u.keep_probs().detach().cpu()
         prior = keep_probs_from_logits(u.prior_logits).detach().cpu()
@@ -36,7 +37,7 @@ def ordering_report(model: NestedModel) -> dict[str, dict[str, Any]]:
             "prior_keep_probs": [round(float(p), 6) for p in prior],
             "expected_groups": expected,
             "prior_expected_groups": u.kept + float(prior.sum()),
-            "expected_channels": expected * u.group_size,
+            "expected_channels": expected * group_size[name],
             "groups": u.groups,
             "kept": u.kept,
             "learned": bool(u.learn),
@@ -51,7 +52,7 @@ def ordering_report(model: NestedModel) -> dict[str, dict[str, Any]]:
 BARELY_MOVED = 0.05
 
 
-def keep_probs_now(model: NestedModel) -> dict[str, list[float]]:
+def keep_probs_now(model: NestifiedModel) -> dict[str, list[float]]:
     """Per ordering unit, its current keep probabilities (call before training to record the
     initial ones for :func:`write_ordering_report`)."""
     return {
@@ -166,7 +167,7 @@ def history_table(history: list[dict[str, dict[str, float]]] | None) -> str:
 
 
 def write_ordering_report(
-    model: NestedModel,
+    model: NestifiedModel,
     out_dir: str | Path,
     initial: dict[str, list[float]] | None = None,
     history: list[dict[str, dict[str, float]]] | None = None,

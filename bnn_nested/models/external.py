@@ -27,7 +27,6 @@ from torch import nn
 
 from bnn_nested.io import first_line
 from bnn_nested.models.registry import register_model
-from bnn_nested.models.vgg import image_shape
 from bnn_nested.nest import NestifiedModel, WidthStructure, nestify
 from bnn_nested.nest.model import replace_module
 from bnn_nested.nn.utils import conv_args
@@ -66,6 +65,17 @@ def check_classifier_output(net: nn.Module, example: torch.Tensor, num_classes: 
             f"{tuple(example.shape[1:])} to {shape}; expected ({example.shape[0]}, {num_classes}): "
             "one logit per class"
         )
+
+
+def image_shape(input_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """``(C, H, W)``, or ``(1, s, s)`` for a flat square input of ``s * s`` features."""
+    if len(input_shape) == 3:
+        return tuple(input_shape)  # type: ignore[return-value]
+    if len(input_shape) == 1:
+        s = round(input_shape[0] ** 0.5)
+        if s * s == input_shape[0]:
+            return (1, s, s)
+    raise ValueError(f"input_shape must be (C, H, W) or a flat square image, got {input_shape}")
 
 
 def nest_plain(

@@ -5,9 +5,8 @@ width structure (which layers each ordering unit orders, the residual streams, t
 weights) is found by the same graph analysis as for any user network, never listed by hand. A
 residual stream is one dimension (one unit per stage), so every block of a stage shares its width.
 
-The hand-nested classes (:class:`~bnn_nested.models.NestedMLP` ...) stay in the API: they slice
-their weights at run time (a narrow width costs less in eager PyTorch), which the latency
-benchmarks use; a nestified model masks at run time and gets its speed from export.
+A nestified model masks at run time; a narrow width gets its speed from export
+(:func:`~bnn_nested.deploy.export.export_width`, the physically sliced network).
 """
 
 from __future__ import annotations
@@ -19,11 +18,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnn_nested.models.external import nest_plain
-from bnn_nested.models.lenet import LENET_DEFAULT
+from bnn_nested.models.external import image_shape, nest_plain
 from bnn_nested.models.registry import register_model
-from bnn_nested.models.resnet import RESNET_CONFIGS
-from bnn_nested.models.vgg import VGG_CONFIGS, check_norm, image_shape
+
+#: Default ``(conv1, conv2, fc)`` widths of LeNet.
+LENET_DEFAULT = (16, 32, 256)
+#: VGG plans: output channels of each 3x3 conv, ``"M"`` a 2x2 max pool.
+VGG_CONFIGS: dict[str, list[int | str]] = {
+    "11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "11-wide": [96, "M", 192, "M", 384, 384, "M", 768, 768, "M", 768, 768, "M"],
+}
+#: ResNet variants: stem width and ``(width, blocks)`` per stage.
+RESNET_CONFIGS: dict[str, tuple[int, list[tuple[int, int]]]] = {
+    "20": (16, [(16, 3), (32, 3), (64, 3)]),
+    "18": (64, [(64, 2), (128, 2), (256, 2), (512, 2)]),
+}
+NORMS = ("none", "batch")
+
+
+def check_norm(norm: str) -> None:
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
 
 
 def _act(norm: str, dropout: float, channels: int, dims: int) -> list[nn.Module]:

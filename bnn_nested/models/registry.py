@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from bnn_nested.nn.model import NestedModel
+from bnn_nested.nest import NestifiedModel
 from bnn_nested.nn.nested import set_weight_noise, set_weight_prior
 from bnn_nested.registry import Registry
 
-#: name -> builder(model_cfg, ordering_kwargs, input_shape, num_classes) -> NestedModel
-MODELS: Registry[Callable[..., NestedModel]] = Registry("model", field="model.name")
+#: name -> builder(model_cfg, ordering_kwargs, input_shape, num_classes) -> NestifiedModel
+MODELS: Registry[Callable[..., NestifiedModel]] = Registry("model", field="model.name")
 #: the ``model`` keys that only some models read, with the value meaning "not given" (``arch`` and
 #: ``target`` belong to the names ``torchvision`` and ``import`` and are checked by the config itself)
 MODEL_SPECIFIC: dict[str, Any] = {"variant": None, "kwargs": {}}
@@ -55,24 +55,9 @@ def check_model_options(model_cfg: Any) -> None:
             )
 
 
-def conv_model_kwargs(cfg: Any, ordering: dict[str, Any]) -> dict[str, Any]:
-    """Keyword arguments every convolutional model takes from a ``ModelConfig``."""
-    return {
-        "groups": cfg.groups,
-        "kept": cfg.kept,
-        "norm": cfg.norm,
-        "dropout": cfg.dropout,
-        "weight_posterior": cfg.weight_posterior,
-        "init_log_alpha": cfg.init_log_alpha,
-        "ordering": ordering,
-        "order_first": cfg.order_first,
-        "order_classifier_input": cfg.order_classifier_input,
-    }
-
-
 def build_model(
     model_cfg: Any, ordering: dict[str, Any], input_shape: tuple[int, ...], num_classes: int
-) -> NestedModel:
+) -> NestifiedModel:
     """Build the model named ``model_cfg.name``; unknown names list the known ones. (A new run's
     config is checked by :func:`check_model_options` first; a saved run is rebuilt as it was.)"""
     model = MODELS[model_cfg.name](model_cfg, ordering, tuple(input_shape), num_classes)

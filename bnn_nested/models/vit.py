@@ -10,9 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bnn_nested.models.external import nest_plain
+from bnn_nested.models.external import image_shape, nest_plain
 from bnn_nested.models.registry import register_model
-from bnn_nested.models.vgg import image_shape
 
 
 class ViT(nn.Module):

@@ -50,16 +50,13 @@ def _convert_modules(net: nn.Module, weight_posterior: str, init_log_alpha: floa
                 m.in_features,
                 m.out_features,
                 m.bias is not None,
-                ordered=False,
                 weight_posterior="gaussian",
                 init_log_alpha=init_log_alpha,
             )
         elif weight_posterior == "gaussian" and type(m) is nn.Conv2d and m.padding_mode == "zeros":
             kw = conv_args(m)
             del kw["padding_mode"]
-            new = NestedConv2d(
-                **kw, ordered=False, weight_posterior="gaussian", init_log_alpha=init_log_alpha
-            )
+            new = NestedConv2d(**kw, weight_posterior="gaussian", init_log_alpha=init_log_alpha)
         if new is None:
             continue
         if isinstance(new, (NestedLinear, NestedConv2d)):

@@ -26,14 +26,9 @@ from torch import nn
 
 from bnn_nested.nest.analysis import channels_first, consumed_channels, select_output
 from bnn_nested.nest.structure import WidthStructure
-from bnn_nested.nn.batchnorm import (
-    _NestedBatchNorm,
-    width_key,
-)
+from bnn_nested.nn.batchnorm import _NestedBatchNorm, width_key
 from bnn_nested.nn.model import NestedModel, Width
-from bnn_nested.nn.nested import (
-    NestedMixin,
-)
+from bnn_nested.nn.nested import NestedMixin
 from bnn_nested.nn.ordering_unit import OrderingUnit, active_groups
 
 
@@ -216,9 +211,6 @@ class NestifiedModel(NestedModel):
                 return self._run(*inputs, **kwargs)
         return self._run(*inputs, **kwargs)
 
-    def forward_full(self, x: torch.Tensor) -> torch.Tensor:
-        return self._run(x)
-
     def _run(self, *inputs: Any, **kwargs: Any) -> Any:
         first = _first_tensor(inputs, kwargs)
         batch = first.shape[0] if first is not None else None
@@ -234,17 +226,10 @@ class NestifiedModel(NestedModel):
         """``P(b >= k)`` of each ordered group, keyed by dimension name."""
         return {d.name: self.unit(d.name).keep_probs().detach() for d in self.structure}
 
-    def kl(self, keep: str | float = "posterior") -> torch.Tensor:
-        """Ordering KL plus the weight KL, each output channel weighted as ``keep`` says (see
-        :meth:`NestedModel.kl`; the channel's dimension is read from the width structure)."""
-        total = next(self.parameters()).new_zeros(())
-        for _, u in self.ordering_units():
-            total = total + u.kl()
-        return total + self.weight_kl(keep)
-
     def weight_kl(self, keep: str | float = "posterior") -> torch.Tensor:
-        """The weight part of :meth:`kl`: every Gaussian layer's KL, each output channel weighted as
-        ``keep`` says (0 for point weights)."""
+        """The weight part of :meth:`~bnn_nested.nn.NestedModel.kl`: every Gaussian layer's KL,
+        each output channel weighted as ``keep`` says (the channel's dimension, and so its ordering
+        unit, is read from the width structure; 0 for point weights)."""
         total = next(self.parameters()).new_zeros(())
         for name, layer in self.net.named_modules():
             if not (isinstance(layer, NestedMixin) and layer.bayesian):
@@ -258,9 +243,6 @@ class NestifiedModel(NestedModel):
                     channel = member.group_values(g, layer.weight.shape[0])
             total = total + layer.weight_kl(channel)
         return total
-
-    def weight_kl_pairs(self):  # the structure replaces hand-written pairs
-        return []
 
     def norm_followed_weights(self) -> list[str]:
         return [f"net.{n}" for n in self.structure.norm_followed()]

@@ -1,4 +1,4 @@
-"""Nested layers, ordering units and the nested-model base class."""
+"""Gaussian-weight layers, width-calibrated batch norm, ordering units and the nested-model base class."""
 
 from bnn_nested.nn.batchnorm import NestedBatchNorm1d, NestedBatchNorm2d, recalibrate_bn
 from bnn_nested.nn.bayes import sparse_vd_kl
@@ -8,7 +8,6 @@ from bnn_nested.nn.nested import (
     NestedConv2d,
     NestedLinear,
     NestedMixin,
-    active_param_count,
     set_weight_noise,
 )
 from bnn_nested.nn.ordering_unit import OrderingUnit, active_groups, group_size, prior_logits
@@ -24,7 +23,6 @@ __all__ = [
     "OrderingUnit",
     "Width",
     "active_groups",
-    "active_param_count",
     "recalibrate_bn",
     "group_size",
     "prior_logits",

@@ -1,13 +1,12 @@
-"""Batch normalisation for nested layers: statistics and affine parameters sliced to the input width,
-plus batch-norm statistics re-estimated *per width* (:func:`recalibrate_bn`).
+"""Batch normalisation with statistics re-estimated *per width* (:func:`recalibrate_bn`).
 
 A sub-network at width ``r`` sees different feature statistics than the full network, so the running
 statistics learnt in training are wrong for it (Yu et al., *Slimmable Neural Networks*, 2019, and
 *Universally Slimmable Networks*, 2019: "BN calibration"; docs/METHODS.md#bn-re-estimation: the
-reference re-estimates them for each width on training data). Calibrated statistics are stored per
-(*active channel count* ``c``, *width key*) of each norm layer (:func:`width_key`), i.e. one row per
-calibrated width in every nested norm layer, including layers whose own channel count does not
-change with the width: their input still does (it is computed from narrower layers upstream).
+reference re-estimates them for each width on training data). A nested model masks the inputs of
+the layers consuming a dimension, so a norm layer always sees its whole dimension; what changes with
+the width is what flows into it from upstream. Calibrated statistics are stored per (channel count
+``c``, *width key*) of each norm layer (:func:`width_key`), i.e. one row per calibrated width.
 """
 
 from __future__ import annotations
@@ -38,15 +37,15 @@ def width_key(width) -> float:
 
 
 class _NestedBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """Uses ``running_mean[:c]``, ``weight[:c]`` ... for an input with ``c`` active channels.
+    """Batch norm that, in eval, uses the statistics calibrated for the model's current width.
 
     Buffers ``calib_channels (n,)``, ``calib_width (n,)``, ``calib_mean (n, C)``, ``calib_var (n, C)``
     hold the statistics written by :func:`recalibrate_bn`: row ``i`` is for inputs with
     ``calib_channels[i]`` channels under the model width whose key is ``calib_width[i]`` (see
     :func:`width_key`; the key matters for layers whose own channel count does not change with the
-    width while their input does). They are part of the ``state_dict``. In eval mode an input with a
-    calibrated row uses it; otherwise the running statistics, with a warning (once per channel count
-    and width) when calibration exists for other widths or when the input is narrower than the layer.
+    width while their input does). They are part of the ``state_dict``. In eval mode a width with a
+    calibrated row uses it; otherwise the running statistics, with a warning (once per width) when
+    calibration exists for other widths.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -148,54 +147,33 @@ class _NestedBatchNorm(nn.modules.batchnorm._BatchNorm):
     # -- forward -------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)
-        c = x.shape[1]
-        if c > self.num_features:
-            raise ValueError(f"input has {c} channels, norm expects at most {self.num_features}")
-        w = self.weight[:c] if self.weight is not None else None
-        b = self.bias[:c] if self.bias is not None else None
         if self._acc is not None:  # calibrating: batch statistics, running buffers untouched
             self._accumulate(x)
-            return F.batch_norm(x, None, None, w, b, True, 0.0, self.eps)
+            return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
         if not self.training and self.running_mean is not None:
+            c = x.shape[1]
             row = self._calib_row(c)
             if row is not None:
-                rm, rv = self.calib_mean[row, :c], self.calib_var[row, :c]
-                return F.batch_norm(x, rm, rv, w, b, False, 0.0, self.eps)
+                mean, var = self.calib_mean[row], self.calib_var[row]
+                return F.batch_norm(x, mean, var, self.weight, self.bias, False, 0.0, self.eps)
             seen = (c, self.width_key)
-            if (len(self.calib_channels) or c < self.num_features) and seen not in self._warned:
+            if len(self.calib_channels) and seen not in self._warned:
                 self._warned.add(seen)
                 warnings.warn(
-                    f"batch norm: no statistics calibrated for {c} of {self.num_features} active "
-                    "channels (this width was not passed to recalibrate_bn); using running statistics",
+                    f"batch norm: no statistics calibrated for width key {self.width_key:g} (this "
+                    "width was not passed to recalibrate_bn); using running statistics",
                     UncalibratedWidthWarning,
                     stacklevel=2,
                 )
-        momentum = 0.0 if self.momentum is None else self.momentum
-        use_batch = self.training or self.running_mean is None
-        if self.training and self.track_running_stats:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:  # cumulative moving average
-                momentum = 1.0 / float(self.num_batches_tracked)
-        rm = self.running_mean[:c] if self.running_mean is not None else None
-        rv = self.running_var[:c] if self.running_var is not None else None
-        return F.batch_norm(
-            x,
-            rm if not self.training or self.track_running_stats else None,
-            rv if not self.training or self.track_running_stats else None,
-            w,
-            b,
-            use_batch,
-            momentum,
-            self.eps,
-        )
+        return super().forward(x)
 
 
 class NestedBatchNorm1d(_NestedBatchNorm, nn.BatchNorm1d):
-    """``nn.BatchNorm1d`` sliced to the active width. Example: ``bn = NestedBatchNorm1d(128)``."""
+    """``nn.BatchNorm1d`` with statistics per width. Example: ``bn = NestedBatchNorm1d(128)``."""
 
 
 class NestedBatchNorm2d(_NestedBatchNorm, nn.BatchNorm2d):
-    """``nn.BatchNorm2d`` sliced to the active width. Example: ``bn = NestedBatchNorm2d(64)``."""
+    """``nn.BatchNorm2d`` with statistics per width. Example: ``bn = NestedBatchNorm2d(64)``."""
 
 
 def nested_norms(model: nn.Module) -> list[_NestedBatchNorm]:

@@ -8,20 +8,22 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from bnn_nested.nn.batchnorm import _NestedBatchNorm, width_key
 from bnn_nested.nn.bayes import LOG_ALPHA_MAX, LOG_ALPHA_MIN
 from bnn_nested.nn.nested import NestedMixin
-from bnn_nested.nn.ordering_unit import OrderingUnit, active_groups
+from bnn_nested.nn.ordering_unit import OrderingUnit
 
-#: A width: a global fraction ``r in (0, 1]``, or per-layer group counts ``{layer_name: groups}``.
+#: A width: a global fraction ``r in (0, 1]``, or groups kept per dimension ``{dimension: groups}``.
 Width = float | Mapping[str, int]
 
 
 class NestedModel(nn.Module):
-    """A model whose nested layers all follow one width.
+    """The width API of a nested model, the state every nested model keeps the same way.
 
-    Subclasses implement :meth:`forward_full` (the forward pass, unaware of width); this class adds
-    ``forward(x, width=None)``, ``with model.width(r):``, masking control, and the ordering KL.
+    :class:`~bnn_nested.nest.NestifiedModel` (what :func:`~bnn_nested.nest.nestify` and every
+    config build) implements :meth:`set_width`, :meth:`ordering_units` and :meth:`weight_kl`; this
+    class adds ``with model.width(r):``, masking and Monte-Carlo control, the KL and the
+    post-step projection. It lives below :mod:`bnn_nested.nest`, so batch-norm calibration and
+    training can name it.
 
     Example::
 
@@ -36,43 +38,9 @@ class NestedModel(nn.Module):
         self._current_width: Width = 1.0
 
     # -- width ---------------------------------------------------------------------------------
-    def nested_layers(self) -> Iterator[tuple[str, nn.Module]]:
-        for name, m in self.named_modules():
-            if isinstance(m, NestedMixin):
-                yield name, m
-
-    def ordered_layers(self) -> Iterator[tuple[str, nn.Module]]:
-        for name, m in self.nested_layers():
-            if m.ordered:
-                yield name, m
-
-    def set_width(self, width: Width) -> None:
+    def set_width(self, width: Width) -> None:  # pragma: no cover - abstract
         """Set the active width persistently (prefer ``with model.width(r):``)."""
-        if isinstance(width, Mapping):
-            known = dict(self.ordered_layers())
-            unknown = set(width) - set(known)
-            if unknown:
-                raise ValueError(
-                    f"width: unknown layer(s) {sorted(unknown)}; ordered layers are {sorted(known)}"
-                )
-            for name, n in width.items():  # validate everything before changing anything
-                if not isinstance(n, int) or not 1 <= n <= known[name].order_groups:
-                    raise ValueError(
-                        f"width[{name!r}]: active groups must be an int in "
-                        f"[1, {known[name].order_groups}], got {n!r}"
-                    )
-            for name, layer in self.ordered_layers():
-                layer.set_active_groups(width.get(name))
-        else:
-            width = float(width)
-            active_groups(width, 2, 0)  # validates (0, 1]
-            for _, layer in self.nested_layers():
-                layer.set_width(width)
-        self._current_width = width
-        key = width_key(width)
-        for m in self.modules():
-            if isinstance(m, _NestedBatchNorm):
-                m.width_key = key
+        raise NotImplementedError
 
     @property
     def current_width(self) -> Width:
@@ -88,20 +56,10 @@ class NestedModel(nn.Module):
         finally:
             self.set_width(previous)
 
-    def forward(self, x: torch.Tensor, width: Width | None = None) -> torch.Tensor:
-        if width is None:
-            return self.forward_full(x)
-        with self.width(width):
-            return self.forward_full(x)
-
-    def forward_full(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
-
     # -- ordering ------------------------------------------------------------------------------
-    def ordering_units(self) -> Iterator[tuple[str, OrderingUnit]]:
-        for name, m in self.named_modules():
-            if isinstance(m, OrderingUnit):
-                yield name, m
+    def ordering_units(self) -> Iterator[tuple[str, OrderingUnit]]:  # pragma: no cover - abstract
+        """``(name, unit)`` of every ordering unit."""
+        raise NotImplementedError
 
     @contextmanager
     def unit_flag(self, name: str, value: bool):
@@ -129,7 +87,7 @@ class NestedModel(nn.Module):
         In ``eval()`` each Bayesian layer draws whole weight tensors from ``q(W)``: one per forward
         pass, or with ``samples = S`` one per sample-major block of ``batch / S`` inputs (``S``
         networks run in one batched forward pass)."""
-        layers = [m for _, m in self.nested_layers()]
+        layers = [m for m in self.modules() if isinstance(m, NestedMixin)]
         drops = [m for m in self.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
         prev_layers = [(m.stochastic, m.mc_samples) for m in layers]
         prev_drops = [m.training for m in drops]
@@ -153,14 +111,6 @@ class NestedModel(nn.Module):
         for _, u in self.ordering_units():
             u.temperature.fill_(temperature)
 
-    def keep_probs(self) -> dict[str, torch.Tensor]:
-        """Learned keep probability ``P(b >= k)`` of each ordered group, per ordering unit."""
-        return {name: u.keep_probs().detach() for name, u in self.ordering_units()}
-
-    def weight_kl_pairs(self) -> list[tuple[nn.Module, OrderingUnit | None]]:
-        """(layer, ordering unit of its outputs) pairs for the weight KL; override in subclasses."""
-        return [(m, None) for _, m in self.nested_layers()]
-
     def kl(self, keep: str | float = "posterior") -> torch.Tensor:
         """Ordering KL plus the weight KL, each output channel's weight KL weighted by ``keep``.
 
@@ -175,15 +125,10 @@ class NestedModel(nn.Module):
             total = total + u.kl()
         return total + self.weight_kl(keep)
 
-    def weight_kl(self, keep: str | float = "posterior") -> torch.Tensor:
-        """The weight part of :meth:`kl` (0 for point weights)."""
-        total = next(self.parameters()).new_zeros(())
-        for layer, unit in self.weight_kl_pairs():
-            if not getattr(layer, "bayesian", False):
-                continue  # point weights: no weight KL
-            ck = unit.channel_keep(keep) if unit is not None else None
-            total = total + layer.weight_kl(ck)
-        return total
+    def weight_kl(self, keep: str | float = "posterior") -> torch.Tensor:  # pragma: no cover
+        """The weight part of :meth:`kl`: each Gaussian layer's KL, each output channel weighted
+        as ``keep`` says (0 for point weights)."""
+        raise NotImplementedError
 
     @torch.no_grad()
     def project_(self) -> None:

@@ -88,18 +88,21 @@ def active_groups(width: float, groups: int, kept: int) -> int:
 
 
 class OrderingUnit(nn.Module):
-    r"""Variational ordering unit of one layer (Cui et al., *Bayesian Nested Neural Networks*, 2021).
+    r"""Variational ordering unit of one channel dimension (Cui et al., *Bayesian Nested Neural
+    Networks*, 2021).
 
-    The layer's ``channels`` outputs are split into ``groups`` contiguous groups; the first ``kept``
+    The dimension's ``channels`` are split into ``groups`` contiguous groups; the first ``kept``
     are always kept, the other ``K = groups - kept`` are ordered. The unit holds the continuation
     logits ``r`` of the stick-breaking posterior ``q(b)`` and the prior ``p(b)``. In training (when
-    sampling is enabled) it multiplies its input's channels by a Downhill mask, resampled each forward
-    pass (one per mini-batch, or one per example with ``per_example=True``); otherwise it is the
-    identity (or scales by keep probabilities with ``keep_scaling=True``). Place it *after* the
-    layer's normalisation and activation, so a hard mask computes exactly the sliced network.
+    masking is enabled) a nested model multiplies the inputs of the layers consuming the dimension
+    by a Downhill mask (:meth:`sample_mask`), resampled each forward pass (one per mini-batch, or
+    one per example with ``per_example=True``); otherwise it leaves them whole (or scales them by
+    the keep probabilities with ``keep_scaling=True``). The mask acts after the producer's
+    normalisation and activation, so a hard mask computes exactly the sliced network.
 
     Args:
-        channels: number of channels of the ordered layer (dimension 1 of the input).
+        channels: number of channels of the dimension (a nestified model's units have one channel
+            per group).
         groups: number of groups ``G`` (divides ``channels``).
         kept: always-kept leading groups ``F`` (``0 <= F < G``).
         temperature: Downhill temperature ``tau > 0`` (a buffer, changed by schedules).
@@ -115,12 +118,12 @@ class OrderingUnit(nn.Module):
     be 0 outside the range.
 
     Example:
-        >>> ou = OrderingUnit(channels=64, groups=16, kept=2)
-        >>> h = torch.relu(torch.randn(8, 64))   # a layer's activations
-        >>> bool((ou.train()(h)[:, :8] == h[:, :8]).all())   # masked in training, kept kept
-        True
-        >>> torch.equal(ou.eval()(h), h)         # identity in eval
-        True
+        >>> ou = OrderingUnit(channels=64, groups=16, kept=2).train()
+        >>> m = ou.sample_mask()                  # one Downhill mask per channel
+        >>> m.shape, bool((m[:8] == 1).all())      # kept groups always kept
+        (torch.Size([64]), True)
+        >>> ou.draws_mask(training=False)          # no mask in eval
+        False
     """
 
     def __init__(
@@ -344,19 +347,3 @@ class OrderingUnit(nn.Module):
         state["_log_q"] = None
         state["_keep_leaf"] = None
         return state
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = x.shape[1]
-        if c > self.channels:
-            raise ValueError(f"input has {c} channels, the unit was built for {self.channels}")
-        if self.draws_mask(self.training):
-            mask = self.sample_mask(x.shape[0] if self.per_example else None)[..., :c]
-        elif self.keep_scaling:
-            mask = self.channel_keep_probs()[:c]
-        else:
-            return x
-        if mask.dim() == 1:
-            mask = mask.view((1, c) + (1,) * (x.dim() - 2))
-        else:
-            mask = mask.view(mask.shape + (1,) * (x.dim() - 2))
-        return x * mask.to(x.dtype)

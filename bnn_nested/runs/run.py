@@ -56,7 +56,6 @@ from bnn_nested.nest import (
     read_plain_state,
 )
 from bnn_nested.nn.batchnorm import nested_norms, recalibrate_bn
-from bnn_nested.nn.model import NestedModel
 from bnn_nested.regularization.config import build_regularizer
 from bnn_nested.runs.rundir import (
     RunExistsError,
@@ -103,7 +102,7 @@ def seed_everything(seed: int) -> None:
         pass
 
 
-def build_model_for(cfg: Config, splits: DataSplits) -> NestedModel:
+def build_model_for(cfg: Config, splits: DataSplits) -> NestifiedModel:
     """The model a config describes, with ordering units configured by its width sampler."""
     sampler = build_sampler(cfg.ordering)
     return build_model(cfg.model, sampler.ordering_kwargs(), splits.input_shape, splits.num_classes)
@@ -237,7 +236,7 @@ def validate_run(cfg: Config) -> torch.device:
             with torch.device("meta"):
                 kw = build_sampler(cfg.ordering).ordering_kwargs()
                 meta = build_model(cfg.model, kw, shape, n_classes)
-            if cfg.model.init_from and isinstance(meta, NestifiedModel):  # shapes, no memory
+            if cfg.model.init_from:  # shapes, no memory
                 path = cfg.model.init_from
                 check_plain_state(read_plain_state(path), meta.net.state_dict(), path)
         except ValueError as err:
@@ -469,7 +468,7 @@ def _finish(
     trainer: Trainer,
     cfg: Config,
     splits: DataSplits,
-    model: NestedModel,
+    model: NestifiedModel,
     ctx: DistContext,
     hint: str,
 ) -> None:
@@ -528,9 +527,9 @@ TAYLOR_BATCHES = 20
 TEACHER_FILE = "teacher.pt"
 
 
-def _teacher_copy(model: NestedModel, path: str | None) -> nn.Module:
+def _teacher_copy(model: NestifiedModel, path: str | None) -> nn.Module:
     """The plain network (mean weights, full-width BN statistics), loaded from ``path`` if given."""
-    teacher = plain_copy(model)  # type: ignore[arg-type]
+    teacher = plain_copy(model)
     if path is not None:
         state = read_plain_state(path, "train.teacher")
         check_plain_state(state, teacher.state_dict(), path, "train.teacher")
@@ -539,17 +538,13 @@ def _teacher_copy(model: NestedModel, path: str | None) -> nn.Module:
 
 
 def prepare_from_trained(
-    cfg: Config, model: NestedModel, splits: DataSplits, loader, out: Path, ctx: DistContext
+    cfg: Config, model: NestifiedModel, splits: DataSplits, loader, out: Path, ctx: DistContext
 ) -> nn.Module | None:
     """From trained weights (issue: "from a trained network"): load ``model.init_from``, keep the
     teacher, order channels by importance, start the ordering posteriors at the importance profile,
     calibrate BN per width. Returns the teacher (or ``None``)."""
-    if not isinstance(model, NestifiedModel) and (cfg.model.init_from or cfg.train.teacher):
-        raise ValueError(
-            f"model.init_from / train.teacher: need a nestified model, not {cfg.model.name!r}"
-        )
     if cfg.model.init_from:
-        load_plain_weights(model, cfg.model.init_from)  # type: ignore[arg-type]
+        load_plain_weights(model, cfg.model.init_from)
     teacher = None
     if cfg.train.teacher:
         path = None if cfg.train.teacher == "original" else cfg.train.teacher
@@ -561,15 +556,15 @@ def prepare_from_trained(
     if cfg.model.order == "importance":
         batches = TAYLOR_BATCHES if cfg.model.importance == "taylor" else None
         data = loader if cfg.model.importance == "taylor" else None
-        profile = order_by_importance(model, cfg.model.importance, data, batches)  # type: ignore[arg-type]
+        profile = order_by_importance(model, cfg.model.importance, data, batches)
         if cfg.ordering.init == "importance":
-            init_ordering_from_importance(model, profile)  # type: ignore[arg-type]
+            init_ordering_from_importance(model, profile)
     if cfg.model.init_from:
         recalibrate_bn_widths(model, splits, cfg.eval.widths, cfg.data.eval_batch_size, ctx.device)
     return teacher
 
 
-def load_teacher(cfg: Config, model: NestedModel, out: Path) -> nn.Module | None:
+def load_teacher(cfg: Config, model: NestifiedModel, out: Path) -> nn.Module | None:
     """The teacher a run kept in ``teacher.pt`` (resume)."""
     if not cfg.train.teacher:
         return None
@@ -580,7 +575,7 @@ def load_teacher(cfg: Config, model: NestedModel, out: Path) -> nn.Module | None
 
 
 def recalibrate_bn_widths(
-    model: NestedModel,
+    model: NestifiedModel,
     splits: DataSplits,
     widths: list[float],
     batch_size: int = 512,
@@ -670,7 +665,7 @@ UNREADABLE = "<unreadable>"
 
 @dataclass
 class LoadedRun:
-    model: NestedModel
+    model: NestifiedModel
     config: Config
     splits: DataSplits
     checkpoint: dict[str, Any]

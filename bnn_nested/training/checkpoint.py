@@ -26,8 +26,9 @@ import torch
 from bnn_nested.io import atomic_write, first_line, refused_code
 
 #: 2: the zoo is built by ``nestify`` (model weights under ``net.``, one ordering unit per channel
-#: dimension). Format 1 runs were hand-nested models; they cannot be loaded (retrain them, or
-#: build ``bnn_nested.models.NestedMLP`` & co. and load their ``model`` state yourself).
+#: dimension): every run trained from a config since then loads. Format 1 runs held hand-nested
+#: models (classes that sliced their own weights), which the library no longer has: they cannot
+#: be loaded (retrain them).
 FORMAT_VERSION = 2
 
 

@@ -56,12 +56,6 @@ def fixed_masks(model: NestedModel, masks: dict[str, torch.Tensor]) -> Iterator[
             del u.sample_mask
 
 
-def weight_kl(model: NestedModel) -> torch.Tensor:
-    """Keep-probability-weighted weight KL of every layer (0 for point weights): the model's own
-    (``model.weight_kl("posterior")``, the trainer's), for hand-nested and nestified models alike."""
-    return model.weight_kl("posterior")
-
-
 class PyroNestedModel:
     """Model/guide pair for ``pyro.infer.SVI`` over a nested model trained at full width with masks
     (the ``vou`` strategy).
@@ -100,7 +94,8 @@ class PyroNestedModel:
             masks[name] = pyro.sample(site_name(name), prior)
         with fixed_masks(self.net, masks):
             logits = self.net(x)
-        pyro.factor("weight_kl", -weight_kl(self.net))
+        # the keep-probability-weighted weight KL (0 for point weights), the trainer's
+        pyro.factor("weight_kl", -self.net.weight_kl("posterior"))
         idx = torch.arange(x.shape[0], device=x.device)
         with pyro.plate("data", size=self.n_train, subsample=idx):
             pyro.sample("obs", dist.Categorical(logits=logits), obs=y)

@@ -69,7 +69,7 @@ def test_main_quick_runs_and_reports_every_method():
         assert math.isfinite(r["grad_norm"]) and r["grad_norm"] > 0
         assert 0.0 <= r["fgsm_acc"] <= 1.0
     wrs = next(r for r in res["runs"] if r["method"] == "wrs")
-    assert wrs["targets"] == ["conv1", "conv2"]  # traced conv -> BN pairs, not the classifier
+    assert wrs["targets"] == ["net.conv1", "net.conv2"]  # conv -> BN pairs, not the classifier
     assert wrs["conv_filter_norm"]["conv2"] == pytest.approx(1.0, abs=1e-5)
     fix = next(r for r in res["runs"] if r["method"] == "fixnorm")
     assert fix["classifier_norm"] == pytest.approx(math.sqrt(10), rel=1e-5)  # 10 rows of norm 1

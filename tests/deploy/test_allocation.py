@@ -10,9 +10,10 @@ from bnn_nested.deploy.allocation import (
     plot_sweep,
     sweep,
     threshold_allocation,
-    unit_layers,
 )
-from tests.deploy.helpers import cnn, mlp
+from bnn_nested.nest import sliced_network
+from tests.deploy.helpers import cnn
+from tests.zoo import zoo
 
 pytestmark = pytest.mark.filterwarnings("ignore:batch norm. no statistics calibrated")
 
@@ -25,22 +26,16 @@ def _set_keep(unit, beta):
 
 
 def test_threshold_counts_hand_case():
-    model, x = cnn()  # groups 4, kept 1 -> K = 3 ordered groups per layer
-    assert unit_layers(model) == {"o1": ["c1"], "o2": ["c2"]}
-    _set_keep(model.o1, [0.9, 0.5, 0.5])  # keep probs 0.9, 0.45, 0.225
-    _set_keep(model.o2, [0.99, 0.99, 0.99])  # 0.99, 0.98, 0.97
+    model, x = cnn()  # groups 4, kept 1 -> K = 3 ordered groups per dimension
+    assert model.dims() == ["c1", "c2"]
+    _set_keep(model.unit("c1"), [0.9, 0.5, 0.5])  # keep probs 0.9, 0.45, 0.225
+    _set_keep(model.unit("c2"), [0.99, 0.99, 0.99])  # 0.99, 0.98, 0.97
     assert threshold_allocation(model, 0.95) == {"c1": 1, "c2": 4}
     assert threshold_allocation(model, 0.4) == {"c1": 3, "c2": 4}
     assert threshold_allocation(model, 0.0) == {"c1": 4, "c2": 4}
     assert threshold_allocation(model, 1.01) == {"c1": 1, "c2": 1}
-    alloc = threshold_allocation(model, 0.4)
-    model(x, width=alloc)
-    assert model.c1.last_active[0] == 3 * 2 and model.c2.last_active[0] == 16
-
-
-def test_mlp_pairs_by_weight_kl_pairs():
-    model, _ = mlp()
-    assert unit_layers(model) == {"features.3": ["features.0"], "features.7": ["features.4"]}
+    net = sliced_network(model, threshold_allocation(model, 0.4), x[:2])  # the allocation applied
+    assert net.c1.out_channels == 3 * 2 and net.c2.out_channels == 16
 
 
 def test_pareto_front():
@@ -61,19 +56,18 @@ def test_sweep_and_plot(tmp_path):
 
 
 def test_resnet_allocation_cuts_main_branch_and_shortcut_together():
-    """Regression: the allocation was keyed by the last layer paired with a unit, so the shortcut
-    was cut while ``conv2`` kept all its channels (the allocation was not applied)."""
-    from bnn_nested.models import NestedResNet
-
+    """Regression (hand-nested models): the allocation was keyed by the last layer paired with a
+    unit, so the shortcut was cut while ``conv2`` kept all its channels. A residual stream is one
+    dimension: its allocation cuts every block's main branch and the shortcut alike."""
     torch.manual_seed(0)
-    model = NestedResNet("20", (3, 32, 32), 10, groups=16, kept=2).eval()
+    model = zoo("resnet", (3, 8, 8), 10, variant="20", groups=16, kept=2, norm="batch").eval()
+    stream = "blocks.3.conv2"  # stage 2: blocks 3-5 and the shortcut of block 3 (32 channels)
     with torch.no_grad():  # a unit whose keep probabilities fall fast
-        model.blocks[3].ou.r.fill_(-3.0)
+        model.unit(stream).r.fill_(-3.0)
     alloc = threshold_allocation(model, 0.97)
-    assert alloc["blocks.3.conv2"] == alloc["blocks.3.shortcut_conv"] < 16
-    with torch.no_grad():
-        model(torch.randn(2, 3, 32, 32), width=alloc)
-    conv2, short = model.blocks[3].conv2, model.blocks[3].shortcut_conv
-    assert (
-        conv2.last_active[0] == short.last_active[0] == alloc["blocks.3.conv2"] * conv2.group_size
-    )
+    assert alloc[stream] < 16
+    net = sliced_network(model, alloc, torch.randn(2, 3, 8, 8))
+    outs = [net.blocks[i].conv2.out_channels for i in (3, 4, 5)] + [
+        net.blocks[3].shortcut[0].out_channels
+    ]
+    assert outs == [alloc[stream] * 2] * 4

@@ -13,6 +13,7 @@ from bnn_nested.deploy.serialize import load_exported, save_exported
 from bnn_nested.nn import NestedMixin
 from bnn_nested.nn.batchnorm import recalibrate_bn
 from tests.deploy.helpers import cnn, mlp
+from tests.zoo import zoo
 
 pytestmark = pytest.mark.filterwarnings("ignore:batch norm. no statistics calibrated")
 
@@ -32,10 +33,12 @@ def test_export_equals_nested(make, width, fold):
     assert (n_bn == 0) if fold else (n_bn == 2)
     if not fold:  # same parameters as the sliced network (BN affine counted, stats are buffers)
         assert exported_param_count(plain) == count_params(model, x, width)
-    # physically sliced: the first layer's weight has the active output count
-    model(x[:1], width=width)
-    for name, layer in model.nested_layers():
-        assert tuple(plain.get_submodule(name).weight.shape[:2]) == layer.last_active
+    # physically sliced: every layer producing a dimension has the active output count
+    with model.width(width):
+        active = model.active_groups()
+    for d in model.structure:
+        for name in d.modules("out"):
+            assert plain.get_submodule(name).weight.shape[0] == active[d.name] * d.group_size
 
 
 def test_export_per_layer_width_and_calibrated_stats():
@@ -45,7 +48,7 @@ def test_export_per_layer_width_and_calibrated_stats():
     torch.testing.assert_close(plain(x), model(x, width=0.3), atol=1e-5, rtol=0)
     # calibrated statistics differ from the running ones: check the export really used them
     with torch.no_grad():
-        model.b1.clear_calibration(), model.b2.clear_calibration()
+        model.net.b1.clear_calibration(), model.net.b2.clear_calibration()
     assert (plain(x) - model(x, width=0.3)).abs().max() > 1e-3
     alloc = {"c1": 2, "c2": 4}
     model, x = cnn()
@@ -90,27 +93,19 @@ def test_saved_module_loads_with_torch_only(tmp_path, fmt):
 
 
 def _zoo():
-    from bnn_nested.models import NestedLeNet, NestedResNet
     from tests.deploy.helpers import trained_like
 
     x8 = torch.randn(6, 1, 8, 8)
-    lenet = NestedLeNet(
-        (1, 8, 8),
-        10,
-        channels=(8, 16, 32),
-        groups=4,
-        kept=1,
-        norm="batch",
-        weight_posterior="gaussian",
-    )
-    resnet = NestedResNet("20", (1, 8, 8), 10, groups=4, kept=1)
+    small = {"groups": 4, "kept": 1, "norm": "batch"}
+    lenet = zoo("lenet", (1, 8, 8), 10, hidden=[8, 16, 32], weight_posterior="gaussian", **small)
+    resnet = zoo("resnet", (1, 8, 8), 10, variant="20", **small)
     return [(trained_like(lenet, x8), x8), (trained_like(resnet, x8), x8)]
 
 
 @pytest.mark.slow
-def test_export_zoo_models_with_control_flow(tmp_path):
-    """LeNet (Gaussian weights: mean used) and ResNet-20 (shortcut slicing) go through the
-    leaf-swapping fallback; outputs and parameter counts still match, and the file reloads."""
+def test_export_zoo_models(tmp_path):
+    """LeNet (Gaussian weights: mean used) and ResNet-20 (residual streams): outputs and parameter
+    counts match, no Gaussian layer is left, and the file reloads."""
     for model, x in _zoo():
         for fold in (False, True):
             plain = export_width(model, 0.5, x, fold_batchnorm=fold)

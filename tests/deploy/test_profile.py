@@ -4,34 +4,31 @@ import json
 
 import pytest
 import torch
+from torch import nn
 
 from bnn_nested.cost import count_flops, count_params
-from bnn_nested.deploy.profile import PROFILE_FILE, masked_forward, profile_widths
+from bnn_nested.deploy.profile import PROFILE_FILE, profile_widths
 from bnn_nested.deploy.timing import _quantile, measure_latency
-from bnn_nested.nn import NestedConv2d, NestedLinear, NestedModel
-from tests.deploy.helpers import cnn, mlp
+from bnn_nested.nest import nestify
+from tests.deploy.helpers import mlp
 
 pytestmark = pytest.mark.filterwarnings("ignore:batch norm. no statistics calibrated")
 
 
-class One(NestedModel):
-    def __init__(self, layer):
-        super().__init__()
-        self.layer = layer
-
-    def forward_full(self, x):
-        return self.layer(x)
-
-
 def test_flops_of_sliced_linear_and_conv_match_formula():
-    # linear 10 -> 16 outputs in 8 groups, F=0; width 0.5 keeps 4 groups = 8 outputs.
-    lin = One(NestedLinear(10, 16, order_groups=8))
-    assert count_flops(lin, torch.zeros(3, 10), 0.5) == 2 * 3 * 10 * 8
-    # conv 4 -> 12 channels, 3x3, 6x6 input, padding 1: MACs = B*H*W*out*in*9
-    conv = One(NestedConv2d(4, 12, 3, padding=1, order_groups=4, kept=1))
-    # width 0.34: F + ceil(0.34 * 3) = 1 + 2 = 3 groups of 3 channels -> 9 outputs
-    assert count_flops(conv, torch.zeros(2, 4, 6, 6), 0.34) == 2 * 2 * 6 * 6 * 9 * 4 * 9
-    assert count_params(conv, torch.zeros(1, 4, 6, 6), 0.34) == 9 * 4 * 9 + 9
+    # linear 10 -> 16 outputs in 8 groups, F=0, then 16 -> 1; width 0.5 keeps 4 groups = 8 outputs
+    x = torch.zeros(3, 10)
+    lin = nestify(
+        nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 1)), x, groups=8, kept=0
+    )
+    assert count_flops(lin, x, 0.5) == 2 * 3 * (10 * 8 + 8 * 1)
+    # conv 4 -> 12 channels, 3x3, 6x6 input, padding 1 (MACs = B*H*W*out*in*9), then a 1x1 conv
+    # 12 -> 1; width 0.34: F + ceil(0.34 * 3) = 1 + 2 = 3 groups of 3 channels -> 9 channels
+    x = torch.zeros(2, 4, 6, 6)
+    net = nn.Sequential(nn.Conv2d(4, 12, 3, padding=1), nn.ReLU(), nn.Conv2d(12, 1, 1))
+    conv = nestify(net, x, groups=4, kept=1)
+    assert count_flops(conv, x, 0.34) == 2 * 2 * 6 * 6 * (9 * 4 * 9 + 1 * 9)
+    assert count_params(conv, x[:1], 0.34) == (9 * 4 * 9 + 9) + (9 + 1)
 
 
 def test_quantile_and_latency_stats():
@@ -43,14 +40,6 @@ def test_quantile_and_latency_stats():
     assert len(calls) == 7 and t.repeats == 5 and t.median_ms >= 0 and t.iqr_ms >= 0
     with pytest.raises(ValueError, match="repeats"):
         measure_latency(lambda x: x, torch.zeros(1), repeats=0)
-
-
-def test_masked_forward_equals_sliced():
-    model, x = cnn()
-    for w in (0.3, 0.7, 1.0):
-        torch.testing.assert_close(
-            masked_forward(model, w)(x), model(x, width=w), atol=1e-5, rtol=0
-        )
 
 
 def test_profile_widths_values_and_cache(tmp_path, monkeypatch):

@@ -5,14 +5,15 @@ import pytest
 import torch
 
 from bnn_nested.evaluation.prediction import predict
-from bnn_nested.models import NestedLeNet, NestedMLP
+from tests.zoo import mlp, zoo
 
 
 def _lenet(weight_posterior):
-    return NestedLeNet(
+    return zoo(
+        "lenet",
         (1, 8, 8),
         4,
-        (4, 8, 16),
+        hidden=[4, 8, 16],
         groups=4,
         kept=1,
         weight_posterior=weight_posterior,
@@ -31,7 +32,7 @@ def test_shape_and_single_sample_is_deterministic_mean_network():
 
 
 def _gaussian_mlp(init_log_alpha=-1.0):
-    model = NestedMLP(
+    model = mlp(
         3,
         2,
         hidden=[4],
@@ -41,15 +42,15 @@ def _gaussian_mlp(init_log_alpha=-1.0):
         init_log_alpha=init_log_alpha,
     ).eval()
     with torch.no_grad():  # larger weights: outputs far from uniform, a visible predictive spread
-        model.features[0].weight.mul_(4.0)
-        model.classifier.weight.mul_(4.0)
+        model.net.features[0].weight.mul_(4.0)
+        model.net.classifier.weight.mul_(4.0)
     return model
 
 
 def _mlp_draws_by_hand(model, x, samples, kept):
     """Independent Monte Carlo: ``samples`` networks with ``w = theta + sqrt(alpha) |theta| eps``
     (``q(w) = N(theta, alpha theta^2)``), using the first ``kept`` hidden units: ``(S, B, C)``."""
-    lin1, lin2 = model.features[0], model.classifier
+    lin1, lin2 = model.net.features[0], model.net.classifier
     g = torch.Generator().manual_seed(1234)
 
     def draw(layer, rows, cols):
@@ -87,7 +88,7 @@ def test_small_weight_noise_averages_to_the_mean_network():
     x = torch.randn(3, 3)
     p = predict(model, x, samples=64)
     with torch.no_grad():
-        mean_net = torch.softmax(model.classifier(torch.relu(model.features[0](x))), -1)
+        mean_net = torch.softmax(model.net.classifier(torch.relu(model.net.features[0](x))), -1)
     torch.testing.assert_close(p.mean(0), mean_net, atol=5e-3, rtol=0)
     assert not torch.equal(p[0], p[1])  # but still sampled
 
@@ -131,13 +132,13 @@ def test_chunking_gives_the_same_distribution(chunk):
 
 
 def test_keep_scaling_multiplies_by_keep_probabilities():
-    model = NestedMLP(3, 2, hidden=[4], groups=4, kept=1).eval()
-    unit = model.features[model.pairs[0][1]]
+    model = mlp(3, 2, hidden=[4], groups=4, kept=1).eval()
+    unit = model.unit("features.0")
     with torch.no_grad():
         unit.r.copy_(torch.tensor([2.0, 0.0, -1.0]))
     x = torch.randn(2, 3)
-    h = torch.relu(model.features[0](x)) * unit.channel_keep_probs()
-    expect = torch.softmax(model.classifier(h), -1)
+    h = torch.relu(model.net.features[0](x)) * unit.channel_keep_probs()
+    expect = torch.softmax(model.net.classifier(h), -1)
     torch.testing.assert_close(predict(model, x, keep_scaling=True)[0], expect)
     assert not unit.keep_scaling  # restored
     assert not torch.allclose(predict(model, x)[0], expect)

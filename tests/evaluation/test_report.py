@@ -12,7 +12,7 @@ from bnn_nested.data import hold_out_classes, load_digits
 from bnn_nested.evaluation.metrics import classification_report
 from bnn_nested.evaluation.prediction import predict
 from bnn_nested.evaluation.report import Report, evaluate, make_ood_sets
-from bnn_nested.models import NestedMLP
+from tests.zoo import mlp
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def digits():
 
 def _model(num_classes=10, dropout=0.0):
     torch.manual_seed(0)
-    return NestedMLP(64, num_classes, hidden=[32], groups=4, kept=1, dropout=dropout).eval()
+    return mlp(64, num_classes, hidden=[32], groups=4, kept=1, dropout=dropout).eval()
 
 
 def test_evaluate_matches_direct_metrics_and_counts_flops(digits):

@@ -17,7 +17,7 @@ from bnn_nested.evaluation.conformal import conformal_threshold
 from bnn_nested.evaluation.metrics import classification_report
 from bnn_nested.evaluation.prediction import predict
 from bnn_nested.evaluation.report import evaluate
-from bnn_nested.models import NestedMLP
+from tests.zoo import mlp
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def digits():
 
 def _model():
     torch.manual_seed(0)
-    return NestedMLP(64, 10, hidden=[32], groups=4, kept=1).eval()
+    return mlp(64, 10, hidden=[32], groups=4, kept=1).eval()
 
 
 def test_evaluate_applies_temperatures_and_reports_before(digits):

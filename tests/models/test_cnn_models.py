@@ -1,18 +1,18 @@
-"""LeNet / VGG / ResNet: shapes at several widths, slicing == zeroing in eval, registry, hooks."""
+"""LeNet / VGG / ResNet: shapes at several widths, masked == sliced in eval, registry, hooks."""
 
 import pytest
 import torch
 
 from bnn_nested.config import ModelConfig
-from bnn_nested.models import VGG, LeNet, NestedLeNet, NestedResNet, NestedVGG, ResNet, build_model
-from bnn_nested.models.resnet import add_at_width
-from bnn_nested.nest import NestifiedModel
-from bnn_nested.nn import recalibrate_bn
-from tests.nn.test_nested import _zeroing_hooks
+from bnn_nested.models import VGG, LeNet, ResNet, build_model
+from bnn_nested.nest import NestifiedModel, nestify, sliced_network
+from bnn_nested.nn import active_groups, recalibrate_bn
+from tests.zoo import zoo
 
 pytestmark = pytest.mark.filterwarnings("ignore::bnn_nested.nn.batchnorm.UncalibratedWidthWarning")
 
 SMALL_VGG = [8, "M", 16, "M", 16]
+SMALL = {"hidden": [8, 16, 32], "groups": 4, "kept": 1}  # LeNet's conv1, conv2 and fc widths
 
 
 def _cfg(**kw):
@@ -34,13 +34,15 @@ def _cfg(**kw):
 
 
 def _models():
+    """The zoo as a config builds it (``lenet28``: batch norm; ``lenet8``: flat inputs, Gaussian
+    weights; ``resnet``) and a small plain VGG plan nested by ``nestify`` (Gaussian weights)."""
+    x = torch.randn(2, 3, 8, 8)
+    vgg = VGG(SMALL_VGG, (3, 8, 8), 5, norm="batch")
     return {
-        "lenet28": NestedLeNet((1, 28, 28), 10, (8, 16, 32), groups=4, kept=1, norm="batch"),
-        "lenet8": NestedLeNet(
-            (64,), 10, (8, 16, 32), groups=4, kept=1, weight_posterior="gaussian"
-        ),
-        "vgg": NestedVGG(SMALL_VGG, (3, 8, 8), 5, groups=4, kept=1, weight_posterior="gaussian"),
-        "resnet": NestedResNet("20", (3, 8, 8), 5, groups=4, kept=1),
+        "lenet28": (zoo("lenet", (1, 28, 28), 10, **SMALL, norm="batch"), (1, 28, 28)),
+        "lenet8": (zoo("lenet", (64,), 10, **SMALL, weight_posterior="gaussian"), (64,)),
+        "vgg": (nestify(vgg, x, groups=4, kept=1, weight_posterior="gaussian"), (3, 8, 8)),
+        "resnet": (zoo("resnet", (3, 8, 8), 5, variant="20", groups=4, kept=1), (3, 8, 8)),
     }
 
 
@@ -53,63 +55,50 @@ def _warm_bn(model, shape):
 
 
 @pytest.mark.parametrize("name", ["lenet28", "lenet8", "vgg", "resnet"])
-def test_shapes_and_sliced_equals_zeroed_in_eval(name):
-    model = _models()[name]
-    shape = model.input_chw if name != "lenet8" else (64,)
+def test_shapes_and_masked_equals_sliced_in_eval(name):
+    """At every width the masked model computes what the physically sliced plain network does."""
+    model, shape = _models()[name]
     _warm_bn(model, shape)
     x = torch.randn((3,) + shape)
     for width in (0.25, 0.5, 1.0):
-        sliced = model(x, width=width)
-        assert sliced.shape == (3, model.classifier.out_features)
-        hooks = _zeroing_hooks(model, width)
-        zeroed = model(x)
-        for h in hooks:
-            h.remove()
-        torch.testing.assert_close(sliced, zeroed, atol=1e-5, rtol=1e-4)
+        masked = model(x, width=width)
+        assert masked.shape == (3, model.net.classifier.out_features)
+        sliced = sliced_network(model, width, x)(x)
+        torch.testing.assert_close(masked, sliced, atol=1e-5, rtol=1e-4)
 
 
-def test_first_layer_and_classifier_not_ordered_by_default():
-    m = NestedVGG(SMALL_VGG, (3, 8, 8), 5, groups=4, kept=1)
-    blocks = m.blocks()
-    assert blocks[0].ou is None and not blocks[0].conv.ordered
-    assert all(b.ou is not None for b in blocks[1:]) and not m.classifier.ordered
-    m2 = NestedVGG(
-        SMALL_VGG, (3, 8, 8), 5, groups=4, kept=1, order_first=True, order_classifier_input=False
-    )
-    assert m2.blocks()[0].ou is not None and m2.blocks()[-1].ou is None
-    r = NestedResNet("20", (3, 8, 8), 5, groups=4, kept=1, order_classifier_input=False)
-    assert r.blocks[-1].ou is None
+def test_first_layer_and_classifier_input_ordered_as_the_config_says():
+    vgg = dict(variant="11", groups=4, kept=1)
+    m = zoo("vgg", (3, 8, 8), 5, **vgg)
+    convs = [n for n, c in m.net.named_modules() if isinstance(c, torch.nn.Conv2d)]
+    assert (
+        len(convs) == 8 and m.dims() == convs[1:]
+    )  # the first layer is not ordered by default; the classifier never
+    dims = zoo("vgg", (3, 8, 8), 5, **vgg, order_first=True, order_classifier_input=False).dims()
+    assert dims == convs[:-1]
+    r = zoo("resnet", (3, 8, 8), 5, variant="20", groups=4, kept=1, order_classifier_input=False)
+    assert "blocks.6.block1.0" in r.dims() and "blocks.6.conv2" not in r.dims()  # stage 3's stream
     assert r(torch.randn(2, 3, 8, 8), width=0.25).shape == (2, 5)
 
 
-def test_residual_addition_slices_and_pads_the_shortcut():
-    main, sc = torch.ones(2, 3, 2, 2), torch.arange(5.0).view(1, 5, 1, 1).expand(2, 5, 2, 2)
-    out = add_at_width(main, sc)
-    assert out.shape == (2, 3, 2, 2) and torch.equal(out[0, :, 0, 0], torch.tensor([1.0, 2, 3]))
-    out = add_at_width(torch.ones(1, 4, 1, 1), torch.ones(1, 2, 1, 1))
-    assert out.flatten().tolist() == [2.0, 2.0, 1.0, 1.0]
-
-
 def test_model_hooks_name_real_modules():
-    r = NestedResNet("20", (3, 8, 8), 5, groups=4, kept=1)
+    r = zoo("resnet", (3, 8, 8), 5, variant="20", groups=4, kept=1, norm="batch")
     names = dict(r.named_modules())
     assert len(r.residual_blocks()) == 9
     assert all(n in names for b in r.residual_blocks() for n in b)
     assert all(n in names for n in r.norm_followed_weights())
-    assert "blocks.3.shortcut_conv" in r.norm_followed_weights()
-    v = NestedVGG("11", (3, 32, 32), 10, groups=32, kept=2)
+    assert "net.blocks.3.shortcut.0" in r.norm_followed_weights()
+    v = zoo("vgg", (3, 8, 8), 10, variant="11", groups=32, kept=2, norm="batch")
     assert len(v.norm_followed_weights()) == 8
-    lenet = NestedLeNet((1, 28, 28), 10, (8, 16, 32), groups=4, norm="batch")
-    assert lenet.norm_followed_weights() == ["conv1.conv", "conv2.conv", "fc"]
-    for m in (r, v, lenet):
-        layers = [layer for layer, _ in m.weight_kl_pairs()]
-        assert m.classifier in layers
+    lenet = zoo("lenet", (1, 28, 28), 10, **SMALL, norm="batch")
+    assert lenet.norm_followed_weights() == ["net.conv1.0", "net.conv2.0", "net.fc.0"]
 
 
 def test_vgg11_wide_channels_and_resnet18_builds():
-    v = NestedVGG("11-wide", (3, 32, 32), 10, groups=32, kept=2)
-    assert [b.conv.out_channels for b in v.blocks()] == [96, 192, 384, 384, 768, 768, 768, 768]
-    r = NestedResNet("18", (3, 32, 32), 10, groups=32, kept=2)
+    v = zoo("vgg", (3, 8, 8), 10, variant="11-wide", groups=32, kept=2).net
+    convs = [m.out_channels for m in v.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs == [96, 192, 384, 384, 768, 768, 768, 768]
+    r = zoo("resnet", (3, 8, 8), 10, variant="18", groups=32, kept=2).net
     assert r.classifier.in_features == 512 and len(r.blocks) == 8
 
 
@@ -139,41 +128,39 @@ def test_registry_builds_the_zoo_as_plain_networks_nested_by_nestify():
 
 
 @torch.no_grad()
-def test_nestified_lenet_computes_what_the_hand_nested_lenet_computes():
-    """The zoo rebuilt by nestify equals the hand-nested NestedLeNet with the same weights at every
-    width (eval, no norm)."""
+def test_nestified_lenet_computes_a_smaller_lenet_with_the_leading_weights():
+    """At every width the zoo's LeNet (no norm) equals a plain LeNet built with the kept channel
+    counts, holding the leading rows / columns of each weight (conv1 is not ordered; conv2 keeps
+    4 channels a group, fc 8 units a group; fc reads conv2's 7 x 7 map of each kept channel)."""
     torch.manual_seed(0)
-    old = NestedLeNet((1, 28, 28), 10, (8, 16, 32), groups=4, kept=1, norm="none").eval()
     new = build_model(_cfg(norm="none"), {}, (1, 28, 28), 10).eval()
-    names = {
-        "conv1.0": "conv1.conv",
-        "conv2.0": "conv2.conv",
-        "fc.0": "fc",
-        "classifier": "classifier",
-    }
-    for n_new, n_old in names.items():
-        new.net.get_submodule(n_new).weight.copy_(old.get_submodule(n_old).weight)
-        new.net.get_submodule(n_new).bias.copy_(old.get_submodule(n_old).bias)
+    net = new.net
     x = torch.randn(3, 1, 28, 28)
     for w in (0.25, 0.5, 0.75, 1.0):
-        torch.testing.assert_close(new(x, width=w), old(x, width=w), rtol=1e-5, atol=1e-5)
+        c2, fc = 4 * active_groups(w, 4, 1), 8 * active_groups(w, 4, 1)
+        small = LeNet((1, 28, 28), 10, (8, c2, fc)).eval()
+        small.conv1.load_state_dict(net.conv1.state_dict())
+        small.conv2[0].weight.copy_(net.conv2[0].weight[:c2])
+        small.conv2[0].bias.copy_(net.conv2[0].bias[:c2])
+        small.fc[0].weight.copy_(net.fc[0].weight[:fc, : c2 * 49])
+        small.fc[0].bias.copy_(net.fc[0].bias[:fc])
+        small.classifier.weight.copy_(net.classifier.weight[:, :fc])
+        small.classifier.bias.copy_(net.classifier.bias)
+        torch.testing.assert_close(new(x, width=w), small(x), rtol=1e-5, atol=1e-5)
 
 
 def test_calibrate_bn_on_resnet_and_gaussian_kl_finite():
-    r = NestedResNet("20", (3, 8, 8), 5, groups=4, kept=1, weight_posterior="gaussian")
+    r = zoo(
+        "resnet",
+        (3, 8, 8),
+        5,
+        variant="20",
+        groups=4,
+        kept=1,
+        norm="batch",
+        weight_posterior="gaussian",
+    )
     data = [(torch.randn(4, 3, 8, 8), torch.zeros(4)) for _ in range(2)]
     recalibrate_bn(r, data, widths=[0.25, 1.0], num_batches=2)
-    assert r.blocks[0].bn2.calibrated_channels() == [8, 16]
+    assert r.net.blocks[0].bn2.calib_width.tolist() == [0.25, 1.0]  # one row per width
     assert torch.isfinite(r.kl()) and r.kl() > 0
-
-
-def test_model_options_are_one_definition_with_per_model_defaults():
-    from bnn_nested.models import NestedLeNet, NestedResNet, NestedVGG
-
-    lenet = NestedLeNet((1, 8, 8), 4, (4, 8, 16), groups=4, kept=1)
-    assert lenet.conv2.ou.groups == 4 and lenet.conv2.ou.kept == 1
-    assert lenet.fc_bn is None  # LeNet's default: no batch norm
-    resnet = NestedResNet("20", (3, 8, 8), 5)
-    assert resnet.stem.ou is None or resnet.stem.ou.groups == 16  # ResNet's default groups
-    with pytest.raises(TypeError, match="unknown option 'group'; accepted: groups, kept"):
-        NestedVGG("11", (3, 8, 8), 5, group=4)

@@ -79,9 +79,7 @@ def test_lrt_examples_are_independent():
 
 def test_shared_noise_conv_shares_one_draw_across_locations():
     torch.manual_seed(7)
-    conv = NestedConv2d(
-        1, 1, 1, ordered=False, bias=False, weight_posterior="gaussian", init_log_alpha=-1.0
-    )
+    conv = NestedConv2d(1, 1, 1, bias=False, weight_posterior="gaussian", init_log_alpha=-1.0)
     set_weight_noise(conv, "shared")
     conv.train()
     x = torch.tensor([[[[1.0, -2.0]]]])  # one channel, two locations, 1x1 kernel

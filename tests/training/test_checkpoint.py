@@ -15,7 +15,6 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from bnn_nested.cli.main import main
 from bnn_nested.config import build_config
-from bnn_nested.models import NestedMLP
 from bnn_nested.training import checkpoint as ckpt
 from bnn_nested.training.checkpoint import (
     capture_rng_state,
@@ -25,6 +24,7 @@ from bnn_nested.training.checkpoint import (
 )
 from bnn_nested.training.samplers import build_sampler
 from bnn_nested.training.trainer import NonFiniteLossError, Trainer
+from tests.zoo import mlp
 
 TRAIN = [
     "train",
@@ -208,7 +208,7 @@ def _tiny_trainer(**train):
             "train": {"optimizer": "sgd", "lr": 0.1, **train},
         }
     )
-    model = NestedMLP(6, 3, [16], 4, 1, build_sampler(cfg.ordering).ordering_kwargs())
+    model = mlp(6, 3, [16], 4, 1, build_sampler(cfg.ordering).ordering_kwargs())
     return Trainer(model, cfg, n_train=32, quiet=True)
 
 

@@ -23,7 +23,6 @@ import yaml
 from torch.utils.data import DataLoader, TensorDataset
 
 from bnn_nested.config import build_config
-from bnn_nested.models import NestedMLP
 from bnn_nested.nn.ordering_unit import OrderingUnit
 from bnn_nested.runs.run import seed_everything
 from bnn_nested.training.distributed import (
@@ -34,6 +33,7 @@ from bnn_nested.training.distributed import (
 )
 from bnn_nested.training.samplers import build_sampler
 from bnn_nested.training.trainer import NonFiniteLossError, Trainer
+from tests.zoo import mlp
 
 N, GLOBAL_BATCH, EPOCHS = 128, 32, 3  # N divisible by the global batch: no padded last batch
 #: stated tolerance: the 2-process run averages two half-batch means (a different summation order)
@@ -62,7 +62,7 @@ def _dataset() -> TensorDataset:
 
 def _train(cfg, ctx: DistContext) -> Trainer:
     seed_everything(cfg.seed)  # the same seed on every rank
-    model = NestedMLP(6, 3, [16], 4, 1, build_sampler(cfg.ordering).ordering_kwargs())
+    model = mlp(6, 3, [16], 4, 1, build_sampler(cfg.ordering).ordering_kwargs())
     data = _dataset()
     sampler = EpochSampler(data, cfg.seed, ctx.rank, ctx.world_size)
     loader = DataLoader(
@@ -135,7 +135,7 @@ def _worker(rank: int, world: int, tmp: str, sampler: str, with_run: bool) -> No
     dist.destroy_process_group()
 
 
-#: ordering masks drawn per step (NestedMLP([16]): one ordering unit; sandwich draws none)
+#: ordering masks drawn per step (mlp([16]): one ordering unit; sandwich draws none)
 MASKS_PER_STEP = {"vou": 1, "nested_dropout": 1, "sandwich": 0}
 
 
@@ -161,7 +161,7 @@ def test_two_cpu_processes_match_one(tmp_path, sampler):
     m1 = torch.load(tmp_path / "model1.pt", weights_only=True)
     assert all(torch.equal(m0[k], m1[k]) for k in m0)
     single = _train(_cfg(sampler), DistContext()).model.state_dict()
-    start = NestedMLP(6, 3, [16], 4, 1, build_sampler(_cfg().ordering).ordering_kwargs())
+    start = mlp(6, 3, [16], 4, 1, build_sampler(_cfg().ordering).ordering_kwargs())
     moved = max(float((single[k] - start.state_dict()[k]).abs().max()) for k in single)
     assert moved > 1e-2  # training changed the weights, so agreement is not trivial
     for k in single:
@@ -428,7 +428,7 @@ def _unused_worker(rank: int, tmp: str) -> None:
     results = {}
     for spare in (False, True):
         seed_everything(cfg.seed)
-        model = NestedMLP(6, 3, [16], 4, 1, build_sampler(cfg.ordering).ordering_kwargs())
+        model = mlp(6, 3, [16], 4, 1, build_sampler(cfg.ordering).ordering_kwargs())
         if spare:  # a parameter no pass uses (e.g. a part of a user's network left out)
             model.spare = torch.nn.Linear(2, 2)
         data = _dataset()

@@ -12,10 +12,10 @@ from torch.distributions import RelaxedOneHotCategorical
 
 from bnn_nested.config import ConfigError, build_config
 from bnn_nested.distributions import categorical_kl, keep_probs_from_logits
-from bnn_nested.models import NestedMLP
 from bnn_nested.nn import NestedLinear, OrderingUnit, sparse_vd_kl
 from bnn_nested.training.samplers import build_sampler
 from bnn_nested.training.trainer import Trainer
+from tests.zoo import mlp
 
 N = 100
 
@@ -30,9 +30,7 @@ def _setup(sampler, weight_posterior="gaussian", **over):
     )
     torch.manual_seed(0)
     kw = build_sampler(cfg.ordering).ordering_kwargs()
-    model = NestedMLP(
-        6, 3, [16, 8], 4, 1, kw, weight_posterior=weight_posterior, init_log_alpha=-3.0
-    )
+    model = mlp(6, 3, [16, 8], 4, 1, kw, weight_posterior=weight_posterior, init_log_alpha=-3.0)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, NestedLinear):
@@ -40,6 +38,12 @@ def _setup(sampler, weight_posterior="gaussian", **over):
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(8, 6, generator=g), torch.randint(0, 3, (8,), generator=g)
     return cfg, model, x, y
+
+
+def _gaussian_layers(model):
+    """``(name, layer)`` of the Gaussian layers: ``features.0``, ``features.2`` (ordered outputs)
+    and ``classifier`` (outputs whole)."""
+    return [(n, m) for n, m in model.net.named_modules() if isinstance(m, NestedLinear)]
 
 
 def _channel_kl(layer):
@@ -54,7 +58,7 @@ def test_relaxed_unit_kl_is_the_log_ratio_at_the_sampled_mask():
         u.r.copy_(torch.linspace(4.0, -2.0, 5))
     u.train()
     torch.manual_seed(3)
-    u(torch.ones(1, 12))
+    u.sample_mask()
     s = u._last_sample._log_simplex.detach().double().exp()
     tau = torch.tensor(0.7, dtype=torch.float64)
     want = RelaxedOneHotCategorical(tau, logits=u.logits().detach().double()).log_prob(
@@ -72,7 +76,7 @@ def test_relaxed_unit_kl_averages_to_more_than_the_categorical_kl():
     torch.manual_seed(0)
     draws = []
     for _ in range(4000):
-        u(torch.ones(1, 8))
+        u.sample_mask()
         draws.append(u.kl().item())
     est = torch.tensor(draws)
     se = est.std().item() / math.sqrt(len(draws))
@@ -83,7 +87,7 @@ def test_relaxed_unit_kl_averages_to_more_than_the_categorical_kl():
 def test_hard_unit_kl_is_categorical():
     u = OrderingUnit(8, 4, 1, temperature=0.5, init=1.0, hard=True)
     u.train()
-    u(torch.ones(2, 8))
+    u.sample_mask()
     lq, lp = u.logits().log_softmax(-1), u.prior_logits.log_softmax(-1)
     assert u.kl().item() == pytest.approx((lq.exp() * (lq - lp)).sum().item(), rel=1e-6)
 
@@ -92,7 +96,7 @@ def test_fixed_sampler_weight_kl_counts_exactly_the_channels_of_its_width():
     for width, kept in ((1.0, [16, 8]), (0.5, [4 * (1 + 2), 2 * (1 + 2)])):
         cfg, model, x, y = _setup("fixed", fixed_width=width)
         parts = Trainer(model, cfg, n_train=N, quiet=True).loss(x, y)[1]
-        layers = [model.get_submodule(n) for n, m in model.nested_layers()]
+        layers = [m for _, m in _gaussian_layers(model)]
         want = sum(_channel_kl(m)[:k].sum() for m, k in zip(layers, kept + [3]))
         assert parts["kl"] == pytest.approx(want.item() / N, rel=1e-5), width
 
@@ -100,7 +104,7 @@ def test_fixed_sampler_weight_kl_counts_exactly_the_channels_of_its_width():
 def test_sandwich_weight_kl_counts_every_channel_fully():
     cfg, model, x, y = _setup("sandwich")
     parts = Trainer(model, cfg, n_train=N, quiet=True).loss(x, y)[1]
-    want = sum(_channel_kl(m).sum() for _, m in model.nested_layers())
+    want = sum(_channel_kl(m).sum() for _, m in _gaussian_layers(model))
     assert parts["kl"] == pytest.approx(want.item() / N, rel=1e-5)
 
 
@@ -108,9 +112,11 @@ def test_nested_dropout_weight_kl_is_weighted_by_the_masks_it_samples():
     cfg, model, x, y = _setup("nested_dropout", prior_pi=0.8)
     parts = Trainer(model, cfg, n_train=N, quiet=True).loss(x, y)[1]
     want = torch.zeros(())
-    for _, m in model.nested_layers():
+    for name, m in _gaussian_layers(model):
         kl = _channel_kl(m)
-        if m.ordered:  # geometric keep probabilities 0.8^k of the K = 3 ordered groups, 4 ch each
+        if (
+            name != "classifier"
+        ):  # geometric keep probabilities 0.8^k of the K = 3 ordered groups, 4 ch each
             keep = torch.tensor([1.0, 0.8, 0.64, 0.512]).repeat_interleave(kl.numel() // 4)
             kl = kl * keep
         want = want + kl.sum()
@@ -134,7 +140,7 @@ def test_trainer_step_keeps_parameters_in_range_with_gradients():
         tr.train_step(x, y)
     for _, u in model.ordering_units():
         assert u.r.abs().max().item() <= 5.0
-    for _, m in model.nested_layers():
+    for _, m in _gaussian_layers(model):
         assert -12.0 <= m.log_alpha.min().item() and m.log_alpha.max().item() <= 8.0
 
 
@@ -188,7 +194,7 @@ def test_log_alpha_exactly_at_a_bound_still_gets_its_gradient():
     so the clip inside the forward pass and the KL must pass the gradient straight through."""
     torch.manual_seed(0)
     for bound in (-12.0, 8.0):
-        lin = NestedLinear(4, 3, ordered=False, weight_posterior="gaussian", init_log_alpha=-3.0)
+        lin = NestedLinear(4, 3, weight_posterior="gaussian", init_log_alpha=-3.0)
         with torch.no_grad():
             lin.log_alpha.fill_(bound)
         lin.train()
@@ -204,11 +210,11 @@ def test_units_hold_no_sample_after_kl_or_eval_and_deep_copy():
     for hard in (False, True):
         u = OrderingUnit(8, 4, 0, hard=hard)
         u.train()
-        u(torch.ones(2, 8)).sum().backward()
+        u.sample_mask().sum().backward()
         copy.deepcopy(u)  # raised for a held non-leaf sample before
-        u(torch.ones(2, 8))
+        u.sample_mask()
         u.kl()
         assert u._last_sample is None
-        u(torch.ones(2, 8))
+        u.sample_mask()
         u.eval()
         assert u._last_sample is None

@@ -6,16 +6,15 @@ import torch
 from pyro.infer import SVI, TraceMeanField_ELBO
 
 from bnn_nested.config import build_config
-from bnn_nested.models import NestedMLP
-from bnn_nested.nn import NestedLinear
 from bnn_nested.training.pyro_svi import PyroNestedModel
 from bnn_nested.training.samplers import build_sampler
 from bnn_nested.training.trainer import Trainer
+from tests.zoo import mlp
 
 N = 200
 
 
-def _setup(gaussian_classifier: bool):
+def _setup(gaussian: bool):
     cfg = build_config(
         {
             "model": {"hidden": [8, 8], "groups": 4, "kept": 1},
@@ -24,14 +23,11 @@ def _setup(gaussian_classifier: bool):
         }
     )
     torch.manual_seed(0)
-    model = NestedMLP(5, 3, [8, 8], 4, 1, build_sampler(cfg.ordering).ordering_kwargs())
+    weights = {"weight_posterior": "gaussian", "init_log_alpha": -1.0} if gaussian else {}
+    model = mlp(5, 3, [8, 8], 4, 1, build_sampler(cfg.ordering).ordering_kwargs(), **weights)
     for _, u in model.ordering_units():
         with torch.no_grad():
             u.r.copy_(torch.randn(3) * 2)
-    if gaussian_classifier:  # after the last mask, so the random draws come in the same order
-        model.classifier = NestedLinear(
-            8, 3, ordered=False, weight_posterior="gaussian", init_log_alpha=-1.0
-        )
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(16, 5, generator=g), torch.randint(0, 3, (16,), generator=g)
     return cfg, model, x, y
@@ -76,7 +72,7 @@ def test_svi_trains_the_ordering_and_weights():
 
 
 def test_rejects_per_example_masks():
-    model = NestedMLP(5, 3, [8], 4, 1, {"per_example": True})
+    model = mlp(5, 3, [8], 4, 1, {"per_example": True})
     with pytest.raises(ValueError, match="per_example"):
         PyroNestedModel(model, n_train=10)
 

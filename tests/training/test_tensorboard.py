@@ -78,7 +78,7 @@ def test_event_files_hold_the_listed_tags(tmp_path):
     assert acc.Scalars("val/acc/w1")[-1].value == pytest.approx(history[-1]["val_acc"], rel=1e-6)
     # keep probabilities: one histogram per ordering unit, and the image
     units = [t for t in tags["histograms"] if t.startswith("keep_probs/")]
-    assert len(units) == 1  # NestedMLP([16]): one ordering unit
+    assert len(units) == 1  # mlp([16]): one ordering unit
     assert [e.step for e in acc.Histograms(units[0])] == list(range(1, EPOCHS + 1))
     assert [e.step for e in acc.Images("keep_probs")] == list(range(1, EPOCHS + 1))
 

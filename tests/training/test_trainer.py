@@ -5,9 +5,9 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from bnn_nested.config import build_config
-from bnn_nested.models import NestedMLP
 from bnn_nested.training.samplers import SAMPLERS, build_sampler, kl_weight_at, temperature_at
 from bnn_nested.training.trainer import NonFiniteLossError, Trainer
+from tests.zoo import mlp
 
 
 def _data(n=64, d=6, c=3, seed=0):
@@ -28,7 +28,7 @@ def _setup(sampler="vou", seed=0, **over):
         }
     )
     torch.manual_seed(seed)
-    model = NestedMLP(6, 3, [16], 4, 1, build_sampler(cfg.ordering).ordering_kwargs())
+    model = mlp(6, 3, [16], 4, 1, build_sampler(cfg.ordering).ordering_kwargs())
     return cfg, model
 
 
@@ -94,10 +94,10 @@ def test_ordering_parameters_learn(hard, epochs):
     """With a strong KL weight toward a geometric prior, keep probabilities move toward the prior
     (hard masks: exact categorical KL; relaxed masks: its Monte-Carlo estimate, noisier)."""
     cfg, model = _setup(kl_weight=200.0, prior_pi=0.5, lr=0.05, hard=hard)
-    before = model.keep_probs()["features.2"].clone()
+    before = model.keep_probs()["features.0"].clone()
     loader = DataLoader(_data(), batch_size=16)
     Trainer(model, cfg, n_train=64, quiet=True).fit(loader, epochs=epochs)
-    after = model.keep_probs()["features.2"]
+    after = model.keep_probs()["features.0"]
     assert (after < before - 0.05).all(), (before, after)
 
 
@@ -124,7 +124,7 @@ def test_trainer_runs_from_typed_settings_on_plain_loaders():
 
     torch.manual_seed(0)
     ordering = OrderingConfig(sampler="nested_dropout")
-    model = NestedMLP(6, 3, [16], 4, 1, build_sampler(ordering).ordering_kwargs())
+    model = mlp(6, 3, [16], 4, 1, build_sampler(ordering).ordering_kwargs())
     data = _data(n=48)
     tr = Trainer(model, TrainConfig(epochs=2, lr=1e-2), ordering, quiet=True)
     with pytest.raises(ValueError, match="n_train"):
@@ -152,7 +152,7 @@ def test_fp16_on_cpu_is_refused_once_with_the_field_named():
         Precision("fp16", torch.device("cpu"))
     cfg = TrainConfig(precision="fp16", device="auto")  # statically fine; resolves to the CPU here
     with pytest.raises(ValueError, match=r"train.precision: 'fp16' needs CUDA"):
-        Trainer(NestedMLP(6, 3, [16], 4, 1, {}), cfg, n_train=8)
+        Trainer(mlp(6, 3, [16], 4, 1, {}), cfg, n_train=8)
 
 
 def test_a_stop_at_the_end_of_the_last_epoch_names_that_epoch():
