@@ -228,6 +228,17 @@ def report(res: dict) -> str:
                 f"{max(r['max_change_log_alpha'] for r in runs):.3f} | "
                 f"{_ms([100 * r['test_acc'] for r in runs], 1)} |"
             )
+    if res.get("warmups"):
+        lines += [
+            "",
+            f"KL warm-up length (epochs of {a['epochs']}), seed 0, final E[groups] per layer of the recipe:",
+            "",
+            "| teacher | " + " | ".join(f"{w} epochs" for w in a["warmups"]) + " |",
+            "|---|" + "---:|" * len(a["warmups"]),
+        ]
+        for t, row in res["warmups"].items():
+            cells = [" / ".join(f"{v:.2f}" for v in row[str(w)].values()) for w in a["warmups"]]
+            lines.append(f"| {t} | " + " | ".join(cells) + " |")
     if res.get("step_sizes"):
         lines += [
             "",
@@ -276,6 +287,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--n-test", type=int, default=4000)
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--step-sizes", action="store_true", help="item 2: 4x smaller / larger steps")
+    p.add_argument(
+        "--warmups",
+        type=lambda t: [int(v) for v in t.split(",")],
+        default=[],
+        help="also retrain the recipe (seed 0) with these KL warm-up lengths, e.g. 5,10,15: "
+        "does the final width depend on where the warm-up left the network?",
+    )
     p.add_argument("--quick", action="store_true", help="1 seed, 6 epochs, 1000 points")
     p.add_argument("--out", type=Path)
     a = p.parse_args(argv)
@@ -285,6 +303,7 @@ def main(argv: list[str] | None = None) -> dict:
     res: dict = {"args": {**vars(a), "out": str(a.out)}, "methods": a.methods, "plain": {}}
     res["runs"] = {k: {} for k in a.methods}
     res["step_sizes"] = {}
+    res["warmups"] = {}
     t0 = time.perf_counter()
     for t in a.teachers:
         m, c, hidden, plains = TEACHERS[t]
@@ -298,6 +317,15 @@ def main(argv: list[str] | None = None) -> dict:
                 student(base + METHODS[method] + [f"seed={s}"], d, c) for s, d in enumerate(datas)
             ]
             print(f"[done] {t} {method} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+        if a.warmups:
+            no_warmup = [o for o in LEARNED if not o.startswith("ordering.kl_warmup_epochs")]
+            res["warmups"][t] = {
+                str(w): student(
+                    base + no_warmup + [f"ordering.kl_warmup_epochs={w}", "seed=0"], datas[0], c
+                )["groups"]
+                for w in a.warmups
+            }
+            print(f"[done] {t} warm-ups ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
         if a.step_sizes and "vou coordinate + newton" in a.methods:
             res["step_sizes"][t] = {
                 k: student(base + LEARNED + v + ["seed=0"], datas[0], c)["groups"]
