@@ -910,8 +910,11 @@ def _add_fused_heads(structure, name, tail, modules, groups, kept, exclude) -> N
     The heads dimension has two members: the projection's rows (role ``out``: row
     ``i * H d + h d + j`` belongs to head ``h``) and the output projection's columns (role ``in``:
     the consumer whose input mask drops a head). Only the layout of timm's ``Attention`` is
-    accepted: a parent module with ``num_heads == H`` and ``head_dim == d``, exactly one other
-    linear child reading ``H d`` features, and no norm between the heads and that projection."""
+    accepted: a parent module with ``num_heads == H`` and ``head_dim == d`` (or none), exactly one
+    other linear child reading ``H d`` features, and no norm between the heads and that projection.
+    The parent's own parameters whose last dimension is ``H`` (Swin's relative position bias
+    table) are per-head and cut with the heads (:func:`~bnn_nested.nest.slicing.sliced_network`);
+    the conversion check refuses a layout where that guess is wrong."""
     key = f"{name}.heads"
     parent_name = name.rpartition(".")[0]
     parent = modules.get(parent_name)
@@ -931,7 +934,7 @@ def _add_fused_heads(structure, name, tail, modules, groups, kept, exclude) -> N
     norm = getattr(parent, "norm", None)
     if (
         getattr(parent, "num_heads", None) != h
-        or getattr(parent, "head_dim", None) != d
+        or getattr(parent, "head_dim", d) != d  # Swin's WindowAttention keeps no head_dim
         or len(outs) != 1
         or not (norm is None or isinstance(norm, nn.Identity))
         or qkv.out_features != 3 * h * d

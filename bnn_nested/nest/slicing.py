@@ -169,11 +169,19 @@ def _cut_fused_heads(net: nn.Module, d, n: int) -> None:
     replace_module(net, qkv.module, _linear_like(a, a.weight[keep_rows], _rows(a.bias, keep_rows)))
     replace_module(net, proj.module, _linear_like(b, b.weight[:, keep_cols], b.bias))
     parent = net.get_submodule(qkv.module.rpartition(".")[0])
-    heads = int(len(torch.unique(qkv.root[qkv.group < n])))
+    kept = torch.unique(qkv.root[qkv.group < n])  # the kept heads, in order
+    heads = int(len(kept))
+    for name, p in list(parent.named_parameters(recurse=False)):
+        if p.dim() >= 1 and p.shape[-1] == d.size:  # per-head (Swin's relative position bias)
+            setattr(
+                parent,
+                name,
+                nn.Parameter(p.detach()[..., kept.to(p.device)].clone(), p.requires_grad),
+            )
     parent.num_heads = heads
     for attr in ("attn_dim", "split_size"):  # timm's Attention, GPT-2's attention
         if isinstance(getattr(parent, attr, None), int):
-            setattr(parent, attr, heads * parent.head_dim)
+            setattr(parent, attr, heads * (a.out_features // (3 * d.size)))
 
 
 def _rows(t: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | None:
