@@ -64,7 +64,7 @@ from bnn_nested.io import (
 from bnn_nested.models import build_model
 from bnn_nested.nn.batchnorm import nested_norms
 from bnn_nested.nn.model import NestedModel
-from bnn_nested.runs.run import read_run_checkpoint
+from bnn_nested.runs.runfiles import read_run_checkpoint
 from bnn_nested.training.checkpoint import (
     CheckpointError,
     nonfinite_tensors,
@@ -150,7 +150,7 @@ def from_run(
 ) -> Pretrained:
     """The trained model of a run directory (its checkpoint, read with ``weights_only``, and its
     stored temperatures); the data set is not loaded. A run whose config imports modules is
-    refused unless ``allow_import`` (:func:`~bnn_nested.runs.run.check_run_imports`).
+    refused unless ``allow_import`` (:func:`~bnn_nested.runs.build.check_run_imports`).
 
     Raises:
         FileNotFoundError: no such directory.
