@@ -1,6 +1,6 @@
 """A trained run read back: :func:`load_run` rebuilds the model, its config and its data splits
 from a run directory as a :class:`LoadedRun`, which predicts with the run's stored temperatures
-and reports how the run's files differ from its checkpoint."""
+(:class:`~bnn_nested.runs.calibrated.CalibratedPredictor`) and reports how the run's files differ from its checkpoint."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from bnn_nested.config import Config
 from bnn_nested.data import DataSplits, load_dataset
 from bnn_nested.evaluation.calibration import (
     TEMPERATURE_FILE,
-    calibrated_predict,
     load_temperatures,
     temperature_for,
 )
@@ -23,6 +22,7 @@ from bnn_nested.io import first_line
 from bnn_nested.nest import NestifiedModel
 from bnn_nested.runs.batchnorm import recalibrate_bn_widths
 from bnn_nested.runs.build import build_model_for
+from bnn_nested.runs.calibrated import CalibratedPredictor
 from bnn_nested.runs.runfiles import CHECKPOINT, CONFIG, check_temperature_file, read_run_checkpoint
 from bnn_nested.safeyaml import read_text_file, safe_load
 from bnn_nested.training.checkpoint import CheckpointError
@@ -32,7 +32,7 @@ UNREADABLE = "<unreadable>"
 
 
 @dataclass
-class LoadedRun:
+class LoadedRun(CalibratedPredictor):
     model: NestifiedModel
     config: Config
     splits: DataSplits
@@ -53,14 +53,10 @@ class LoadedRun:
             step = -1  # matches no fit: stored temperatures are ignored (with a warning)
         return load_temperatures(self.run_dir, step)
 
-    def predict(
-        self, x: torch.Tensor, width: float, samples: int | None = None, calibrated: bool = True
-    ) -> torch.Tensor:
-        """``(S, B, C)`` probabilities at ``width`` (``samples`` default ``eval.samples``), with
-        the run's stored temperature of that width applied when ``calibrated``."""
-
-        t = temperature_for(self.temperatures(), width) if calibrated else 1.0
-        return calibrated_predict(self.model, x, width, samples or self.config.eval.samples, t)
+    def temperature(self, width: float) -> float:
+        """``T`` of ``width`` stored in the run (1.0 when none was fitted for it); what
+        :meth:`~bnn_nested.runs.calibrated.CalibratedPredictor.predict` applies."""
+        return temperature_for(self.temperatures(), width)
 
     def samples_identical(self, width: float = 1.0, n: int = 16) -> bool:
         """Whether the model's Monte-Carlo samples are all the same network (point weights and no
