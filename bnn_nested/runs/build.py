@@ -25,6 +25,8 @@ from bnn_nested.training.tensorboard import require_tensorboard
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, torch's and numpy's generators: the same ``seed`` on every rank gives the
+    same masks and widths on all of them."""
     random.seed(seed)
     torch.manual_seed(seed)
     try:

@@ -1,6 +1,7 @@
 """A trained run read back: :func:`load_run` rebuilds the model, its config and its data splits
 from a run directory as a :class:`LoadedRun`, which predicts with the run's stored temperatures
-(:class:`~bnn_nested.runs.calibrated.CalibratedPredictor`) and reports how the run's files differ from its checkpoint."""
+(:class:`~bnn_nested.runs.calibrated.CalibratedPredictor`) and says how the run's files differ
+from its checkpoint."""
 
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ UNREADABLE = "<unreadable>"
 
 @dataclass
 class LoadedRun(CalibratedPredictor):
+    """A run's trained model with its config, data splits and checkpoint (:func:`load_run`)."""
+
     model: NestifiedModel
     config: Config
     splits: DataSplits
