@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from bnn_nested.config import load_config
 from bnn_nested.deploy.allocation import pareto_front, plot_sweep, sweep, threshold_allocation
 from bnn_nested.nn.batchnorm import nested_norms, recalibrate_bn
-from bnn_nested.runs.run import load_run, train_run
+from bnn_nested.runs import load_run, train_run
 
 THRESHOLDS = [0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0]
 UNIFORM = [0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0]

@@ -9,7 +9,7 @@ import torch
 
 from bnn_nested.config import load_config
 from bnn_nested.evaluation.report import evaluate
-from bnn_nested.runs.run import load_run, train_run
+from bnn_nested.runs import load_run, train_run
 
 torch.set_num_threads(1)
 res = {}

@@ -36,7 +36,7 @@ from bnn_nested.config import build_config
 from bnn_nested.evaluation.report import evaluate, evaluate_widths
 from bnn_nested.models import build_model
 from bnn_nested.nest import load_plain_weights, order_by_importance, plain_copy
-from bnn_nested.runs.run import load_run, recalibrate_bn_widths, train_run
+from bnn_nested.runs import load_run, recalibrate_bn_widths, train_run
 from bnn_nested.training.samplers import build_sampler
 
 WIDTHS = [0.25, 0.5, 0.75, 1.0]

@@ -23,7 +23,7 @@ import torch
 
 from bnn_nested.config import load_config
 from bnn_nested.evaluation import evaluate
-from bnn_nested.runs.run import load_run, train_run
+from bnn_nested.runs import load_run, train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = [

@@ -32,7 +32,7 @@ import torch
 from bnn_nested.config import build_config
 from bnn_nested.evaluation import evaluate
 from bnn_nested.nn.bayes import LOG_ALPHA_MAX, LOG_ALPHA_MIN
-from bnn_nested.runs.run import load_run, train_run
+from bnn_nested.runs import load_run, train_run
 
 WIDTHS = [0.25, 0.5, 0.75, 1.0]
 MODEL = {

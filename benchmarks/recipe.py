@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader
 from bnn_nested.config import build_config
 from bnn_nested.evaluation.report import evaluate
 from bnn_nested.nn.batchnorm import nested_norms, recalibrate_bn
-from bnn_nested.runs.run import load_run, train_run
+from bnn_nested.runs import load_run, train_run
 
 WIDTHS = [0.25, 0.5, 0.75, 1.0]
 LR = {"digits": 1e-3, "mnist5k": 2e-3}

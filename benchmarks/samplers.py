@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from bnn_nested.config import load_config
 from bnn_nested.evaluation.report import evaluate_widths
 from bnn_nested.nn import recalibrate_bn
-from bnn_nested.runs.run import load_run, train_run
+from bnn_nested.runs import load_run, train_run
 
 WIDTHS = [0.25, 0.5, 0.75, 1.0]
 SAMPLERS = ["vou", "nested_dropout", "sandwich", "fixed"]

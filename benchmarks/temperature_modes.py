@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from bnn_nested.evaluation.calibration import TEMPERATURE_MODES, apply_temperature, fit_temperature
 from bnn_nested.evaluation.metrics import classification_report, mutual_information
 from bnn_nested.evaluation.prediction import predict_loader
-from bnn_nested.runs.run import load_run
+from bnn_nested.runs import load_run
 
 KEYS = ("cal/ece", "cls/nll", "cls/acc")
 

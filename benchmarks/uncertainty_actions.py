@@ -47,7 +47,8 @@ from bnn_nested.evaluation.conformal import (
 from bnn_nested.evaluation.metrics import classification_report, mean_probs
 from bnn_nested.evaluation.prediction import predict_loader
 from bnn_nested.evaluation.selective import aurc, selective_score
-from bnn_nested.runs.run import CHECKPOINT, load_run, train_run
+from bnn_nested.runs import load_run, train_run
+from bnn_nested.runs.runfiles import CHECKPOINT
 
 WIDTHS = [0.25, 0.5, 0.75, 1.0]
 ALPHAS = [0.05, 0.1]

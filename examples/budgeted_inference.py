@@ -21,8 +21,8 @@ from bnn_nested.deploy.export import export_width
 from bnn_nested.deploy.runtime import MicroBatched
 from bnn_nested.deploy.select import Constraints, select_width
 from bnn_nested.deploy.serialize import load_exported, save_exported
+from bnn_nested.runs import load_run, train_run
 from bnn_nested.runs.deployment import run_candidates
-from bnn_nested.runs.run import load_run, train_run
 
 warnings.filterwarnings("ignore", message="batch norm: no statistics calibrated")
 CONFIG = Path(__file__).parents[1] / "configs" / "digits_mlp.yaml"

@@ -13,7 +13,7 @@ import argparse
 
 from bnn_nested.config import build_config
 from bnn_nested.evaluation.report import evaluate
-from bnn_nested.runs.run import load_run, train_run
+from bnn_nested.runs import load_run, train_run
 
 
 def main(argv: list[str] | None = None) -> None:

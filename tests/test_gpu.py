@@ -90,7 +90,8 @@ def test_cuda_training_step(precision):
 @needs_cuda
 def test_cuda_run_uses_pinned_memory_and_resumes(tmp_path):
     from bnn_nested.data import load_dataset
-    from bnn_nested.runs.run import make_loaders, resume_run, train_run
+    from bnn_nested.runs.build import make_loaders
+    from bnn_nested.runs.run import resume_run, train_run
     from bnn_nested.training.checkpoint import load_checkpoint, save_checkpoint
 
     cfg = build_config({**TINY, "train": {"epochs": 2, "device": "cuda", "precision": "bf16"}})

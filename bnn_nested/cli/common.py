@@ -44,7 +44,7 @@ def note_unfinished(loaded, run_dir) -> None:
     if text:
         print(f"bnn-nested: note: {text}", file=sys.stderr)
     edits = loaded.config_edits()
-    if edits == ["<unreadable>"]:  # runs.run.UNREADABLE (not imported: that imports torch)
+    if edits == ["<unreadable>"]:  # runs.loaded.UNREADABLE (not imported: that imports torch)
         text = (
             f"{run_dir}/config.yaml is not a readable YAML mapping; the config the checkpoint "
             "was trained with is used"

@@ -109,7 +109,7 @@ def run(args) -> int:
     from bnn_nested.evaluation.report import (
         evaluate,  # deferred: imports torch; --help and usage errors stay fast
     )
-    from bnn_nested.runs.run import (
+    from bnn_nested.runs.loaded import (
         load_run,  # deferred: imports torch; --help and usage errors stay fast
     )
 

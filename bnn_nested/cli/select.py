@@ -90,7 +90,7 @@ def run(args) -> int:
     from bnn_nested.runs.deployment import (
         run_candidates,  # deferred: imports torch; --help and usage errors stay fast
     )
-    from bnn_nested.runs.run import (
+    from bnn_nested.runs.loaded import (
         load_run,  # deferred: imports torch; --help and usage errors stay fast
     )
 

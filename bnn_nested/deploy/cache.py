@@ -1,7 +1,7 @@
 """Caches inside a run directory (``deploy/val_metrics.json``, ``deploy/profile.json``).
 
 Every entry records the checkpoint it was computed from (``{"step", "sha256"}`` of
-``checkpoint.pt``, :attr:`~bnn_nested.runs.run.LoadedRun.checkpoint_id`); an entry from another
+``checkpoint.pt``, :attr:`~bnn_nested.runs.loaded.LoadedRun.checkpoint_id`); an entry from another
 checkpoint is stale and is recomputed (and dropped on the next write), so ``select`` after a resumed
 run uses the final checkpoint's numbers. A cache file that is corrupt, not JSON or of the wrong
 shape is ignored with a one-line note naming it, and rewritten.

@@ -29,7 +29,7 @@ validation NLL.
 
 In a run directory the temperatures live in ``calibration/temperature.json`` (keyed by width, with
 the checkpoint step, the mode and the number of MC samples they were fitted with); ``evaluate``,
-``select``, the cascade, :meth:`~bnn_nested.runs.run.LoadedRun.predict` and export read them from
+``select``, the cascade, :meth:`~bnn_nested.runs.loaded.LoadedRun.predict` and export read them from
 there.
 
 Example::

@@ -4,7 +4,9 @@ directory (safetensors + config.json) made from one."""
 
 from __future__ import annotations
 
+from bnn_nested.runs.batchnorm import recalibrate_bn_widths
 from bnn_nested.runs.deployment import cascade_run, run_candidates
+from bnn_nested.runs.loaded import LoadedRun, load_run
 from bnn_nested.runs.pretrained import (
     Pretrained,
     PretrainedError,
@@ -12,7 +14,7 @@ from bnn_nested.runs.pretrained import (
     from_run,
     save_pretrained,
 )
-from bnn_nested.runs.run import LoadedRun, load_run, recalibrate_bn_widths, resume_run, train_run
+from bnn_nested.runs.run import resume_run, train_run
 from bnn_nested.runs.rundir import RunExistsError, RunLock, RunLockedError
 
 __all__ = [

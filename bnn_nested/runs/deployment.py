@@ -23,7 +23,7 @@ from bnn_nested.deploy.select import VAL_METRICS_FILE, Candidate
 from bnn_nested.evaluation.ood import check_scores
 from bnn_nested.evaluation.report import evaluate_widths
 from bnn_nested.io import is_number
-from bnn_nested.runs.run import load_run
+from bnn_nested.runs.loaded import load_run
 
 __all__ = ["cascade_run", "run_candidates"]
 
@@ -50,8 +50,8 @@ def run_candidates(
     the validation probabilities first (the ECE is then the calibrated one).
     Both caches are keyed by the run's checkpoint (:mod:`bnn_nested.deploy.cache`): after the run
     changed (e.g. ``--resume`` finished it) they are recomputed. ``loaded``: the
-    :class:`~bnn_nested.runs.run.LoadedRun` of ``run_dir`` if the caller has it already;
-    ``allow_import``: :func:`~bnn_nested.runs.run.load_run`'s.
+    :class:`~bnn_nested.runs.loaded.LoadedRun` of ``run_dir`` if the caller has it already;
+    ``allow_import``: :func:`~bnn_nested.runs.loaded.load_run`'s.
 
     Latencies are timed once and then replayed from the cache, with a note on stderr saying when
     they were measured (a timing taken on a busy machine would otherwise be kept silently);
@@ -165,7 +165,7 @@ def cascade_run(
     """:func:`cascade_report` for a run directory (``bnn-nested cascade RUN``): widths default to
     ``eval.widths``, samples to ``eval.samples``; the run's stored temperatures are applied when
     ``temperature``; FLOPs per width from :func:`~bnn_nested.cost.count_flops`; ``allow_import``:
-    :func:`~bnn_nested.runs.run.load_run`'s."""
+    :func:`~bnn_nested.runs.loaded.load_run`'s."""
     run = load_run(run_dir, allow_import=allow_import)
     check_scores([score], "--score", probabilities=True)  # a user's, registered by its imports
     require_val(run, run_dir, "cascade chooses its threshold on validation data")

@@ -30,7 +30,8 @@ Example::
 
     from_run("runs/demo").save_pretrained("shared/demo")       # bnn-nested export-weights
     pre = from_pretrained("shared/demo")                        # anywhere, no run needed
-    probs = pre.predict(x, width=0.5)      # (S, B, C), calibrated, S = the temperature's own S
+    probs = pre.predict(x, width=0.5)      # (S, B, C), calibrated; S = the temperature's own S,
+                                           # else config.eval.samples
 """
 
 from __future__ import annotations
@@ -48,7 +49,6 @@ from bnn_nested.config import Config, ConfigError, build_config, import_trusted
 from bnn_nested.evaluation.calibration import (
     TEMPERATURE_MODES,
     Temperature,
-    calibrated_predict,
     load_temperatures,
     temperature_for,
     width_key,
@@ -64,7 +64,8 @@ from bnn_nested.io import (
 from bnn_nested.models import build_model
 from bnn_nested.nn.batchnorm import nested_norms
 from bnn_nested.nn.model import NestedModel
-from bnn_nested.runs.run import read_run_checkpoint
+from bnn_nested.runs.calibrated import CalibratedPredictor
+from bnn_nested.runs.runfiles import read_run_checkpoint
 from bnn_nested.training.checkpoint import (
     CheckpointError,
     nonfinite_tensors,
@@ -96,8 +97,9 @@ class PretrainedError(ValueError):
 
 
 @dataclass
-class Pretrained:
-    """A trained nested model with its config, input shape, class count and temperatures."""
+class Pretrained(CalibratedPredictor):
+    """A trained nested model with its config, input shape, class count and temperatures;
+    :meth:`~bnn_nested.runs.calibrated.CalibratedPredictor.predict` applies them."""
 
     model: NestedModel
     config: Config
@@ -118,25 +120,6 @@ class Pretrained:
         keys = {float(k) for bn in nested_norms(self.model) for k in bn.calib_width.tolist()}
         return sorted(k for k in keys if 0.0 < k <= 1.0)
 
-    def predict(
-        self,
-        x: torch.Tensor,
-        width: float,
-        samples: int | None = None,
-        calibrated: bool = True,
-    ) -> torch.Tensor:
-        """``(S, B, C)`` probabilities at ``width``; the stored temperature of that width applied
-        (in its mode; ``(1, B, C)`` for a ``pooled`` one) when ``calibrated``.
-
-        ``samples`` defaults to the number of Monte-Carlo samples the temperature was fitted with
-        (1 without a calibrated temperature or when unknown): a temperature calibrates only that
-        sample count, and applying it at another warns
-        (docs/METHODS.md#temperature-scaling-per-width)."""
-        t = self.temperature(width) if calibrated else 1.0
-        if samples is None:
-            samples = getattr(t, "samples", None) or 1
-        return calibrated_predict(self.model, x, width, samples, t)
-
     def save_pretrained(self, out_dir: str | Path, overwrite: bool = False) -> Path:
         """:func:`save_pretrained` of this model."""
         return save_pretrained(self, out_dir, overwrite)
@@ -150,7 +133,7 @@ def from_run(
 ) -> Pretrained:
     """The trained model of a run directory (its checkpoint, read with ``weights_only``, and its
     stored temperatures); the data set is not loaded. A run whose config imports modules is
-    refused unless ``allow_import`` (:func:`~bnn_nested.runs.run.check_run_imports`).
+    refused unless ``allow_import`` (:func:`~bnn_nested.runs.build.check_run_imports`).
 
     Raises:
         FileNotFoundError: no such directory.

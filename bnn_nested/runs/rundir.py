@@ -3,7 +3,8 @@
 * **Marker.** ``train`` writes :data:`MARKER` (a small JSON file) before anything else. A directory
   is a *run* when it holds the marker, or ``config.yaml`` and ``checkpoint.pt`` (runs written before
   the marker existed). ``--overwrite`` replaces only a run whose entries are all ones that
-  bnn-nested writes (:data:`RUN_ENTRIES`); anything else is refused and left as it was.
+  bnn-nested writes (:data:`RUN_ENTRIES`); anything else is refused and left as it was
+  (:func:`check_run_dir`; :func:`prepare_run_dir` marks and clears it under the lock).
 * **Lock.** Training, resuming and overwriting hold an advisory lock (``fcntl.flock``) on
   :data:`LOCK` inside the run for as long as they write it; a second writer fails at once with one
   line naming the holder's process id. The lock file stays (removing it would race with a waiting
@@ -212,3 +213,34 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def check_run_dir(out: str | Path, overwrite: bool = False) -> None:
+    """Refuse an existing non-empty ``out`` unless ``overwrite`` and it is a bnn-nested run that
+    holds only files bnn-nested writes (:func:`check_replaceable`).
+    Nothing is touched."""
+    if str(out).strip() == "":
+        raise RunExistsError("--out: empty path; name the run directory to create")
+    out = Path(out)
+    if out.is_symlink():
+        target = os.readlink(out)
+        raise RunExistsError(
+            f"--out: {out} is a symbolic link (to {target[:200]}); runs are not written through "
+            "links: give the folder itself"
+        )
+    if out.exists() and not out.is_dir():
+        raise RunExistsError(f"--out: {out} exists and is not a directory")
+    if out.exists() and not is_empty(out):
+        if not overwrite:
+            raise RunExistsError(f"{out} already exists; pass --overwrite to replace it")
+        check_replaceable(out)
+
+
+def prepare_run_dir(out: str | Path, overwrite: bool = False) -> Path:
+    """Create ``out`` and mark it as a run; with ``overwrite`` replace a run that was there. Call
+    while holding the run's lock (:class:`RunLock`)."""
+    out = Path(out)
+    check_run_dir(out, overwrite)
+    write_marker(out)  # first: a kill while clearing leaves a run the next --overwrite accepts
+    clear_run(out)
+    return out

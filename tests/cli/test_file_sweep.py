@@ -51,7 +51,7 @@ from bnn_nested.deploy.serialize import (
     load_width_weights,
     save_width_weights,
 )
-from bnn_nested.runs.run import load_run
+from bnn_nested.runs.loaded import load_run
 from tests.trained_runs import train_tiny, write_config
 
 EXAMPLES = int(os.environ.get("BNN_SWEEP_EXAMPLES", "5"))

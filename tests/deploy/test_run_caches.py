@@ -14,7 +14,7 @@ import bnn_nested.training.trainer as trainer_mod
 from bnn_nested.cli.main import main
 from bnn_nested.deploy.profile import PROFILE_FILE
 from bnn_nested.deploy.select import VAL_METRICS_FILE
-from bnn_nested.runs.run import load_run
+from bnn_nested.runs.loaded import load_run
 from tests.trained_runs import copy_run, train_tiny, write_config
 
 SELECT = ["--widths", "0.25,0.5,1", "--json"]

@@ -82,7 +82,7 @@ def _train(tmp_path):
 
 @pytest.mark.slow
 def test_cli_calibrate_then_everything_applies_it(tmp_path, capsys):
-    from bnn_nested.runs.run import load_run
+    from bnn_nested.runs.loaded import load_run
 
     run = _train(tmp_path)
     rc = main(["evaluate", str(run), "--widths", "0.5,1", "--calibrate", "temperature"])

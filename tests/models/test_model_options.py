@@ -8,7 +8,7 @@ import torch
 
 from bnn_nested.config import build_config
 from bnn_nested.models.registry import MODELS, build_model, register_model
-from bnn_nested.runs.run import validate_run
+from bnn_nested.runs.build import validate_run
 from bnn_nested.training.samplers import build_sampler
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
-import bnn_nested.runs.run as run_mod
+import bnn_nested.runs.batchnorm as batchnorm_mod
 from bnn_nested.nn.utils import module_device
+from bnn_nested.runs.loaded import load_run
 from tests.trained_runs import train_tiny, write_config
 
 
@@ -14,18 +15,20 @@ def test_recalibrate_bn_runs_on_the_models_device(tmp_path, monkeypatch):
         tmp_path / "c.yaml", model={"name": "mlp", "hidden": [16], "groups": 4, "norm": "batch"}
     )
     assert train_tiny(tmp_path / "run", cfg=cfg) == 0
-    loaded = run_mod.load_run(tmp_path / "run")
+    loaded = load_run(tmp_path / "run")
     seen = {}
-    real = run_mod.recalibrate_bn
+    real = batchnorm_mod.recalibrate_bn
 
     def spy(model, loader, widths, num_batches=None, device=None, stochastic=False):
         seen["device"] = torch.device(device) if device is not None else module_device(model)
         seen["model"] = module_device(model)
         return real(model, loader, widths, num_batches, device, stochastic)
 
-    monkeypatch.setattr(run_mod, "recalibrate_bn", spy)
+    monkeypatch.setattr(batchnorm_mod, "recalibrate_bn", spy)
     # a fake move: the model reports another device, as after ``model.to("cuda")``
-    monkeypatch.setattr(run_mod, "module_device", lambda m: torch.device("meta"), raising=False)
+    monkeypatch.setattr(
+        batchnorm_mod, "module_device", lambda m: torch.device("meta"), raising=False
+    )
     loaded.model.to("meta")
     try:
         loaded.recalibrate_bn([0.75])

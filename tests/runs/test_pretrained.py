@@ -18,7 +18,7 @@ import pytest
 import safetensors.torch
 import torch
 
-import bnn_nested.runs.run as run_mod
+import bnn_nested.runs.loaded as loaded_mod
 from bnn_nested.cli.main import main
 from bnn_nested.evaluation.calibration import TemperatureFit, save_temperatures
 from bnn_nested.nn.batchnorm import UncalibratedWidthWarning, nested_norms
@@ -67,7 +67,7 @@ def test_round_trip_is_exact(run_dir, saved):
     assert pre.temperature(0.25) == 1.0
     assert pre.input_shape == (1, 8, 8) and pre.num_classes == 10
     # same function as the run's model at a calibrated width, without an uncalibrated warning
-    loaded = run_mod.load_run(run_dir)
+    loaded = loaded_mod.load_run(run_dir)
     x = torch.randn(7, 1, 8, 8)
     with torch.no_grad(), warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
@@ -103,7 +103,7 @@ def test_loading_needs_no_pickle_no_run_and_no_data(run_dir, saved, monkeypatch)
 
     for mod, name in ((pickle, "load"), (pickle, "loads"), (pickle, "Unpickler"), (torch, "load")):
         monkeypatch.setattr(mod, name, refuse)
-    monkeypatch.setattr(run_mod, "load_dataset", refuse)
+    monkeypatch.setattr(loaded_mod, "load_dataset", refuse)
     elsewhere = saved.parent / "moved"
     shutil.move(saved, elsewhere)  # nothing refers back to the run
     pre = from_pretrained(elsewhere)
@@ -114,7 +114,7 @@ def test_from_run_does_not_load_the_data_set(run_dir, monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("from_run loaded the data set")
 
-    monkeypatch.setattr(run_mod, "load_dataset", refuse)
+    monkeypatch.setattr(loaded_mod, "load_dataset", refuse)
     assert from_run(run_dir).temperatures == TEMPS
 
 

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from bnn_nested.cli.main import main
+from bnn_nested.runs.build import RunImportRefused
+from bnn_nested.runs.loaded import load_run
 from bnn_nested.runs.pretrained import from_run
-from bnn_nested.runs.run import RunImportRefused, load_run
 from tests.trained_runs import copy_run, train_tiny, tree_digest
 
 

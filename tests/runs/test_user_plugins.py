@@ -10,7 +10,7 @@ import math
 import yaml
 
 from bnn_nested.cli.main import main
-from bnn_nested.runs.run import load_run
+from bnn_nested.runs.loaded import load_run
 
 CFG = {
     "imports": ["tests.user_plugin_width"],

@@ -16,8 +16,8 @@ from bnn_nested.deploy.serialize import (
     load_width_weights,
     save_width_weights,
 )
+from bnn_nested.runs.loaded import load_run
 from bnn_nested.runs.pretrained import PretrainedError, from_pretrained, from_run
-from bnn_nested.runs.run import load_run
 
 
 def test_user_model_and_data_from_config(tmp_path, capsys):

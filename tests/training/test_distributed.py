@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from bnn_nested.config import build_config
 from bnn_nested.nn.ordering_unit import OrderingUnit
-from bnn_nested.runs.run import seed_everything
+from bnn_nested.runs.build import seed_everything
 from bnn_nested.training.distributed import (
     DistContext,
     EpochSampler,

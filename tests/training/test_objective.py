@@ -169,7 +169,8 @@ def test_logged_val_acc_is_the_accuracy_the_report_gives(tmp_path):
     the last epoch's value equals the full-width validation accuracy of the finished run (before,
     it used the running statistics of masked training)."""
     from bnn_nested.evaluation.prediction import predict_loader
-    from bnn_nested.runs.run import load_run, train_run
+    from bnn_nested.runs.loaded import load_run
+    from bnn_nested.runs.run import train_run
 
     cfg = build_config(
         {
