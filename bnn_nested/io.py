@@ -174,7 +174,7 @@ def first_line(err: BaseException | str, limit: int = 200, default: str | None =
     text = str(err).strip()
     if not text:
         return default if default is not None else type(err).__name__
-    line = text.splitlines()[0]
+    line = text.split("\n")[0]  # not splitlines(): a "\r" in a file name is part of the name
     return line if len(line) <= limit else line[: max(limit - 3, 0)] + "..."
 
 

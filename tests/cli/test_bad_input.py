@@ -401,6 +401,13 @@ def test_debug_shows_the_traceback(tmp_path):
         main(["--debug", *argv])
 
 
+def test_a_run_name_with_a_carriage_return_is_named_whole(tmp_path, capsys):
+    """Found by the argument-list test: the one-line error was cut at the name's "\r"
+    (str.splitlines splits there), so what was printed did not name the run."""
+    run = str(tmp_path / "nothing \r")
+    _check_fails_cleanly(["train", "--resume", run], tmp_path, capsys, (run,))
+
+
 def test_a_config_name_with_a_null_byte_is_named(tmp_path, capsys):
     """Found by the argument-list test: os.stat's bare "embedded null byte" named no option."""
     bad = str(tmp_path / "missing\x00")
