@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/bnn-nested train --config configs/digits_mlp.yaml --out runs/demo --quiet
 	$(BIN)/bnn-nested evaluate runs/demo
 
-# the whole suite (4 min 52 s - 5 min 19 s on 2 cores with 2 workers, 7 min 11 s in one), 10 slowest
+# the whole suite (4 min 52 s - 5 min 47 s on 2 cores with 2 workers, 7 min 11 s in one), 10 slowest
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(JOBS) --durations 10
 
