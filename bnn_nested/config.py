@@ -53,6 +53,31 @@ def check_choice(field: str, value: Any, accepted: tuple[str, ...]) -> None:
         raise ValueError(f"{field} must be one of {', '.join(accepted)}; got {_short(value, 60)}")
 
 
+def accepted_scores(kinds: dict[str, str], probabilities: bool = False) -> list[str]:
+    """The score names of ``kinds`` (name -> what the score takes, as :data:`BUILTIN_SCORES`), in
+    order; with ``probabilities`` only the scores of probabilities (not of logits), which
+    selective prediction and the cascade can rank by."""
+    return [n for n, t in kinds.items() if not probabilities or t != "logits"]
+
+
+def unknown_scores(
+    names, kinds: dict[str, str], field: str, probabilities: bool, hint: str
+) -> str | None:
+    """The one-line error for the names in ``names`` that :func:`accepted_scores` does not list
+    (``None`` when every name is accepted); ``hint`` ends it, in parentheses. Torch-free: the
+    command line checks built-in names with it before importing torch, the score registry checks
+    registered ones (:func:`bnn_nested.evaluation.ood.check_scores`)."""
+    accepted = accepted_scores(kinds, probabilities)
+    unknown = [n for n in names if n not in accepted]
+    if not unknown:
+        return None
+    what = "score of probabilities" if probabilities else "OOD score"
+    return (
+        f"{field}: unknown {what} {', '.join(map(repr, unknown))[:120]}; accepted: "
+        f"{', '.join(accepted)} ({hint})"
+    )
+
+
 # --------------------------------------------------------------------------- regularization
 
 RegularizationKind = Literal["wrs", "fixnorm", "weight_decay", "invariant", "none"]

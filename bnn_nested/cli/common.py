@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bnn_nested.config import BUILTIN_SCORES
+from bnn_nested.config import BUILTIN_SCORES, unknown_scores
 from bnn_nested.io import visible
 
 
@@ -81,12 +81,7 @@ def precheck_scores(names: list[str], field: str, allow_import: bool, probabilit
     after the run's imports, :func:`bnn_nested.evaluation.ood.check_scores`)."""
     if allow_import:
         return
-    accepted = [n for n, t in BUILTIN_SCORES.items() if not probabilities or t != "logits"]
-    unknown = [n for n in names if n not in accepted]
-    if unknown:
-        what = "score of probabilities" if probabilities else "OOD score"
-        raise UsageError(
-            f"{field}: unknown {what} {', '.join(map(repr, unknown))[:120]}; accepted: "
-            f"{', '.join(accepted)} (or one a module in the run's imports registers, with "
-            "--allow-import)"
-        )
+    hint = "or one a module in the run's imports registers, with --allow-import"
+    message = unknown_scores(names, BUILTIN_SCORES, field, probabilities, hint)
+    if message:
+        raise UsageError(message)

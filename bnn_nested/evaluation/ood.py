@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bnn_nested.config import BUILTIN_SCORES
+from bnn_nested.config import BUILTIN_SCORES, accepted_scores, unknown_scores
 from bnn_nested.evaluation.metrics import (
     expected_entropy,
     mean_probs,
@@ -263,20 +263,16 @@ for _name, _fn in (
 
 def probability_scores() -> list[str]:
     """The scores of probabilities (the ones selective prediction and the cascade can rank by)."""
-    return [n for n in SCORES if SCORE_INPUTS[n] != "logits"]
+    return accepted_scores(SCORE_INPUTS, probabilities=True)
 
 
 def check_scores(names, field: str, probabilities: bool = False) -> list[str]:
     """``names`` if every one is a registered score (of probabilities, with ``probabilities``),
     else a one-line ``ValueError`` naming ``field`` and the accepted names."""
-    accepted = probability_scores() if probabilities else list(SCORES)
-    unknown = [n for n in names if n not in accepted]
-    if unknown:
-        what = "score of probabilities" if probabilities else "OOD score"
-        raise ValueError(
-            f"{field}: unknown {what} {', '.join(map(repr, unknown))[:120]}; accepted: "
-            f"{', '.join(accepted)} (a module in the run's imports can add more)"
-        )
+    hint = "a module in the run's imports can add more"
+    message = unknown_scores(names, SCORE_INPUTS, field, probabilities, hint)
+    if message:
+        raise ValueError(message)
     return list(names)
 
 
